@@ -1,0 +1,114 @@
+"""Connecting to NATS, checking the server, declaring the event stream; one error translation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StoreCompression, StreamConfig
+
+from fleet_actors.errors import BackendUnavailable, ConfigurationError, ServerTooOld, StoryError
+from fleet_actors.settings import Settings
+
+MIN_SERVER_VERSION = (2, 12, 0)
+
+#: JetStream API error codes we act on
+ERR_WRONG_LAST_SEQUENCE = 10071
+ERR_STREAM_NOT_FOUND = 10059
+ERR_BATCH_DUPLICATE = 10201
+
+
+def translate_nats_error(error: BaseException, what: str) -> StoryError:
+    """The one place NATS errors become ours (conflicts are decided by the caller, who knows the context)."""
+    if isinstance(error, StoryError):
+        return error
+    if isinstance(error, asyncio.TimeoutError | nats.errors.TimeoutError):
+        return BackendUnavailable(f"NATS did not answer in time while {what}")
+    if isinstance(error, nats.errors.NoServersError | nats.errors.ConnectionClosedError | ConnectionError | OSError):
+        return BackendUnavailable(f"cannot reach NATS while {what}: {error}")
+    if isinstance(error, nats.js.errors.ServiceUnavailableError | nats.js.errors.NoStreamResponseError):
+        return BackendUnavailable(f"JetStream is unavailable while {what}: {error}")
+    if isinstance(error, nats.js.errors.APIError):
+        return BackendUnavailable(f"JetStream refused {what}: {error.description} (code {error.err_code})")
+    return BackendUnavailable(f"unexpected NATS failure while {what}: {error!r}")
+
+
+async def connect_nats(settings: Settings, *, name: str = "fleet-actors") -> Client:
+    """Connect with unlimited reconnects, then refuse servers too old for our concurrency headers."""
+    try:
+        nc = await nats.connect(
+            settings.nats_url,
+            name=name,
+            connect_timeout=settings.nats_timeout,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25,
+            allow_reconnect=True,
+        )
+    except Exception as error:
+        raise translate_nats_error(error, f"connecting to {settings.nats_url}") from None
+    version = nc.connected_server_version
+    if (version.major, version.minor, version.patch) < MIN_SERVER_VERSION:
+        with contextlib.suppress(Exception):
+            await nc.close()
+        raise ServerTooOld(
+            f"nats-server {version} at {settings.nats_url} is too old: fleet-actors needs 2.12 or newer "
+            "(older servers silently ignore the per-story concurrency header and atomic batches)"
+        )
+    return nc
+
+
+def event_stream_config(settings: Settings) -> StreamConfig:
+    return StreamConfig(
+        name=settings.stream_name,
+        subjects=[f"{settings.subject_prefix}.>"],
+        retention=RetentionPolicy.LIMITS,
+        discard=DiscardPolicy.OLD,
+        storage=StorageType.FILE,
+        num_replicas=settings.stream_replicas,
+        max_age=settings.stream_max_age,
+        duplicate_window=settings.duplicate_window,
+        compression=StoreCompression.S2,
+        allow_direct=True,
+        allow_atomic=True,
+    )
+
+
+async def ensure_event_stream(nc: Client, settings: Settings) -> None:
+    """Create the stream or bring its settings up to date; safe to run at every start-up."""
+    wanted = event_stream_config(settings)
+    jsm = nc.jsm()
+    try:
+        try:
+            info = await jsm.stream_info(settings.stream_name)
+        except nats.js.errors.NotFoundError:
+            await jsm.add_stream(wanted)
+            return
+        current = info.config
+        if current.subjects != wanted.subjects:
+            raise ConfigurationError(
+                f"stream {settings.stream_name} exists with subjects {current.subjects}, expected {wanted.subjects}"
+            )
+        drift = {
+            name
+            for name in ("max_age", "duplicate_window", "compression", "allow_direct", "allow_atomic", "num_replicas")
+            if _normal(getattr(current, name)) != _normal(getattr(wanted, name))
+        }
+        if drift:
+            await jsm.update_stream(wanted)
+    except StoryError:
+        raise
+    except Exception as error:
+        raise translate_nats_error(error, f"declaring stream {settings.stream_name}") from None
+
+
+def _normal(value: object) -> object:
+    # The server echoes durations as floats and unset flags as None/False.
+    if value is None or value is False:
+        return None
+    if isinstance(value, float | int) and not isinstance(value, bool):
+        return round(float(value), 3) or None
+    return value

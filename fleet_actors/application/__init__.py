@@ -1,0 +1,1 @@
+"""Application layer: runs the pure story rules against the event store. No Ray here."""

@@ -1,0 +1,325 @@
+"""The Python API: commands and queries to story actors through Ray (local, cluster or ray://).
+
+``FleetClient`` blocks; ``client.aio`` (an :class:`AsyncFleetClient`) has the same methods as
+coroutines for asyncio code. Every command returns a :class:`CommandResult` with the story's new
+version, or raises a typed :class:`~fleet_actors.errors.StoryError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Iterable, Mapping
+from typing import Any, Generic, TypeVar
+
+import ray
+import ray.exceptions
+
+from fleet_actors.actors.story_actor import story_handle
+from fleet_actors.application.ids import new_id
+from fleet_actors.application.messages import CommandRequest, CommandResult
+from fleet_actors.domain import rules
+from fleet_actors.domain.commands import (
+    AddDecision,
+    ApplyChanges,
+    Command,
+    CreateStory,
+    CreateSubtask,
+    RecordImpact,
+    RecordMilestone,
+    RecordSummary,
+    RelateDecisions,
+    TransitionPhase,
+    UpdateSubtask,
+)
+from fleet_actors.domain.events import EventEnvelope
+from fleet_actors.domain.state import StoryState
+from fleet_actors.errors import BackendUnavailable, StoryError
+from fleet_actors.settings import Settings
+
+R = TypeVar("R")
+
+#: an actor that passivated or died is re-created by name; this bounds how long we keep trying
+ACTOR_RETRIES = 10
+_ACTOR_GONE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+_HANDLE_CACHE = 4096
+
+
+def connect_ray(settings: Settings, address: str | None = None) -> None:
+    """Join the configured Ray cluster, or start a local runtime when none is configured."""
+    if ray.is_initialized():
+        return
+    target = address or settings.ray_address or "local"
+    options: dict[str, Any] = {
+        "namespace": settings.ray_namespace,
+        "logging_level": "ERROR",
+        "log_to_driver": False,
+    }
+    if target == "local":
+        options["include_dashboard"] = False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        ray.init(address=target, **options)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise BackendUnavailable(f"cannot connect to Ray at {target}: {error}") from None
+
+
+class _StoryApi(Generic[R]):
+    """Builds requests once for both the blocking and the asyncio client."""
+
+    def __init__(self, settings: Settings, handles: OrderedDict[str, Any]) -> None:
+        self.settings = settings
+        self._handles = handles
+
+    # The transport: blocking or awaitable.
+    def _call(self, story_id: str, method: str, *args: Any) -> R:
+        raise NotImplementedError
+
+    def _handle(self, story_id: str) -> Any:
+        handle = self._handles.get(story_id)
+        if handle is None:
+            handle = story_handle(story_id, self.settings)
+            self._handles[story_id] = handle
+            if len(self._handles) > _HANDLE_CACHE:
+                self._handles.popitem(last=False)
+        else:
+            self._handles.move_to_end(story_id)
+        return handle
+
+    def _forget(self, story_id: str) -> None:
+        self._handles.pop(story_id, None)
+
+    def submit(
+        self,
+        story_id: str,
+        command: Command,
+        *,
+        expected_version: int | None = None,
+        command_id: str | None = None,
+        actor: str = "",
+    ) -> R:
+        """Send any command. The command id defaults to a fresh one, so transport retries are safe."""
+        rules.check_id(story_id, "story_id")
+        if expected_version is not None and (isinstance(expected_version, bool) or expected_version < 0):
+            raise StoryError("expected_version must be a non-negative integer", field="expected_version")
+        request = CommandRequest(story_id, command, command_id or new_id(), actor, expected_version)
+        return self._call(story_id, "execute", request)
+
+    def create_story(
+        self,
+        story_id: str,
+        title: str,
+        description: str = "",
+        initial_phase: str = "DESIGN",
+        actor: str = "",
+        *,
+        expected_version: int | None = None,
+        command_id: str | None = None,
+    ) -> R:
+        return self.submit(
+            story_id,
+            CreateStory(title, description, initial_phase),
+            expected_version=expected_version,
+            command_id=command_id,
+            actor=actor,
+        )
+
+    def create_subtask(
+        self,
+        story_id: str,
+        subtask_id: str,
+        title: str,
+        role: str,
+        description: str = "",
+        dependencies: Iterable[str] = (),
+        priority: int = 3,
+        estimated_hours: int = 0,
+        *,
+        expected_version: int | None = None,
+        command_id: str | None = None,
+        actor: str = "",
+    ) -> R:
+        command = CreateSubtask(subtask_id, title, role, description, tuple(dependencies), priority, estimated_hours)
+        return self.submit(story_id, command, expected_version=expected_version, command_id=command_id, actor=actor)
+
+    def update_subtask(
+        self,
+        story_id: str,
+        subtask_id: str,
+        status: str,
+        note: str = "",
+        *,
+        expected_version: int | None = None,
+        command_id: str | None = None,
+        actor: str = "",
+    ) -> R:
+        command = UpdateSubtask(subtask_id, status, note)
+        return self.submit(story_id, command, expected_version=expected_version, command_id=command_id, actor=actor)
+
+    def add_decision(
+        self,
+        story_id: str,
+        title: str,
+        rationale: str,
+        decision_type: str = "ARCHITECTURE",
+        decision_id: str | None = None,
+        alternatives: str = "",
+        decided_by: str = "",
+        metadata: Mapping[str, str] | None = None,
+        *,
+        expected_version: int | None = None,
+        command_id: str | None = None,
+        actor: str = "",
+    ) -> R:
+        command = AddDecision(
+            title, rationale, decision_type, decision_id, alternatives, decided_by, dict(metadata or {})
+        )
+        return self.submit(story_id, command, expected_version=expected_version, command_id=command_id, actor=actor)
+
+    def relate_decisions(
+        self,
+        story_id: str,
+        src_id: str,
+        dst_id: str,
+        relation_type: str,
+        *,
+        expected_version: int | None = None,
+        command_id: str | None = None,
+        actor: str = "",
+    ) -> R:
+        command = RelateDecisions(src_id, dst_id, relation_type)
+        return self.submit(story_id, command, expected_version=expected_version, command_id=command_id, actor=actor)
+
+    def record_impact(
+        self,
+        story_id: str,
+        decision_id: str,
+        subtask_id: str,
+        *,
+        expected_version: int | None = None,
+        command_id: str | None = None,
+        actor: str = "",
+    ) -> R:
+        command = RecordImpact(decision_id, subtask_id)
+        return self.submit(story_id, command, expected_version=expected_version, command_id=command_id, actor=actor)
+
+    def transition_phase(
+        self,
+        story_id: str,
+        to_phase: str,
+        rationale: str = "",
+        *,
+        expected_version: int | None = None,
+        command_id: str | None = None,
+        actor: str = "",
+    ) -> R:
+        command = TransitionPhase(to_phase, rationale)
+        return self.submit(story_id, command, expected_version=expected_version, command_id=command_id, actor=actor)
+
+    def record_milestone(
+        self,
+        story_id: str,
+        kind: str,
+        description: str = "",
+        milestone_id: str | None = None,
+        *,
+        expected_version: int | None = None,
+        command_id: str | None = None,
+        actor: str = "",
+    ) -> R:
+        command = RecordMilestone(kind, description, milestone_id)
+        return self.submit(story_id, command, expected_version=expected_version, command_id=command_id, actor=actor)
+
+    def record_summary(
+        self,
+        story_id: str,
+        summary: str,
+        *,
+        expected_version: int | None = None,
+        command_id: str | None = None,
+        actor: str = "",
+    ) -> R:
+        return self.submit(
+            story_id, RecordSummary(summary), expected_version=expected_version, command_id=command_id, actor=actor
+        )
+
+    def apply_changes(
+        self,
+        story_id: str,
+        commands: Iterable[Command],
+        *,
+        expected_version: int | None = None,
+        command_id: str | None = None,
+        actor: str = "",
+    ) -> R:
+        """Several commands as one atomic append: all are applied or none."""
+        command = ApplyChanges(tuple(commands))
+        return self.submit(story_id, command, expected_version=expected_version, command_id=command_id, actor=actor)
+
+    def get_story(self, story_id: str) -> R:
+        """The story actor's current state (always up to date with the event log)."""
+        rules.check_id(story_id, "story_id")
+        return self._call(story_id, "get_state")
+
+    def history(self, story_id: str, from_version: int = 1) -> R:
+        """The story's decoded events in order, from ``from_version``."""
+        rules.check_id(story_id, "story_id")
+        return self._call(story_id, "history", from_version)
+
+
+def _unwrap(value: Any) -> Any:
+    if isinstance(value, StoryError):
+        raise value
+    return value
+
+
+class FleetClient(_StoryApi[Any]):
+    """Blocking client. ``FleetClient.connect()`` joins Ray (``RAY_ADDRESS``, ``ray://`` or local)."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, OrderedDict())
+        self.aio = AsyncFleetClient(settings, self._handles)
+
+    @classmethod
+    def connect(cls, address: str | None = None, *, settings: Settings | None = None) -> FleetClient:
+        settings = settings or Settings.from_env()
+        connect_ray(settings, address)
+        return cls(settings)
+
+    def _call(self, story_id: str, method: str, *args: Any) -> Any:
+        for attempt in range(ACTOR_RETRIES):
+            try:
+                return _unwrap(ray.get(getattr(self._handle(story_id), method).remote(*args)))
+            except _ACTOR_GONE:
+                # Passivated or died: the next call re-activates it by name from the event log.
+                self._forget(story_id)
+                time.sleep(_backoff(attempt))
+        raise BackendUnavailable(f"the actor of story {story_id!r} kept dying; see the Ray logs")
+
+    def close(self) -> None:
+        self._handles.clear()
+
+
+class AsyncFleetClient(_StoryApi[Awaitable[Any]]):
+    """The same API as :class:`FleetClient`, as coroutines."""
+
+    def _call(self, story_id: str, method: str, *args: Any) -> Awaitable[Any]:
+        return self._call_async(story_id, method, *args)
+
+    async def _call_async(self, story_id: str, method: str, *args: Any) -> Any:
+        for attempt in range(ACTOR_RETRIES):
+            try:
+                return _unwrap(await getattr(self._handle(story_id), method).remote(*args))
+            except _ACTOR_GONE:
+                self._forget(story_id)
+                await asyncio.sleep(_backoff(attempt))
+        raise BackendUnavailable(f"the actor of story {story_id!r} kept dying; see the Ray logs")
+
+
+def _backoff(attempt: int) -> float:
+    return min(0.05 * 2**attempt, 1.0)
+
+
+__all__ = ["AsyncFleetClient", "CommandResult", "EventEnvelope", "FleetClient", "StoryState"]

@@ -1,0 +1,137 @@
+"""Every event type of the story aggregate, defined once.
+
+Each is a frozen dataclass whose name and fields match the protobuf message of the same name
+in ``protos/fleet/context/v1/events.proto``; the codec maps between the two mechanically.
+``event_type`` (snake_case) is the name of the envelope's oneof field and the last token of
+the NATS subject; ``schema_version`` is the current shape of the payload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class Event:
+    event_type: ClassVar[str]
+    schema_version: ClassVar[int] = 1
+
+
+EVENT_TYPES: dict[str, type[Event]] = {}
+
+
+def _register(cls: type[Event]) -> type[Event]:
+    EVENT_TYPES[cls.event_type] = cls
+    return cls
+
+
+@_register
+@dataclass(frozen=True)
+class ContextCreated(Event):
+    event_type: ClassVar[str] = "context_created"
+    title: str
+    description: str = ""
+    initial_phase: str = "DESIGN"
+
+
+@_register
+@dataclass(frozen=True)
+class PhaseTransitioned(Event):
+    event_type: ClassVar[str] = "phase_transitioned"
+    from_phase: str
+    to_phase: str
+    rationale: str = ""
+
+
+@_register
+@dataclass(frozen=True)
+class SubtaskCreated(Event):
+    event_type: ClassVar[str] = "subtask_created"
+    subtask_id: str
+    title: str
+    description: str = ""
+    role: str = ""
+    dependencies: tuple[str, ...] = ()
+    priority: int = 3
+    estimated_hours: int = 0
+
+
+@_register
+@dataclass(frozen=True)
+class SubtaskUpdated(Event):
+    event_type: ClassVar[str] = "subtask_updated"
+    subtask_id: str
+    status: str
+    note: str = ""
+
+
+@_register
+@dataclass(frozen=True)
+class DecisionAdded(Event):
+    event_type: ClassVar[str] = "decision_added"
+    decision_id: str
+    decision_type: str
+    title: str
+    rationale: str
+    alternatives: str = ""
+    decided_by: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@_register
+@dataclass(frozen=True)
+class DecisionRelated(Event):
+    event_type: ClassVar[str] = "decision_related"
+    src_id: str
+    dst_id: str
+    relation_type: str
+
+
+@_register
+@dataclass(frozen=True)
+class DecisionImpacted(Event):
+    event_type: ClassVar[str] = "decision_impacted"
+    decision_id: str
+    subtask_id: str
+
+
+@_register
+@dataclass(frozen=True)
+class MilestoneRecorded(Event):
+    event_type: ClassVar[str] = "milestone_recorded"
+    milestone_id: str
+    kind: str
+    description: str = ""
+
+
+@_register
+@dataclass(frozen=True)
+class SummaryRecorded(Event):
+    event_type: ClassVar[str] = "summary_recorded"
+    summary: str
+
+
+@dataclass(frozen=True)
+class EventEnvelope:
+    """A payload with the metadata every stored event carries."""
+
+    event_id: str
+    story_id: str
+    version: int
+    timestamp: datetime
+    payload: Event
+    command_id: str = ""
+    actor: str = ""
+    #: the payload's shape as stored; 0 (the default) means the current shape of its type
+    schema_version: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.schema_version:
+            object.__setattr__(self, "schema_version", self.payload.schema_version)
+
+    @property
+    def event_type(self) -> str:
+        return self.payload.event_type

@@ -1,0 +1,437 @@
+"""The story aggregate's behaviour: ``decide`` (command -> events) and ``evolve`` (event -> state).
+
+Both are pure and total. ``decide`` never raises for a rejected command: the rejection is a
+value (:class:`Rejected`) carrying the typed error. New ids arrive in :class:`DecideContext`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from functools import singledispatch
+
+from fleet_actors.domain import rules
+from fleet_actors.domain.commands import (
+    AddDecision,
+    ApplyChanges,
+    Command,
+    CreateStory,
+    CreateSubtask,
+    RecordImpact,
+    RecordMilestone,
+    RecordSummary,
+    RelateDecisions,
+    TransitionPhase,
+    UpdateSubtask,
+)
+from fleet_actors.domain.events import (
+    ContextCreated,
+    DecisionAdded,
+    DecisionImpacted,
+    DecisionRelated,
+    Event,
+    EventEnvelope,
+    MilestoneRecorded,
+    PhaseTransitioned,
+    SubtaskCreated,
+    SubtaskUpdated,
+    SummaryRecorded,
+)
+from fleet_actors.domain.state import (
+    PHASE_ORDER,
+    SUBTASK_TRANSITIONS,
+    Decision,
+    DecisionRelation,
+    Impact,
+    Milestone,
+    Phase,
+    PhaseChange,
+    RelationType,
+    StoryState,
+    Subtask,
+    SubtaskStatus,
+)
+from fleet_actors.errors import (
+    InvalidCommand,
+    RuleViolation,
+    StoryAlreadyExists,
+    StoryError,
+    StoryNotFound,
+)
+
+
+@dataclass(frozen=True)
+class DecideContext:
+    """What the shell supplies to ``decide``: fresh ids for anything the command must name."""
+
+    new_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Accepted:
+    events: tuple[Event, ...]
+
+
+@dataclass(frozen=True)
+class Rejected:
+    error: StoryError
+
+
+DecisionResult = Accepted | Rejected
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def ids_needed(command: Command) -> int:
+    """How many fresh ids ``decide`` may consume for this command."""
+    if isinstance(command, ApplyChanges):
+        return sum(ids_needed(c) for c in command.commands)
+    return 1 if isinstance(command, AddDecision | RecordMilestone) else 0
+
+
+def decide(state: StoryState, command: Command, ctx: DecideContext = DecideContext()) -> DecisionResult:
+    try:
+        return Accepted(tuple(_decide(command, state, ctx)))
+    except StoryError as error:
+        return Rejected(error)
+
+
+def evolve(state: StoryState, envelope: EventEnvelope) -> StoryState:
+    state = _evolve(envelope.payload, state, envelope)
+    return replace(state, version=envelope.version, updated_at=envelope.timestamp)
+
+
+def fold(state: StoryState, envelopes: Iterable[EventEnvelope]) -> StoryState:
+    for envelope in envelopes:
+        state = evolve(state, envelope)
+    return state
+
+
+# --- decide -------------------------------------------------------------------------------
+
+
+@singledispatch
+def _decide(command: Command, state: StoryState, ctx: DecideContext) -> Iterable[Event]:
+    raise InvalidCommand(f"unknown command {type(command).__name__}")
+
+
+def _require_story(state: StoryState) -> None:
+    if not state.created:
+        raise StoryNotFound(state.story_id)
+
+
+def _take_id(ctx: DecideContext, given: str | None, field: str) -> tuple[str, DecideContext]:
+    if given is not None:
+        return rules.check_id(given, field), ctx
+    if not ctx.new_ids:
+        raise InvalidCommand(f"{field} was not given and no id was supplied to assign", field=field)
+    return ctx.new_ids[0], DecideContext(ctx.new_ids[1:])
+
+
+@_decide.register
+def _(command: CreateStory, state: StoryState, ctx: DecideContext) -> Iterable[Event]:
+    rules.check_id(state.story_id, "story_id")
+    if state.created:
+        raise StoryAlreadyExists(state.story_id)
+    phase = rules.check_choice(command.initial_phase or Phase.DESIGN, "initial_phase", Phase)
+    return [
+        ContextCreated(
+            title=rules.check_title(command.title),
+            description=rules.check_text(command.description, "description"),
+            initial_phase=phase.value,
+        )
+    ]
+
+
+@_decide.register
+def _(command: CreateSubtask, state: StoryState, ctx: DecideContext) -> Iterable[Event]:
+    _require_story(state)
+    subtask_id = rules.check_id(command.subtask_id, "subtask_id")
+    title = rules.check_title(command.title)
+    role = rules.check_label(command.role, "role")
+    description = rules.check_text(command.description, "description")
+    priority = rules.check_int(command.priority, "priority", rules.PRIORITY_RANGE)
+    hours = rules.check_int(command.estimated_hours, "estimated_hours", range(rules.MAX_ESTIMATED_HOURS + 1))
+    dependencies = tuple(command.dependencies)
+    if len(dependencies) > rules.MAX_DEPENDENCIES:
+        raise InvalidCommand(f"at most {rules.MAX_DEPENDENCIES} dependencies", field="dependencies")
+    for dep in dependencies:
+        rules.check_id(dep, "dependencies")
+    if subtask_id in state.subtasks:
+        raise RuleViolation(f"subtask {subtask_id!r} already exists in story {state.story_id!r}", field="subtask_id")
+    if len(set(dependencies)) != len(dependencies):
+        raise InvalidCommand("dependencies lists a subtask twice", field="dependencies")
+    if subtask_id in dependencies:
+        raise RuleViolation(f"subtask {subtask_id!r} cannot depend on itself", field="dependencies")
+    missing = [d for d in dependencies if d not in state.subtasks]
+    if missing:
+        raise RuleViolation(f"dependencies point at unknown subtasks: {', '.join(missing)}", field="dependencies")
+    # A new subtask has no dependants yet, so existing dependencies cannot close a cycle.
+    return [
+        SubtaskCreated(
+            subtask_id=subtask_id,
+            title=title,
+            description=description,
+            role=role,
+            dependencies=dependencies,
+            priority=priority,
+            estimated_hours=hours,
+        )
+    ]
+
+
+@_decide.register
+def _(command: UpdateSubtask, state: StoryState, ctx: DecideContext) -> Iterable[Event]:
+    _require_story(state)
+    subtask_id = rules.check_id(command.subtask_id, "subtask_id")
+    status = rules.check_choice(command.status, "status", SubtaskStatus)
+    note = rules.check_text(command.note, "note")
+    subtask = state.subtasks.get(subtask_id)
+    if subtask is None:
+        raise RuleViolation(f"subtask {subtask_id!r} does not exist in story {state.story_id!r}", field="subtask_id")
+    current = SubtaskStatus(subtask.status)
+    if status not in SUBTASK_TRANSITIONS[current]:
+        allowed = ", ".join(sorted(SUBTASK_TRANSITIONS[current])) or "nothing (final status)"
+        raise RuleViolation(
+            f"subtask {subtask_id!r} cannot move from {current} to {status}; allowed: {allowed}", field="status"
+        )
+    return [SubtaskUpdated(subtask_id=subtask_id, status=status.value, note=note)]
+
+
+@_decide.register
+def _(command: AddDecision, state: StoryState, ctx: DecideContext) -> Iterable[Event]:
+    _require_story(state)
+    decision_id, ctx = _take_id(ctx, command.decision_id, "decision_id")
+    if decision_id in state.decisions:
+        raise RuleViolation(f"decision {decision_id!r} already exists in story {state.story_id!r}", field="decision_id")
+    return [
+        DecisionAdded(
+            decision_id=decision_id,
+            decision_type=rules.check_label(command.decision_type, "decision_type"),
+            title=rules.check_title(command.title),
+            rationale=rules.check_text(command.rationale, "rationale", required=True),
+            alternatives=rules.check_text(command.alternatives, "alternatives"),
+            decided_by=rules.check_text(command.decided_by, "decided_by", rules.MAX_SHORT),
+            metadata=rules.check_metadata(command.metadata),
+        )
+    ]
+
+
+@_decide.register
+def _(command: RelateDecisions, state: StoryState, ctx: DecideContext) -> Iterable[Event]:
+    _require_story(state)
+    src = rules.check_id(command.src_id, "src_id")
+    dst = rules.check_id(command.dst_id, "dst_id")
+    relation = rules.check_choice(command.relation_type, "relation_type", RelationType)
+    for field, decision_id in (("src_id", src), ("dst_id", dst)):
+        if decision_id not in state.decisions:
+            raise RuleViolation(f"decision {decision_id!r} does not exist in story {state.story_id!r}", field=field)
+    if src == dst:
+        raise RuleViolation(f"decision {src!r} cannot relate to itself", field="dst_id")
+    if any(r.src_id == src and r.dst_id == dst for r in state.relations):
+        raise RuleViolation(f"decisions {src!r} and {dst!r} are already related", field="dst_id")
+    if _reaches(_decision_edges(state.relations), dst, src):
+        raise RuleViolation(f"relating {src!r} -> {dst!r} would form a cycle of decisions", field="dst_id")
+    return [DecisionRelated(src_id=src, dst_id=dst, relation_type=relation.value)]
+
+
+def _decision_edges(relations: Iterable[DecisionRelation]) -> dict[str, list[str]]:
+    edges: dict[str, list[str]] = {}
+    for r in relations:
+        edges.setdefault(r.src_id, []).append(r.dst_id)
+    return edges
+
+
+def _reaches(edges: Mapping[str, list[str]], start: str, goal: str) -> bool:
+    seen, stack = set(), [start]
+    while stack:
+        node = stack.pop()
+        if node == goal:
+            return True
+        if node not in seen:
+            seen.add(node)
+            stack.extend(edges.get(node, ()))
+    return False
+
+
+@_decide.register
+def _(command: RecordImpact, state: StoryState, ctx: DecideContext) -> Iterable[Event]:
+    _require_story(state)
+    decision_id = rules.check_id(command.decision_id, "decision_id")
+    subtask_id = rules.check_id(command.subtask_id, "subtask_id")
+    if decision_id not in state.decisions:
+        raise RuleViolation(f"decision {decision_id!r} does not exist in story {state.story_id!r}", field="decision_id")
+    if subtask_id not in state.subtasks:
+        raise RuleViolation(f"subtask {subtask_id!r} does not exist in story {state.story_id!r}", field="subtask_id")
+    if Impact(decision_id, subtask_id) in state.impacts:
+        raise RuleViolation(f"decision {decision_id!r} already impacts subtask {subtask_id!r}", field="subtask_id")
+    return [DecisionImpacted(decision_id=decision_id, subtask_id=subtask_id)]
+
+
+@_decide.register
+def _(command: TransitionPhase, state: StoryState, ctx: DecideContext) -> Iterable[Event]:
+    _require_story(state)
+    target = rules.check_choice(command.to_phase, "to_phase", Phase)
+    rationale = rules.check_text(command.rationale, "rationale")
+    current = Phase(state.phase)
+    if command.from_phase:
+        expected = rules.check_choice(command.from_phase, "from_phase", Phase)
+        if expected != current:
+            raise RuleViolation(f"story is in phase {current}, not {expected}", field="from_phase")
+    step = PHASE_ORDER.index(target) - PHASE_ORDER.index(current)
+    if step == 0:
+        raise RuleViolation(f"story is already in phase {current}", field="to_phase")
+    if step > 1:
+        raise RuleViolation(
+            f"phases advance one at a time: {current} -> {PHASE_ORDER[PHASE_ORDER.index(current) + 1]}",
+            field="to_phase",
+        )
+    if step < 0 and not rationale.strip():
+        raise RuleViolation(f"moving back from {current} to {target} needs a rationale", field="rationale")
+    return [PhaseTransitioned(from_phase=current.value, to_phase=target.value, rationale=rationale)]
+
+
+@_decide.register
+def _(command: RecordMilestone, state: StoryState, ctx: DecideContext) -> Iterable[Event]:
+    _require_story(state)
+    milestone_id, ctx = _take_id(ctx, command.milestone_id, "milestone_id")
+    if any(m.milestone_id == milestone_id for m in state.milestones):
+        raise RuleViolation(f"milestone {milestone_id!r} already recorded", field="milestone_id")
+    return [
+        MilestoneRecorded(
+            milestone_id=milestone_id,
+            kind=rules.check_label(command.kind, "kind"),
+            description=rules.check_text(command.description, "description"),
+        )
+    ]
+
+
+@_decide.register
+def _(command: RecordSummary, state: StoryState, ctx: DecideContext) -> Iterable[Event]:
+    _require_story(state)
+    return [SummaryRecorded(summary=rules.check_text(command.summary, "summary", rules.MAX_SUMMARY, required=True))]
+
+
+@_decide.register
+def _(command: ApplyChanges, state: StoryState, ctx: DecideContext) -> Iterable[Event]:
+    if not command.commands:
+        raise InvalidCommand("the batch of changes is empty", field="changes")
+    if len(command.commands) > rules.MAX_BATCH:
+        raise InvalidCommand(f"at most {rules.MAX_BATCH} changes in one batch", field="changes")
+    events: list[Event] = []
+    scratch = state
+    for index, sub in enumerate(command.commands):
+        if isinstance(sub, ApplyChanges):
+            raise InvalidCommand("batches cannot be nested", field="changes")
+        need = ids_needed(sub)
+        result = decide(scratch, sub, DecideContext(ctx.new_ids[:need]))
+        ctx = DecideContext(ctx.new_ids[need:])
+        if isinstance(result, Rejected):
+            error = result.error
+            error.message = f"change {index}: {error.message}"
+            error.args = (error.message,)
+            raise error
+        for event in result.events:
+            # Later changes in the batch must see the earlier ones (e.g. a subtask then its impact).
+            scratch = evolve(
+                scratch,
+                EventEnvelope("", scratch.story_id, scratch.version + 1, scratch.updated_at or _EPOCH, event),
+            )
+            events.append(event)
+    return events
+
+
+# --- evolve -------------------------------------------------------------------------------
+
+
+@singledispatch
+def _evolve(event: Event, state: StoryState, envelope: EventEnvelope) -> StoryState:
+    # Total: an event this code has no rule for changes nothing but the version.
+    return state
+
+
+@_evolve.register
+def _(event: ContextCreated, state: StoryState, envelope: EventEnvelope) -> StoryState:
+    return replace(
+        state,
+        created=True,
+        title=event.title,
+        description=event.description,
+        phase=event.initial_phase or Phase.DESIGN.value,
+        created_at=envelope.timestamp,
+        created_by=envelope.actor,
+    )
+
+
+@_evolve.register
+def _(event: PhaseTransitioned, state: StoryState, envelope: EventEnvelope) -> StoryState:
+    change = PhaseChange(event.from_phase, event.to_phase, event.rationale, envelope.timestamp, envelope.actor)
+    return replace(state, phase=event.to_phase, phase_history=(*state.phase_history, change))
+
+
+@_evolve.register
+def _(event: SubtaskCreated, state: StoryState, envelope: EventEnvelope) -> StoryState:
+    subtask = Subtask(
+        subtask_id=event.subtask_id,
+        title=event.title,
+        description=event.description,
+        role=event.role,
+        status=SubtaskStatus.PENDING.value,
+        dependencies=tuple(event.dependencies),
+        priority=event.priority,
+        estimated_hours=event.estimated_hours,
+        created_at=envelope.timestamp,
+        updated_at=envelope.timestamp,
+    )
+    return replace(state, subtasks={**state.subtasks, event.subtask_id: subtask})
+
+
+@_evolve.register
+def _(event: SubtaskUpdated, state: StoryState, envelope: EventEnvelope) -> StoryState:
+    subtask = state.subtasks.get(event.subtask_id)
+    if subtask is None:
+        return state
+    updated = replace(subtask, status=event.status, updated_at=envelope.timestamp)
+    return replace(state, subtasks={**state.subtasks, event.subtask_id: updated})
+
+
+@_evolve.register
+def _(event: DecisionAdded, state: StoryState, envelope: EventEnvelope) -> StoryState:
+    decision = Decision(
+        decision_id=event.decision_id,
+        decision_type=event.decision_type,
+        title=event.title,
+        rationale=event.rationale,
+        alternatives=event.alternatives,
+        decided_by=event.decided_by or envelope.actor,
+        decided_at=envelope.timestamp,
+        metadata=dict(event.metadata),
+    )
+    return replace(state, decisions={**state.decisions, event.decision_id: decision})
+
+
+@_evolve.register
+def _(event: DecisionRelated, state: StoryState, envelope: EventEnvelope) -> StoryState:
+    relation = DecisionRelation(event.src_id, event.dst_id, event.relation_type)
+    decisions = state.decisions
+    superseded = decisions.get(event.dst_id)
+    if event.relation_type == RelationType.SUPERSEDES and superseded is not None:
+        decisions = {**decisions, event.dst_id: replace(superseded, status="SUPERSEDED")}
+    return replace(state, relations=(*state.relations, relation), decisions=decisions)
+
+
+@_evolve.register
+def _(event: DecisionImpacted, state: StoryState, envelope: EventEnvelope) -> StoryState:
+    return replace(state, impacts=(*state.impacts, Impact(event.decision_id, event.subtask_id)))
+
+
+@_evolve.register
+def _(event: MilestoneRecorded, state: StoryState, envelope: EventEnvelope) -> StoryState:
+    milestone = Milestone(event.milestone_id, event.kind, event.description, envelope.timestamp, envelope.actor)
+    return replace(state, milestones=(*state.milestones, milestone))
+
+
+@_evolve.register
+def _(event: SummaryRecorded, state: StoryState, envelope: EventEnvelope) -> StoryState:
+    return replace(state, last_summary=event.summary)

@@ -1,0 +1,1 @@
+"""Narrow interfaces the application needs from the outside world; adapters implement them."""

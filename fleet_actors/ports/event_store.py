@@ -1,0 +1,53 @@
+"""The event store port: append with optimistic concurrency, read a story's events in order."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from fleet_actors.domain.events import EventEnvelope
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """An event as read back, with its position in the log (the stream sequence)."""
+
+    envelope: EventEnvelope
+    sequence: int
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    #: stream sequence of the last appended event; the next append of this story expects it
+    last_sequence: int
+    #: True if the events were already stored by an earlier attempt (a retried append)
+    already_stored: bool = False
+
+
+class EventStore(ABC):
+    """One log for all stories; each story's events are totally ordered within it.
+
+    Concurrency is checked per story at append: ``expected_sequence`` is the log sequence of
+    the story's last event as the writer last saw it (0 for a new story). If another writer
+    appended since, the append fails with ``ConcurrencyConflict`` and stores nothing. All events
+    of one append are stored atomically.
+    """
+
+    @abstractmethod
+    async def append(self, story_id: str, expected_sequence: int, events: Sequence[EventEnvelope]) -> AppendResult:
+        """Append atomically. Raises ConcurrencyConflict, AppendOutcomeUnknown, BackendUnavailable."""
+
+    @abstractmethod
+    def read(self, story_id: str, after_sequence: int = 0) -> AsyncIterator[StoredEvent]:
+        """The story's events with a sequence above ``after_sequence``, in order."""
+
+    @abstractmethod
+    async def last_sequence(self, story_id: str) -> int:
+        """Sequence of the story's last event, 0 if it has none."""
+
+    async def read_all(self, story_id: str, after_sequence: int = 0) -> list[StoredEvent]:
+        return [event async for event in self.read(story_id, after_sequence)]
+
+    async def close(self) -> None:  # noqa: B027 - optional for stores without resources
+        """Release connections; idempotent."""

@@ -1,0 +1,132 @@
+"""The one settings object: environment variables with the FLEET_ prefix, overridable by CLI flags.
+
+Defaults run against the embedded local stack (`fleet-actors dev up`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from fleet_actors.errors import ConfigurationError
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Connection settings and policies. Build with :meth:`from_env`; derive with :meth:`replace`."""
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    valkey_url: str = "valkey://127.0.0.1:6379/0"
+    neo4j_uri: str = "bolt://127.0.0.1:7687"
+    neo4j_user: str = "root"
+    neo4j_password: str = "fleet-actors-dev"
+    neo4j_database: str = "neo4j"
+    #: Ray cluster address; empty means RAY_ADDRESS if set, else a local Ray runtime
+    ray_address: str = ""
+    ray_namespace: str = "fleet"
+
+    stream_name: str = "CONTEXT_EVENTS"
+    subject_prefix: str = "context.events"
+    #: seconds; 0 keeps events forever. Refused unless `stream_max_age_force` (see README).
+    stream_max_age: float = 0.0
+    stream_max_age_force: bool = False
+    stream_replicas: int = 1
+    duplicate_window: float = 120.0
+    #: seconds to wait for a JetStream API answer
+    nats_timeout: float = 5.0
+
+    actor_idle_seconds: float = 300.0
+    max_live_stories: int = 64
+    snapshot_every: int = 100
+    projectors: int = 2
+    replay_actors: int = 2
+    gateway_address: str = "127.0.0.1:50051"
+    gateway_token: str = ""
+    data_dir: str = ".fleet"
+
+    def __post_init__(self) -> None:
+        if not self.stream_name or any(c in self.stream_name for c in " .*>"):
+            raise ConfigurationError(f"FLEET_STREAM_NAME {self.stream_name!r} is not a valid stream name")
+        if self.stream_max_age < 0:
+            raise ConfigurationError("FLEET_STREAM_MAX_AGE must be >= 0 seconds")
+        if self.stream_max_age and not self.stream_max_age_force:
+            raise ConfigurationError(
+                "FLEET_STREAM_MAX_AGE would let JetStream delete events, the only copy of the story "
+                "history; set FLEET_STREAM_MAX_AGE_FORCE=1 only if the events are archived elsewhere"
+            )
+        for name in ("max_live_stories", "snapshot_every", "projectors", "replay_actors", "stream_replicas"):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"FLEET_{name.upper()} must be at least 1")
+        if self.actor_idle_seconds <= 0:
+            raise ConfigurationError("FLEET_ACTOR_IDLE_SECONDS must be positive")
+        if self.duplicate_window <= 0 or self.nats_timeout <= 0:
+            raise ConfigurationError("FLEET_DUPLICATE_WINDOW and FLEET_NATS_TIMEOUT must be positive")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Read FLEET_* variables (and RAY_ADDRESS); keyword overrides (CLI flags) win."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f"FLEET_{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = _parse(f.name, raw, f.type)
+        if "ray_address" not in values and env.get("RAY_ADDRESS"):
+            values["ray_address"] = env["RAY_ADDRESS"]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    def story_subject(self, story_id: str, event_type: str = "*") -> str:
+        return f"{self.subject_prefix}.{story_id}.{event_type}"
+
+    def as_env(self) -> dict[str, str]:
+        """The FLEET_* variables that reproduce these settings in another process."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f"FLEET_{f.name.upper()}"] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+        return out
+
+
+def _parse(name: str, raw: str, type_name: object) -> object:
+    kind = str(type_name)
+    try:
+        if kind == "bool":
+            lowered = raw.strip().lower()
+            if lowered in _TRUE:
+                return True
+            if lowered in _FALSE:
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ConfigurationError(f"FLEET_{name.upper()}={raw!r} is not a valid {kind}") from None
+    return raw
+
+
+def load_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Parse a fleet.env file (KEY=VALUE lines, # comments)."""
+    result: dict[str, str] = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, value = line.split("=", 1)
+        result[key.strip()] = value.strip()
+    return result

@@ -1,0 +1,138 @@
+"""Story actors on a real Ray runtime with a real nats-server, through the public client."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+import ray
+
+from fleet_actors import ConcurrencyConflict, FleetClient, InvalidCommand, RuleViolation, StoryNotFound
+from fleet_actors.actors.naming import live_story_ids, story_actor_name
+from fleet_actors.adapters.jetstream import JetStreamEventStore
+
+
+def new_story() -> str:
+    return "S" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture(scope="module")
+def client(ray_runtime, settings):
+    return FleetClient(settings)
+
+
+async def stored_versions(settings, story_id):
+    store = await JetStreamEventStore.connect(settings)
+    try:
+        return [e.envelope.version for e in await store.read_all(story_id)]
+    finally:
+        await store.close()
+
+
+def test_story_life_cycle(client):
+    sid = new_story()
+    assert client.create_story(sid, "Login page", "OAuth login").version == 1
+    client.create_subtask(sid, "T1", "Form", "dev")
+    client.create_subtask(sid, "T2", "API", "dev", dependencies=["T1"], priority=1)
+    decision = client.add_decision(sid, "Use JWT", "stateless sessions", alternatives="server sessions")
+    client.record_impact(sid, decision.decision_id, "T2")
+    client.update_subtask(sid, "T1", "IN_PROGRESS")
+    result = client.transition_phase(sid, "BUILD")
+    state = client.get_story(sid)
+    assert (state.version, state.phase, sorted(state.subtasks)) == (result.version, "BUILD", ["T1", "T2"])
+    assert state.decisions[decision.decision_id].title == "Use JWT"
+    history = client.history(sid)
+    assert [e.version for e in history] == list(range(1, result.version + 1))
+    assert history[0].event_type == "context_created" and history[-1].event_type == "phase_transitioned"
+
+
+def test_bad_input_gives_typed_errors_and_appends_nothing(client, settings):
+    sid = new_story()
+    client.create_story(sid, "t")
+    for call, error in [
+        (lambda: client.create_story("bad id", "t"), InvalidCommand),
+        (lambda: client.create_story(sid + "." + "x", "t"), InvalidCommand),
+        (lambda: client.create_subtask(sid, "T1", "x" * 500, "dev"), InvalidCommand),
+        (lambda: client.update_subtask(sid, "T9", "DONE"), RuleViolation),
+        (lambda: client.transition_phase(sid, "DOCS"), RuleViolation),
+        (lambda: client.create_subtask(new_story(), "T1", "x", "dev"), StoryNotFound),
+        (lambda: client.get_story(new_story()), StoryNotFound),
+    ]:
+        with pytest.raises(error):
+            call()
+    assert asyncio.run(stored_versions(settings, sid)) == [1]
+
+
+def test_resent_command_id_appends_nothing(client, settings):
+    sid = new_story()
+    client.create_story(sid, "t", command_id="create-1")
+    first = client.add_decision(sid, "JWT", "stateless", command_id="decide-1")
+    again = client.add_decision(sid, "JWT", "stateless", command_id="decide-1")
+    assert again.duplicate and again.decision_id == first.decision_id and again.version == first.version == 2
+    assert asyncio.run(stored_versions(settings, sid)) == [1, 2]
+
+
+def test_twenty_concurrent_writers_with_the_same_expected_version(client, settings):
+    sid = new_story()
+    client.create_story(sid, "t")
+
+    async def race():
+        return await asyncio.gather(
+            *(client.aio.record_summary(sid, f"writer {i}", expected_version=1) for i in range(20)),
+            return_exceptions=True,
+        )
+
+    results = asyncio.run(race())
+    assert sum(not isinstance(r, Exception) for r in results) == 1
+    assert all(isinstance(r, ConcurrencyConflict) for r in results if isinstance(r, Exception))
+    assert asyncio.run(stored_versions(settings, sid)) == [1, 2]
+
+
+def test_killed_actor_comes_back_with_the_same_state(client, settings):
+    sid = new_story()
+    client.create_story(sid, "t")
+    client.create_subtask(sid, "T1", "Form", "dev")
+    before = client.get_story(sid)
+    ray.kill(ray.get_actor(story_actor_name(sid), namespace=settings.ray_namespace))
+    after = client.get_story(sid)
+    assert after == before
+    assert client.update_subtask(sid, "T1", "IN_PROGRESS").version == 3
+
+
+def test_passivated_actor_comes_back_with_the_same_state(client, settings):
+    sid = new_story()
+    client.create_story(sid, "t")
+    client.add_decision(sid, "JWT", "stateless")
+    before = client.get_story(sid)
+    handle = ray.get_actor(story_actor_name(sid), namespace=settings.ray_namespace)
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(handle.passivate.remote())
+    assert sid not in live_story_ids(settings)
+    assert client.get_story(sid) == before
+
+
+def test_idle_actors_passivate_and_the_live_cap_holds(ray_runtime, settings):
+    capped = settings.replace(max_live_stories=3, actor_idle_seconds=4, ray_namespace="cap-" + uuid.uuid4().hex[:6])
+    client = FleetClient(capped)
+    stories = [new_story() for _ in range(6)]
+    for sid in stories:
+        client.create_story(sid, "t")
+    deadline = time.monotonic() + 10
+    while len(live_story_ids(capped)) > 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(live_story_ids(capped)) <= 3
+    # Passivation is invisible to callers: every story still answers.
+    assert all(client.get_story(sid).version == 1 for sid in stories)
+    deadline = time.monotonic() + 15
+    while live_story_ids(capped) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert live_story_ids(capped) == []
+
+
+async def test_async_twin(ray_runtime, settings):
+    client = FleetClient(settings).aio
+    sid = new_story()
+    created = await client.create_story(sid, "t")
+    assert created.version == 1 and (await client.get_story(sid)).title == "t"

@@ -1,0 +1,81 @@
+"""Events survive encode/decode exactly; bad bytes give typed errors, never crashes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from fleet_actors.codec import decode_event, encode_event
+from fleet_actors.codec.upcasting import upcast
+from fleet_actors.domain.events import (
+    EVENT_TYPES,
+    ContextCreated,
+    DecisionAdded,
+    DecisionImpacted,
+    DecisionRelated,
+    EventEnvelope,
+    MilestoneRecorded,
+    PhaseTransitioned,
+    SubtaskCreated,
+    SubtaskUpdated,
+    SummaryRecorded,
+)
+from fleet_actors.errors import EventDecodeError
+from fleet_actors.proto import events_pb2
+
+SAMPLES = [
+    ContextCreated("Login", "desc", "BUILD"),
+    PhaseTransitioned("DESIGN", "BUILD", "ready"),
+    SubtaskCreated("T2", "API", "d", "DEV", ("T1", "T0"), 1, 8),
+    SubtaskUpdated("T2", "IN_PROGRESS", "started"),
+    DecisionAdded("D1", "ARCHITECTURE", "JWT", "stateless", "sessions", "alice", {"adr": "12", "risk": "low"}),
+    DecisionRelated("D2", "D1", "SUPERSEDES"),
+    DecisionImpacted("D1", "T2"),
+    MilestoneRecorded("M1", "DEPLOYED", "to staging"),
+    SummaryRecorded("so far so good"),
+]
+AT = datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
+
+
+def test_samples_cover_every_event_type():
+    assert {type(e).event_type for e in SAMPLES} == set(EVENT_TYPES)
+
+
+@pytest.mark.parametrize("event", SAMPLES, ids=lambda e: e.event_type)
+def test_round_trip(event):
+    envelope = EventEnvelope("ev1", "S1", 7, AT, event, "cmd1", "agent-7")
+    assert decode_event(encode_event(envelope)) == envelope
+
+
+def test_envelope_fields_on_the_wire():
+    message = events_pb2.ContextEvent.FromString(
+        encode_event(EventEnvelope("ev1", "S1", 7, AT, SAMPLES[0], "cmd1", "agent-7"))
+    )
+    assert (message.event_id, message.aggregate_id, message.version, message.schema_version) == ("ev1", "S1", 7, 1)
+    assert (message.command_id, message.actor, message.WhichOneof("payload")) == ("cmd1", "agent-7", "context_created")
+
+
+def test_garbage_bytes_raise_decode_error():
+    with pytest.raises(EventDecodeError):
+        decode_event(b"\xff\xff\xff\xff")
+
+
+def test_unknown_payload_type_raises_decode_error():
+    # Field 99 is what a newer writer might add to the oneof; this code must refuse it clearly.
+    unknown = events_pb2.ContextEvent(event_id="e", aggregate_id="S1", version=1).SerializeToString()
+    unknown += bytes([0x9A, 0x06, 0x00])  # tag 99, wire type 2, empty
+    with pytest.raises(EventDecodeError, match="does not know"):
+        decode_event(unknown)
+
+
+def test_newer_schema_version_refused():
+    message = events_pb2.ContextEvent.FromString(encode_event(EventEnvelope("ev1", "S1", 1, AT, SummaryRecorded("s"))))
+    message.schema_version = 99
+    with pytest.raises(EventDecodeError, match="newer"):
+        decode_event(message.SerializeToString())
+
+
+def test_missing_upcaster_is_an_error_not_a_silent_pass():
+    with pytest.raises(EventDecodeError, match="no upcaster"):
+        upcast("summary_recorded", 1, 2, {"summary": "s"})
