@@ -37,6 +37,9 @@ class Settings:
     stream_max_age: float = 0.0
     stream_max_age_force: bool = False
     stream_replicas: int = 1
+    #: fixed when the stream is created: stored subjects carry a partition token (hash of the story id)
+    #: and each projector owns a share of the partitions
+    partitions: int = 16
     duplicate_window: float = 120.0
     #: seconds to wait for a JetStream API answer
     nats_timeout: float = 5.0
@@ -60,9 +63,21 @@ class Settings:
                 "FLEET_STREAM_MAX_AGE would let JetStream delete events, the only copy of the story "
                 "history; set FLEET_STREAM_MAX_AGE_FORCE=1 only if the events are archived elsewhere"
             )
-        for name in ("max_live_stories", "snapshot_every", "projectors", "replay_actors", "stream_replicas"):
+        for name in (
+            "max_live_stories",
+            "snapshot_every",
+            "projectors",
+            "replay_actors",
+            "stream_replicas",
+            "partitions",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"FLEET_{name.upper()} must be at least 1")
+        if self.projectors > self.partitions:
+            raise ConfigurationError(
+                f"FLEET_PROJECTORS={self.projectors} exceeds FLEET_PARTITIONS={self.partitions}: "
+                "each projector owns at least one partition"
+            )
         if self.actor_idle_seconds <= 0:
             raise ConfigurationError("FLEET_ACTOR_IDLE_SECONDS must be positive")
         if self.duplicate_window <= 0 or self.nats_timeout <= 0:
@@ -89,8 +104,17 @@ class Settings:
     def data_path(self) -> Path:
         return Path(self.data_dir)
 
-    def story_subject(self, story_id: str, event_type: str = "*") -> str:
+    def story_subject(self, story_id: str, event_type: str) -> str:
+        """Where an event is published: ``{prefix}.{story_id}.{event_type}``."""
         return f"{self.subject_prefix}.{story_id}.{event_type}"
+
+    def story_filter(self, story_id: str) -> str:
+        """Every stored event of one story. Stored subjects end in a partition token, hence ``>``:
+        a ``*`` in its place would match nothing and silently disable the concurrency check."""
+        return f"{self.subject_prefix}.{story_id}.>"
+
+    def partition_filter(self, partition: int) -> str:
+        return f"{self.subject_prefix}.*.*.{partition}"
 
     def as_env(self) -> dict[str, str]:
         """The FLEET_* variables that reproduce these settings in another process."""

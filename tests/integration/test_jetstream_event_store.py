@@ -7,6 +7,7 @@ import uuid
 
 import nats
 import pytest
+from nats.js.api import StoreCompression
 
 from fleet_actors.adapters.jetstream import JetStreamEventStore, ensure_event_stream
 from fleet_actors.adapters.jetstream.connection import event_stream_config
@@ -25,8 +26,11 @@ async def store(settings):
 class TestJetStreamEventStore(EventStoreContract):
     async def test_subjects_are_per_story_and_event_type(self, store, settings, story_id):
         await store.append(story_id, 0, [envelope(story_id, 1)])
-        info = await store.connection.jsm().stream_info(settings.stream_name, subjects_filter=f"*.*.{story_id}.*")
-        assert info.state.subjects == {f"context.events.{story_id}.summary_recorded": 1}
+        info = await store.connection.jsm().stream_info(settings.stream_name, subjects_filter=f"*.*.{story_id}.>")
+        ((subject, count),) = info.state.subjects.items()
+        prefix, partition = subject.rsplit(".", 1)
+        assert (prefix, count) == (f"context.events.{story_id}.summary_recorded", 1)
+        assert 0 <= int(partition) < settings.partitions
 
     async def test_sibling_event_type_cannot_slip_past_the_check(self, store, story_id):
         # The plain expected-subject-sequence header would only check one subject; ours covers all.
@@ -66,8 +70,9 @@ async def test_stream_declared_with_the_documented_settings(settings):
         assert config.subjects == ["context.events.>"]
         assert (config.max_age or 0) == 0, "events must not age out by default"
         assert config.allow_atomic and config.allow_direct
-        assert str(config.compression.value) == "s2"
+        assert config.compression in ("s2", StoreCompression.S2)
         assert config.duplicate_window == pytest.approx(120)
+        assert config.subject_transform.dest.endswith(f"{{{{partition({settings.partitions},1)}}}}")
     finally:
         await nc.close()
 
@@ -86,6 +91,15 @@ async def test_existing_stream_settings_are_brought_up_to_date(settings):
         assert config.allow_atomic and config.duplicate_window == pytest.approx(120)
     finally:
         await nc.jsm().delete_stream(name)
+        await nc.close()
+
+
+async def test_changing_the_partition_count_is_refused(settings):
+    nc = await nats.connect(settings.nats_url)
+    try:
+        with pytest.raises(ConfigurationError, match="FLEET_PARTITIONS"):
+            await ensure_event_stream(nc, settings.replace(partitions=settings.partitions * 2))
+    finally:
         await nc.close()
 
 

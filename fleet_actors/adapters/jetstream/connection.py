@@ -9,7 +9,14 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StoreCompression, StreamConfig
+from nats.js.api import (
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StoreCompression,
+    StreamConfig,
+    SubjectTransform,
+)
 
 from fleet_actors.errors import BackendUnavailable, ConfigurationError, ServerTooOld, StoryError
 from fleet_actors.settings import Settings
@@ -61,6 +68,15 @@ async def connect_nats(settings: Settings, *, name: str = "fleet-actors") -> Cli
     return nc
 
 
+def partition_transform(settings: Settings) -> SubjectTransform:
+    """Stored subjects get a last token: the partition of the story id (a stable hash, fixed count)."""
+    prefix = settings.subject_prefix
+    return SubjectTransform(
+        src=f"{prefix}.*.*",
+        dest=f"{prefix}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.{{{{partition({settings.partitions},1)}}}}",
+    )
+
+
 def event_stream_config(settings: Settings) -> StreamConfig:
     return StreamConfig(
         name=settings.stream_name,
@@ -74,6 +90,7 @@ def event_stream_config(settings: Settings) -> StreamConfig:
         compression=StoreCompression.S2,
         allow_direct=True,
         allow_atomic=True,
+        subject_transform=partition_transform(settings),
     )
 
 
@@ -91,6 +108,15 @@ async def ensure_event_stream(nc: Client, settings: Settings) -> None:
         if current.subjects != wanted.subjects:
             raise ConfigurationError(
                 f"stream {settings.stream_name} exists with subjects {current.subjects}, expected {wanted.subjects}"
+            )
+        transform = current.subject_transform
+        if transform is None or (transform.src, transform.dest) != (
+            wanted.subject_transform.src,
+            wanted.subject_transform.dest,
+        ):
+            raise ConfigurationError(
+                f"stream {settings.stream_name} was created with another partitioning "
+                f"({transform.dest if transform else 'none'}); FLEET_PARTITIONS must match the stream"
             )
         drift = {
             name

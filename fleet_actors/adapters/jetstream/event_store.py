@@ -13,6 +13,7 @@ import nats.js.errors
 from nats.aio.client import Client
 
 from fleet_actors.adapters.jetstream.connection import (
+    ERR_BATCH_DUPLICATE,
     ERR_WRONG_LAST_SEQUENCE,
     connect_nats,
     ensure_event_stream,
@@ -75,10 +76,12 @@ class JetStreamEventStore(EventStore):
                 seq = await self._publish(story_id, expected_sequence, messages)
                 return AppendResult(seq)
             except nats.js.errors.APIError as error:
-                if error.err_code != ERR_WRONG_LAST_SEQUENCE:
+                if error.err_code not in (ERR_WRONG_LAST_SEQUENCE, ERR_BATCH_DUPLICATE):
                     raise translate_nats_error(error, f"appending to story {story_id}") from None
-                # The expected-sequence check runs before de-duplication: a retry of an append
-                # that landed looks like a conflict. The story's head tells the two apart.
+                # A retry of an append that landed looks like a conflict (single events: the
+                # sequence check runs before de-duplication) or a duplicate batch. The story's
+                # head tells them apart; if others appended since, the caller's catch-up will
+                # find its own events by command id.
                 head_seq, head_id = await self._head(story_id)
                 if head_id == events[-1].event_id:
                     return AppendResult(head_seq, already_stored=True)
@@ -108,7 +111,7 @@ class JetStreamEventStore(EventStore):
     async def _publish(self, story_id: str, expected_sequence: int, messages: list[tuple[str, bytes, str]]) -> int:
         condition = {
             H_EXPECTED_SEQ: str(expected_sequence),
-            H_EXPECTED_SUBJECT: self._settings.story_subject(story_id),
+            H_EXPECTED_SUBJECT: self._settings.story_filter(story_id),
         }
         if len(messages) == 1:
             subject, data, msg_id = messages[0]
@@ -136,7 +139,7 @@ class JetStreamEventStore(EventStore):
     async def _head(self, story_id: str) -> tuple[int, str]:
         try:
             msg = await self._jsm.get_last_msg(
-                self._settings.stream_name, self._settings.story_subject(story_id), direct=True
+                self._settings.stream_name, self._settings.story_filter(story_id), direct=True
             )
         except nats.js.errors.NotFoundError:
             return 0, ""
@@ -151,6 +154,11 @@ class JetStreamEventStore(EventStore):
         async for sequence, data in self._read_raw(story_id, after_sequence):
             yield StoredEvent(decode_event(data), sequence)
 
+    async def read_raw(self, story_id: str, after_sequence: int = 0) -> AsyncIterator[tuple[int, bytes]]:
+        """Undecoded events, for tools that must step over an event this code cannot read."""
+        async for item in self._read_raw(story_id, after_sequence):
+            yield item
+
     async def _read_raw(self, story_id: str, after_sequence: int) -> AsyncIterator[tuple[int, bytes]]:
         """Direct batch gets by subject: no consumer is created, and it is the fastest read we measured."""
         head = await self.last_sequence(story_id)
@@ -159,7 +167,7 @@ class JetStreamEventStore(EventStore):
         inbox = self._nc.new_inbox()
         sub = await self._nc.subscribe(inbox)
         request_subject = f"$JS.API.DIRECT.GET.{self._settings.stream_name}"
-        subject = self._settings.story_subject(story_id)
+        subject = self._settings.story_filter(story_id)
         next_sequence = after_sequence + 1
         try:
             while next_sequence <= head:

@@ -1,0 +1,149 @@
+"""Per-story context documents with a version guard, processed event ids and consumer offsets.
+
+Keys::
+
+    context:{story_id}          hash {version, doc}: the story state as JSON, newest version wins
+    processed:{event_id}        SET NX with a TTL: an event id already projected (duplicate detection)
+    consumer:{name}:offset      the last stream sequence the named consumer committed
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import valkey.asyncio as valkey_async
+import valkey.exceptions
+
+from fleet_actors.codec.state import state_from_json, state_to_json
+from fleet_actors.domain.state import StoryState
+from fleet_actors.errors import BackendUnavailable, StoryError
+from fleet_actors.settings import Settings
+
+PROCESSED_TTL_SECONDS = 7 * 24 * 3600
+
+# Write only if newer: a late or repeated delivery can never move a document backwards.
+_SET_IF_NEWER = """
+local current = redis.call('HGET', KEYS[1], 'version')
+if current and tonumber(current) >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'version', ARGV[1], 'doc', ARGV[2])
+return 1
+"""
+
+
+def translate_valkey_error(error: BaseException, what: str) -> StoryError:
+    """The one place Valkey client errors become ours."""
+    if isinstance(error, StoryError):
+        return error
+    if isinstance(error, valkey.exceptions.ConnectionError | valkey.exceptions.TimeoutError | OSError):
+        return BackendUnavailable(f"Valkey is unavailable while {what}: {error}")
+    return StoryError(f"Valkey failed while {what}: {error}")
+
+
+@dataclass(frozen=True)
+class ContextDocument:
+    story_id: str
+    version: int
+    state: StoryState
+
+
+def context_key(story_id: str) -> str:
+    return f"context:{story_id}"
+
+
+def offset_key(consumer: str) -> str:
+    return f"consumer:{consumer}:offset"
+
+
+class ContextCache:
+    def __init__(self, client: valkey_async.Valkey) -> None:
+        self._client = client
+        self._set_if_newer = client.register_script(_SET_IF_NEWER)
+
+    @classmethod
+    async def connect(cls, settings: Settings) -> ContextCache:
+        client = valkey_async.Valkey.from_url(
+            settings.valkey_url, socket_timeout=5, socket_connect_timeout=5, retry_on_timeout=True
+        )
+        cache = cls(client)
+        try:
+            await client.ping()
+        except Exception as error:
+            await client.aclose()
+            raise translate_valkey_error(error, f"connecting to {settings.valkey_url}") from None
+        return cache
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def get(self, story_id: str) -> ContextDocument | None:
+        return (await self.get_many([story_id]))[story_id]
+
+    async def get_many(self, story_ids: Sequence[str]) -> dict[str, ContextDocument | None]:
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for story_id in story_ids:
+                    pipe.hmget(context_key(story_id), "version", "doc")
+                rows = await pipe.execute()
+        except Exception as error:
+            raise translate_valkey_error(error, "reading context documents") from None
+        out: dict[str, ContextDocument | None] = {}
+        for story_id, (version, doc) in zip(story_ids, rows, strict=True):
+            out[story_id] = (
+                None if version is None else ContextDocument(story_id, int(version), state_from_json(json.loads(doc)))
+            )
+        return out
+
+    async def commit(
+        self,
+        states: Iterable[StoryState],
+        processed_event_ids: Iterable[str] = (),
+        consumer: str | None = None,
+        offset: int | None = None,
+    ) -> None:
+        """One MULTI: newer documents, processed ids and the consumer offset land together."""
+        try:
+            async with self._client.pipeline(transaction=True) as pipe:
+                for state in states:
+                    document = json.dumps(state_to_json(state), separators=(",", ":"))
+                    await self._set_if_newer(
+                        keys=[context_key(state.story_id)], args=[state.version, document], client=pipe
+                    )
+                for event_id in processed_event_ids:
+                    pipe.set(f"processed:{event_id}", 1, nx=True, ex=PROCESSED_TTL_SECONDS)
+                if consumer is not None and offset is not None:
+                    pipe.set(offset_key(consumer), offset)
+                await pipe.execute()
+        except Exception as error:
+            raise translate_valkey_error(error, "writing context documents") from None
+
+    async def already_processed(self, event_ids: Sequence[str]) -> set[str]:
+        if not event_ids:
+            return set()
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for event_id in event_ids:
+                    pipe.exists(f"processed:{event_id}")
+                found = await pipe.execute()
+        except Exception as error:
+            raise translate_valkey_error(error, "reading processed event ids") from None
+        return {e for e, hit in zip(event_ids, found, strict=True) if hit}
+
+    async def offset(self, consumer: str) -> int | None:
+        try:
+            value = await self._client.get(offset_key(consumer))
+        except Exception as error:
+            raise translate_valkey_error(error, "reading a consumer offset") from None
+        return None if value is None else int(value)
+
+    async def delete(self, *keys: str) -> None:
+        try:
+            await self._client.delete(*keys)
+        except Exception as error:
+            raise translate_valkey_error(error, "deleting keys") from None
+
+    @property
+    def client(self) -> Any:
+        return self._client

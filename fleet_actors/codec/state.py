@@ -1,0 +1,140 @@
+"""StoryState <-> protobuf (StoryStateSnapshot): snapshots and the Valkey context document.
+
+Nested values map field by field with the same names, like the event codec.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
+
+from fleet_actors.application.messages import CommandResult
+from fleet_actors.domain.state import Decision, DecisionRelation, Impact, Milestone, PhaseChange, StoryState, Subtask
+from fleet_actors.errors import EventDecodeError
+from fleet_actors.proto import state_pb2
+
+#: bump with an upcaster in codec/upcasting.py when the snapshot shape changes meaning
+STATE_SCHEMA_VERSION = 1
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NESTED = {
+    "subtasks": (Subtask, state_pb2.SubtaskState),
+    "decisions": (Decision, state_pb2.DecisionState),
+    "relations": (DecisionRelation, state_pb2.DecisionRelationState),
+    "impacts": (Impact, state_pb2.ImpactState),
+    "milestones": (Milestone, state_pb2.MilestoneState),
+    "phase_history": (PhaseChange, state_pb2.PhaseChangeState),
+}
+
+
+def state_to_proto(
+    state: StoryState, last_sequence: int = 0, recent_commands: Iterable[CommandResult] = ()
+) -> state_pb2.StoryStateSnapshot:
+    message = state_pb2.StoryStateSnapshot(schema_version=STATE_SCHEMA_VERSION, last_sequence=last_sequence)
+    for field in dataclasses.fields(StoryState):
+        value = getattr(state, field.name)
+        if field.name in _NESTED:
+            items = value.values() if isinstance(value, dict) else value
+            target = getattr(message, field.name)
+            for item in items:
+                _fill(target.add(), item)
+        else:
+            _set(message, field.name, value)
+    for result in recent_commands:
+        message.recent_commands.add(
+            command_id=result.command_id,
+            version=result.version,
+            event_ids=result.event_ids,
+            decision_id=result.decision_id or "",
+        )
+    return message
+
+
+def proto_to_state(message: state_pb2.StoryStateSnapshot) -> StoryState:
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(StoryState):
+        if field.name in _NESTED:
+            cls, _ = _NESTED[field.name]
+            items = [_build(cls, item) for item in getattr(message, field.name)]
+            key = {"subtasks": "subtask_id", "decisions": "decision_id"}.get(field.name)
+            values[field.name] = {getattr(i, key): i for i in items} if key else tuple(items)
+        else:
+            values[field.name] = _get(message, field.name)
+    return StoryState(**values)
+
+
+def recent_commands(message: state_pb2.StoryStateSnapshot) -> list[CommandResult]:
+    return [
+        CommandResult(message.story_id, r.version, tuple(r.event_ids), r.command_id, r.decision_id or None)
+        for r in message.recent_commands
+    ]
+
+
+def encode_state(state: StoryState, last_sequence: int = 0, commands: Iterable[CommandResult] = ()) -> bytes:
+    return state_to_proto(state, last_sequence, commands).SerializeToString()
+
+
+def decode_state(data: bytes) -> tuple[StoryState, int, list[CommandResult]]:
+    message = state_pb2.StoryStateSnapshot()
+    try:
+        message.ParseFromString(data)
+    except DecodeError as error:
+        raise EventDecodeError(f"stored story state is corrupt: {error}") from None
+    if message.schema_version > STATE_SCHEMA_VERSION:
+        raise EventDecodeError(f"story state schema v{message.schema_version} is newer than this code")
+    if not message.story_id:
+        raise EventDecodeError("stored story state has no story id")
+    return proto_to_state(message), message.last_sequence, recent_commands(message)
+
+
+def state_to_json(state: StoryState) -> dict[str, Any]:
+    """The context document served from Valkey: the state as JSON (proto3 JSON mapping)."""
+    return json_format.MessageToDict(state_to_proto(state), preserving_proto_field_name=True)
+
+
+def state_from_json(document: dict[str, Any]) -> StoryState:
+    message = state_pb2.StoryStateSnapshot()
+    json_format.ParseDict(document, message, ignore_unknown_fields=True)
+    return proto_to_state(message)
+
+
+def _fill(target: Message, item: Any) -> None:
+    for field in dataclasses.fields(item):
+        _set(target, field.name, getattr(item, field.name))
+
+
+def _build(cls: type, source: Message) -> Any:
+    return cls(**{field.name: _get(source, field.name) for field in dataclasses.fields(cls)})
+
+
+def _set(target: Message, name: str, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, datetime):
+        getattr(target, name).FromDatetime(value)
+    elif isinstance(value, tuple):
+        getattr(target, name).extend(value)
+    elif isinstance(value, dict):
+        getattr(target, name).update(value)
+    else:
+        setattr(target, name, value)
+
+
+def _get(source: Message, name: str) -> Any:
+    value = getattr(source, name)
+    descriptor = source.DESCRIPTOR.fields_by_name[name]
+    if descriptor.message_type is not None:
+        if descriptor.message_type.full_name == "google.protobuf.Timestamp":
+            if not source.HasField(name):
+                return None
+            return _EPOCH + timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
+        if descriptor.message_type.GetOptions().map_entry:
+            return dict(value)
+    if descriptor.is_repeated:
+        return tuple(value)
+    return value

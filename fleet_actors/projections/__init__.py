@@ -1,0 +1,1 @@
+"""Read-model projections: the graph (Neo4j) and the context document (Valkey)."""

@@ -1,0 +1,389 @@
+"""A projector: one durable pull consumer over its partitions, feeding the graph and the context cache.
+
+Exactly-once effect comes from version guards, not from the transport: the graph stores each
+story's applied version in the same transaction as the change, the context document only moves
+forward, and an event is acknowledged after both have committed. Redeliveries are skipped; a
+story whose read model is behind the events at hand (lost documents, a parked event released, a
+rebuild) is caught up from the event log itself, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from fleet_actors.adapters.jetstream import (
+    JetStreamEventStore,
+    connect_nats,
+    ensure_event_stream,
+    translate_nats_error,
+)
+from fleet_actors.adapters.neo4j import GraphStore
+from fleet_actors.adapters.valkey import ContextCache
+from fleet_actors.codec import decode_event
+from fleet_actors.domain.events import Event, EventEnvelope
+from fleet_actors.domain.state import StoryState
+from fleet_actors.domain.story import evolve
+from fleet_actors.errors import ConfigurationError, EventDecodeError, Retryable, StoryError
+from fleet_actors.projections.dead_letters import DeadLetters, ParkedEvent, now_iso
+from fleet_actors.projections.policy import DEFAULT_POLICY, ProjectorPolicy, consumer_name, owned_partitions
+from fleet_actors.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProjectorStats:
+    batches: int = 0
+    delivered: int = 0
+    applied: int = 0
+    skipped_duplicates: int = 0
+    healed_from_log: int = 0
+    parked: int = 0
+    last_error: str = ""
+    last_error_at: str = ""
+    last_sequence: int = 0
+
+
+def story_of(subject: str) -> str:
+    # {prefix}.{story_id}.{event_type}.{partition}; the prefix itself may contain dots
+    return subject.rsplit(".", 3)[-3]
+
+
+class Projector:
+    def __init__(
+        self,
+        settings: Settings,
+        index: int,
+        count: int,
+        *,
+        nc: Client,
+        store: JetStreamEventStore,
+        graph: GraphStore,
+        cache: ContextCache,
+        policy: ProjectorPolicy = DEFAULT_POLICY,
+    ) -> None:
+        self.settings = settings
+        self.name = consumer_name(index, count)
+        self.partitions = owned_partitions(index, count, settings.partitions)
+        self.policy = policy
+        self.stats = ProjectorStats()
+        self._nc = nc
+        self._js = nc.jetstream(timeout=settings.nats_timeout)
+        self._store = store
+        self._graph = graph
+        self._cache = cache
+        self._dead_letters = DeadLetters(nc, cache, settings)
+        self._failures: dict[int, int] = {}
+        self._sub = None
+
+    @classmethod
+    async def open(
+        cls, settings: Settings, index: int, count: int, policy: ProjectorPolicy = DEFAULT_POLICY
+    ) -> Projector:
+        nc = await connect_nats(settings, name=f"fleet-{consumer_name(index, count)}")
+        try:
+            store = JetStreamEventStore(nc, settings)
+            await ensure_event_stream(nc, settings)
+            graph = await GraphStore.connect(settings)
+            cache = await ContextCache.connect(settings)
+        except BaseException:
+            await nc.close()
+            raise
+        projector = cls(settings, index, count, nc=nc, store=store, graph=graph, cache=cache, policy=policy)
+        await projector._dead_letters.ensure_stream()
+        await projector.ensure_consumer()
+        return projector
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._sub is not None:
+                await self._sub.unsubscribe()
+        for closer in (self._graph.close, self._cache.close, self._nc.close):
+            with contextlib.suppress(Exception):
+                await closer()
+
+    # --- consumer ---------------------------------------------------------------------------
+
+    def consumer_config(self, start_sequence: int | None = None) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=self.name,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_sequence else DeliverPolicy.ALL,
+            opt_start_seq=start_sequence,
+            filter_subjects=[self.settings.partition_filter(p) for p in self.partitions],
+            ack_wait=self.policy.ack_wait,
+            # Poison events are counted by us (transient outages must not exhaust a budget).
+            max_deliver=-1,
+            max_ack_pending=self.policy.batch_size * 4,
+        )
+
+    async def ensure_consumer(self, start_sequence: int | None = None) -> None:
+        """Create the durable consumer if missing (from ``start_sequence`` if given), then bind to it."""
+        jsm = self._nc.jsm()
+        stream = self.settings.stream_name
+        try:
+            try:
+                info = await jsm.consumer_info(stream, self.name)
+                wanted = sorted(self.settings.partition_filter(p) for p in self.partitions)
+                if sorted(info.config.filter_subjects or [info.config.filter_subject]) != wanted:
+                    raise ConfigurationError(f"consumer {self.name} exists with other partitions; delete it first")
+            except nats.js.errors.NotFoundError:
+                await jsm.add_consumer(stream, self.consumer_config(start_sequence))
+            self._sub = await self._js.pull_subscribe_bind(durable=self.name, stream=stream)
+        except StoryError:
+            raise
+        except Exception as error:
+            raise translate_nats_error(error, f"creating consumer {self.name}") from None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Pull, project, acknowledge; until ``stop`` is set. Outages are waited out, never skipped."""
+        while not stop.is_set():
+            try:
+                await self._apply_releases()
+                try:
+                    msgs = await self._sub.fetch(self.policy.batch_size, timeout=self.policy.fetch_timeout)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                await self._process_until_done(msgs, stop)
+            except Retryable as error:
+                self._record_error(error)
+                await asyncio.sleep(self.policy.backoff_max)
+            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError) as error:
+                self._record_error(error)
+                await asyncio.sleep(self.policy.backoff_initial)
+
+    async def _process_until_done(self, msgs: list[Msg], stop: asyncio.Event) -> None:
+        delay = self.policy.backoff_initial
+        while True:
+            try:
+                await self.process(msgs)
+                return
+            except Retryable as error:
+                self._record_error(error)
+                if stop.is_set():
+                    return  # unacknowledged: redelivered to whoever runs next
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.policy.backoff_max)
+                for msg in msgs:  # still working on them: don't let JetStream redeliver meanwhile
+                    with contextlib.suppress(Exception):
+                        await msg.in_progress()
+
+    def _record_error(self, error: BaseException) -> None:
+        self.stats.last_error = str(error)[:500]
+        self.stats.last_error_at = now_iso()
+        log.warning("projector %s: %s", self.name, error)
+
+    # --- one batch --------------------------------------------------------------------------
+
+    async def process(self, msgs: Sequence[Msg]) -> None:
+        self.stats.batches += 1
+        self.stats.delivered += len(msgs)
+        held = await self._dead_letters.held()
+        events: dict[str, list[EventEnvelope]] = {}
+        msgs_of: dict[str, list[Msg]] = {}
+        acknowledge: list[Msg] = []
+        waiting: list[Msg] = []  # behind a failing event of the same story: redelivered later
+        failing: set[str] = set()
+        for msg in msgs:
+            story_id = story_of(msg.subject)
+            if story_id in held:
+                acknowledge.append(msg)  # kept in the log; read back from it on release
+                continue
+            if story_id in failing:
+                waiting.append(msg)
+                continue
+            try:
+                envelope = decode_event(msg.data)
+            except EventDecodeError as error:
+                failing.add(story_id)
+                await self._failed(story_id, msg, error, waiting, acknowledge)
+                continue
+            events.setdefault(story_id, []).append(envelope)
+            msgs_of.setdefault(story_id, []).append(msg)
+
+        failures = await self._project(events)
+        for story_id, error in failures.items():
+            first, *rest = msgs_of.pop(story_id)
+            await self._failed(story_id, first, error, waiting, acknowledge)
+            waiting.extend(rest)
+        for story_msgs in msgs_of.values():
+            acknowledge.extend(story_msgs)
+        for msg in acknowledge:
+            await msg.ack()
+        for msg in waiting:
+            await msg.nak(delay=self.policy.backoff_max)
+        if acknowledge:
+            self.stats.last_sequence = max(self.stats.last_sequence, *(m.metadata.sequence.stream for m in acknowledge))
+
+    async def _failed(self, story_id: str, msg: Msg, error: Exception, waiting: list[Msg], ack: list[Msg]) -> None:
+        """An event that fails for a reason of its own: retried, then parked in the dead-letter stream."""
+        sequence = msg.metadata.sequence.stream
+        attempts = self._failures.get(sequence, 0) + 1
+        self._failures[sequence] = attempts
+        self._record_error(error)
+        if attempts < self.policy.max_deliver:
+            waiting.append(msg)
+            return
+        version = 0
+        with contextlib.suppress(EventDecodeError):
+            version = decode_event(msg.data).version
+        await self._dead_letters.park(
+            ParkedEvent(
+                story_id=story_id,
+                version=version,
+                stream_sequence=sequence,
+                subject=msg.subject,
+                consumer=self.name,
+                error=str(error),
+                deliveries=attempts,
+                parked_at=now_iso(),
+            ),
+            msg.data,
+        )
+        self._failures.pop(sequence, None)
+        self.stats.parked += 1
+        ack.append(msg)
+
+    async def _project(self, events: Mapping[str, list[EventEnvelope]]) -> dict[str, StoryError]:
+        """Apply events to both read models; returns the stories that failed for reasons of their own."""
+        if not events:
+            return {}
+        documents = await self._cache.get_many(list(events))
+        states: dict[str, StoryState] = {}
+        failures: dict[str, StoryError] = {}
+        for story_id, story_events in events.items():
+            document = documents[story_id]
+            state = document.state if document else StoryState(story_id)
+            try:
+                states[story_id] = await self._fold(state, story_events)
+            except EventDecodeError as error:
+                failures[story_id] = error
+        graph_events = {s: e for s, e in events.items() if s in states}
+        try:
+            result = await self._graph.apply(graph_events, states)
+        except Retryable:
+            raise
+        except StoryError:
+            if len(graph_events) == 1:
+                raise
+            # One story's data breaks the transaction: find it, let the others through.
+            result = None
+            for story_id in list(graph_events):
+                try:
+                    await self._graph.apply({story_id: graph_events[story_id]}, {story_id: states[story_id]})
+                except Retryable:
+                    raise
+                except StoryError as error:
+                    failures[story_id] = error
+                    states.pop(story_id)
+        if result is not None:
+            before = sum(len(v) for v in graph_events.values())
+            self.stats.skipped_duplicates += max(0, before - result.applied_events - len(result.gaps))
+            self.stats.applied += result.applied_events
+            for story_id, graph_version in result.gaps.items():
+                # The graph is behind these events: replay the story's missing events from the log.
+                missing = await self._read_log(story_id, graph_version, states[story_id].version)
+                self.stats.healed_from_log += len(missing)
+                healed = await self._graph.apply({story_id: missing}, {story_id: states[story_id]})
+                if story_id in healed.gaps:
+                    failures[story_id] = StoryError(f"story {story_id!r}: the graph could not be caught up")
+                    states.pop(story_id)
+        await self._cache.commit(
+            states.values(),
+            processed_event_ids=[e.event_id for s in states for e in events[s]],
+            consumer=self.name,
+            offset=None,
+        )
+        return failures
+
+    async def _fold(self, state: StoryState, events: list[EventEnvelope]) -> StoryState:
+        fresh = [e for e in events if e.version > state.version]
+        if not fresh:
+            return state
+        if fresh[0].version != state.version + 1:
+            # The document is behind (lost, or never written): rebuild the missing part from the log.
+            missing = await self._read_log(state.story_id, state.version, fresh[0].version - 1)
+            self.stats.healed_from_log += len(missing)
+            fresh = missing + fresh
+        for envelope in fresh:
+            if envelope.version != state.version + 1:
+                raise EventDecodeError(
+                    f"story {state.story_id!r}: version {envelope.version} follows {state.version}; the log has a gap"
+                )
+            state = evolve(state, envelope)
+        return state
+
+    async def _read_log(self, story_id: str, after_version: int, up_to_version: int) -> list[EventEnvelope]:
+        out = []
+        async for stored in self._store.read(story_id):
+            if after_version < stored.envelope.version <= up_to_version:
+                out.append(stored.envelope)
+        return out
+
+    # --- releases from the dead-letter queue ---------------------------------------------------
+
+    async def _apply_releases(self) -> None:
+        releases = await self._dead_letters.pending_releases()
+        if not releases:
+            return
+        held = await self._dead_letters.held()
+        for story_id, action in releases.items():
+            parked = held.get(story_id)
+            if parked is None:
+                await self._dead_letters.released(story_id)
+                continue
+            if parked.consumer != self.name:
+                continue  # another projector owns that story
+            await self._release(parked, skip=action == "skip")
+
+    async def _release(self, parked: ParkedEvent, *, skip: bool) -> None:
+        story_id = parked.story_id
+        document = await self._cache.get(story_id)
+        state = document.state if document else StoryState(story_id)
+        versions = await self._graph.applied_versions([story_id])
+        start = min(state.version, versions.get(story_id, 0))
+        envelopes: list[EventEnvelope] = []
+        try:
+            async for sequence, data in self._store.read_raw(story_id):
+                if skip and sequence == parked.stream_sequence:
+                    # Stand-in for the skipped event: it advances the version and changes nothing else.
+                    envelopes.append(_skipped(story_id, parked.version or len(envelopes) + 1))
+                    continue
+                envelope = decode_event(data)
+                if envelope.version > start:
+                    envelopes.append(envelope)
+        except EventDecodeError as error:
+            self._record_error(error)
+            await self._dead_letters.park(replace(parked, error=str(error), parked_at=now_iso()), b"")
+            await self._cache.client.hdel("dlq:release", story_id)
+            return
+        envelopes = [e for e in envelopes if e.version > start]
+        failures = await self._project({story_id: envelopes}) if envelopes else {}
+        if story_id in failures:
+            self._record_error(failures[story_id])
+            await self._cache.client.hdel("dlq:release", story_id)
+            return
+        await self._dead_letters.released(story_id)
+
+
+def _skipped(story_id: str, version: int) -> EventEnvelope:
+    return EventEnvelope(f"skipped-{version}", story_id, version, datetime.now(UTC), Event(), "", "dlq-skip")
+
+
+async def run_projector(settings: Settings, index: int, count: int, stop: asyncio.Event) -> None:
+    projector = await Projector.open(settings, index, count)
+    try:
+        await projector.run(stop)
+    finally:
+        await projector.close()
