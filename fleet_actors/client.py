@@ -17,9 +17,11 @@ from typing import Any, Generic, TypeVar
 import ray
 import ray.exceptions
 
+from fleet_actors.actors.read_model_actor import read_models_handle
 from fleet_actors.actors.story_actor import story_handle
 from fleet_actors.application.ids import new_id
 from fleet_actors.application.messages import CommandRequest, CommandResult
+from fleet_actors.application.read_models import ContextView
 from fleet_actors.domain import rules
 from fleet_actors.domain.commands import (
     AddDecision,
@@ -75,6 +77,10 @@ class _StoryApi(Generic[R]):
 
     # The transport: blocking or awaitable.
     def _call(self, story_id: str, method: str, *args: Any) -> R:
+        raise NotImplementedError
+
+    def _query(self, method: str, *args: Any) -> R:
+        """A read-model query (not routed to the story actor)."""
         raise NotImplementedError
 
     def _handle(self, story_id: str) -> Any:
@@ -268,6 +274,16 @@ class _StoryApi(Generic[R]):
         rules.check_id(story_id, "story_id")
         return self._call(story_id, "history", from_version)
 
+    def get_context(self, story_id: str) -> R:
+        """The story from the read models (a :class:`ContextView`), which may lag behind the log."""
+        rules.check_id(story_id, "story_id")
+        return self._query("get_context", story_id)
+
+    def wait_for_projection(self, story_id: str, version: int, timeout: float = 10.0) -> R:
+        """Wait until both read models include ``version``; raises ProjectionTimeout."""
+        rules.check_id(story_id, "story_id")
+        return self._query("wait_for_projection", story_id, version, timeout)
+
 
 def _unwrap(value: Any) -> Any:
     if isinstance(value, StoryError):
@@ -298,6 +314,9 @@ class FleetClient(_StoryApi[Any]):
                 time.sleep(_backoff(attempt))
         raise BackendUnavailable(f"the actor of story {story_id!r} kept dying; see the Ray logs")
 
+    def _query(self, method: str, *args: Any) -> Any:
+        return _unwrap(ray.get(getattr(read_models_handle(self.settings), method).remote(*args)))
+
     def close(self) -> None:
         self._handles.clear()
 
@@ -307,6 +326,12 @@ class AsyncFleetClient(_StoryApi[Awaitable[Any]]):
 
     def _call(self, story_id: str, method: str, *args: Any) -> Awaitable[Any]:
         return self._call_async(story_id, method, *args)
+
+    def _query(self, method: str, *args: Any) -> Awaitable[Any]:
+        return self._query_async(method, *args)
+
+    async def _query_async(self, method: str, *args: Any) -> Any:
+        return _unwrap(await getattr(read_models_handle(self.settings), method).remote(*args))
 
     async def _call_async(self, story_id: str, method: str, *args: Any) -> Any:
         for attempt in range(ACTOR_RETRIES):
@@ -322,4 +347,4 @@ def _backoff(attempt: int) -> float:
     return min(0.05 * 2**attempt, 1.0)
 
 
-__all__ = ["AsyncFleetClient", "CommandResult", "EventEnvelope", "FleetClient", "StoryState"]
+__all__ = ["AsyncFleetClient", "CommandResult", "ContextView", "EventEnvelope", "FleetClient", "StoryState"]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -53,6 +55,10 @@ class ProjectorStats:
     last_error: str = ""
     last_error_at: str = ""
     last_sequence: int = 0
+
+
+def status_key(consumer: str) -> str:
+    return f"projector:{consumer}:status"
 
 
 def story_of(subject: str) -> str:
@@ -156,6 +162,7 @@ class Projector:
                 except (TimeoutError, nats.errors.TimeoutError):
                     continue
                 await self._process_until_done(msgs, stop)
+                await self._publish_stats()
             except Retryable as error:
                 self._record_error(error)
                 await asyncio.sleep(self.policy.backoff_max)
@@ -178,6 +185,11 @@ class Projector:
                 for msg in msgs:  # still working on them: don't let JetStream redeliver meanwhile
                     with contextlib.suppress(Exception):
                         await msg.in_progress()
+
+    async def _publish_stats(self) -> None:
+        """For `fleet-actors projections status`, which reads it without going through Ray."""
+        with contextlib.suppress(StoryError, OSError):
+            await self._cache.client.set(status_key(self.name), json.dumps(dataclasses.asdict(self.stats)))
 
     def _record_error(self, error: BaseException) -> None:
         self.stats.last_error = str(error)[:500]
@@ -212,7 +224,7 @@ class Projector:
             events.setdefault(story_id, []).append(envelope)
             msgs_of.setdefault(story_id, []).append(msg)
 
-        failures = await self._project(events)
+        failures = await self._project(events, offset=max(m.metadata.sequence.stream for m in msgs) if msgs else None)
         for story_id, error in failures.items():
             first, *rest = msgs_of.pop(story_id)
             await self._failed(story_id, first, error, waiting, acknowledge)
@@ -255,7 +267,9 @@ class Projector:
         self.stats.parked += 1
         ack.append(msg)
 
-    async def _project(self, events: Mapping[str, list[EventEnvelope]]) -> dict[str, StoryError]:
+    async def _project(
+        self, events: Mapping[str, list[EventEnvelope]], offset: int | None = None
+    ) -> dict[str, StoryError]:
         """Apply events to both read models; returns the stories that failed for reasons of their own."""
         if not events:
             return {}
@@ -302,8 +316,8 @@ class Projector:
         await self._cache.commit(
             states.values(),
             processed_event_ids=[e.event_id for s in states for e in events[s]],
-            consumer=self.name,
-            offset=None,
+            consumer=f"{self.settings.stream_name}.{self.name}",
+            offset=offset,
         )
         return failures
 
@@ -354,13 +368,15 @@ class Projector:
         versions = await self._graph.applied_versions([story_id])
         start = min(state.version, versions.get(story_id, 0))
         envelopes: list[EventEnvelope] = []
+        previous = 0
         try:
             async for sequence, data in self._store.read_raw(story_id):
                 if skip and sequence == parked.stream_sequence:
                     # Stand-in for the skipped event: it advances the version and changes nothing else.
-                    envelopes.append(_skipped(story_id, parked.version or len(envelopes) + 1))
-                    continue
-                envelope = decode_event(data)
+                    envelope = _skipped(story_id, parked.version or previous + 1)
+                else:
+                    envelope = decode_event(data)
+                previous = envelope.version
                 if envelope.version > start:
                     envelopes.append(envelope)
         except EventDecodeError as error:
@@ -368,7 +384,6 @@ class Projector:
             await self._dead_letters.park(replace(parked, error=str(error), parked_at=now_iso()), b"")
             await self._cache.client.hdel("dlq:release", story_id)
             return
-        envelopes = [e for e in envelopes if e.version > start]
         failures = await self._project({story_id: envelopes}) if envelopes else {}
         if story_id in failures:
             self._record_error(failures[story_id])

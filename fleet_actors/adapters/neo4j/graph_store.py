@@ -62,7 +62,7 @@ class GraphStore:
         driver = AsyncGraphDatabase.driver(
             settings.neo4j_uri,
             auth=(settings.neo4j_user, settings.neo4j_password),
-            max_transaction_retry_time=15.0,
+            max_transaction_retry_time=5.0,  # then our own backoff takes over, and reports it
             connection_acquisition_timeout=10.0,
         )
         store = cls(driver, settings)

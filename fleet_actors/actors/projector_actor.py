@@ -1,0 +1,166 @@
+"""Projector actors: ``FLEET_PROJECTORS`` detached actors, each owning a share of the partitions.
+
+Ray restarts a projector that dies (``max_restarts``); its durable consumer resumes at the first
+unacknowledged event. Changing the pool size renames the consumers; ``start_projectors`` starts
+the new ones where the old ones stood and deletes the orphans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import logging
+from typing import Any
+
+import nats.js.errors
+import ray
+
+from fleet_actors.actors.naming import get_or_create
+from fleet_actors.adapters.jetstream import connect_nats, ensure_event_stream
+from fleet_actors.projections.policy import DEFAULT_POLICY, ProjectorPolicy, consumer_name
+from fleet_actors.projections.projector import Projector
+from fleet_actors.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PROJECTOR_PREFIX = "fleet:projector:"
+CONSUMER_PREFIX = "projector-"
+
+
+class ProjectorActor:
+    def __init__(
+        self, settings: Settings, index: int, count: int, policy: ProjectorPolicy = DEFAULT_POLICY,
+        start_sequence: int | None = None,
+    ) -> None:  # fmt: skip
+        self._settings = settings
+        self._index, self._count = index, count
+        self._policy = policy
+        self._start_sequence = start_sequence
+        self._stop = asyncio.Event()
+        self._projector: Projector | None = None
+        self._ready = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        delay = self._policy.backoff_initial
+        while not self._stop.is_set():
+            try:
+                projector = await Projector.open(self._settings, self._index, self._count, self._policy)
+                if self._start_sequence:
+                    await projector.ensure_consumer(self._start_sequence)
+            except Exception as error:  # servers still starting, or down: keep trying, never die
+                log.warning("projector %s cannot start yet: %s", self._index, error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._policy.backoff_max)
+                continue
+            self._projector = projector
+            self._ready.set()
+            try:
+                await projector.run(self._stop)
+            finally:
+                await projector.close()
+
+    async def wait_ready(self, timeout: float = 60.0) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        return self._ready.is_set()
+
+    def status(self) -> dict[str, Any]:
+        projector = self._projector
+        stats = dataclasses.asdict(projector.stats) if projector else {}
+        return {"consumer": consumer_name(self._index, self._count), "ready": self._ready.is_set(), **stats}
+
+    async def stop(self) -> None:
+        """Finish the batch in hand, then exit (the consumer keeps its position)."""
+        self._stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._task, 30)
+        ray.actor.exit_actor()
+
+
+@functools.cache
+def projector_actor_class() -> Any:
+    return ray.remote(max_restarts=-1, max_task_retries=-1)(ProjectorActor)
+
+
+def projector_actor_name(index: int, count: int) -> str:
+    return f"{PROJECTOR_PREFIX}{index}-of-{count}"
+
+
+async def prepare_consumers(settings: Settings) -> int | None:
+    """Delete consumers of another pool size; returns where the new consumers must start from."""
+    nc = await connect_nats(settings, name="fleet-projector-pool")
+    try:
+        await ensure_event_stream(nc, settings)
+        jsm = nc.jsm()
+        wanted = {consumer_name(i, settings.projectors) for i in range(settings.projectors)}
+        existing = await jsm.consumers_info(settings.stream_name)
+        orphans = [c for c in existing if c.name.startswith(CONSUMER_PREFIX) and c.name not in wanted]
+        present = {c.name for c in existing}
+        start = None
+        if orphans and not wanted & present:
+            # Resume where the slowest old consumer stood: nothing skipped; repeats are no-ops.
+            start = min(c.ack_floor.stream_seq for c in orphans) + 1
+        for consumer in orphans:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await jsm.delete_consumer(settings.stream_name, consumer.name)
+        return start
+    finally:
+        await nc.close()
+
+
+def start_projectors(settings: Settings, policy: ProjectorPolicy = DEFAULT_POLICY, timeout: float = 120) -> list[Any]:
+    """Create (or find) the pool's actors and wait until each has bound its consumer."""
+    start = asyncio.run(prepare_consumers(settings)) if not _in_event_loop() else None
+    handles = [
+        get_or_create(
+            projector_actor_class(),
+            projector_actor_name(i, settings.projectors),
+            settings,
+            settings,
+            i,
+            settings.projectors,
+            policy,
+            start,
+        )
+        for i in range(settings.projectors)
+    ]
+    ready = ray.get([h.wait_ready.remote(timeout) for h in handles])
+    if not all(ready):
+        from fleet_actors.errors import BackendUnavailable
+
+        raise BackendUnavailable("projectors could not start; check NATS, Valkey and the graph database")
+    return handles
+
+
+def stop_projectors(settings: Settings) -> None:
+    handles = []
+    for i in range(settings.projectors):
+        with contextlib.suppress(ValueError):
+            handles.append(
+                ray.get_actor(projector_actor_name(i, settings.projectors), namespace=settings.ray_namespace)
+            )
+    for handle in handles:
+        with contextlib.suppress(ray.exceptions.RayActorError):
+            ray.get(handle.stop.remote())
+
+
+def projector_status(settings: Settings) -> list[dict[str, Any]]:
+    out = []
+    for i in range(settings.projectors):
+        try:
+            handle = ray.get_actor(projector_actor_name(i, settings.projectors), namespace=settings.ray_namespace)
+            out.append(ray.get(handle.status.remote(), timeout=10))
+        except (ValueError, ray.exceptions.RayError, TimeoutError):
+            out.append({"consumer": consumer_name(i, settings.projectors), "ready": False})
+    return out
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

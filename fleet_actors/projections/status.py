@@ -1,0 +1,75 @@
+"""Where each projector stands: pending events, ack floor, lag in events and seconds, last error."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import nats.js.errors
+
+from fleet_actors.adapters.jetstream import connect_nats, translate_nats_error
+from fleet_actors.adapters.valkey import ContextCache
+from fleet_actors.projections.projector import status_key
+from fleet_actors.settings import Settings
+
+
+@dataclass(frozen=True)
+class ConsumerStatus:
+    consumer: str
+    pending: int
+    ack_pending: int
+    ack_floor: int
+    redelivered: int
+    lag_events: int
+    lag_seconds: float
+    applied: int
+    parked: int
+    last_error: str
+
+
+async def projection_status(settings: Settings) -> list[ConsumerStatus]:
+    nc = await connect_nats(settings, name="fleet-status")
+    cache = await ContextCache.connect(settings)
+    try:
+        jsm = nc.jsm()
+        try:
+            consumers = await jsm.consumers_info(settings.stream_name)
+        except nats.js.errors.NotFoundError:
+            return []
+        except Exception as error:
+            raise translate_nats_error(error, "listing consumers") from None
+        out = []
+        now = datetime.now(UTC)
+        for info in sorted(consumers, key=lambda c: c.name):
+            if not info.name.startswith("projector-"):
+                continue
+            lag = (info.num_pending or 0) + (info.num_ack_pending or 0)
+            lag_seconds = 0.0
+            if lag:
+                try:
+                    oldest = await jsm.get_msg(settings.stream_name, seq=info.ack_floor.stream_seq + 1, direct=True)
+                    if oldest.time:
+                        lag_seconds = max(0.0, (now - oldest.time).total_seconds())
+                except Exception:  # the oldest event may have been removed meanwhile: no age then
+                    lag_seconds = 0.0
+            raw = await cache.client.get(status_key(info.name))
+            stats = json.loads(raw) if raw else {}
+            out.append(
+                ConsumerStatus(
+                    consumer=info.name,
+                    pending=info.num_pending or 0,
+                    ack_pending=info.num_ack_pending or 0,
+                    ack_floor=info.ack_floor.stream_seq,
+                    redelivered=info.num_redelivered or 0,
+                    lag_events=lag,
+                    lag_seconds=round(lag_seconds, 3),
+                    applied=stats.get("applied", 0),
+                    parked=stats.get("parked", 0),
+                    last_error=stats.get("last_error", ""),
+                )
+            )
+        return out
+    finally:
+        await cache.close()
+        await nc.close()

@@ -1,0 +1,166 @@
+"""Projectors against real NATS, ArcadeDB (Bolt) and Valkey: nothing lost, nothing applied twice."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats
+
+from fleet_actors.adapters.neo4j import GraphStore
+from fleet_actors.adapters.valkey import ContextCache
+from fleet_actors.domain.commands import UpdateSubtask
+from fleet_actors.projections.dead_letters import DeadLetters, dlq_stream
+from fleet_actors.projections.verify import actual_graph, verify
+from tests.integration.conftest import RunningProjectors, wait_until, write_story
+
+
+async def projected(running: RunningProjectors, versions: dict[str, int]) -> bool:
+    graph = await running.graph.applied_versions(list(versions))
+    documents = await running.cache.get_many(list(versions))
+    return all(graph[s] == v and documents[s] is not None and documents[s].version == v for s, v in versions.items())
+
+
+async def test_graph_and_document_follow_the_log(projectors, execute, stream_settings, unique_id):
+    stories = {sid: await write_story(execute, sid) for sid in (unique_id("S") for _ in range(4))}
+    await wait_until(lambda: projected(projectors, stories))
+    report = await verify(stream_settings)
+    assert report.ok, report.differences
+    assert sorted(s.story_id for s in report.stories) == sorted(stories)
+    graph = await actual_graph(projectors.graph, next(iter(stories)))
+    assert sum(graph["subtasks"].values()) == 2 and sum(graph["decision_relations"].values()) == 1
+    assert sum(graph["milestones"].values()) == 1 and sum(graph["transitions"].values()) == 1
+
+
+async def test_both_projectors_share_the_work(projectors, execute, unique_id):
+    stories = {sid: await write_story(execute, sid) for sid in (unique_id("S") for _ in range(12))}
+    await wait_until(lambda: projected(projectors, stories))
+    assert all(p.stats.applied > 0 for p in projectors.projectors)
+
+
+async def test_redelivered_events_are_not_applied_twice(stream_settings, execute, unique_id):
+    sid = unique_id("S")
+    version = await write_story(execute, sid)
+    first = await RunningProjectors(stream_settings, 1).start()
+    await wait_until(lambda: projected(first, {sid: version}))
+    before = await actual_graph(first.graph, sid)
+    await first.stop()
+    # Throw the consumer away: a new one receives every event again from the start.
+    nc = await nats.connect(stream_settings.nats_url)
+    await nc.jsm().delete_consumer(stream_settings.stream_name, "projector-0-of-1")
+    await nc.close()
+    again = await RunningProjectors(stream_settings, 1).start()
+    try:
+        await wait_until(lambda: asyncio.sleep(0, again.projectors[0].stats.delivered >= version))
+        await asyncio.sleep(0.5)
+        assert again.projectors[0].stats.applied == 0
+        assert again.projectors[0].stats.skipped_duplicates >= version
+        assert await actual_graph(again.graph, sid) == before
+    finally:
+        await again.stop()
+
+
+async def test_crash_between_graph_commit_and_ack_is_harmless(stream_settings, execute, unique_id):
+    sid = unique_id("S")
+    version = await write_story(execute, sid)
+    crashing = await RunningProjectors(stream_settings, 1).start()
+
+    async def crash(*args, **kwargs):
+        raise RuntimeError("projector died after the graph commit")
+
+    crashing.projectors[0]._cache.commit = crash  # the graph commits, then the process dies
+    await wait_until(lambda: asyncio.sleep(0, crashing.projectors[0].stats.batches > 0))
+    await crashing.stop()
+    graph = await GraphStore.connect(stream_settings)
+    assert (await graph.applied_versions([sid]))[sid] == version  # the graph got it; nothing was acked
+    await graph.close()
+    restarted = await RunningProjectors(stream_settings, 1).start()  # redelivery after ack_wait
+    try:
+        await wait_until(lambda: projected(restarted, {sid: version}), timeout=30)
+        report = await verify(stream_settings, [sid])
+        assert report.ok, report.differences
+    finally:
+        await restarted.stop()
+
+
+async def test_poison_event_is_parked_and_holds_only_its_story(projectors, execute, stream_settings, unique_id):
+    poisoned, healthy = unique_id("P"), unique_id("H")
+    await write_story(execute, poisoned)
+    nc = await nats.connect(stream_settings.nats_url)
+    try:
+        # Bytes no version of the code can read, appended like any event of the story.
+        await nc.jetstream().publish(stream_settings.story_subject(poisoned, "summary_recorded"), b"\xff\x00garbage")
+        healthy_version = await write_story(execute, healthy)
+        await wait_until(lambda: projected(projectors, {healthy: healthy_version}))
+        dead_letters = DeadLetters(nc, projectors.cache, stream_settings)
+        await wait_until(lambda: _held(dead_letters, poisoned))
+        parked = (await dead_letters.held())[poisoned]
+        assert parked.deliveries >= 2 and "ContextEvent" in parked.error
+        info = await nc.jsm().stream_info(dlq_stream(stream_settings))
+        assert info.state.messages >= 1
+        assert (await projectors.graph.applied_versions([poisoned]))[poisoned] == 10  # before the poison
+        # The operator skips it: the story catches up past it, in order.
+        await dead_letters.request_release(poisoned, "skip")
+        await wait_until(lambda: _released(dead_letters, poisoned))
+        assert (await projectors.graph.applied_versions([poisoned]))[poisoned] == 11
+    finally:
+        await nc.close()
+
+
+async def _held(dead_letters: DeadLetters, story_id: str) -> bool:
+    return story_id in await dead_letters.held()
+
+
+async def _released(dead_letters: DeadLetters, story_id: str) -> bool:
+    return story_id not in await dead_letters.held()
+
+
+async def test_nats_killed_mid_stream_loses_nothing(local_stack, projectors, execute, stream_settings, unique_id):
+    stories = {sid: await write_story(execute, sid, extra_updates=20) for sid in (unique_id("K") for _ in range(3))}
+    local_stack.nats.kill()
+    local_stack.nats.start().wait_ready()
+    await asyncio.sleep(0.5)
+    more = {sid: await write_story(execute, sid) for sid in (unique_id("K") for _ in range(2))}
+    await wait_until(lambda: projected(projectors, {**stories, **more}), timeout=60)
+    report = await verify(stream_settings)
+    assert report.ok, report.differences
+
+
+async def test_valkey_restart_loses_nothing(local_stack, projectors, execute, stream_settings, unique_id):
+    sid = unique_id("V")
+    version = await write_story(execute, sid)
+    await wait_until(lambda: projected(projectors, {sid: version}))
+    local_stack.valkey.restart()
+    later = await execute(sid, UpdateSubtask("T1", "DONE"))
+    await wait_until(lambda: projected(projectors, {sid: later.version}), timeout=30)
+    assert (await verify(stream_settings, [sid])).ok
+
+
+async def test_graph_outage_is_waited_out(local_stack, projectors, execute, stream_settings, unique_id):
+    sid = unique_id("G")
+    version = await write_story(execute, sid)
+    await wait_until(lambda: projected(projectors, {sid: version}))
+    local_stack.arcadedb.stop()
+    try:
+        versions = {unique_id("G"): 0 for _ in range(3)}
+        for story_id in versions:
+            versions[story_id] = await write_story(execute, story_id)
+        await wait_until(lambda: asyncio.sleep(0, any(p.stats.last_error for p in projectors.projectors)))
+        assert "unavailable" in " ".join(p.stats.last_error for p in projectors.projectors)
+    finally:
+        local_stack.arcadedb.start().wait_ready()
+    await wait_until(lambda: projected(projectors, versions), timeout=60)
+    report = await verify(stream_settings)
+    assert report.ok, report.differences
+
+
+async def test_lost_context_documents_are_rebuilt_from_the_log(projectors, execute, stream_settings, unique_id):
+    sid = unique_id("L")
+    version = await write_story(execute, sid)
+    await wait_until(lambda: projected(projectors, {sid: version}))
+    cache = await ContextCache.connect(stream_settings)
+    await cache.delete(f"context:{sid}")
+    later = await execute(sid, UpdateSubtask("T1", "DONE"))
+    await wait_until(lambda: projected(projectors, {sid: later.version}))
+    assert (await cache.get(sid)).state.subtasks["T1"].status == "DONE"
+    await cache.close()
+    assert (await verify(stream_settings, [sid])).ok
