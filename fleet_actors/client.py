@@ -12,6 +12,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Iterable, Mapping
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import ray
@@ -38,7 +39,7 @@ from fleet_actors.domain.commands import (
 )
 from fleet_actors.domain.events import EventEnvelope
 from fleet_actors.domain.state import StoryState
-from fleet_actors.errors import BackendUnavailable, StoryError
+from fleet_actors.errors import BackendUnavailable, InvalidCommand, StoryError
 from fleet_actors.settings import Settings
 
 R = TypeVar("R")
@@ -273,6 +274,20 @@ class _StoryApi(Generic[R]):
         """The story's decoded events in order, from ``from_version``."""
         rules.check_id(story_id, "story_id")
         return self._call(story_id, "history", from_version)
+
+    def rebuild_state(self, story_id: str) -> R:
+        """Replay the story's whole log in its actor (ignoring snapshots) and take a fresh snapshot."""
+        rules.check_id(story_id, "story_id")
+        return self._call(story_id, "rebuild_state")
+
+    def get_story_at(self, story_id: str, at: datetime | int) -> R:
+        """The story as it was at a time (timezone-aware datetime) or right after a version (int)."""
+        rules.check_id(story_id, "story_id")
+        if isinstance(at, datetime):
+            return self._call(story_id, "state_at", None, at)
+        if isinstance(at, int) and not isinstance(at, bool):
+            return self._call(story_id, "state_at", at, None)
+        raise InvalidCommand("at must be a datetime or a version number", field="at")
 
     def get_context(self, story_id: str) -> R:
         """The story from the read models (a :class:`ContextView`), which may lag behind the log."""

@@ -47,6 +47,9 @@ class Settings:
     actor_idle_seconds: float = 300.0
     max_live_stories: int = 64
     snapshot_every: int = 100
+    #: snapshots kept per story (older ones are dropped by the stream); temporal queries before the
+    #: oldest kept snapshot replay from the start
+    snapshot_keep: int = 20
     projectors: int = 2
     replay_actors: int = 2
     gateway_address: str = "127.0.0.1:50051"

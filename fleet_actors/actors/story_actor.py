@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import time
+from datetime import datetime
 from typing import Any
 
 import ray
@@ -45,11 +46,17 @@ class StoryActor:
             return self._runtime
         async with self._activation:
             if self._runtime is None:
+                snapshots = None
                 if self._store is None:
                     from fleet_actors.adapters.jetstream import JetStreamEventStore
+                    from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore
 
                     self._store = await JetStreamEventStore.connect(self._settings)
-                runtime = StoryRuntime(self._story_id, self._store)
+                    snapshots = JetStreamSnapshotStore(self._store.connection, self._settings)
+                    await snapshots.ensure_stream()
+                runtime = StoryRuntime(
+                    self._story_id, self._store, snapshots=snapshots, snapshot_every=self._settings.snapshot_every
+                )
                 await runtime.load()
                 self._runtime = runtime
                 registry_handle(self._settings).activated.remote(self._story_id)
@@ -81,6 +88,21 @@ class StoryActor:
             if not events and not runtime.state.created:
                 return StoryNotFound(self._story_id)
             return events
+        except StoryError as error:
+            return error
+
+    async def rebuild_state(self) -> StoryState | StoryError:
+        try:
+            runtime = await self._ensure_runtime()
+            state = await runtime.rebuild_state()
+            return state if state.created else StoryNotFound(self._story_id)
+        except StoryError as error:
+            return error
+
+    async def state_at(self, version: int | None = None, at: datetime | None = None) -> StoryState | StoryError:
+        try:
+            runtime = await self._ensure_runtime()
+            return await runtime.state_at(version=version, at=at)
         except StoryError as error:
             return error
 

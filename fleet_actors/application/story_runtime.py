@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
@@ -20,11 +21,18 @@ from fleet_actors.errors import (
     ConcurrencyConflict,
     EventDecodeError,
     InvalidCommand,
+    StoryError,
+    StoryNotFound,
 )
 from fleet_actors.ports.event_store import EventStore, StoredEvent
+from fleet_actors.ports.snapshot_store import Snapshot, SnapshotStore
 
 #: how many recent command ids a story remembers for idempotent retries
 COMMAND_ID_WINDOW = 10_000
+#: how many of them a snapshot carries (retries come soon after the first attempt)
+SNAPSHOT_COMMANDS = 1_000
+
+log = logging.getLogger(__name__)
 
 
 def utc_now() -> datetime:
@@ -41,6 +49,8 @@ class StoryRuntime:
         *,
         clock: Callable[[], datetime] = utc_now,
         new_id: Callable[[], str] = new_id,
+        snapshots: SnapshotStore | None = None,
+        snapshot_every: int = 100,
     ) -> None:
         self.story_id = rules.check_id(story_id, "story_id")
         self._store = store
@@ -51,18 +61,65 @@ class StoryRuntime:
         self.last_sequence = 0
         self._loaded = False
         self._results: OrderedDict[str, CommandResult] = OrderedDict()
+        self._snapshots = snapshots
+        self._snapshot_every = snapshot_every
+        self._snapshot_version = 0
+        #: events folded by the last load (for measurements and tests)
+        self.replayed_on_load = 0
 
     @property
     def lock(self) -> asyncio.Lock:
         return self._lock
 
-    async def load(self) -> None:
-        """Rebuild the state from the store (from scratch)."""
+    async def load(self, *, use_snapshot: bool = True) -> None:
+        """Rebuild the state: the newest readable snapshot, then the events after it."""
+        self._reset()
+        snapshot = await self._snapshots.latest(self.story_id) if (use_snapshot and self._snapshots) else None
+        if snapshot is not None:
+            self.state, self.last_sequence = snapshot.state, snapshot.last_sequence
+            self._snapshot_version = snapshot.version
+            for result in snapshot.recent_commands:
+                self._results[result.command_id] = result
+        before = self.state.version
+        try:
+            await self._catch_up()
+        except EventDecodeError:
+            if snapshot is None:
+                raise
+            # The snapshot does not fit the log (e.g. restored from elsewhere): trust the log alone.
+            log.warning("story %s: snapshot v%s does not fit the log; replaying", self.story_id, snapshot.version)
+            self._reset()
+            before = 0
+            await self._catch_up()
+        self.replayed_on_load = self.state.version - before
+        self._loaded = True
+
+    def _reset(self) -> None:
         self.state = StoryState(self.story_id)
         self.last_sequence = 0
+        self._snapshot_version = 0
         self._results.clear()
-        await self._catch_up()
-        self._loaded = True
+
+    async def rebuild_state(self) -> StoryState:
+        """Replay every event, ignoring snapshots, and take a fresh snapshot (operators' repair tool)."""
+        async with self._lock:
+            await self.load(use_snapshot=False)
+            await self._take_snapshot()
+            return self.state
+
+    async def _maybe_snapshot(self) -> None:
+        if self._snapshots is not None and self.state.version - self._snapshot_version >= self._snapshot_every:
+            await self._take_snapshot()
+
+    async def _take_snapshot(self) -> None:
+        if self._snapshots is None or not self.state.created:
+            return
+        recent = tuple(self._results.values())[-SNAPSHOT_COMMANDS:]
+        try:
+            await self._snapshots.save(Snapshot(self.state, self.last_sequence, recent))
+            self._snapshot_version = self.state.version
+        except StoryError as error:  # a missed snapshot costs replay time, never a command
+            log.warning("story %s: snapshot v%s not saved: %s", self.story_id, self.state.version, error)
 
     async def _catch_up(self) -> None:
         """Fold the events appended since ``last_sequence`` (by us or by another writer)."""
@@ -158,8 +215,34 @@ class StoryRuntime:
                     self.state = evolve(self.state, envelope)
                     self._remember(envelope)
                 self._apply(StoredEvent(envelopes[-1], appended.last_sequence))
+                await self._maybe_snapshot()
                 return self._results[request.command_id]
             raise AssertionError("unreachable")
+
+    async def state_at(self, *, version: int | None = None, at: datetime | None = None) -> StoryState:
+        """The story as it was after ``version``, or at time ``at`` (events stamped at or before it).
+
+        Raises StoryNotFound if the story did not exist yet at that point.
+        """
+        if (version is None) == (at is None):
+            raise InvalidCommand("give exactly one of version or at", field="at")
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+            raise InvalidCommand("version must be a positive integer", field="version")
+        if at is not None and at.tzinfo is None:
+            raise InvalidCommand("at must be timezone-aware (e.g. UTC)", field="at")
+        state, after = StoryState(self.story_id), 0
+        if self._snapshots is not None:
+            snapshot = await self._snapshots.latest(self.story_id, max_version=version, at=at)
+            if snapshot is not None:
+                state, after = snapshot.state, snapshot.last_sequence
+        async for stored in self._store.read(self.story_id, after):
+            envelope = stored.envelope
+            if (version is not None and envelope.version > version) or (at is not None and envelope.timestamp > at):
+                break
+            state = evolve(state, envelope)
+        if not state.created:
+            raise StoryNotFound(self.story_id)
+        return state
 
     async def history(self, from_version: int = 1) -> list[EventEnvelope]:
         return [s.envelope async for s in self._store.read(self.story_id) if s.envelope.version >= from_version]

@@ -159,3 +159,23 @@ async def test_bad_command_id_and_wrong_story_rejected(store):
         await story.execute(request(CreateStory("Login"), "bad id"))
     with pytest.raises(InvalidCommand):
         await story.execute(request(CreateStory("Login"), "c1", story_id="S2"))
+
+
+async def test_state_at_version_and_time_boundaries(store):
+    from datetime import timedelta
+
+    clock = iter(NOW + timedelta(seconds=s) for s in range(10, 100, 10))
+    counter = itertools.count()
+    story = StoryRuntime("S1", store, clock=lambda: next(clock), new_id=lambda: f"id{next(counter)}")
+    await story.execute(request(CreateStory("Login"), "c1"))  # at +10 s
+    await story.execute(request(CreateSubtask("T1", "Form", "DEV"), "c2"))  # at +20 s
+    await story.execute(request(UpdateSubtask("T1", "IN_PROGRESS"), "c3"))  # at +30 s
+    assert (await story.state_at(version=2)).subtasks["T1"].status == "PENDING"
+    assert (await story.state_at(at=NOW + timedelta(seconds=30))).subtasks["T1"].status == "IN_PROGRESS"
+    assert (await story.state_at(at=NOW + timedelta(seconds=29))).version == 2
+    assert (await story.state_at(at=NOW + timedelta(days=365))).version == 3
+    with pytest.raises(StoryNotFound):
+        await story.state_at(at=NOW + timedelta(seconds=9))
+    for bad in ({}, {"version": 0}, {"at": datetime(2026, 1, 1)}, {"version": 1, "at": NOW}):
+        with pytest.raises(InvalidCommand):
+            await story.state_at(**bad)

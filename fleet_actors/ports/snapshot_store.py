@@ -1,0 +1,67 @@
+"""Snapshots of story state: a history per story, found by version or by time."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import datetime
+
+from fleet_actors.application.messages import CommandResult
+from fleet_actors.domain.state import StoryState
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    state: StoryState
+    #: event-log sequence of the last event folded into ``state``: replay resumes after it
+    last_sequence: int
+    #: recent command results, so idempotent retries keep working after activation from a snapshot
+    recent_commands: tuple[CommandResult, ...] = ()
+
+    @property
+    def story_id(self) -> str:
+        return self.state.story_id
+
+    @property
+    def version(self) -> int:
+        return self.state.version
+
+
+@dataclass(frozen=True)
+class SnapshotRef:
+    """Where a snapshot is, and what it covers, without decoding it."""
+
+    story_id: str
+    version: int
+    at: datetime | None
+    position: int
+
+
+class SnapshotStore(ABC):
+    @abstractmethod
+    async def save(self, snapshot: Snapshot) -> None: ...
+
+    @abstractmethod
+    async def refs(self, story_id: str) -> list[SnapshotRef]:
+        """The story's snapshots, oldest first."""
+
+    @abstractmethod
+    async def load(self, ref: SnapshotRef) -> Snapshot:
+        """Raises EventDecodeError for a snapshot this code cannot read."""
+
+    async def latest(
+        self, story_id: str, *, max_version: int | None = None, at: datetime | None = None
+    ) -> Snapshot | None:
+        """The newest readable snapshot at or before ``max_version`` / ``at``; unreadable ones are passed over."""
+        from fleet_actors.errors import EventDecodeError
+
+        for ref in reversed(await self.refs(story_id)):
+            if max_version is not None and ref.version > max_version:
+                continue
+            if at is not None and (ref.at is None or ref.at > at):
+                continue
+            try:
+                return await self.load(ref)
+            except EventDecodeError:
+                continue  # corrupt or from the future: an older one, or full replay, will do
+        return None

@@ -1,0 +1,148 @@
+"""Snapshots: cadence, activation from a snapshot equals full replay, corrupt snapshots fall back."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fleet_actors.adapters.memory_event_store import InMemoryEventStore
+from fleet_actors.adapters.memory_snapshot_store import InMemorySnapshotStore
+from fleet_actors.application.messages import CommandRequest
+from fleet_actors.application.story_runtime import StoryRuntime
+from fleet_actors.domain.commands import (
+    AddDecision,
+    CreateStory,
+    CreateSubtask,
+    RecordImpact,
+    RecordMilestone,
+    RecordSummary,
+    RelateDecisions,
+    TransitionPhase,
+    UpdateSubtask,
+)
+from fleet_actors.errors import StoryError
+
+T0 = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+def make_runtime(store, snapshots, every=5):
+    ticks = itertools.count()
+    ids = itertools.count()
+    return StoryRuntime(
+        "S1",
+        store,
+        clock=lambda: T0 + timedelta(seconds=next(ticks)),
+        new_id=lambda: f"id{next(ids)}",
+        snapshots=snapshots,
+        snapshot_every=every,
+    )
+
+
+async def run_all(runtime, commands):
+    for number, command in enumerate(commands):
+        # Random sequences contain rejected commands; they must leave no trace.
+        with contextlib.suppress(StoryError):
+            await runtime.execute(CommandRequest("S1", command, f"cmd{number}"))
+
+
+ids = st.sampled_from(["A", "B", "C", "D"])
+commands = st.lists(
+    st.one_of(
+        st.builds(CreateSubtask, ids, st.just("t"), st.just("DEV"), dependencies=st.lists(ids, max_size=2).map(tuple)),
+        st.builds(UpdateSubtask, ids, st.sampled_from(["IN_PROGRESS", "DONE", "BLOCKED", "PENDING", "CANCELLED"])),
+        st.builds(AddDecision, st.just("d"), st.just("r"), decision_id=ids),
+        st.builds(RelateDecisions, ids, ids, st.sampled_from(["DEPENDS_ON", "SUPERSEDES"])),
+        st.builds(RecordImpact, ids, ids),
+        st.builds(TransitionPhase, st.sampled_from(["DESIGN", "BUILD", "TEST", "DOCS"]), st.sampled_from(["", "why"])),
+        st.builds(RecordMilestone, st.sampled_from(["STARTED", "REVIEWED"])),
+        st.builds(RecordSummary, st.text(min_size=1, max_size=20)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(commands=commands, every=st.integers(min_value=1, max_value=7))
+async def test_activation_from_snapshot_equals_full_replay(commands, every):
+    store, snapshots = InMemoryEventStore(), InMemorySnapshotStore()
+    writer = make_runtime(store, snapshots, every)
+    await run_all(writer, [CreateStory("Story"), *commands])
+    from_snapshot = make_runtime(store, snapshots, every)
+    await from_snapshot.load()
+    full = make_runtime(store, None)
+    await full.load()
+    assert from_snapshot.state == full.state == writer.state
+    assert from_snapshot.last_sequence == full.last_sequence
+    assert from_snapshot.replayed_on_load < every or writer.state.version < every
+
+
+async def test_snapshot_cadence_and_replay_length():
+    store, snapshots = InMemoryEventStore(), InMemorySnapshotStore()
+    writer = make_runtime(store, snapshots, every=10)
+    await run_all(writer, [CreateStory("Story")] + [RecordSummary(f"s{i}") for i in range(24)])
+    assert [r.version for r in await snapshots.refs("S1")] == [10, 20]
+    reader = make_runtime(store, snapshots, every=10)
+    await reader.load()
+    assert reader.state.version == 25 and reader.replayed_on_load == 5
+
+
+async def test_retried_command_is_recognised_after_activation_from_snapshot():
+    store, snapshots = InMemoryEventStore(), InMemorySnapshotStore()
+    writer = make_runtime(store, snapshots, every=2)
+    await run_all(writer, [CreateStory("Story"), RecordSummary("a"), RecordSummary("b")])
+    reader = make_runtime(store, snapshots, every=2)
+    again = await reader.execute(CommandRequest("S1", RecordSummary("a"), "cmd1"))
+    assert again.duplicate and again.version == 2
+
+
+async def test_corrupt_snapshot_falls_back_to_an_older_one_then_to_replay():
+    store, snapshots = InMemoryEventStore(), InMemorySnapshotStore()
+    writer = make_runtime(store, snapshots, every=5)
+    await run_all(writer, [CreateStory("Story")] + [RecordSummary(f"s{i}") for i in range(11)])
+    refs = await snapshots.refs("S1")
+    snapshots.blobs[refs[-1].position] = b"\x00\xffnot a snapshot"
+    reader = make_runtime(store, snapshots, every=5)
+    await reader.load()
+    assert reader.state == writer.state and reader.replayed_on_load == 7  # from the v5 snapshot
+    for ref in refs:
+        snapshots.blobs[ref.position] = b"\x08\x63"  # a schema version from the future
+    reader = make_runtime(store, snapshots, every=5)
+    await reader.load()
+    assert reader.state == writer.state and reader.replayed_on_load == 12
+
+
+async def test_temporal_query_uses_the_nearest_earlier_snapshot():
+    store, snapshots = InMemoryEventStore(), InMemorySnapshotStore()
+    writer = make_runtime(store, snapshots, every=4)
+    await run_all(writer, [CreateStory("Story")] + [RecordSummary(f"s{i}") for i in range(10)])
+    full = make_runtime(store, None)
+    for version in range(1, 12):
+        assert await writer.state_at(version=version) == await full.state_at(version=version)
+    for second in range(0, 12):
+        at = T0 + timedelta(seconds=second)
+        assert await writer.state_at(at=at) == await full.state_at(at=at)
+
+
+async def test_rebuild_state_replays_everything_and_snapshots():
+    store, snapshots = InMemoryEventStore(), InMemorySnapshotStore()
+    writer = make_runtime(store, snapshots, every=100)
+    await run_all(writer, [CreateStory("Story"), RecordSummary("a")])
+    state = await writer.rebuild_state()
+    assert state.version == 2 and writer.replayed_on_load == 2
+    assert [r.version for r in await snapshots.refs("S1")] == [2]
+
+
+@pytest.mark.parametrize("every", [1, 3])
+async def test_snapshot_failure_never_fails_a_command(every):
+    class Broken(InMemorySnapshotStore):
+        async def save(self, snapshot):
+            raise StoryError("snapshot stream unavailable")
+
+    runtime = make_runtime(InMemoryEventStore(), Broken(), every)
+    await run_all(runtime, [CreateStory("Story"), RecordSummary("a"), RecordSummary("b")])
+    assert runtime.state.version == 3
