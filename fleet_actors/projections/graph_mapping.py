@@ -143,6 +143,20 @@ SET s.phase = r.phase, s.status = r.status, s.last_summary = r.last_summary, s.v
 """
 
 
+#: snapshots as the original plan asks: (:Story)-[:HAS_SNAPSHOT]->(:ContextSnapshot {story_id, version, at})
+SNAPSHOT_NODES = """
+UNWIND $rows AS r
+MATCH (s:Story {story_id: r.story_id})
+MERGE (c:ContextSnapshot {uid: r.uid})
+SET c.story_id = r.story_id, c.version = r.version, c.at = r.at
+MERGE (s)-[:HAS_SNAPSHOT]->(c)
+"""
+
+
+def snapshot_row(story_id: str, version: int, at: str) -> dict[str, Any]:
+    return {"uid": uid(story_id, f"snapshot-{version}"), "story_id": story_id, "version": version, "at": at}
+
+
 def plan_graph_writes(events: Sequence[EventEnvelope], states: Iterable[StoryState]) -> list[Statement]:
     """Statements for ``events`` (already filtered by the version guard), then the story summaries."""
     rows: dict[str, list[dict[str, Any]]] = {}

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -30,6 +31,11 @@ from fleet_actors.adapters.jetstream import (
     ensure_event_stream,
     translate_nats_error,
 )
+from fleet_actors.adapters.jetstream.snapshot_store import (
+    JetStreamSnapshotStore,
+    snapshot_partition_filter,
+    snapshot_stream,
+)
 from fleet_actors.adapters.neo4j import GraphStore
 from fleet_actors.adapters.valkey import ContextCache
 from fleet_actors.codec import decode_event
@@ -38,6 +44,7 @@ from fleet_actors.domain.state import StoryState
 from fleet_actors.domain.story import evolve
 from fleet_actors.errors import ConfigurationError, EventDecodeError, Retryable, StoryError
 from fleet_actors.projections.dead_letters import DeadLetters, ParkedEvent, now_iso
+from fleet_actors.projections.graph_mapping import SNAPSHOT_NODES, snapshot_row
 from fleet_actors.projections.policy import DEFAULT_POLICY, ProjectorPolicy, consumer_name, owned_partitions
 from fleet_actors.settings import Settings
 
@@ -92,6 +99,8 @@ class Projector:
         self._dead_letters = DeadLetters(nc, cache, settings)
         self._failures: dict[int, int] = {}
         self._sub = None
+        self._snapshot_sub = None
+        self._next_snapshot_poll = 0.0
 
     @classmethod
     async def open(
@@ -112,9 +121,10 @@ class Projector:
         return projector
 
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            if self._sub is not None:
-                await self._sub.unsubscribe()
+        for sub in (self._sub, self._snapshot_sub):
+            with contextlib.suppress(Exception):
+                if sub is not None:
+                    await sub.unsubscribe()
         for closer in (self._graph.close, self._cache.close, self._nc.close):
             with contextlib.suppress(Exception):
                 await closer()
@@ -147,10 +157,54 @@ class Projector:
             except nats.js.errors.NotFoundError:
                 await jsm.add_consumer(stream, self.consumer_config(start_sequence))
             self._sub = await self._js.pull_subscribe_bind(durable=self.name, stream=stream)
+            self._snapshot_sub = await self._bind_snapshot_consumer()
         except StoryError:
             raise
         except Exception as error:
             raise translate_nats_error(error, f"creating consumer {self.name}") from None
+
+    async def _bind_snapshot_consumer(self):
+        jsm = self._nc.jsm()
+        stream = snapshot_stream(self.settings)
+        name = f"{self.name}-snapshots"
+        await JetStreamSnapshotStore(self._nc, self.settings).ensure_stream()
+        try:
+            await jsm.consumer_info(stream, name)
+        except nats.js.errors.NotFoundError:
+            await jsm.add_consumer(
+                stream,
+                ConsumerConfig(
+                    durable_name=name,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    filter_subjects=[snapshot_partition_filter(self.settings, p) for p in self.partitions],
+                    ack_wait=self.policy.ack_wait,
+                    max_deliver=-1,
+                ),
+            )
+        return await self._js.pull_subscribe_bind(durable=name, stream=stream)
+
+    async def project_snapshots(self) -> int:
+        """ContextSnapshot nodes for snapshots whose story the graph already holds at that version."""
+        try:
+            msgs = await self._snapshot_sub.fetch(200, timeout=0.05)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return 0
+        refs = []
+        for msg in msgs:
+            headers = msg.headers or {}
+            story_id = msg.subject.rsplit(".", 2)[-2]
+            refs.append((msg, story_id, int(headers.get("Fleet-Version", "0")), headers.get("Fleet-At", "")))
+        versions = await self._graph.applied_versions(sorted({story_id for _, story_id, _, _ in refs}))
+        ready = [r for r in refs if versions.get(r[1], 0) >= r[2]]
+        if ready:
+            rows = [snapshot_row(story_id, version, at) for _, story_id, version, at in ready]
+            await self._graph.write(SNAPSHOT_NODES, rows=rows)
+        for msg, story_id, version, _ in refs:
+            if versions.get(story_id, 0) >= version:
+                await msg.ack()
+            else:
+                await msg.nak(delay=self.policy.backoff_max)  # the story's events are not projected yet
+        return len(ready)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Pull, project, acknowledge; until ``stop`` is set. Outages are waited out, never skipped."""
@@ -160,9 +214,13 @@ class Projector:
                 try:
                     msgs = await self._sub.fetch(self.policy.batch_size, timeout=self.policy.fetch_timeout)
                 except (TimeoutError, nats.errors.TimeoutError):
+                    await self.project_snapshots()
                     continue
                 await self._process_until_done(msgs, stop)
                 await self._publish_stats()
+                if time.monotonic() >= self._next_snapshot_poll:
+                    self._next_snapshot_poll = time.monotonic() + 1.0
+                    await self.project_snapshots()
             except Retryable as error:
                 self._record_error(error)
                 await asyncio.sleep(self.policy.backoff_max)

@@ -8,7 +8,14 @@ from datetime import datetime
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StoreCompression, StreamConfig
+from nats.js.api import (
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StoreCompression,
+    StreamConfig,
+    SubjectTransform,
+)
 
 from fleet_actors.adapters.jetstream.connection import translate_nats_error
 from fleet_actors.codec.state import decode_state, encode_state
@@ -25,7 +32,16 @@ def snapshot_stream(settings: Settings) -> str:
 
 
 def snapshot_subject(settings: Settings, story_id: str) -> str:
+    """Where a snapshot is published; stored with a partition token appended, like events."""
     return f"{settings.subject_prefix}-snapshots.{story_id}"
+
+
+def snapshot_filter(settings: Settings, story_id: str) -> str:
+    return f"{settings.subject_prefix}-snapshots.{story_id}.>"
+
+
+def snapshot_partition_filter(settings: Settings, partition: int) -> str:
+    return f"{settings.subject_prefix}-snapshots.*.{partition}"
 
 
 class JetStreamSnapshotStore(SnapshotStore):
@@ -36,6 +52,7 @@ class JetStreamSnapshotStore(SnapshotStore):
         self._settings = settings
 
     async def ensure_stream(self) -> None:
+        prefix = self._settings.subject_prefix
         config = StreamConfig(
             name=snapshot_stream(self._settings),
             subjects=[f"{self._settings.subject_prefix}-snapshots.>"],
@@ -46,6 +63,10 @@ class JetStreamSnapshotStore(SnapshotStore):
             compression=StoreCompression.S2,
             allow_direct=True,
             num_replicas=self._settings.stream_replicas,
+            subject_transform=SubjectTransform(
+                src=f"{prefix}-snapshots.*",
+                dest=f"{prefix}-snapshots.{{{{wildcard(1)}}}}.{{{{partition({self._settings.partitions},1)}}}}",
+            ),
         )
         try:
             try:
@@ -85,7 +106,7 @@ class JetStreamSnapshotStore(SnapshotStore):
         """All kept snapshots of a story, by one direct batch get (a handful of messages)."""
         inbox = self._nc.new_inbox()
         sub = await self._nc.subscribe(inbox)
-        request = {"seq": 1, "next_by_subj": snapshot_subject(self._settings, story_id), "batch": 1000}
+        request = {"seq": 1, "next_by_subj": snapshot_filter(self._settings, story_id), "batch": 1000}
         out = []
         try:
             await self._nc.publish(

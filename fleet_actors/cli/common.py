@@ -1,0 +1,56 @@
+"""Shared CLI plumbing: settings from FLEET_* plus flags, a fleet.env file, and table printing."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fleet_actors.settings import Settings, load_env_file
+
+T = TypeVar("T")
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        metavar="FILE",
+        help="read connection settings from a fleet.env written by `dev up` (FLEET_* variables win)",
+    )
+    parser.add_argument("--nats-url", help="NATS server (FLEET_NATS_URL)")
+    parser.add_argument("--stream", dest="stream_name", help="event stream name (FLEET_STREAM_NAME)")
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    env = dict(os.environ)
+    env_file = getattr(args, "env_file", None)
+    if env_file is None and (Path(Settings.from_env().data_dir) / "fleet.env").exists():
+        env_file = Path(Settings.from_env().data_dir) / "fleet.env"
+    if env_file is not None:
+        env = {**load_env_file(env_file), **env}
+        if "RAY_ADDRESS" not in os.environ and "RAY_ADDRESS" in env:
+            os.environ["RAY_ADDRESS"] = env["RAY_ADDRESS"]
+        for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
+            if key in env:
+                os.environ.setdefault(key, env[key])
+    return Settings.from_env(
+        env, nats_url=getattr(args, "nats_url", None), stream_name=getattr(args, "stream_name", None)
+    )
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coroutine)
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    print("  ".join(c.upper().ljust(widths[c]) for c in columns))
+    for row in rows:
+        print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))

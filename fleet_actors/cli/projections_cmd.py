@@ -1,0 +1,109 @@
+"""`fleet-actors projections status|start`, `verify`, `dlq list|retry|skip`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from fleet_actors.cli.common import add_settings_arguments, print_table, run, settings_from
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    projections = commands.add_parser("projections", help="the projector pool and its consumers")
+    sub = projections.add_subparsers(dest="projections_command", required=True, metavar="ACTION")
+    status = sub.add_parser("status", help="per consumer: pending, ack floor, lag in events and seconds, last error")
+    add_settings_arguments(status)
+    status.set_defaults(func=_status)
+    start = sub.add_parser("start", help="start FLEET_PROJECTORS projector actors on the Ray cluster")
+    add_settings_arguments(start)
+    start.set_defaults(func=_start)
+
+    verify = commands.add_parser(
+        "verify", help="replay the event log and compare it with both read models; exit 1 on any difference"
+    )
+    add_settings_arguments(verify)
+    verify.add_argument("--story", action="append", metavar="ID", help="only this story (repeatable)")
+    verify.set_defaults(func=_verify)
+
+    dlq = commands.add_parser("dlq", help="events parked by the projectors (poison events)")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    listing = dlq_sub.add_parser("list", help="parked events and the stories they hold")
+    add_settings_arguments(listing)
+    listing.set_defaults(func=_dlq_list)
+    for action, text in (("retry", "apply the parked event again"), ("skip", "step over the parked event")):
+        command = dlq_sub.add_parser(action, help=f"{text}, then catch the story up from the log")
+        command.add_argument("story_id", metavar="STORY_ID")
+        add_settings_arguments(command)
+        command.set_defaults(func=_dlq_release, action=action)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from fleet_actors.projections.status import projection_status
+
+    rows = [dataclasses.asdict(s) for s in run(projection_status(settings_from(args)))]
+    print_table(rows, ["consumer", "pending", "ack_pending", "ack_floor", "lag_events", "lag_seconds", "applied",
+                       "parked", "last_error"])  # fmt: skip
+    return 0
+
+
+def _start(args: argparse.Namespace) -> int:
+    from fleet_actors.actors.projector_actor import start_projectors
+    from fleet_actors.client import connect_ray
+
+    settings = settings_from(args)
+    connect_ray(settings)
+    handles = start_projectors(settings)
+    print(f"{len(handles)} projectors running in namespace {settings.ray_namespace}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from fleet_actors.projections.verify import verify
+
+    report = run(verify(settings_from(args), args.story))
+    for difference in report.differences:
+        print(difference)
+    print(f"{len(report.stories)} stories checked, {len(report.differences)} differences")
+    return 0 if report.ok else 1
+
+
+async def _dead_letters(settings):
+    from fleet_actors.adapters.jetstream import connect_nats
+    from fleet_actors.adapters.valkey import ContextCache
+    from fleet_actors.projections.dead_letters import DeadLetters
+
+    nc = await connect_nats(settings)
+    cache = await ContextCache.connect(settings)
+    return nc, cache, DeadLetters(nc, cache, settings)
+
+
+def _dlq_list(args: argparse.Namespace) -> int:
+    async def listing():
+        nc, cache, dead_letters = await _dead_letters(settings_from(args))
+        try:
+            return await dead_letters.held()
+        finally:
+            await cache.close()
+            await nc.close()
+
+    held = run(listing())
+    print_table(
+        [dataclasses.asdict(p) for p in held.values()],
+        ["story_id", "version", "stream_sequence", "consumer", "deliveries", "parked_at", "error"],
+    )
+    return 0
+
+
+def _dlq_release(args: argparse.Namespace) -> int:
+    async def release():
+        nc, cache, dead_letters = await _dead_letters(settings_from(args))
+        try:
+            return await dead_letters.request_release(args.story_id, args.action)
+        finally:
+            await cache.close()
+            await nc.close()
+
+    parked = run(release())
+    print(f"{args.action}: story {parked.story_id} v{parked.version} handed to {parked.consumer}", file=sys.stderr)
+    return 0
