@@ -98,8 +98,19 @@ def decide(state: StoryState, command: Command, ctx: DecideContext = DecideConte
 
 
 def evolve(state: StoryState, envelope: EventEnvelope) -> StoryState:
-    state = _evolve(envelope.payload, state, envelope)
-    return replace(state, version=envelope.version, updated_at=envelope.timestamp)
+    changes = _evolve(envelope.payload, state, envelope)
+    changes["version"] = envelope.version
+    changes["updated_at"] = envelope.timestamp
+    return _with(state, changes)
+
+
+def _with(state: StoryState, changes: dict[str, object]) -> StoryState:
+    # dataclasses.replace re-runs __init__ over every field; replay folds thousands of events,
+    # so copy the frozen instance's fields directly (still a new object; the old one is untouched).
+    new = object.__new__(StoryState)
+    new.__dict__.update(state.__dict__)
+    new.__dict__.update(changes)
+    return new
 
 
 def fold(state: StoryState, envelopes: Iterable[EventEnvelope]) -> StoryState:
@@ -343,35 +354,37 @@ def _(command: ApplyChanges, state: StoryState, ctx: DecideContext) -> Iterable[
 
 
 # --- evolve -------------------------------------------------------------------------------
+# Each rule returns the fields that change; ``evolve`` adds the version and time.
+
+Changes = dict[str, object]
 
 
 @singledispatch
-def _evolve(event: Event, state: StoryState, envelope: EventEnvelope) -> StoryState:
+def _evolve(event: Event, state: StoryState, envelope: EventEnvelope) -> Changes:
     # Total: an event this code has no rule for changes nothing but the version.
-    return state
+    return {}
 
 
 @_evolve.register
-def _(event: ContextCreated, state: StoryState, envelope: EventEnvelope) -> StoryState:
-    return replace(
-        state,
-        created=True,
-        title=event.title,
-        description=event.description,
-        phase=event.initial_phase or Phase.DESIGN.value,
-        created_at=envelope.timestamp,
-        created_by=envelope.actor,
-    )
+def _(event: ContextCreated, state: StoryState, envelope: EventEnvelope) -> Changes:
+    return {
+        "created": True,
+        "title": event.title,
+        "description": event.description,
+        "phase": event.initial_phase or Phase.DESIGN.value,
+        "created_at": envelope.timestamp,
+        "created_by": envelope.actor,
+    }
 
 
 @_evolve.register
-def _(event: PhaseTransitioned, state: StoryState, envelope: EventEnvelope) -> StoryState:
+def _(event: PhaseTransitioned, state: StoryState, envelope: EventEnvelope) -> Changes:
     change = PhaseChange(event.from_phase, event.to_phase, event.rationale, envelope.timestamp, envelope.actor)
-    return replace(state, phase=event.to_phase, phase_history=(*state.phase_history, change))
+    return {"phase": event.to_phase, "phase_history": (*state.phase_history, change)}
 
 
 @_evolve.register
-def _(event: SubtaskCreated, state: StoryState, envelope: EventEnvelope) -> StoryState:
+def _(event: SubtaskCreated, state: StoryState, envelope: EventEnvelope) -> Changes:
     subtask = Subtask(
         subtask_id=event.subtask_id,
         title=event.title,
@@ -384,20 +397,20 @@ def _(event: SubtaskCreated, state: StoryState, envelope: EventEnvelope) -> Stor
         created_at=envelope.timestamp,
         updated_at=envelope.timestamp,
     )
-    return replace(state, subtasks={**state.subtasks, event.subtask_id: subtask})
+    return {"subtasks": {**state.subtasks, event.subtask_id: subtask}}
 
 
 @_evolve.register
-def _(event: SubtaskUpdated, state: StoryState, envelope: EventEnvelope) -> StoryState:
+def _(event: SubtaskUpdated, state: StoryState, envelope: EventEnvelope) -> Changes:
     subtask = state.subtasks.get(event.subtask_id)
     if subtask is None:
-        return state
+        return {}
     updated = replace(subtask, status=event.status, updated_at=envelope.timestamp)
-    return replace(state, subtasks={**state.subtasks, event.subtask_id: updated})
+    return {"subtasks": {**state.subtasks, event.subtask_id: updated}}
 
 
 @_evolve.register
-def _(event: DecisionAdded, state: StoryState, envelope: EventEnvelope) -> StoryState:
+def _(event: DecisionAdded, state: StoryState, envelope: EventEnvelope) -> Changes:
     decision = Decision(
         decision_id=event.decision_id,
         decision_type=event.decision_type,
@@ -408,30 +421,30 @@ def _(event: DecisionAdded, state: StoryState, envelope: EventEnvelope) -> Story
         decided_at=envelope.timestamp,
         metadata=dict(event.metadata),
     )
-    return replace(state, decisions={**state.decisions, event.decision_id: decision})
+    return {"decisions": {**state.decisions, event.decision_id: decision}}
 
 
 @_evolve.register
-def _(event: DecisionRelated, state: StoryState, envelope: EventEnvelope) -> StoryState:
+def _(event: DecisionRelated, state: StoryState, envelope: EventEnvelope) -> Changes:
     relation = DecisionRelation(event.src_id, event.dst_id, event.relation_type)
     decisions = state.decisions
     superseded = decisions.get(event.dst_id)
     if event.relation_type == RelationType.SUPERSEDES and superseded is not None:
         decisions = {**decisions, event.dst_id: replace(superseded, status="SUPERSEDED")}
-    return replace(state, relations=(*state.relations, relation), decisions=decisions)
+    return {"relations": (*state.relations, relation), "decisions": decisions}
 
 
 @_evolve.register
-def _(event: DecisionImpacted, state: StoryState, envelope: EventEnvelope) -> StoryState:
-    return replace(state, impacts=(*state.impacts, Impact(event.decision_id, event.subtask_id)))
+def _(event: DecisionImpacted, state: StoryState, envelope: EventEnvelope) -> Changes:
+    return {"impacts": (*state.impacts, Impact(event.decision_id, event.subtask_id))}
 
 
 @_evolve.register
-def _(event: MilestoneRecorded, state: StoryState, envelope: EventEnvelope) -> StoryState:
+def _(event: MilestoneRecorded, state: StoryState, envelope: EventEnvelope) -> Changes:
     milestone = Milestone(event.milestone_id, event.kind, event.description, envelope.timestamp, envelope.actor)
-    return replace(state, milestones=(*state.milestones, milestone))
+    return {"milestones": (*state.milestones, milestone)}
 
 
 @_evolve.register
-def _(event: SummaryRecorded, state: StoryState, envelope: EventEnvelope) -> StoryState:
-    return replace(state, last_summary=event.summary)
+def _(event: SummaryRecorded, state: StoryState, envelope: EventEnvelope) -> Changes:
+    return {"last_summary": event.summary}

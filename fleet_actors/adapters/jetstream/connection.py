@@ -27,6 +27,10 @@ MIN_SERVER_VERSION = (2, 12, 0)
 ERR_WRONG_LAST_SEQUENCE = 10071
 ERR_STREAM_NOT_FOUND = 10059
 ERR_BATCH_DUPLICATE = 10201
+ERR_SUBJECTS_OVERLAP = 10065
+#: the server's cap on concurrent atomic batches per stream / an abandoned batch: nothing stored, retry
+ERR_BATCH_TOO_MANY_INFLIGHT = 10210
+ERR_BATCH_INCOMPLETE = 10176
 
 
 def translate_nats_error(error: BaseException, what: str) -> StoryError:
@@ -39,6 +43,8 @@ def translate_nats_error(error: BaseException, what: str) -> StoryError:
         return BackendUnavailable(f"cannot reach NATS while {what}: {error}")
     if isinstance(error, nats.js.errors.ServiceUnavailableError | nats.js.errors.NoStreamResponseError):
         return BackendUnavailable(f"JetStream is unavailable while {what}: {error}")
+    if isinstance(error, nats.js.errors.APIError) and error.err_code == ERR_SUBJECTS_OVERLAP:
+        return ConfigurationError(f"JetStream refused {what}: {error.description}; use another FLEET_SUBJECT_PREFIX")
     if isinstance(error, nats.js.errors.APIError):
         return BackendUnavailable(f"JetStream refused {what}: {error.description} (code {error.err_code})")
     return BackendUnavailable(f"unexpected NATS failure while {what}: {error!r}")

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import os
+import random
 from collections.abc import AsyncIterator, Sequence
 
 import nats.errors
@@ -14,6 +15,8 @@ from nats.aio.client import Client
 
 from fleet_actors.adapters.jetstream.connection import (
     ERR_BATCH_DUPLICATE,
+    ERR_BATCH_INCOMPLETE,
+    ERR_BATCH_TOO_MANY_INFLIGHT,
     ERR_WRONG_LAST_SEQUENCE,
     connect_nats,
     ensure_event_stream,
@@ -35,6 +38,7 @@ H_BATCH_COMMIT = "Nats-Batch-Commit"
 MAX_BATCH = 1000
 READ_BATCH = 1000
 APPEND_ATTEMPTS = 3
+BATCH_REFUSALS = 20
 
 
 class JetStreamEventStore(EventStore):
@@ -71,11 +75,22 @@ class JetStreamEventStore(EventStore):
         if len(events) > MAX_BATCH:
             raise StoryError(f"at most {MAX_BATCH} events can be appended at once")
         messages = [(self._settings.story_subject(story_id, e.event_type), encode_event(e), e.event_id) for e in events]
-        for attempt in range(APPEND_ATTEMPTS):
+        timeouts = refusals = 0
+        while True:
             try:
                 seq = await self._publish(story_id, expected_sequence, messages)
                 return AppendResult(seq)
             except nats.js.errors.APIError as error:
+                if error.err_code in (ERR_BATCH_TOO_MANY_INFLIGHT, ERR_BATCH_INCOMPLETE):
+                    # Refused as a whole (the server's cap on concurrent batches): nothing was
+                    # stored, so sending it again under a new batch id is safe.
+                    refusals += 1
+                    if refusals >= BATCH_REFUSALS:
+                        raise BackendUnavailable(
+                            f"JetStream keeps refusing batches for story {story_id!r} (too many in flight)"
+                        ) from None
+                    await asyncio.sleep(random.uniform(0.005, 0.05) * refusals)
+                    continue
                 if error.err_code not in (ERR_WRONG_LAST_SEQUENCE, ERR_BATCH_DUPLICATE):
                     raise translate_nats_error(error, f"appending to story {story_id}") from None
                 # A retry of an append that landed looks like a conflict (single events: the
@@ -92,7 +107,10 @@ class JetStreamEventStore(EventStore):
                     actual=head_seq,
                 ) from None
             except (TimeoutError, nats.errors.TimeoutError, nats.errors.ConnectionClosedError):
-                await asyncio.sleep(0.2 * (attempt + 1))
+                timeouts += 1
+                if timeouts >= APPEND_ATTEMPTS:
+                    break
+                await asyncio.sleep(0.2 * timeouts)
             except StoryError:
                 raise
             except Exception as error:
@@ -129,7 +147,11 @@ class JetStreamEventStore(EventStore):
                 ack = await self._js.publish(subject, data, headers=headers)
                 return ack.seq
             if index == 1:
-                await self._nc.request(subject, data, headers=headers, timeout=self._settings.nats_timeout)
+                reply = await self._nc.request(subject, data, headers=headers, timeout=self._settings.nats_timeout)
+                if reply.data:  # an empty reply means "staged"; anything else is a refusal
+                    refusal = json.loads(reply.data).get("error")
+                    if refusal:
+                        raise nats.js.errors.APIError.from_error(refusal)
             else:
                 await self._nc.publish(subject, data, headers=headers)
         raise AssertionError("unreachable")

@@ -1,0 +1,1 @@
+"""Synthetic but valid story histories for benchmarks and demos."""
