@@ -69,7 +69,8 @@ def drive_story(client: FleetClient, story_id: str, title: str, description: str
     client.transition_phase(story_id, "TEST", actor="dev-agent")
     client.update_subtask(story_id, "tests", "IN_PROGRESS", actor="qa-agent")
     client.update_subtask(story_id, "tests", "DONE", actor="qa-agent")
-    result = client.record_summary(story_id, "Implemented behind a flag; tests green.", actor="qa-agent")
+    client.record_summary(story_id, "Implemented behind a flag; tests green.", actor="qa-agent")
+    result = client.transition_phase(story_id, "DOCS", actor="qa-agent")
     log.append(f"final v{result.version}")
     return log
 

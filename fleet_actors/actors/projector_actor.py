@@ -82,7 +82,8 @@ class ProjectorActor:
 
 @functools.cache
 def projector_actor_class() -> Any:
-    return ray.remote(max_restarts=-1, max_task_retries=-1)(ProjectorActor)
+    # Restarted after a crash; an intentional stop() (exit_actor) is final, and not retried.
+    return ray.remote(max_restarts=-1)(ProjectorActor)
 
 
 def projector_actor_name(index: int, count: int) -> str:

@@ -1,0 +1,175 @@
+"""The `fleet-actors` command line.
+
+Each subcommand is registered in :func:`build_parser` by a ``_register_*`` function that adds
+its parser and sets ``func``: a callable taking the parsed arguments and returning the exit
+code. Errors the project raises on purpose (:class:`~fleet_actors.errors.StoryError`) end
+as ``error: <message>`` on stderr with exit code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from fleet_actors.cli import projections_cmd
+from fleet_actors.cli.common import add_settings_arguments, run, settings_from
+from fleet_actors.devstack import LocalStack
+from fleet_actors.errors import StoryError
+from fleet_actors.settings import Settings
+
+EXIT_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fleet-actors",
+        description="Event-sourced story context on Ray actors, NATS JetStream, a graph and Valkey.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _register_demo(commands)
+    _register_dev(commands)
+    projections_cmd.register(commands)
+    # Each further subcommand: a `register(commands)` that adds its parser and sets `func(args) -> int`.
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except StoryError as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+# -- dev ------------------------------------------------------------------------------------
+
+
+def _register_dev(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dev = commands.add_parser("dev", help="the embedded local stack").add_subparsers(
+        dest="dev_command", required=True, metavar="DEV_COMMAND"
+    )
+    up = dev.add_parser(
+        "up",
+        help="start NATS, Valkey, ArcadeDB and a Ray head; run until SIGINT/SIGTERM",
+        description="Starts the local stack, writes DIR/fleet.env, prints its KEY=VALUE lines and "
+        "'ready', then runs until SIGINT or SIGTERM and stops every server it started.",
+    )
+    up.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="where the servers keep their data (default: FLEET_DATA_DIR or .fleet)",
+    )
+    up.add_argument("--no-ray", dest="ray", action="store_false", help="do not start a Ray head")
+    up.add_argument("--ray-cpus", type=int, default=2, help="CPUs the Ray head offers (default: 2)")
+    up.add_argument(
+        "--nats-sync-interval",
+        default="always",
+        help="JetStream fsync interval: 'always' (default, durable) or a duration such as 2m",
+    )
+    up.set_defaults(func=_dev_up)
+
+    seed = dev.add_parser(
+        "seed",
+        help="write generated, valid story histories straight into the event stream (benchmarks, demos)",
+        description="Histories follow a documented mix (mostly subtask updates; decisions, phase changes, "
+        "milestones, summaries); each story is appended in atomic batches, far faster than through the actors.",
+    )
+    seed.add_argument("--stories", type=int, default=100, help="how many new stories (default 100)")
+    seed.add_argument("--events", type=int, default=100, help="events per story (default 100)")
+    seed.add_argument("--prefix", default="seed", help="story ids are PREFIX-0000000, ... (default: seed)")
+    seed.add_argument("--seed", dest="seed_value", type=int, default=0, help="random seed (default 0)")
+    add_settings_arguments(seed)
+    seed.set_defaults(func=_dev_seed)
+
+
+def _dev_seed(args: argparse.Namespace) -> int:
+    from fleet_actors.loadgen.seed import seed
+
+    def progress(done: int, total: int, seconds: float) -> None:
+        rate = done / seconds if seconds else 0.0
+        print(f"\r{done:,}/{total:,} events  {rate:,.0f}/s", end="", file=sys.stderr, flush=True)
+
+    report = run(
+        seed(settings_from(args), args.stories, args.events, prefix=args.prefix, seed_value=args.seed_value,
+             progress=progress)
+    )  # fmt: skip
+    print(file=sys.stderr)
+    print(f"seeded {report.stories:,} stories, {report.events:,} events in {report.seconds:.1f} s "
+          f"({report.rate:,.0f} events/s)")  # fmt: skip
+    return 0
+
+
+# -- demo -----------------------------------------------------------------------------------
+
+
+def _register_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="drive a few stories through their life cycle via the actors and show the read model",
+        description="Uses the servers in FLEET_* variables or --env-file if given; otherwise starts "
+        "embedded NATS, Valkey and ArcadeDB in a temporary folder and a local Ray runtime, and stops them after.",
+    )
+    demo.add_argument("--env-file", type=Path, metavar="FILE", help="use the servers of a running `dev up`")
+    demo.set_defaults(func=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import os
+
+    from fleet_actors.demo import run_demo
+
+    configured = args.env_file is not None or "FLEET_NATS_URL" in os.environ
+    return run_demo(settings_from(args) if configured else None)
+
+
+class _Shutdown(Exception):
+    """Raised by the signal handler to leave start-up or the wait for a signal."""
+
+
+def _raise_shutdown(signum: int, frame: FrameType | None) -> None:
+    # Stopping is bounded by SIGKILL timeouts: ignore further signals rather than abandon
+    # servers half-way through it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise _Shutdown(signal.Signals(signum).name)
+
+
+def _dev_up(args: argparse.Namespace) -> int:
+    data_dir: Path = args.data_dir or Settings.from_env().data_path
+    stack = LocalStack(data_dir, ray=args.ray, ray_cpus=args.ray_cpus, nats_sync_interval=args.nats_sync_interval)
+    # Handlers for both, installed before start-up so that a signal then still stops what has
+    # started. Setting SIGINT explicitly also undoes the SIG_IGN that a background job of a
+    # non-interactive shell inherits; scripts and tests should still prefer SIGTERM.
+    signal.signal(signal.SIGINT, _raise_shutdown)
+    signal.signal(signal.SIGTERM, _raise_shutdown)
+    try:
+        started = time.monotonic()
+        print(f"starting the local stack in {stack.data_dir} ...", file=sys.stderr, flush=True)
+        stack.start()
+        env_file = stack.write_env_file()
+        for key, value in stack.env().items():
+            print(f"{key}={value}")
+        print("ready", flush=True)
+        print(
+            f"up in {time.monotonic() - started:.1f} s; env in {env_file}; stop with Ctrl-C or SIGTERM",
+            file=sys.stderr,
+            flush=True,
+        )
+        while True:
+            signal.pause()
+    except _Shutdown as why:
+        print(f"{why}: stopping the local stack", file=sys.stderr, flush=True)
+    finally:
+        stack.stop()  # also removes fleet.env
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""A Ray head node (`ray start --head --block`) that other processes join with RAY_ADDRESS.
+
+Token authentication: Ray 2.60 turns it on for `ray start` only when RAY_AUTH_MODE is unset
+and ~/.ray/auth_token happens to exist (any earlier local ``ray.init()`` writes that file),
+while drivers given an explicit address never turn it on by themselves. Whether a client
+could connect therefore depended on the history of the home directory. The head always runs
+with ``RAY_AUTH_MODE=token`` and a private token file in its data dir, and :meth:`RayHead.env`
+hands both to clients: the GCS listens on every interface (Ray maps 127.0.0.1 to the
+machine's address), so the token is what keeps other hosts and users out.
+
+Ray reads RAY_AUTH_MODE once, when ``ray`` is imported: set it before the import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Self
+
+from fleet_actors.devstack.process import LOOPBACK, ManagedServer, find_executable, free_port, terminate_session
+
+RAY_AUTH_MODE = "token"
+
+
+class RayHead(ManagedServer):
+    """A single-node Ray cluster with its dashboard (needed by `ray job submit`) on loopback."""
+
+    name = "ray-head"
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        port: int | None = None,
+        *,
+        num_cpus: int = 2,
+        dashboard_port: int | None = None,
+        client_server_port: int | None = None,
+        dashboard_agent_port: int | None = None,
+    ) -> None:
+        super().__init__(data_dir, port)
+        self.num_cpus = num_cpus
+        self.dashboard_port = dashboard_port or free_port()
+        # Both default to fixed ports (10001, 52365): a second cluster on the machine would clash.
+        self.client_server_port = client_server_port or free_port()
+        self.dashboard_agent_port = dashboard_agent_port or free_port()
+        self._tmp_dir: Path | None = None
+        self._sid: int | None = None
+
+    @property
+    def address(self) -> str:
+        """The value for RAY_ADDRESS / ``ray.init(address=...)``."""
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return self.address
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.dashboard_port}"
+
+    @property
+    def token_path(self) -> Path:
+        return self.data_dir / "auth_token"
+
+    def env(self) -> dict[str, str]:
+        """What a driver, `ray job submit` or JobSubmissionClient needs to reach this head."""
+        return {
+            "RAY_ADDRESS": self.address,
+            "RAY_AUTH_MODE": RAY_AUTH_MODE,
+            "RAY_AUTH_TOKEN_PATH": str(self.token_path),
+            "RAY_API_SERVER_ADDRESS": self.dashboard_url,
+            "FLEET_RAY_DASHBOARD_URL": self.dashboard_url,
+        }
+
+    def _prepare(self) -> None:
+        super()._prepare()
+        if not self.token_path.exists():
+            # kept across restarts so that clients holding the env file keep working
+            fd = os.open(self.token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        # Unix socket paths are limited to ~107 bytes and Ray nests several levels under its
+        # temp dir, so it cannot live in the (arbitrarily deep) data dir.
+        self._tmp_dir = Path(tempfile.mkdtemp(prefix="fr-", dir="/tmp"))
+
+    def _environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # RAY_AUTH_TOKEN would win over our token file; an inherited RAY_ADDRESS (another
+        # cluster's) would be used by any process of this head calling ray.init() bare.
+        for name in ("RAY_AUTH_TOKEN", "RAY_ADDRESS"):
+            env.pop(name, None)
+        env.update(
+            RAY_TMPDIR=str(self._tmp_dir),
+            RAY_AUTH_MODE=RAY_AUTH_MODE,
+            RAY_AUTH_TOKEN_PATH=str(self.token_path),
+            RAY_USAGE_STATS_ENABLED="0",
+            # On SIGTERM the node otherwise drains for up to 30 s while detached actors
+            # (every story actor) are alive; a dev stack has nothing to hand over.
+            RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
+        )
+        return env
+
+    def _command(self) -> list[str]:
+        return [
+            str(find_executable("ray")),
+            "start", "--head", "--block",
+            "--port", str(self.port),
+            "--node-ip-address", LOOPBACK,
+            "--num-cpus", str(self.num_cpus),
+            "--disable-usage-stats",
+            "--include-dashboard=true",
+            "--dashboard-host", LOOPBACK,
+            "--dashboard-port", str(self.dashboard_port),
+            "--dashboard-agent-listen-port", str(self.dashboard_agent_port),
+            "--ray-client-server-port", str(self.client_server_port),
+        ]  # fmt: skip
+
+    def start(self) -> Self:
+        super().start()
+        assert self._proc is not None
+        self._sid = self._proc.pid  # start_new_session: the head leads its own session
+        return self
+
+    def _get(self, path: str) -> tuple[int, bytes] | str:
+        request = urllib.request.Request(
+            self.dashboard_url + path, headers={"Authorization": f"Bearer {self.token_path.read_text().strip()}"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=3.0) as response:
+                return int(response.status), response.read()
+        except urllib.error.HTTPError as err:
+            return err.code, b""
+        except (urllib.error.URLError, OSError) as err:
+            return str(getattr(err, "reason", err))
+
+    def _probe(self) -> str | None:
+        # The dashboard answers a few seconds before the raylet registers: wait for an ALIVE
+        # node (drivers can connect) and for the jobs API (`ray job submit` works).
+        nodes = self._get("/api/v0/nodes")
+        if isinstance(nodes, str) or nodes[0] != 200:
+            return f"dashboard /api/v0/nodes: {nodes if isinstance(nodes, str) else nodes[0]}"
+        listed = json.loads(nodes[1])["data"]["result"]["result"]
+        if not any(node.get("state") == "ALIVE" for node in listed):
+            return "no ALIVE node yet"
+        jobs = self._get("/api/jobs/")
+        if isinstance(jobs, str) or jobs[0] != 200:
+            return f"dashboard /api/jobs/: {jobs if isinstance(jobs, str) else jobs[0]}"
+        return None
+
+    def _kill_all(self) -> None:
+        assert self._sid is not None
+        terminate_session(self._sid, timeout=10.0)
+
+    def _cleanup(self) -> None:
+        super()._cleanup()
+        # `ray start` stops its children on SIGTERM, but workers it lost track of, or all of
+        # them after a SIGKILL of the head, would survive: sweep the whole session.
+        if self._sid is not None:
+            terminate_session(self._sid, timeout=10.0)
+            self._sid = None
+        if self._tmp_dir is not None:
+            shutil.rmtree(self._tmp_dir, ignore_errors=True)
+            self._tmp_dir = None

