@@ -25,7 +25,21 @@ _EXPORTS = {
     "StoryNotFound": "fleet_actors.errors",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "AsyncFleetClient",
+    "BackendUnavailable",
+    "CommandResult",
+    "ConcurrencyConflict",
+    "ContextView",
+    "FleetClient",
+    "InvalidCommand",
+    "ProjectionTimeout",
+    "RuleViolation",
+    "Settings",
+    "StoryAlreadyExists",
+    "StoryError",
+    "StoryNotFound",
+]
 
 if TYPE_CHECKING:
     from fleet_actors.application.messages import CommandResult

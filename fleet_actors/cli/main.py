@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     _register_demo(commands)
     _register_dev(commands)
     projections_cmd.register(commands)
+    _register_rebuild(commands)
     # Each further subcommand: a `register(commands)` that adds its parser and sets `func(args) -> int`.
     return parser
 
@@ -104,6 +105,27 @@ def _dev_seed(args: argparse.Namespace) -> int:
     print(f"seeded {report.stories:,} stories, {report.events:,} events in {report.seconds:.1f} s "
           f"({report.rate:,.0f} events/s)")  # fmt: skip
     return 0
+
+
+# -- rebuild --------------------------------------------------------------------------------
+
+
+def _register_rebuild(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from fleet_actors.jobs import rebuild
+
+    parser = commands.add_parser(
+        "rebuild",
+        help="rebuild the graph from the event log with parallel replay actors (resumable)",
+        description=rebuild.__doc__,
+    )
+    rebuild.add_arguments(parser)
+    parser.set_defaults(func=_rebuild)
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    from fleet_actors.jobs import rebuild
+
+    return rebuild.execute(args, settings_from(args))
 
 
 # -- demo -----------------------------------------------------------------------------------

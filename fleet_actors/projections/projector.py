@@ -64,6 +64,18 @@ class ProjectorStats:
     last_sequence: int = 0
 
 
+PAUSE_POLL_SECONDS = 0.2
+PAUSE_ACK_TTL = 5
+
+
+def pause_key(settings: Settings) -> str:
+    return f"projection:pause:{settings.stream_name}"
+
+
+def paused_key(settings: Settings, consumer: str) -> str:
+    return f"projection:paused:{settings.stream_name}:{consumer}"
+
+
 def status_key(consumer: str) -> str:
     return f"projector:{consumer}:status"
 
@@ -166,7 +178,7 @@ class Projector:
     async def _bind_snapshot_consumer(self):
         jsm = self._nc.jsm()
         stream = snapshot_stream(self.settings)
-        name = f"{self.name}-snapshots"
+        name = f"{self.name}-snapshots"  # a rebuild's replayers get their own, from the start
         await JetStreamSnapshotStore(self._nc, self.settings).ensure_stream()
         try:
             await jsm.consumer_info(stream, name)
@@ -210,6 +222,9 @@ class Projector:
         """Pull, project, acknowledge; until ``stop`` is set. Outages are waited out, never skipped."""
         while not stop.is_set():
             try:
+                if await self._paused():
+                    await asyncio.sleep(PAUSE_POLL_SECONDS)
+                    continue
                 await self._apply_releases()
                 try:
                     msgs = await self._sub.fetch(self.policy.batch_size, timeout=self.policy.fetch_timeout)
@@ -243,6 +258,14 @@ class Projector:
                 for msg in msgs:  # still working on them: don't let JetStream redeliver meanwhile
                     with contextlib.suppress(Exception):
                         await msg.in_progress()
+
+    async def _paused(self) -> bool:
+        """A rebuild owns the graph: stay off it, and say so (see projections/rebuild.py)."""
+        job = await self._cache.client.get(pause_key(self.settings))
+        if job is None:
+            return False
+        await self._cache.client.set(paused_key(self.settings, self.name), job, ex=PAUSE_ACK_TTL)
+        return True
 
     async def _publish_stats(self) -> None:
         """For `fleet-actors projections status`, which reads it without going through Ray."""
@@ -331,12 +354,11 @@ class Projector:
         """Apply events to both read models; returns the stories that failed for reasons of their own."""
         if not events:
             return {}
-        documents = await self._cache.get_many(list(events))
+        known = await self._load_states(list(events))
         states: dict[str, StoryState] = {}
         failures: dict[str, StoryError] = {}
         for story_id, story_events in events.items():
-            document = documents[story_id]
-            state = document.state if document else StoryState(story_id)
+            state = known.get(story_id) or StoryState(story_id)
             try:
                 states[story_id] = await self._fold(state, story_events)
             except EventDecodeError as error:
@@ -371,13 +393,21 @@ class Projector:
                 if story_id in healed.gaps:
                     failures[story_id] = StoryError(f"story {story_id!r}: the graph could not be caught up")
                     states.pop(story_id)
+        await self._save_states(states, [e.event_id for s in states for e in events[s]], offset)
+        return failures
+
+    async def _load_states(self, story_ids: list[str]) -> dict[str, StoryState]:
+        """The folded state each story's events continue from (the context documents)."""
+        documents = await self._cache.get_many(story_ids)
+        return {story_id: document.state for story_id, document in documents.items() if document is not None}
+
+    async def _save_states(self, states: dict[str, StoryState], event_ids: list[str], offset: int | None) -> None:
         await self._cache.commit(
             states.values(),
-            processed_event_ids=[e.event_id for s in states for e in events[s]],
+            processed_event_ids=event_ids,
             consumer=f"{self.settings.stream_name}.{self.name}",
             offset=offset,
         )
-        return failures
 
     async def _fold(self, state: StoryState, events: list[EventEnvelope]) -> StoryState:
         fresh = [e for e in events if e.version > state.version]

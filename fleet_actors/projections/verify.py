@@ -10,7 +10,7 @@ from nats.aio.client import Client
 
 from fleet_actors.adapters.jetstream import JetStreamEventStore
 from fleet_actors.adapters.neo4j import GraphStore
-from fleet_actors.adapters.valkey import ContextCache
+from fleet_actors.adapters.valkey import ContextCache, ContextDocument
 from fleet_actors.domain.state import StoryState
 from fleet_actors.domain.story import fold
 from fleet_actors.settings import Settings
@@ -85,21 +85,13 @@ async def list_story_ids(nc: Client, settings: Settings) -> list[str]:
 
 
 async def verify_story(
-    store: JetStreamEventStore, cache: ContextCache, graph: GraphStore, story_id: str
+    store: JetStreamEventStore, cache: ContextCache | None, graph: GraphStore, story_id: str
 ) -> StoryReport:
+    """Differences between the log and the read models for one story (no cache: the graph only)."""
     expected = fold(StoryState(story_id), [s.envelope for s in await store.read_all(story_id)])
     report = StoryReport(story_id, expected.version)
-    document = await cache.get(story_id)
-    if document is None:
-        if expected.version:
-            report.differences.append(f"context document missing (log at v{expected.version})")
-    elif document.state != expected:
-        fields = [
-            name for name in expected.__dataclass_fields__ if getattr(document.state, name) != getattr(expected, name)
-        ]
-        report.differences.append(
-            f"context document v{document.version} differs from the log v{expected.version} in: {', '.join(fields)}"
-        )
+    if cache is not None:
+        report.differences.extend(_document_differences(await cache.get(story_id), expected))
     want, have = expected_graph(expected), await actual_graph(graph, story_id)
     for name in want:
         missing, extra = want[name] - have[name], have[name] - want[name]
@@ -110,7 +102,19 @@ async def verify_story(
     return report
 
 
-async def verify(settings: Settings, story_ids: list[str] | None = None) -> VerifyReport:
+def _document_differences(document: ContextDocument | None, expected: StoryState) -> list[str]:
+    if document is None:
+        return [f"context document missing (log at v{expected.version})"] if expected.version else []
+    if document.state == expected:
+        return []
+    fields = [
+        name for name in expected.__dataclass_fields__ if getattr(document.state, name) != getattr(expected, name)
+    ]
+    return [f"context document v{document.version} differs from the log v{expected.version} in: {', '.join(fields)}"]
+
+
+async def verify(settings: Settings, story_ids: list[str] | None = None, *, documents: bool = True) -> VerifyReport:
+    """Compare the graph (and, unless ``documents`` is False, the context documents) with the log."""
     store = await JetStreamEventStore.connect(settings)
     cache = await ContextCache.connect(settings)
     graph = await GraphStore.connect(settings)
@@ -118,7 +122,7 @@ async def verify(settings: Settings, story_ids: list[str] | None = None) -> Veri
         ids = story_ids if story_ids is not None else await list_story_ids(store.connection, settings)
         report = VerifyReport()
         for story_id in ids:
-            report.stories.append(await verify_story(store, cache, graph, story_id))
+            report.stories.append(await verify_story(store, cache if documents else None, graph, story_id))
         return report
     finally:
         await graph.close()

@@ -142,6 +142,15 @@ class GraphStore:
         except Exception as error:
             raise translate_neo4j_error(error, "reading the graph") from None
 
+    async def query_write(self, cypher: str, **parameters: Any) -> list[dict[str, Any]]:
+        """A write query whose records are wanted (e.g. counts of deleted nodes)."""
+        try:
+            async with self._driver.session(database=self._database) as session:
+                result = await session.run(cypher, parameters)
+                return [record.data() async for record in result]
+        except Exception as error:
+            raise translate_neo4j_error(error, "writing the graph") from None
+
     async def write(self, cypher: str, **parameters: Any) -> None:
         try:
             async with self._driver.session(database=self._database) as session:

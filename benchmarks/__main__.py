@@ -1,0 +1,25 @@
+"""``python -m benchmarks [NAME ...]``: see benchmarks/README.md."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from benchmarks.harness import run_benchmarks
+
+ALL = ["commands", "projection", "activation", "storage", "rebuild"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser.add_argument("names", nargs="*", default=ALL, help=f"benchmarks to run (default: {' '.join(ALL)})")
+    parser.add_argument("--sync", default="always", help="nats-server sync_interval: always (default) or e.g. 2m")
+    parser.add_argument("--out", type=Path, help="JSON results file (default: benchmarks/results/<time>.json)")
+    args = parser.parse_args()
+    out = args.out or Path("benchmarks/results") / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+    run_benchmarks(args.names, args.sync, out)
+
+
+if __name__ == "__main__":
+    main()

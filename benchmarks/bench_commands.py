@@ -1,0 +1,103 @@
+"""Commands through FleetClient (50 warm stories, concurrent submitters) vs a no-op Ray actor call and a
+bare js.publish, all measured in this run with the same concurrency and durability setting."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from typing import Any
+
+import nats
+import ray
+
+from benchmarks.harness import BenchContext, latency_summary
+from fleet_actors import FleetClient
+from fleet_actors.actors.naming import story_actor_name
+
+STORIES = 50
+SUBMITTERS = 8
+COMMANDS = 2000
+
+
+@ray.remote(num_cpus=0)
+class NoOp:
+    async def call(self, payload: Any) -> Any:
+        return payload
+
+
+async def _drive(submit, total: int, submitters: int) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    per_worker = total // submitters
+
+    async def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        for i in range(per_worker):
+            started = time.perf_counter()
+            await submit(rng, i)
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(n) for n in range(submitters)))
+    return time.perf_counter() - started, latencies
+
+
+def run(ctx: BenchContext) -> dict[str, Any]:
+    client = FleetClient(ctx.settings)
+    run_id = uuid.uuid4().hex[:6]
+    stories = [f"bench-{run_id}-{n}" for n in range(STORIES)]
+    for story_id in stories:
+        client.create_story(story_id, "benchmark story")
+        client.create_subtask(story_id, "T1", "work", "DEV")
+
+    async def command(rng: random.Random, i: int) -> None:
+        await client.aio.record_summary(rng.choice(stories), f"progress note {i}")
+
+    async def raw_ray(rng: random.Random, i: int) -> None:
+        await noop.call.remote(f"progress note {i}")
+
+    async def raw_publish(rng: random.Random, i: int) -> None:
+        await js.publish(f"rawbench.{rng.randrange(STORIES)}", b"x" * 90)
+
+    noop = NoOp.remote()
+    ray.get(noop.call.remote(None))
+
+    async def measure() -> dict[str, Any]:
+        nonlocal js
+        nc = await nats.connect(ctx.settings.nats_url)
+        js = nc.jetstream()
+        await js.add_stream(name="RAWBENCH", subjects=["rawbench.>"])
+        await _drive(command, 200, SUBMITTERS)  # warm-up
+        cmd_seconds, cmd_lat = await _drive(command, COMMANDS, SUBMITTERS)
+        ray_seconds, ray_lat = await _drive(raw_ray, COMMANDS, SUBMITTERS)
+        pub_seconds, pub_lat = await _drive(raw_publish, COMMANDS, SUBMITTERS)
+        await nc.close()
+        return {
+            "commands_per_s": round(COMMANDS / cmd_seconds, 1),
+            **{f"command_{k}": v for k, v in latency_summary(cmd_lat).items()},
+            "raw_ray_call_per_s": round(COMMANDS / ray_seconds, 1),
+            **{f"raw_ray_{k}": v for k, v in latency_summary(ray_lat).items()},
+            "raw_js_publish_per_s": round(COMMANDS / pub_seconds, 1),
+            **{f"raw_publish_{k}": v for k, v in latency_summary(pub_lat).items()},
+            "ratio_to_raw_ray_call": round(ray_seconds / cmd_seconds, 3),
+            "ratio_to_raw_js_publish": round(pub_seconds / cmd_seconds, 3),
+        }
+
+    js = None
+    figures = {"stories": STORIES, "submitters": SUBMITTERS, "commands": COMMANDS}
+    figures.update(asyncio.run(measure()))
+
+    # A cold story: its actor passivated, the next call re-creates it and replays the log.
+    cold = stories[0]
+    history = len(client.history(cold))
+    handle = ray.get_actor(story_actor_name(cold), namespace=ctx.settings.ray_namespace)
+    with contextlib.suppress(ray.exceptions.RayActorError):
+        ray.get(handle.passivate.remote())
+    time.sleep(1.0)
+    started = time.perf_counter()
+    client.get_story(cold)
+    figures["cold_activation_ms"] = round((time.perf_counter() - started) * 1000, 1)
+    figures["cold_story_events"] = history
+    return figures

@@ -1,0 +1,59 @@
+"""`fleet-actors gateway`: serve the agents' gRPC ContextService until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from fleet_actors.cli.common import add_settings_arguments, settings_from
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``gateway`` subcommand to the CLI's subparsers."""
+    gateway = commands.add_parser(
+        "gateway",
+        help="serve fleet.context.v1.ContextService over gRPC; run until SIGINT/SIGTERM",
+        description="Connects to Ray, NATS, Valkey and the graph, then serves the agents' gRPC API. Prints "
+        "FLEET_GATEWAY_ADDRESS=HOST:PORT and 'ready' once listening; on SIGINT or SIGTERM it reports "
+        "NOT_SERVING, lets in-flight calls finish for --grace seconds and exits.",
+    )
+    add_settings_arguments(gateway)
+    gateway.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        help="where to listen (FLEET_GATEWAY_ADDRESS, default 127.0.0.1:50051; port 0 picks a free one)",
+    )
+    gateway.add_argument(
+        "--token",
+        help="require 'authorization: Bearer TOKEN' on every call but health and reflection "
+        "(FLEET_GATEWAY_TOKEN, which keeps the token out of the process list; empty: no authentication)",
+    )
+    gateway.add_argument(
+        "--grace", type=float, default=10.0, help="seconds in-flight calls get to finish on shutdown (default 10)"
+    )
+    gateway.set_defaults(func=_gateway)
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from fleet_actors.gateway import RunningGateway, run_gateway
+
+    settings = settings_from(args)
+    if args.address:
+        settings = settings.replace(gateway_address=args.address)
+    if args.token is not None:
+        settings = settings.replace(gateway_token=args.token)
+    if not logging.getLogger().handlers:
+        # Unexpected errors are logged with a reference that callers see in their status message.
+        logging.basicConfig(
+            level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+
+    def ready(gateway: RunningGateway) -> None:
+        print(f"FLEET_GATEWAY_ADDRESS={gateway.address}")
+        print("ready", flush=True)
+        auth = "bearer token required" if settings.gateway_token else "no authentication"
+        print(f"gateway listening on {gateway.address} ({auth}); stop with SIGTERM", file=sys.stderr, flush=True)
+
+    run_gateway(settings, grace=args.grace, ready=ready)
+    return 0

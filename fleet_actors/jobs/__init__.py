@@ -1,0 +1,1 @@
+"""Entry points for `ray job submit` (``python -m fleet_actors.jobs.<name>``)."""
