@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -104,6 +105,9 @@ class RayHead(ManagedServer):
             # On SIGTERM the node otherwise drains for up to 30 s while detached actors
             # (every story actor) are alive; a dev stack has nothing to hand over.
             RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
+            # `ray job submit -- python -m fleet_actors...` runs `python` from this PATH: it must
+            # be the interpreter that has fleet-actors installed, not whatever the shell found first.
+            PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
         )
         return env
 
