@@ -87,3 +87,32 @@ def run_benchmarks(names: Sequence[str], sync_interval: str, out: Path | None) -
         out.write_text(json.dumps(results, indent=2, default=str))
         print(f"\nresults written to {out}")
     return results
+
+
+REFERENCE_EVENTS = int(os.environ.get("BENCH_REFERENCE_EVENTS", "1000000"))
+REFERENCE_STORIES = int(os.environ.get("BENCH_REFERENCE_STORIES", "10000"))
+
+
+def reference_dataset(ctx: BenchContext) -> tuple[Any, Any]:
+    """The 1,000,000-event reference mix over 10,000 stories, seeded once per run into a nats-server
+    of its own (default fsync interval: storage and replay do not depend on it, seeding is faster)."""
+    cached = getattr(ctx, "_reference", None)
+    if cached is not None:
+        return cached
+    import asyncio
+
+    from fleet_actors.devstack import NatsServer
+    from fleet_actors.loadgen.seed import seed
+
+    server = NatsServer(ctx.data_dir / "reference-nats", sync_interval="2m").start().wait_ready()
+    settings = ctx.settings.replace(nats_url=server.url, stream_name="REFERENCE", subject_prefix="ref.events")
+    started = time.monotonic()
+    report = asyncio.run(
+        seed(settings, REFERENCE_STORIES, REFERENCE_EVENTS // REFERENCE_STORIES, prefix="ref", window=128)
+    )
+    ctx.notes.append(
+        f"reference mix: {report.events:,} events over {report.stories:,} stories seeded in "
+        f"{time.monotonic() - started:.0f} s ({report.rate:,.0f} events/s)"
+    )
+    ctx._reference = (server, settings)  # type: ignore[attr-defined]
+    return server, settings

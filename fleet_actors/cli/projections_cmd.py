@@ -44,7 +44,7 @@ def _status(args: argparse.Namespace) -> int:
 
     rows = [dataclasses.asdict(s) for s in run(projection_status(settings_from(args)))]
     print_table(rows, ["consumer", "pending", "ack_pending", "ack_floor", "lag_events", "lag_seconds", "applied",
-                       "parked", "last_error"])  # fmt: skip
+                       "parked", "commit_lag_p99_ms", "last_error"])  # fmt: skip
     return 0
 
 

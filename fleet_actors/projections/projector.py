@@ -10,6 +10,7 @@ rebuild) is caught up from the event log itself, in order.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import json
@@ -62,9 +63,13 @@ class ProjectorStats:
     last_error: str = ""
     last_error_at: str = ""
     last_sequence: int = 0
+    #: seconds from an event being stored to its projection committing (recent events)
+    lag_p50_ms: float = 0.0
+    lag_p99_ms: float = 0.0
 
 
 PAUSE_POLL_SECONDS = 0.2
+LAG_SAMPLES = 5000
 PAUSE_ACK_TTL = 5
 
 
@@ -110,6 +115,7 @@ class Projector:
         self._cache = cache
         self._dead_letters = DeadLetters(nc, cache, settings)
         self._failures: dict[int, int] = {}
+        self._lags: collections.deque[float] = collections.deque(maxlen=LAG_SAMPLES)
         self._sub = None
         self._snapshot_sub = None
         self._next_snapshot_poll = 0.0
@@ -312,12 +318,21 @@ class Projector:
             waiting.extend(rest)
         for story_msgs in msgs_of.values():
             acknowledge.extend(story_msgs)
+        self._record_lag(acknowledge)
         for msg in acknowledge:
             await msg.ack()
         for msg in waiting:
             await msg.nak(delay=self.policy.backoff_max)
         if acknowledge:
             self.stats.last_sequence = max(self.stats.last_sequence, *(m.metadata.sequence.stream for m in acknowledge))
+
+    def _record_lag(self, msgs: Sequence[Msg]) -> None:
+        now = datetime.now(UTC)
+        self._lags.extend((now - m.metadata.timestamp).total_seconds() for m in msgs)
+        if self._lags:
+            ordered = sorted(self._lags)
+            self.stats.lag_p50_ms = round(ordered[len(ordered) // 2] * 1000, 1)
+            self.stats.lag_p99_ms = round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 1)
 
     async def _failed(self, story_id: str, msg: Msg, error: Exception, waiting: list[Msg], ack: list[Msg]) -> None:
         """An event that fails for a reason of its own: retried, then parked in the dead-letter stream."""

@@ -25,6 +25,7 @@ class ConsumerStatus:
     lag_seconds: float
     applied: int
     parked: int
+    commit_lag_p99_ms: float
     last_error: str
 
 
@@ -66,6 +67,7 @@ async def projection_status(settings: Settings) -> list[ConsumerStatus]:
                     lag_seconds=round(lag_seconds, 3),
                     applied=stats.get("applied", 0),
                     parked=stats.get("parked", 0),
+                    commit_lag_p99_ms=stats.get("lag_p99_ms", 0.0),
                     last_error=stats.get("last_error", ""),
                 )
             )

@@ -1,0 +1,100 @@
+"""Projection throughput (events/s into the graph and Valkey) against the raw UNWIND MERGE rate of the
+same server, and projection lag p50/p99 while events arrive at a steady rate."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from benchmarks.harness import BenchContext
+from benchmarks.raw_graph import raw_unwind_merge_rate
+from fleet_actors.actors.projector_actor import projector_status, start_projectors, stop_projectors
+from fleet_actors.adapters.jetstream import JetStreamEventStore
+from fleet_actors.loadgen.histories import story_history
+from fleet_actors.loadgen.seed import seed
+from fleet_actors.projections.status import projection_status
+
+STORIES = int(os.environ.get("BENCH_PROJECTION_STORIES", "200"))
+EVENTS = int(os.environ.get("BENCH_PROJECTION_EVENTS", "100"))
+STEADY_RATE = int(os.environ.get("BENCH_STEADY_RATE", "500"))
+STEADY_SECONDS = int(os.environ.get("BENCH_STEADY_SECONDS", "20"))
+
+
+def _settings(ctx: BenchContext):
+    tag = uuid.uuid4().hex[:6]
+    return ctx.settings.replace(stream_name=f"PROJ{tag.upper()}", subject_prefix=f"proj{tag}.events",
+                                ray_namespace=f"proj-{tag}")  # fmt: skip
+
+
+async def _caught_up(settings) -> bool:
+    status = await projection_status(settings)
+    return bool(status) and all(s.lag_events == 0 for s in status)
+
+
+async def _steady_load(settings, rate: int, seconds: int) -> int:
+    """Appends ``rate`` events/s, one event per append (like single commands), over 50 stories."""
+    stories, per_tick = 50, max(1, rate // 10)
+    tag = uuid.uuid4().hex[:6]
+    histories = [
+        story_history(f"steady-{tag}-{n}", rate * seconds // stories + 2, start=datetime.now(UTC))
+        for n in range(stories)
+    ]
+    heads, cursor = [0] * stories, [0] * stories
+    store = await JetStreamEventStore.connect(settings)
+
+    async def share(n: int, count: int) -> None:
+        for _ in range(count):  # one story's appends are sequential, as through its actor
+            envelope = histories[n][cursor[n]]
+            cursor[n] += 1
+            heads[n] = (await store.append(envelope.story_id, heads[n], [envelope])).last_sequence
+
+    sent, started = 0, time.perf_counter()
+    try:
+        while time.perf_counter() - started < seconds:
+            tick = time.perf_counter()
+            counts = [per_tick // stories + (1 if n < per_tick % stories else 0) for n in range(stories)]
+            await asyncio.gather(*(share(n, c) for n, c in enumerate(counts) if c))
+            sent += per_tick
+            await asyncio.sleep(max(0.0, 0.1 - (time.perf_counter() - tick)))
+    finally:
+        await store.close()
+    return sent
+
+
+def run(ctx: BenchContext) -> dict[str, Any]:
+    settings = _settings(ctx)
+    total = STORIES * EVENTS
+    asyncio.run(seed(settings, STORIES, EVENTS, prefix="p"))
+    raw_rate = asyncio.run(raw_unwind_merge_rate(settings, total))
+
+    started = time.perf_counter()
+    start_projectors(settings)
+    while not asyncio.run(_caught_up(settings)):
+        time.sleep(0.2)
+    seconds = time.perf_counter() - started
+    figures: dict[str, Any] = {
+        "events": total,
+        "projectors": settings.projectors,
+        "projection_events_per_s": round(total / seconds, 1),
+        "raw_unwind_merge_rows_per_s": round(raw_rate, 1),
+        "ratio_to_raw_unwind_merge": round(total / seconds / raw_rate, 3),
+        "note": "projection time includes projector start-up (actor creation, consumer binding)",
+    }
+    sent = asyncio.run(_steady_load(settings, STEADY_RATE, STEADY_SECONDS))
+    time.sleep(2)
+    statuses = projector_status(settings)
+    figures.update(
+        {
+            "steady_events_sent": sent,
+            "steady_rate_target_per_s": STEADY_RATE,
+            "steady_rate_achieved_per_s": round(sent / STEADY_SECONDS, 1),
+            "lag_p50_ms": max(s.get("lag_p50_ms", 0.0) for s in statuses),
+            "lag_p99_ms": max(s.get("lag_p99_ms", 0.0) for s in statuses),
+        }
+    )
+    stop_projectors(settings)
+    return figures
