@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from fleet_actors.cli import projections_cmd
+from fleet_actors.cli import gateway_cmd, projections_cmd
 from fleet_actors.cli.common import add_settings_arguments, run, settings_from
 from fleet_actors.devstack import LocalStack
+from fleet_actors.devstack.services import GatewayProcess, start_projector_pool
 from fleet_actors.errors import StoryError
 from fleet_actors.settings import Settings
 
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     _register_demo(commands)
     _register_dev(commands)
     projections_cmd.register(commands)
+    gateway_cmd.register(commands)
     _register_rebuild(commands)
     # Each further subcommand: a `register(commands)` that adds its parser and sets `func(args) -> int`.
     return parser
@@ -171,12 +173,19 @@ def _dev_up(args: argparse.Namespace) -> int:
     # non-interactive shell inherits; scripts and tests should still prefer SIGTERM.
     signal.signal(signal.SIGINT, _raise_shutdown)
     signal.signal(signal.SIGTERM, _raise_shutdown)
+    gateway = None
     try:
         started = time.monotonic()
         print(f"starting the local stack in {stack.data_dir} ...", file=sys.stderr, flush=True)
         stack.start()
-        env_file = stack.write_env_file()
-        for key, value in stack.env().items():
+        services: dict[str, str] = {}
+        if args.ray:
+            print("starting the projectors and the gRPC gateway ...", file=sys.stderr, flush=True)
+            start_projector_pool(stack.env())
+            gateway = GatewayProcess(stack.env()).start()
+            services["FLEET_GATEWAY_ADDRESS"] = gateway.address
+        env_file = stack.write_env_file(extra=services)
+        for key, value in {**stack.env(), **services}.items():
             print(f"{key}={value}")
         print("ready", flush=True)
         print(
@@ -189,6 +198,8 @@ def _dev_up(args: argparse.Namespace) -> int:
     except _Shutdown as why:
         print(f"{why}: stopping the local stack", file=sys.stderr, flush=True)
     finally:
+        if gateway is not None:
+            gateway.stop()
         stack.stop()  # also removes fleet.env
     return 0
 

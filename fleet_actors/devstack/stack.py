@@ -7,7 +7,7 @@ import fcntl
 import json
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from types import TracebackType
@@ -176,11 +176,13 @@ class LocalStack:
             changes["ray_address"] = self.ray.address
         return base.replace(**changes)
 
-    def write_env_file(self, path: str | os.PathLike[str] | None = None) -> Path:
+    def write_env_file(
+        self, path: str | os.PathLike[str] | None = None, extra: Mapping[str, str] | None = None
+    ) -> Path:
         """Write KEY=VALUE lines (default DATA_DIR/fleet.env), atomically: readers never see half a file."""
         target = Path(path) if path is not None else self.env_path
         lines = ["# fleet-actors local stack; load with fleet_actors.settings.load_env_file or `set -a; . FILE`"]
-        lines += [f"{key}={value}" for key, value in self.env().items()]
+        lines += [f"{key}={value}" for key, value in {**self.env(), **(extra or {})}.items()]
         partial = target.with_name(target.name + ".tmp")
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:

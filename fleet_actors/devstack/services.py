@@ -1,0 +1,85 @@
+"""The project's own services on a local stack: the projector pool and the gRPC gateway.
+
+They run as child processes of `dev up` (each joins the stack's Ray cluster as a driver), so the
+launcher itself never imports Ray, whose init installs signal handlers of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+
+from fleet_actors.errors import BackendUnavailable
+
+CLI = [sys.executable, "-m", "fleet_actors.cli.main"]
+
+
+def _environment(stack_env: Mapping[str, str]) -> dict[str, str]:
+    return {**os.environ, **stack_env, "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def start_projector_pool(stack_env: Mapping[str, str], timeout: float = 180) -> None:
+    """Create the detached projector actors on the stack's cluster (returns once they consume)."""
+    done = subprocess.run(
+        [*CLI, "projections", "start"], env=_environment(stack_env), capture_output=True, text=True, timeout=timeout
+    )
+    if done.returncode != 0:
+        raise BackendUnavailable(f"the projectors did not start: {done.stderr.strip()[-800:]}")
+
+
+class GatewayProcess:
+    """`fleet-actors gateway` as a child process; ``address`` once it printed ``ready``."""
+
+    def __init__(self, stack_env: Mapping[str, str], address: str = "127.0.0.1:0") -> None:
+        self._env = _environment(stack_env)
+        self._bind = address
+        self._process: subprocess.Popen[str] | None = None
+        self.address = ""
+
+    def start(self, timeout: float = 120) -> GatewayProcess:
+        self._process = subprocess.Popen(
+            [*CLI, "gateway", "--address", self._bind],
+            env=self._env,
+            stdout=subprocess.PIPE,
+            stderr=None,  # the gateway's log goes where dev up's goes
+            text=True,
+            start_new_session=True,
+        )
+        found = threading.Event()
+
+        def read_stdout() -> None:
+            assert self._process is not None and self._process.stdout is not None
+            for line in self._process.stdout:
+                if line.startswith("FLEET_GATEWAY_ADDRESS="):
+                    self.address = line.strip().split("=", 1)[1]
+                elif line.strip() == "ready":
+                    found.set()
+
+        threading.Thread(target=read_stdout, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not found.wait(0.2):
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise BackendUnavailable("the gRPC gateway did not start; see its log above")
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def stop(self, grace: float = 15) -> None:
+        """SIGTERM (the gateway drains in-flight calls), then SIGKILL if it does not exit in time."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,214 @@
+"""The gateway's ``grpc.aio`` server: the ContextService plus health checking, reflection and auth.
+
+:func:`serve` starts it inside a running event loop and returns a :class:`RunningGateway`
+(tests bind ``127.0.0.1:0`` and read the port from it); :func:`run_gateway` is the blocking
+runner of ``fleet-actors gateway``, which stops gracefully on SIGINT or SIGTERM: health turns
+NOT_SERVING, watch streams end, in-flight calls get ``grace`` seconds to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from fleet_actors.client import connect_ray
+from fleet_actors.errors import ConfigurationError
+from fleet_actors.gateway.scope_policy import ScopePolicy
+from fleet_actors.gateway.servicer import Backends, ContextServicer
+from fleet_actors.proto import context_service_pb2, context_service_pb2_grpc
+from fleet_actors.settings import Settings
+
+SERVICE_NAME = context_service_pb2.DESCRIPTOR.services_by_name["ContextService"].full_name
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+DEFAULT_GRACE = 10.0
+#: probes and tooling (grpcurl) must work without the token
+_UNAUTHENTICATED_PREFIXES = (
+    f"/{health_pb2.DESCRIPTOR.services_by_name['Health'].full_name}/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Require ``authorization: Bearer <token>`` on every call except health and reflection."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token.encode()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        """The method's own handler if the call may proceed, else one that answers UNAUTHENTICATED."""
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(_UNAUTHENTICATED_PREFIXES):
+            return handler
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        scheme, _, token = str(metadata.get("authorization", "")).partition(" ")
+        if not scheme:
+            return _denied(handler, "missing 'authorization: Bearer <token>' metadata")
+        # Constant-time comparison: the time taken must not reveal how much of a guess was right.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._token):
+            return _denied(handler, "wrong bearer token")
+        return handler
+
+
+def _denied(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as ``handler`` that answers UNAUTHENTICATED."""
+
+    async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    if handler.request_streaming and handler.response_streaming:
+        make = grpc.stream_stream_rpc_method_handler
+    elif handler.request_streaming:
+        make = grpc.stream_unary_rpc_method_handler
+    elif handler.response_streaming:
+        make = grpc.unary_stream_rpc_method_handler
+    else:
+        make = grpc.unary_unary_rpc_method_handler
+    return make(
+        deny, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )
+
+
+class RunningGateway:
+    """A started gateway. ``port`` is the bound port (useful after binding port 0)."""
+
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        host: str,
+        port: int,
+        servicer: ContextServicer,
+        health: health.aio.HealthServicer,
+        backends: Backends,
+    ) -> None:
+        self.server = server
+        self.host = host
+        self.port = port
+        self._servicer = servicer
+        self._health = health
+        self._backends = backends
+        self._stopped = False
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as clients should dial it."""
+        return f"{self.host}:{self.port}"
+
+    async def stop(self, grace: float = DEFAULT_GRACE) -> None:
+        """Stop gracefully: NOT_SERVING, end watch streams, let in-flight calls finish within ``grace``; idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self._health.enter_graceful_shutdown()
+        self._servicer.close()
+        try:
+            await self.server.stop(grace)
+        finally:
+            await self._backends.close()
+
+    async def wait_for_termination(self) -> None:
+        """Return once the server has stopped."""
+        await self.server.wait_for_termination()
+
+
+async def serve(
+    settings: Settings,
+    *,
+    address: str | None = None,
+    token: str | None = None,
+    policy: ScopePolicy | None = None,
+) -> RunningGateway:
+    """Connect the backends and start serving.
+
+    Args:
+        settings: connections; also the defaults for the address (``gateway_address``) and the
+            token (``gateway_token``).
+        address: ``host:port`` to listen on; port 0 picks a free port.
+        token: require this bearer token (empty: no authentication).
+        policy: the scope policy (default: :meth:`ScopePolicy.load`).
+
+    Returns:
+        The running gateway; call :meth:`RunningGateway.stop` to shut it down.
+
+    Raises:
+        ConfigurationError: the address cannot be bound or the policy file is invalid.
+        BackendUnavailable: a backend cannot be reached.
+    """
+    address = address or settings.gateway_address
+    token = settings.gateway_token if token is None else token
+    policy = policy or ScopePolicy.load()
+    host, _, _ = address.rpartition(":")
+    connect_ray(settings)
+    backends = await Backends.connect(settings)
+    try:
+        servicer = ContextServicer(backends, policy, settings)
+        health_servicer = health.aio.HealthServicer()
+        server = grpc.aio.server(
+            interceptors=[BearerTokenInterceptor(token)] if token else [],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                # gRPC shares ports by default: a second gateway on the same address must fail, not split traffic.
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        context_service_pb2_grpc.add_ContextServiceServicer_to_server(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+        )
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as error:
+            raise ConfigurationError(f"the gateway cannot listen on {address}: {error}") from None
+        await server.start()
+        for service in ("", SERVICE_NAME):
+            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    except BaseException:
+        await backends.close()
+        raise
+    return RunningGateway(server, host, port, servicer, health_servicer, backends)
+
+
+def run_gateway(
+    settings: Settings,
+    *,
+    grace: float = DEFAULT_GRACE,
+    ready: Callable[[RunningGateway], None] | None = None,
+) -> None:
+    """Serve until SIGINT or SIGTERM, then stop gracefully (blocking; for the CLI).
+
+    Args:
+        settings: as for :func:`serve`, which takes the address and token from it.
+        grace: seconds in-flight calls get to finish once a signal arrives.
+        ready: called once the gateway listens (e.g. to print its address).
+    """
+    asyncio.run(_run(settings, grace, ready))
+
+
+async def _run(settings: Settings, grace: float, ready: Callable[[RunningGateway], None] | None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # ray.init installs a SIGTERM handler that exits on the spot: join Ray first, then take the
+    # signals over. Installing handlers also undoes the SIG_IGN for SIGINT that background jobs inherit.
+    connect_ray(settings)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    gateway = await serve(settings)
+    try:
+        if ready is not None:
+            ready(gateway)
+        await stop.wait()
+    finally:
+        await gateway.stop(grace)

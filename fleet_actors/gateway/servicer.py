@@ -1,0 +1,681 @@
+"""``fleet.context.v1.ContextService``: commands go to the story actors, queries read the read models.
+
+Every RPC validates its request first (INVALID_ARGUMENT naming the field), then calls one
+backend: the story actors through :class:`~fleet_actors.client.AsyncFleetClient` (commands,
+history, temporal queries), :class:`~fleet_actors.application.read_models.ReadModels` (context
+and graph), or JetStream (WatchStory). Errors are translated in one place,
+:func:`~fleet_actors.gateway.status_mapping.rpc_failure`, by the wrappers below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import functools
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import grpc
+import valkey.asyncio as valkey_async
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+
+from fleet_actors.adapters.jetstream import JetStreamEventStore
+from fleet_actors.adapters.jetstream.connection import translate_nats_error
+from fleet_actors.adapters.valkey.context_cache import translate_valkey_error
+from fleet_actors.application.ids import new_id
+from fleet_actors.application.read_models import ContextView, ReadModels
+from fleet_actors.client import AsyncFleetClient
+from fleet_actors.codec import decode_event
+from fleet_actors.domain import rules
+from fleet_actors.domain.commands import TransitionPhase
+from fleet_actors.domain.events import EventEnvelope, PhaseTransitioned, SubtaskCreated
+from fleet_actors.domain.state import StoryState, SubtaskStatus
+from fleet_actors.errors import InvalidCommand, StoryError, StoryNotFound
+from fleet_actors.gateway.context_assembly import assemble_context, role_pack, story_event
+from fleet_actors.gateway.context_changes import TOOLS_TEXT, change_to_command, locate_change_error
+from fleet_actors.gateway.scope_policy import ScopePolicy
+from fleet_actors.gateway.status_mapping import rpc_failure
+from fleet_actors.proto import context_service_pb2 as pb
+from fleet_actors.proto import context_service_pb2_grpc as pb_grpc
+from fleet_actors.settings import Settings
+
+#: request metadata: an idempotency key for commands, and who acts
+IDEMPOTENCY_KEY = "idempotency-key"
+ACTOR_KEY = "fleet-actor"
+#: read-your-writes waits never exceed this, whatever the deadline
+MAX_PROJECTION_WAIT = 10.0
+#: answer a little before the caller's deadline, so it gets our status rather than its own
+DEADLINE_MARGIN = 0.05
+DEFAULT_HISTORY_PAGE = 100
+MAX_HISTORY_PAGE = 1000
+DEFAULT_TIMELINE_EVENTS = 50
+MAX_TIMELINE_EVENTS = 1000
+DEFAULT_BUNDLE_TTL = 3600
+DEFAULT_GRAPH_DEPTH = 2
+MAX_GRAPH_DEPTH = 3
+MAX_GRAPH_RELATIONSHIPS = 1000
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+
+
+class NodeNotFound(StoryNotFound):
+    """A graph node that does not exist (or a node type this graph does not model)."""
+
+    def __init__(self, message: str, *, field: str = "node_id") -> None:
+        StoryError.__init__(self, message, field=field)
+
+
+# --- backends -------------------------------------------------------------------------------
+
+
+class BundleStore:
+    """Persisted RehydrateSession responses in Valkey, under ``rehydration:{case_id}`` with a TTL."""
+
+    def __init__(self, client: valkey_async.Valkey) -> None:
+        self._client = client
+
+    @classmethod
+    async def connect(cls, settings: Settings) -> BundleStore:
+        """A client for the configured Valkey (it connects on first use)."""
+        client = valkey_async.Valkey.from_url(settings.valkey_url, socket_timeout=5, socket_connect_timeout=5)
+        return cls(client)
+
+    async def put(self, case_id: str, bundle: bytes, ttl_seconds: int) -> str:
+        """Store ``bundle`` as the case's latest, expiring after ``ttl_seconds``; returns its key."""
+        key = f"rehydration:{case_id}"
+        try:
+            await self._client.set(key, bundle, ex=ttl_seconds)
+        except Exception as error:
+            raise translate_valkey_error(error, "persisting a rehydration bundle") from None
+        return key
+
+    async def close(self) -> None:
+        """Release the connection pool."""
+        await self._client.aclose()
+
+
+@dataclass
+class Backends:
+    """Everything the servicer talks to; :meth:`connect` opens it all, :meth:`close` releases it."""
+
+    client: AsyncFleetClient
+    read_models: ReadModels
+    events: JetStreamEventStore
+    bundles: BundleStore
+
+    @classmethod
+    async def connect(cls, settings: Settings) -> Backends:
+        """Open the read models, JetStream and Valkey connections (Ray must already be joined)."""
+        read_models = await ReadModels.connect(settings)
+        try:
+            events = await JetStreamEventStore.connect(settings)
+        except BaseException:
+            await read_models.close()
+            raise
+        bundles = await BundleStore.connect(settings)
+        return cls(AsyncFleetClient(settings, OrderedDict()), read_models, events, bundles)
+
+    async def close(self) -> None:
+        """Release every connection, whatever fails along the way."""
+        for closer in (self.read_models.close, self.events.close, self.bundles.close):
+            with contextlib.suppress(Exception):
+                await closer()
+
+
+# --- the one error boundary -----------------------------------------------------------------
+
+
+def _unary(
+    method: Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Response]],
+) -> Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Response]]:
+    """Run a unary handler within the call's deadline and turn its errors into statuses."""
+
+    @functools.wraps(method)
+    async def handler(self: Any, request: Request, context: grpc.aio.ServicerContext) -> Response:
+        try:
+            async with asyncio.timeout(context.time_remaining()):
+                return await method(self, request, context)
+        except Exception as error:  # CancelledError is a BaseException: it propagates
+            failure = rpc_failure(error)
+        # abort raises: the caller gets the status, never this function's return value
+        await context.abort(failure.code, failure.details, failure.trailing_metadata)
+
+    return handler
+
+
+def _streaming(
+    method: Callable[[Any, Request, grpc.aio.ServicerContext], AsyncIterator[Response]],
+) -> Callable[[Any, Request, grpc.aio.ServicerContext], AsyncIterator[Response]]:
+    """The same boundary for a server-streaming handler (the deadline is enforced by gRPC itself)."""
+
+    @functools.wraps(method)
+    async def handler(self: Any, request: Request, context: grpc.aio.ServicerContext) -> AsyncIterator[Response]:
+        try:
+            async for item in method(self, request, context):
+                yield item
+            return
+        except Exception as error:
+            failure = rpc_failure(error)
+        await context.abort(failure.code, failure.details, failure.trailing_metadata)
+
+    return handler
+
+
+# --- GetGraphRelationships: fixed Cypher ----------------------------------------------------
+
+#: node_type -> (label, key property, the type reported on the wire)
+_GRAPH_NODE_TYPES = {
+    "story": ("Story", "story_id", "Story"),
+    "task": ("Subtask", "uid", "Task"),
+    "decision": ("Decision", "uid", "Decision"),
+}
+_WIRE_TYPES = {label: wire for label, _, wire in _GRAPH_NODE_TYPES.values()}
+_UNMODELLED_NODE_TYPES = ("project", "epic")
+# Built once from the constant table above: labels, keys and depths are never taken from a request.
+_ROOT_QUERIES = {
+    kind: f"MATCH (n:{label} {{{key}: $id}}) OPTIONAL MATCH (s:Story {{story_id: n.story_id}}) "
+    "RETURN elementId(n) AS eid, labels(n) AS labels, properties(n) AS props, s.version AS version"
+    for kind, (label, key, _) in _GRAPH_NODE_TYPES.items()
+}
+_NEIGHBOURHOOD_QUERIES = {
+    (kind, depth): f"MATCH (n:{label} {{{key}: $id}}) MATCH p = (n)-[*1..{depth}]-() "
+    "UNWIND relationships(p) AS r WITH DISTINCT r "
+    "RETURN elementId(startNode(r)) AS src, labels(startNode(r)) AS src_labels, properties(startNode(r)) AS src_props, "
+    "elementId(endNode(r)) AS dst, labels(endNode(r)) AS dst_labels, properties(endNode(r)) AS dst_props, "
+    f"type(r) AS type, properties(r) AS props LIMIT {MAX_GRAPH_RELATIONSHIPS + 1}"
+    for kind, (label, key, _) in _GRAPH_NODE_TYPES.items()
+    for depth in range(1, MAX_GRAPH_DEPTH + 1)
+}
+
+
+def _graph_node(eid: str, labels: list[str], props: Mapping[str, Any]) -> pb.GraphNode:
+    label = labels[0] if labels else ""
+    return pb.GraphNode(
+        id=_node_id(eid, props),
+        labels=labels,
+        properties={k: v if isinstance(v, str) else json.dumps(v) for k, v in props.items() if v is not None},
+        type=_WIRE_TYPES.get(label, label),
+        title=str(props.get("title") or props.get("kind") or ""),
+    )
+
+
+def _node_id(eid: str, props: Mapping[str, Any]) -> str:
+    # Our keys, not the database's element ids: they are what callers pass back as node_id.
+    return str(props.get("uid") or props.get("story_id") or eid)
+
+
+# --- small request helpers ------------------------------------------------------------------
+
+
+def _non_negative(value: int, field: str) -> int:
+    if value < 0:
+        raise InvalidCommand(f"{field} must not be negative, got {value}", field=field)
+    return value
+
+
+@contextlib.contextmanager
+def _request_fields(**renames: str) -> Iterator[None]:
+    """Report a command's rejected field under the request's name for it (e.g. subtask_id -> task_id)."""
+    try:
+        yield
+    except StoryError as error:
+        if error.field in renames:
+            error.field = renames[error.field]
+        raise
+
+
+def _command_options(context: grpc.aio.ServicerContext, default_actor: str = "") -> dict[str, Any]:
+    metadata = dict(context.invocation_metadata() or ())
+    options: dict[str, Any] = {
+        "actor": rules.check_text(metadata.get(ACTOR_KEY, default_actor), ACTOR_KEY, rules.MAX_SHORT)
+    }
+    key = metadata.get(IDEMPOTENCY_KEY)
+    if key:
+        options["command_id"] = rules.check_id(key, IDEMPOTENCY_KEY)
+    return options
+
+
+def _page_token(version: int) -> str:
+    return base64.urlsafe_b64encode(f"v{version}".encode()).decode()
+
+
+def _page_start(token: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(token.encode()).decode()
+        if text.startswith("v") and text[1:].isdigit() and int(text[1:]) >= 1:
+            return int(text[1:])
+    except (binascii.Error, UnicodeError, ValueError):
+        pass
+    raise InvalidCommand("page_token is not one this service issued", field="page_token")
+
+
+def _parse_iso(text: str, field: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidCommand(f"must be an ISO 8601 time, got {text!r:.80}", field=field) from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+# --- the service ----------------------------------------------------------------------------
+
+
+class ContextServicer(pb_grpc.ContextServiceServicer):
+    """Implements every RPC of ``fleet.context.v1.ContextService``."""
+
+    #: an UpdateContext timestamp further than this from the server's clock earns a warning
+    CLOCK_SKEW_WARNING = 300.0
+
+    def __init__(self, backends: Backends, policy: ScopePolicy, settings: Settings) -> None:
+        self._client = backends.client
+        self._read_models = backends.read_models
+        self._events = backends.events
+        self._bundles = backends.bundles
+        self._policy = policy
+        self._settings = settings
+        self._closing = asyncio.Event()
+
+    def close(self) -> None:
+        """End every WatchStory stream (cleanly, with OK) so that a graceful stop does not wait for them."""
+        self._closing.set()
+
+    # -- queries on the read models ----------------------------------------------------------
+
+    async def _view(self, story_id: str, min_version: int, context: grpc.aio.ServicerContext) -> ContextView:
+        """The story from the read models, at least at ``min_version`` (waiting within the deadline)."""
+        _non_negative(min_version, "min_version")
+        if min_version == 0:
+            try:
+                view = await self._read_models.get_context(story_id)
+            except StoryNotFound:
+                # Not projected yet is not "does not exist": a story created a moment ago must be
+                # found by the agent that created it. The story actor, the source of truth, decides.
+                state = await self._client.get_story(story_id)
+                return ContextView(story_id, state.version, 0, state)
+        else:
+            remaining = context.time_remaining()
+            budget = MAX_PROJECTION_WAIT if remaining is None else min(MAX_PROJECTION_WAIT, remaining)
+            view = await self._read_models.wait_for_projection(
+                story_id, min_version, max(0.0, budget - DEADLINE_MARGIN)
+            )
+        if not view.state.created:
+            raise StoryNotFound(story_id)
+        return view
+
+    def _context_response(
+        self, state: StoryState, role: str, phase: str, subtask_id: str, token_budget: int
+    ) -> pb.GetContextResponse:
+        scope = self._policy.scope(role, phase)
+        assembled = assemble_context(state, scope, subtask_id=subtask_id, token_budget=token_budget, tools=TOOLS_TEXT)
+        return pb.GetContextResponse(
+            context=assembled.context,
+            token_count=assembled.token_count,
+            scopes=assembled.scopes,
+            version=str(assembled.version),
+            blocks=pb.PromptBlocks(system=assembled.system, context=assembled.context, tools=assembled.tools),
+            trimmed_scopes=assembled.trimmed,
+        )
+
+    def _check_context_request(self, story_id: str, role: str, phase: str, subtask_id: str, budget: int) -> None:
+        rules.check_id(story_id, "story_id")
+        self._policy.role(role)
+        if phase:
+            self._policy.phase(phase)
+        if subtask_id:
+            rules.check_id(subtask_id, "subtask_id")
+        _non_negative(budget, "token_budget")
+
+    @_unary
+    async def GetContext(
+        self, request: pb.GetContextRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetContextResponse:
+        """The role/phase-scoped context from the context read model (waiting for ``min_version`` if given)."""
+        r = request
+        self._check_context_request(r.story_id, r.role, r.phase, r.subtask_id, r.token_budget)
+        state = (await self._view(r.story_id, r.min_version, context)).state
+        return self._context_response(state, r.role, r.phase or state.phase, r.subtask_id, r.token_budget)
+
+    @_unary
+    async def GetContextAtTime(
+        self, request: pb.GetContextAtTimeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetContextResponse:
+        """The context as it was at a time or right after a version, folded from the story's log."""
+        r = request
+        self._check_context_request(r.story_id, r.role, r.phase, r.subtask_id, r.token_budget)
+        point = r.WhichOneof("point")
+        if point == "at":
+            try:
+                at = r.at.ToDatetime(tzinfo=UTC)
+            except ValueError as error:
+                raise InvalidCommand(str(error), field="at") from None
+            state = await self._client.get_story_at(r.story_id, at)
+        elif point == "version":
+            if r.version < 1:
+                raise InvalidCommand(f"version must be at least 1, got {r.version}", field="version")
+            state = await self._client.get_story_at(r.story_id, int(r.version))
+        else:
+            raise InvalidCommand("give the point in time: either at (a timestamp) or version", field="point")
+        return self._context_response(state, r.role, r.phase or state.phase, r.subtask_id, r.token_budget)
+
+    @_unary
+    async def RehydrateSession(
+        self, request: pb.RehydrateSessionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RehydrateSessionResponse:
+        """Per-role packs from the context read model, the timeline from the log; optionally persisted."""
+        r = request
+        case_id = rules.check_id(r.case_id, "case_id")
+        roles = list(dict.fromkeys(self._policy.role(role, f"roles[{i}]") for i, role in enumerate(r.roles)))
+        roles = roles or list(self._policy.agent_roles)
+        timeline_events = _non_negative(r.timeline_events, "timeline_events") or DEFAULT_TIMELINE_EVENTS
+        timeline_events = min(timeline_events, MAX_TIMELINE_EVENTS)
+        ttl = _non_negative(r.ttl_seconds, "ttl_seconds") or DEFAULT_BUNDLE_TTL
+        try:
+            state = (await self._view(case_id, r.min_version, context)).state
+        except StoryNotFound as error:
+            error.field = "case_id"
+            raise
+        timeline = None
+        if r.include_timeline:
+            # From the log, cut at the read model's version so the timeline matches the packs.
+            start = max(1, state.version - timeline_events + 1)
+            timeline = [e for e in await self._client.history(case_id, start) if e.version <= state.version]
+        packs = {
+            role: role_pack(
+                state, self._policy.scope(role, state.phase), include_summaries=r.include_summaries, timeline=timeline
+            )
+            for role in roles
+        }
+        response = pb.RehydrateSessionResponse(
+            case_id=case_id,
+            generated_at_ms=int(time.time() * 1000),
+            packs=packs,
+            stats=pb.RehydrationStats(
+                decisions=len(state.decisions),
+                decision_edges=len(state.relations),
+                impacts=len(state.impacts),
+                events=state.version,
+                roles=roles,
+            ),
+            version=state.version,
+        )
+        if r.persist_bundle:
+            response.bundle_key = await self._bundles.put(case_id, response.SerializeToString(), ttl)
+        return response
+
+    @_unary
+    async def ValidateScope(
+        self, request: pb.ValidateScopeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ValidateScopeResponse:
+        """Compare the scopes an agent uses with the scope policy's for its role and phase."""
+        check = self._policy.validate(request.role, request.phase, request.provided_scopes)
+        return pb.ValidateScopeResponse(
+            allowed=check.allowed, missing=check.missing, extra=check.extra, reason=check.reason
+        )
+
+    @_unary
+    async def GetGraphRelationships(
+        self, request: pb.GetGraphRelationshipsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetGraphRelationshipsResponse:
+        """A node and its neighbourhood (depth 1-3) from the graph read model."""
+        r = request
+        node_type = r.node_type.strip().lower()
+        if node_type in _UNMODELLED_NODE_TYPES:
+            raise NodeNotFound(
+                f"this service models stories, tasks and decisions; it has no {r.node_type} nodes", field="node_type"
+            )
+        if node_type not in _GRAPH_NODE_TYPES:
+            raise InvalidCommand(
+                f"node_type must be Story, Task or Decision (or Project/Epic), got {r.node_type!r:.80}",
+                field="node_type",
+            )
+        story_id = self._graph_story_id(node_type, r.node_id)
+        depth = _non_negative(r.depth, "depth") or DEFAULT_GRAPH_DEPTH
+        notes = []
+        if depth > MAX_GRAPH_DEPTH:
+            notes.append(f"depth {depth} capped at {MAX_GRAPH_DEPTH}")
+            depth = MAX_GRAPH_DEPTH
+        if r.min_version:
+            await self._view(story_id, r.min_version, context)
+        graph = self._read_models.graph
+        roots = await graph.query(_ROOT_QUERIES[node_type], id=r.node_id)
+        if not roots:
+            raise NodeNotFound(f"no {r.node_type} node {r.node_id!r} in the graph")
+        root = roots[0]
+        rows = await graph.query(_NEIGHBOURHOOD_QUERIES[node_type, depth], id=r.node_id)
+        if len(rows) > MAX_GRAPH_RELATIONSHIPS:
+            notes.append(
+                f"more than {MAX_GRAPH_RELATIONSHIPS} relationships; the first {MAX_GRAPH_RELATIONSHIPS} shown"
+            )
+            rows = rows[:MAX_GRAPH_RELATIONSHIPS]
+        node = _graph_node(root["eid"], root["labels"], root["props"])
+        neighbours: dict[str, pb.GraphNode] = {}
+        relationships = []
+        for row in rows:
+            src = _graph_node(row["src"], row["src_labels"], row["src_props"])
+            dst = _graph_node(row["dst"], row["dst_labels"], row["dst_props"])
+            for end in (src, dst):
+                if end.id != node.id:
+                    neighbours.setdefault(end.id, end)
+            relationships.append(
+                pb.GraphRelationship(
+                    from_node_id=src.id,
+                    to_node_id=dst.id,
+                    type=row["type"],
+                    properties={k: str(v) for k, v in (row["props"] or {}).items()},
+                )
+            )
+        return pb.GetGraphRelationshipsResponse(
+            node=node,
+            neighbors=[neighbours[k] for k in sorted(neighbours)],
+            relationships=relationships,
+            success=True,
+            message="; ".join(notes),
+            version=root["version"] or 0,
+        )
+
+    @staticmethod
+    def _graph_story_id(node_type: str, node_id: str) -> str:
+        if node_type == "story":
+            return rules.check_id(node_id, "node_id")
+        story_id, _, local_id = node_id.partition("/")
+        if not local_id:
+            raise InvalidCommand(
+                f"a {node_type} node_id is '{{story_id}}/{{id}}', got {node_id!r:.80}", field="node_id"
+            )
+        rules.check_id(story_id, "node_id")
+        rules.check_id(local_id, "node_id")
+        return story_id
+
+    # -- the audit trail ---------------------------------------------------------------------
+
+    @_unary
+    async def GetStoryHistory(
+        self, request: pb.GetStoryHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetStoryHistoryResponse:
+        """A page of the story's decoded events, read from the log through its actor."""
+        r = request
+        story_id = rules.check_id(r.story_id, "story_id")
+        limit = min(_non_negative(r.limit, "limit") or DEFAULT_HISTORY_PAGE, MAX_HISTORY_PAGE)
+        start = _page_start(r.page_token) if r.page_token else _non_negative(r.from_version, "from_version") or 1
+        events = await self._client.history(story_id, start)
+        page = events[:limit]
+        head = events[-1].version if events else (await self._client.get_story(story_id)).version
+        return pb.GetStoryHistoryResponse(
+            events=[story_event(e) for e in page],
+            next_page_token=_page_token(page[-1].version + 1) if len(events) > limit else "",
+            story_version=head,
+        )
+
+    @_streaming
+    async def WatchStory(
+        self, request: pb.WatchStoryRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StoryEvent]:
+        """The story's events as they are appended (after replaying from ``from_version`` if given)."""
+        story_id = rules.check_id(request.story_id, "story_id")
+        from_version = _non_negative(request.from_version, "from_version")
+        if await self._events.last_sequence(story_id) == 0:
+            raise StoryNotFound(story_id)
+        try:
+            subscription = await self._events.connection.jetstream().subscribe(
+                self._settings.story_filter(story_id),
+                stream=self._settings.stream_name,
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.ALL if from_version else DeliverPolicy.NEW,
+            )
+        except Exception as error:
+            raise translate_nats_error(error, f"subscribing to story {story_id}") from None
+        try:
+            # The consumer exists from here on: the initial metadata tells the caller so.
+            await context.send_initial_metadata(())
+            while (msg := await self._next_message(subscription)) is not None:
+                envelope = decode_event(msg.data)
+                if envelope.version >= from_version:
+                    yield story_event(envelope)
+        finally:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+
+    async def _next_message(self, subscription: Any) -> Msg | None:
+        """The next message, or None once the gateway is closing."""
+        if self._closing.is_set():
+            return None
+        receive = asyncio.ensure_future(subscription.next_msg(timeout=None))
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            await asyncio.wait({receive, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (receive, closing):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        return receive.result() if receive.done() and not receive.cancelled() else None
+
+    # -- commands ----------------------------------------------------------------------------
+
+    async def _event_at(self, story_id: str, version: int) -> EventEnvelope:
+        return (await self._client.history(story_id, version))[0]
+
+    @_unary
+    async def CreateStory(
+        self, request: pb.CreateStoryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateStoryResponse:
+        """Create the story aggregate (ALREADY_EXISTS if it exists)."""
+        r = request
+        phase = r.initial_phase.strip().upper() or "DESIGN"
+        result = await self._client.create_story(r.story_id, r.title, r.description, phase, **_command_options(context))
+        return pb.CreateStoryResponse(
+            context_id=r.story_id, story_id=r.story_id, current_phase=phase, version=result.version
+        )
+
+    @_unary
+    async def CreateTask(
+        self, request: pb.CreateTaskRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateTaskResponse:
+        """Create a subtask (its id is generated when ``task_id`` is empty)."""
+        r = request
+        task_id = r.task_id or new_id()
+        with _request_fields(subtask_id="task_id"):
+            result = await self._client.create_subtask(
+                r.story_id,
+                task_id,
+                r.title,
+                r.role,
+                r.description,
+                list(r.dependencies),
+                r.priority or 3,
+                r.estimated_hours,
+                **_command_options(context),
+            )
+        if result.duplicate and not r.task_id:
+            # A retried request (same idempotency key) whose id we generated: report the first one's.
+            event = await self._event_at(r.story_id, result.version)
+            if isinstance(event.payload, SubtaskCreated):
+                task_id = event.payload.subtask_id
+        return pb.CreateTaskResponse(
+            task_id=task_id, story_id=r.story_id, status=SubtaskStatus.PENDING.value, version=result.version
+        )
+
+    @_unary
+    async def AddProjectDecision(
+        self, request: pb.AddProjectDecisionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AddProjectDecisionResponse:
+        """Record a decision; ``fleet-actor`` metadata becomes its ``decided_by``."""
+        r = request
+        options = _command_options(context)
+        with _request_fields(alternatives="alternatives_considered", decided_by=ACTOR_KEY):
+            result = await self._client.add_decision(
+                r.story_id,
+                r.title,
+                r.rationale,
+                decision_type=r.decision_type or "ARCHITECTURE",
+                alternatives=r.alternatives_considered,
+                decided_by=options["actor"],
+                metadata=dict(r.metadata),
+                **options,
+            )
+        return pb.AddProjectDecisionResponse(decision_id=result.decision_id or "", version=result.version)
+
+    @_unary
+    async def TransitionPhase(
+        self, request: pb.TransitionPhaseRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TransitionPhaseResponse:
+        """Move the story to another phase (``from_phase``, if given, must be its current one)."""
+        r = request
+        command = TransitionPhase(r.to_phase, r.rationale, from_phase=r.from_phase or None)
+        result = await self._client.submit(r.story_id, command, **_command_options(context))
+        event = await self._event_at(r.story_id, result.version)
+        return pb.TransitionPhaseResponse(
+            story_id=r.story_id,
+            current_phase=event.payload.to_phase if isinstance(event.payload, PhaseTransitioned) else "",
+            transitioned_at=event.timestamp.isoformat(),
+            version=result.version,
+        )
+
+    @_unary
+    async def UpdateContext(
+        self, request: pb.UpdateContextRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateContextResponse:
+        """Apply the request's changes as one atomic batch: all of them or none."""
+        r = request
+        story_id = rules.check_id(r.story_id, "story_id")
+        role = rules.check_label(r.role, "role")
+        task_id = rules.check_id(r.task_id, "task_id") if r.task_id else ""
+        warnings = []
+        if r.timestamp:
+            skew = abs((datetime.now(UTC) - _parse_iso(r.timestamp, "timestamp")).total_seconds())
+            if skew > self.CLOCK_SKEW_WARNING:
+                warnings.append(
+                    f"timestamp is {skew:.0f} s away from the server's clock; events carry the server's time"
+                )
+        if not r.changes:
+            raise InvalidCommand("changes must list at least one change", field="changes")
+        if len(r.changes) > rules.MAX_BATCH:
+            raise InvalidCommand(f"at most {rules.MAX_BATCH} changes in one request", field="changes")
+        changes = [change_to_command(i, change, role, task_id) for i, change in enumerate(r.changes)]
+        try:
+            result = await self._client.apply_changes(
+                story_id, [c.command for c in changes], **_command_options(context, default_actor=role)
+            )
+        except StoryError as error:
+            raise locate_change_error(error, changes) from None
+        if result.duplicate:
+            warnings.append("these changes were already applied (same idempotency key); nothing new was appended")
+        return pb.UpdateContextResponse(
+            version=result.version,
+            hash=hashlib.sha256("\n".join(result.event_ids).encode()).hexdigest(),
+            warnings=warnings,
+        )
+
+
+__all__ = ["Backends", "BundleStore", "ContextServicer", "NodeNotFound"]
