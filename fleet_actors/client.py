@@ -24,6 +24,7 @@ from fleet_actors.application.ids import new_id
 from fleet_actors.application.messages import CommandRequest, CommandResult
 from fleet_actors.application.read_models import ContextView
 from fleet_actors.domain import rules
+from fleet_actors.domain.alternatives import alternatives_from
 from fleet_actors.domain.commands import (
     AddDecision,
     ApplyChanges,
@@ -37,7 +38,7 @@ from fleet_actors.domain.commands import (
     TransitionPhase,
     UpdateSubtask,
 )
-from fleet_actors.domain.events import EventEnvelope
+from fleet_actors.domain.events import Alternative, EventEnvelope
 from fleet_actors.domain.state import StoryState
 from fleet_actors.errors import BackendUnavailable, InvalidCommand, StoryError
 from fleet_actors.settings import Settings
@@ -172,7 +173,7 @@ class _StoryApi(Generic[R]):
         rationale: str,
         decision_type: str = "ARCHITECTURE",
         decision_id: str | None = None,
-        alternatives: str = "",
+        alternatives: str | Iterable[Alternative | str | tuple[str, str]] = "",
         decided_by: str = "",
         metadata: Mapping[str, str] | None = None,
         *,
@@ -181,7 +182,13 @@ class _StoryApi(Generic[R]):
         actor: str = "",
     ) -> R:
         command = AddDecision(
-            title, rationale, decision_type, decision_id, alternatives, decided_by, dict(metadata or {})
+            title,
+            rationale,
+            decision_type,
+            decision_id,
+            alternatives_from(alternatives),
+            decided_by,
+            dict(metadata or {}),
         )
         return self.submit(story_id, command, expected_version=expected_version, command_id=command_id, actor=actor)
 

@@ -1,5 +1,6 @@
 """Bytes <-> domain events. Every read path decodes through :func:`decode_event`, which upcasts."""
 
+from fleet_actors.codec import upcasters as _upcasters  # noqa: F401 - registers every upcaster
 from fleet_actors.codec.events import CURRENT_VERSIONS, decode_event, encode_event, event_type_of
 from fleet_actors.codec.upcasting import UPCASTERS, Upcaster, upcast
 

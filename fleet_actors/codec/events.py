@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import re
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf.message import DecodeError
 
 from fleet_actors.codec.upcasting import upcast
-from fleet_actors.domain.events import EVENT_TYPES, Event, EventEnvelope
+from fleet_actors.domain.events import EVENT_TYPES, VALUE_TYPES, Event, EventEnvelope
 from fleet_actors.errors import EventDecodeError
 from fleet_actors.proto import events_pb2
 
@@ -21,24 +24,48 @@ if _missing:  # the two definitions must name the same events; fail at import, n
 
 _DATACLASS_FIELDS = {name: tuple(f.name for f in dataclasses.fields(cls)) for name, cls in EVENT_TYPES.items()}
 
-_SCALAR, _REPEATED, _MAP = 0, 1, 2
+_SCALAR, _REPEATED, _MAP, _ENUM, _MESSAGES = 0, 1, 2, 3, 4
 
 
-def _field_plan(event_type: str) -> tuple[tuple[str, int], ...]:
-    descriptor = events_pb2.ContextEvent.DESCRIPTOR.fields_by_name[event_type].message_type
+@dataclass(frozen=True)
+class _Field:
+    name: str
+    kind: int
+    #: enums: value number -> domain string and back; message lists: the domain value type
+    names: dict[int, str] | None = None
+    numbers: dict[str, int] | None = None
+    value_type: type | None = None
+
+
+def _enum_maps(enum) -> tuple[dict[int, str], dict[str, int]]:
+    """SUBTASK_STATUS_DONE <-> "DONE": the domain uses the value name without the enum's prefix."""
+    prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", enum.name).upper() + "_"
+    names = {v.number: v.name.removeprefix(prefix) for v in enum.values}
+    names[0] = ""  # UNSPECIFIED
+    return names, {name: number for number, name in names.items()}
+
+
+def _field_plan(descriptor) -> tuple[_Field, ...]:
     plan = []
     for field in descriptor.fields:
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            plan.append((field.name, _MAP))
+            plan.append(_Field(field.name, _MAP))
+        elif field.message_type is not None and field.is_repeated:
+            plan.append(_Field(field.name, _MESSAGES, value_type=VALUE_TYPES[field.message_type.name]))
         elif field.is_repeated:
-            plan.append((field.name, _REPEATED))
+            plan.append(_Field(field.name, _REPEATED))
+        elif field.enum_type is not None:
+            names, numbers = _enum_maps(field.enum_type)
+            plan.append(_Field(field.name, _ENUM, names, numbers))
         else:
-            plan.append((field.name, _SCALAR))
+            plan.append(_Field(field.name, _SCALAR))
     return tuple(plan)
 
 
 # Decoding is on every hot read path (activation, projection, replay): plan the fields once.
-_FIELD_PLANS = {name: _field_plan(name) for name in EVENT_TYPES}
+_FIELD_PLANS = {
+    name: _field_plan(events_pb2.ContextEvent.DESCRIPTOR.fields_by_name[name].message_type) for name in EVENT_TYPES
+}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -59,16 +86,28 @@ def encode_event(envelope: EventEnvelope) -> bytes:
     message.timestamp.FromDatetime(envelope.timestamp)
     payload = getattr(message, event.event_type)
     payload.SetInParent()
-    for name in _DATACLASS_FIELDS[event.event_type]:
-        value = getattr(event, name)
-        target = getattr(payload, name)
-        if isinstance(value, tuple):
-            target.extend(value)
-        elif isinstance(value, dict):
-            target.update(value)
-        else:
-            setattr(payload, name, value)
+    fill_message(payload, event, _FIELD_PLANS[event.event_type])
     return message.SerializeToString()
+
+
+def fill_message(target, value_object, plan: tuple[_Field, ...]) -> None:
+    """Copy a dataclass into a protobuf message field by field (same names)."""
+    for field in plan:
+        if not hasattr(value_object, field.name):
+            continue  # a legacy field: read by upcasters, never written
+        value = getattr(value_object, field.name)
+        if field.kind == _SCALAR:
+            setattr(target, field.name, value)
+        elif field.kind == _ENUM:
+            setattr(target, field.name, field.numbers[value])
+        elif field.kind == _REPEATED:
+            getattr(target, field.name).extend(value)
+        elif field.kind == _MAP:
+            getattr(target, field.name).update(value)
+        else:
+            items = getattr(target, field.name)
+            for item in value:
+                fill_message(items.add(), item, _value_plan(field.value_type))
 
 
 def decode_event(data: bytes) -> EventEnvelope:
@@ -89,8 +128,8 @@ def decode_event(data: bytes) -> EventEnvelope:
     stored_version = message.schema_version or 1
     fields = upcast(event_type, stored_version, cls.schema_version, fields)
     names = _DATACLASS_FIELDS[event_type]
-    if stored_version != cls.schema_version:
-        fields = {k: v for k, v in fields.items() if k in names}
+    if stored_version != cls.schema_version or len(fields) != len(names):
+        fields = {k: v for k, v in fields.items() if k in names}  # legacy fields stay behind
     event: Event = cls(**fields)
     stamp = message.timestamp
     return EventEnvelope(
@@ -105,9 +144,24 @@ def decode_event(data: bytes) -> EventEnvelope:
     )
 
 
-def _payload_fields(payload, plan: tuple[tuple[str, int], ...]) -> dict[str, object]:
+def _payload_fields(payload, plan: tuple[_Field, ...]) -> dict[str, object]:
     out: dict[str, object] = {}
-    for name, kind in plan:
-        value = getattr(payload, name)
-        out[name] = value if kind == _SCALAR else tuple(value) if kind == _REPEATED else dict(value)
+    for field in plan:
+        value = getattr(payload, field.name)
+        if field.kind == _SCALAR:
+            out[field.name] = value
+        elif field.kind == _ENUM:
+            out[field.name] = field.names.get(value, "")
+        elif field.kind == _REPEATED:
+            out[field.name] = tuple(value)
+        elif field.kind == _MAP:
+            out[field.name] = dict(value)
+        else:
+            nested = _value_plan(field.value_type)
+            out[field.name] = tuple(field.value_type(**_payload_fields(item, nested)) for item in value)
     return out
+
+
+@functools.cache
+def _value_plan(value_type: type) -> tuple[_Field, ...]:
+    return _field_plan(getattr(events_pb2, value_type.__name__).DESCRIPTOR)

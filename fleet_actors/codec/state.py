@@ -14,12 +14,14 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
 from fleet_actors.application.messages import CommandResult
+from fleet_actors.codec.upcasting import upcast
+from fleet_actors.domain.events import VALUE_TYPES
 from fleet_actors.domain.state import Decision, DecisionRelation, Impact, Milestone, PhaseChange, StoryState, Subtask
 from fleet_actors.errors import EventDecodeError
 from fleet_actors.proto import state_pb2
 
-#: bump with an upcaster in codec/upcasting.py when the snapshot shape changes meaning
-STATE_SCHEMA_VERSION = 1
+#: bump with an upcaster in codec/upcasters.py when the snapshot shape changes meaning
+STATE_SCHEMA_VERSION = 2
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NESTED = {
@@ -85,8 +87,8 @@ def decode_state(data: bytes) -> tuple[StoryState, int, list[CommandResult]]:
         message.ParseFromString(data)
     except DecodeError as error:
         raise EventDecodeError(f"stored story state is corrupt: {error}") from None
-    if message.schema_version > STATE_SCHEMA_VERSION:
-        raise EventDecodeError(f"story state schema v{message.schema_version} is newer than this code")
+    if (message.schema_version or 1) != STATE_SCHEMA_VERSION:
+        message = _upcast_message(message)
     if not message.story_id:
         raise EventDecodeError("stored story state has no story id")
     return proto_to_state(message), message.last_sequence, recent_commands(message)
@@ -98,9 +100,23 @@ def state_to_json(state: StoryState) -> dict[str, Any]:
 
 
 def state_from_json(document: dict[str, Any]) -> StoryState:
+    """Raises EventDecodeError for a document this code cannot read (the caller rebuilds it)."""
+    version = int(document.get("schema_version") or 1)
+    document = upcast("story_state", version, STATE_SCHEMA_VERSION, document)
     message = state_pb2.StoryStateSnapshot()
-    json_format.ParseDict(document, message, ignore_unknown_fields=True)
+    try:
+        json_format.ParseDict(document, message, ignore_unknown_fields=True)
+    except json_format.ParseError as error:
+        raise EventDecodeError(f"story state document is unreadable: {error}") from None
     return proto_to_state(message)
+
+
+def _upcast_message(message: state_pb2.StoryStateSnapshot) -> state_pb2.StoryStateSnapshot:
+    fields = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    fields = upcast("story_state", message.schema_version or 1, STATE_SCHEMA_VERSION, fields)
+    upgraded = state_pb2.StoryStateSnapshot()
+    json_format.ParseDict(fields, upgraded, ignore_unknown_fields=True)
+    return upgraded
 
 
 def _fill(target: Message, item: Any) -> None:
@@ -117,6 +133,10 @@ def _set(target: Message, name: str, value: Any) -> None:
         return
     if isinstance(value, datetime):
         getattr(target, name).FromDatetime(value)
+    elif isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
+        items = getattr(target, name)
+        for item in value:
+            _fill(items.add(), item)
     elif isinstance(value, tuple):
         getattr(target, name).extend(value)
     elif isinstance(value, dict):
@@ -135,6 +155,8 @@ def _get(source: Message, name: str) -> Any:
             return _EPOCH + timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
         if descriptor.message_type.GetOptions().map_entry:
             return dict(value)
+        if descriptor.message_type.name in VALUE_TYPES:
+            return tuple(_build(VALUE_TYPES[descriptor.message_type.name], item) for item in value)
     if descriptor.is_repeated:
         return tuple(value)
     return value

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from fleet_actors.domain.events import Alternative
+
 
 @dataclass(frozen=True)
 class Command:
@@ -43,7 +45,7 @@ class AddDecision(Command):
     decision_type: str = "ARCHITECTURE"
     #: None: the caller lets the story assign one (taken from DecideContext.new_ids)
     decision_id: str | None = None
-    alternatives: str = ""
+    alternatives: tuple[Alternative, ...] = ()
     decided_by: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
 

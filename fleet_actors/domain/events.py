@@ -23,6 +23,18 @@ class Event:
 EVENT_TYPES: dict[str, type[Event]] = {}
 
 
+@dataclass(frozen=True)
+class Alternative:
+    """An option that was considered for a decision and not chosen, and why."""
+
+    title: str
+    reason: str = ""
+
+
+#: value types nested inside events, by their protobuf message name (for the mechanical mapping)
+VALUE_TYPES: dict[str, type] = {"Alternative": Alternative}
+
+
 def _register(cls: type[Event]) -> type[Event]:
     EVENT_TYPES[cls.event_type] = cls
     return cls
@@ -62,7 +74,10 @@ class SubtaskCreated(Event):
 @_register
 @dataclass(frozen=True)
 class SubtaskUpdated(Event):
+    """v2: ``status`` is a SubtaskStatus value; "" marks an unrecognised v1 status (no change)."""
+
     event_type: ClassVar[str] = "subtask_updated"
+    schema_version: ClassVar[int] = 2
     subtask_id: str
     status: str
     note: str = ""
@@ -71,12 +86,15 @@ class SubtaskUpdated(Event):
 @_register
 @dataclass(frozen=True)
 class DecisionAdded(Event):
+    """v2: ``alternatives`` are structured (v1 kept one free-text string)."""
+
     event_type: ClassVar[str] = "decision_added"
+    schema_version: ClassVar[int] = 2
     decision_id: str
     decision_type: str
     title: str
     rationale: str
-    alternatives: str = ""
+    alternatives: tuple[Alternative, ...] = ()
     decided_by: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
 

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import TypeVar
 
+from fleet_actors.domain.alternatives import MAX_ALTERNATIVE_REASON, MAX_ALTERNATIVES
+from fleet_actors.domain.events import Alternative
 from fleet_actors.errors import InvalidCommand
 
 #: ids become NATS subject tokens, so they must not contain '.', '*', '>' or whitespace
@@ -75,6 +77,20 @@ def check_label(value: object, field: str) -> str:
     if not re.fullmatch(r"[A-Z0-9_]+", text):
         raise InvalidCommand(f"{field} must be letters, digits or '_', got {value!r:.80}", field=field)
     return text
+
+
+def check_alternatives(value: object, field: str = "alternatives") -> tuple[Alternative, ...]:
+    if not isinstance(value, tuple) or not all(isinstance(a, Alternative) for a in value):
+        raise InvalidCommand(f"{field} must be a tuple of Alternative values", field=field)
+    if len(value) > MAX_ALTERNATIVES:
+        raise InvalidCommand(f"{field} has {len(value)} entries; the limit is {MAX_ALTERNATIVES}", field=field)
+    for index, alternative in enumerate(value):
+        try:
+            check_title(alternative.title, "title")
+            check_text(alternative.reason, "reason", MAX_ALTERNATIVE_REASON)
+        except InvalidCommand as error:
+            raise InvalidCommand(f"{field}[{index}]: {error.message}", field=field) from None
+    return value
 
 
 def check_metadata(value: object, field: str = "metadata") -> dict[str, str]:

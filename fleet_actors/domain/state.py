@@ -8,6 +8,8 @@ from datetime import datetime
 from enum import StrEnum
 from types import MappingProxyType
 
+from fleet_actors.domain.events import Alternative
+
 
 class Phase(StrEnum):
     DESIGN = "DESIGN"
@@ -66,7 +68,7 @@ class Decision:
     decision_type: str
     title: str
     rationale: str
-    alternatives: str
+    alternatives: tuple[Alternative, ...]
     decided_by: str
     decided_at: datetime
     metadata: Mapping[str, str]

@@ -222,7 +222,7 @@ def _(command: AddDecision, state: StoryState, ctx: DecideContext) -> Iterable[E
             decision_type=rules.check_label(command.decision_type, "decision_type"),
             title=rules.check_title(command.title),
             rationale=rules.check_text(command.rationale, "rationale", required=True),
-            alternatives=rules.check_text(command.alternatives, "alternatives"),
+            alternatives=rules.check_alternatives(command.alternatives),
             decided_by=rules.check_text(command.decided_by, "decided_by", rules.MAX_SHORT),
             metadata=rules.check_metadata(command.metadata),
         )
@@ -405,7 +405,8 @@ def _(event: SubtaskUpdated, state: StoryState, envelope: EventEnvelope) -> Chan
     subtask = state.subtasks.get(event.subtask_id)
     if subtask is None:
         return {}
-    updated = replace(subtask, status=event.status, updated_at=envelope.timestamp)
+    # "" is an upcast v1 status nobody could map: the text is in the note, the status stays.
+    updated = replace(subtask, status=event.status or subtask.status, updated_at=envelope.timestamp)
     return {"subtasks": {**state.subtasks, event.subtask_id: updated}}
 
 

@@ -180,8 +180,9 @@ def _subtask_min(s: Subtask, view: _RoleView) -> str:
 def _decision_line(d: Decision) -> str:
     lines = [f"- [{d.decision_id}] {d.title} ({d.decision_type}, {d.status}) by {d.decided_by or 'unknown'}"]
     lines.append(f"  Rationale: {d.rationale}")
-    if d.alternatives:
-        lines.append(f"  Alternatives: {d.alternatives}")
+    for alternative in d.alternatives:
+        reason = f": {alternative.reason}" if alternative.reason else ""
+        lines.append(f"  Alternative considered: {alternative.title}{reason}")
     return "\n".join(lines)
 
 

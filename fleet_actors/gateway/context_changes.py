@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fleet_actors.domain.alternatives import alternatives_from
 from fleet_actors.domain.commands import (
     AddDecision,
     Command,
@@ -60,7 +61,7 @@ def _decision_create(c: _ChangeInput) -> ChangeCommand:
         rationale=p.get("rationale", c.reason),
         decision_type=p.get("decision_type", "ARCHITECTURE"),
         decision_id=c.entity_id or None,
-        alternatives=p.get("alternatives", ""),
+        alternatives=alternatives_from(p.get("alternatives", "")),  # free text, as agents write it
         decided_by=p.get("decided_by", c.role),
         metadata=p.get("metadata", {}),
     )

@@ -22,7 +22,7 @@ from fleet_actors.domain.commands import (
     TransitionPhase,
     UpdateSubtask,
 )
-from fleet_actors.domain.events import EventEnvelope
+from fleet_actors.domain.events import Alternative, EventEnvelope
 from fleet_actors.domain.state import PHASE_ORDER, SUBTASK_TRANSITIONS, StoryState, SubtaskStatus
 from fleet_actors.domain.story import Accepted, DecideContext, decide, evolve
 
@@ -87,7 +87,7 @@ class _Proposer:
         if roll < 0.16:
             title, rationale = rng.choice(_DECISIONS)
             return AddDecision(title, rationale, rng.choice(["ARCHITECTURE", "IMPLEMENTATION", "TESTING"]), f"D{n}",
-                               alternatives="Considered the obvious alternative; see the ADR.")  # fmt: skip
+                               alternatives=(Alternative("Do nothing", "the problem grows with traffic"),))  # fmt: skip
         if roll < 0.19 and len(decisions) >= 2:
             src, dst = rng.sample(decisions, 2)
             return RelateDecisions(src, dst, rng.choice(["DEPENDS_ON", "SUPERSEDES"]))

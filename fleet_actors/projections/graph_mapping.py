@@ -101,6 +101,11 @@ UNWIND $rows AS r
 MATCH (t:Subtask {uid: r.uid})
 SET t.status = r.status, t.updated_at = r.at
 """
+_TOUCH_SUBTASK = """
+UNWIND $rows AS r
+MATCH (t:Subtask {uid: r.uid})
+SET t.updated_at = r.at
+"""
 # Relationship types cannot be parameters in Cypher; one fixed statement per type keeps user input out.
 _DECISION_DEPENDS_ON = """
 UNWIND $rows AS r
@@ -190,7 +195,9 @@ def plan_graph_writes(events: Sequence[EventEnvelope], states: Iterable[StorySta
                 for dependency in event.dependencies:
                     add(_SUBTASK_DEPENDS_ON, {"src": uid(sid, event.subtask_id), "dst": uid(sid, dependency)})
             case SubtaskUpdated():
-                add(_UPDATE_SUBTASK, {**base, "uid": uid(sid, event.subtask_id), "status": event.status})
+                # An unrecognised v1 status upcasts to "": the status stays, only the time moves.
+                row = {**base, "uid": uid(sid, event.subtask_id), "status": event.status}
+                add(_UPDATE_SUBTASK if event.status else _TOUCH_SUBTASK, row)
             case DecisionAdded():
                 add(
                     _ADD_DECISION,
@@ -201,7 +208,7 @@ def plan_graph_writes(events: Sequence[EventEnvelope], states: Iterable[StorySta
                         "decision_type": event.decision_type,
                         "title": event.title,
                         "rationale": event.rationale,
-                        "alternatives": event.alternatives,
+                        "alternatives": json.dumps([a.__dict__ for a in event.alternatives]),
                         "decided_by": event.decided_by or envelope.actor,
                         "metadata": json.dumps(dict(event.metadata), sort_keys=True),
                     },
@@ -239,7 +246,7 @@ def plan_graph_writes(events: Sequence[EventEnvelope], states: Iterable[StorySta
             case _:
                 pass  # an event type with no graph shape changes only the version
     ordered = [
-        _CREATE_STORY, _CREATE_SUBTASK, _SUBTASK_DEPENDS_ON, _ADD_DECISION, _UPDATE_SUBTASK,
+        _CREATE_STORY, _CREATE_SUBTASK, _SUBTASK_DEPENDS_ON, _ADD_DECISION, _UPDATE_SUBTASK, _TOUCH_SUBTASK,
         _DECISION_DEPENDS_ON, _DECISION_SUPERSEDES, _IMPACTS, _TRANSITION, _MILESTONE,
     ]  # fmt: skip
     statements = [Statement(cypher, rows[cypher]) for cypher in ordered if cypher in rows]

@@ -47,7 +47,7 @@ def convert(c: pb.ContextChange, index: int = 0):
 
 def test_each_supported_change_becomes_its_command() -> None:
     assert convert(change("create", "decision", {"title": "JWT", "metadata": {"k": "v"}}, "D1", "stateless")) == (
-        AddDecision("JWT", "stateless", "ARCHITECTURE", "D1", "", "DEV", {"k": "v"})
+        AddDecision("JWT", "stateless", "ARCHITECTURE", "D1", (), "DEV", {"k": "v"})
     )
     assert convert(change("CREATE", "DECISION", {"title": "JWT", "rationale": "r"})).decision_id is None
     assert convert(change("UPDATE", "DECISION", {"relation_type": "SUPERSEDES", "dst_id": "D1"}, "D2")) == (

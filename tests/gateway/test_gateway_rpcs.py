@@ -12,6 +12,7 @@ import grpc
 import pytest
 import valkey.asyncio as valkey_async
 
+from fleet_actors.domain.events import Alternative
 from fleet_actors.gateway.context_changes import TOOLS_TEXT
 from fleet_actors.gateway.scope_policy import ScopePolicy
 from fleet_actors.proto import context_service_pb2 as pb
@@ -88,7 +89,7 @@ async def test_commands_answer_with_versions(gateway: Gateway, story: dict) -> N
     decision = state.decisions[story["decision"].decision_id]
     assert (decision.decided_by, decision.alternatives, dict(decision.metadata)) == (
         "alice",
-        "Stripe",
+        (Alternative("Stripe"),),
         {"ticket": "PAY-7"},
     )
     assert state.subtasks["T2"].estimated_hours == 8 and state.subtasks["T1"].status == "IN_PROGRESS"

@@ -10,6 +10,7 @@ from fleet_actors.codec import decode_event, encode_event
 from fleet_actors.codec.upcasting import upcast
 from fleet_actors.domain.events import (
     EVENT_TYPES,
+    Alternative,
     ContextCreated,
     DecisionAdded,
     DecisionImpacted,
@@ -29,7 +30,15 @@ SAMPLES = [
     PhaseTransitioned("DESIGN", "BUILD", "ready"),
     SubtaskCreated("T2", "API", "d", "DEV", ("T1", "T0"), 1, 8),
     SubtaskUpdated("T2", "IN_PROGRESS", "started"),
-    DecisionAdded("D1", "ARCHITECTURE", "JWT", "stateless", "sessions", "alice", {"adr": "12", "risk": "low"}),
+    DecisionAdded(
+        "D1",
+        "ARCHITECTURE",
+        "JWT",
+        "stateless",
+        (Alternative("sessions", "state to replicate"), Alternative("opaque")),
+        "alice",
+        {"adr": "12", "risk": "low"},
+    ),
     DecisionRelated("D2", "D1", "SUPERSEDES"),
     DecisionImpacted("D1", "T2"),
     MilestoneRecorded("M1", "DEPLOYED", "to staging"),
@@ -54,6 +63,14 @@ def test_envelope_fields_on_the_wire():
     )
     assert (message.event_id, message.aggregate_id, message.version, message.schema_version) == ("ev1", "S1", 7, 1)
     assert (message.command_id, message.actor, message.WhichOneof("payload")) == ("cmd1", "agent-7", "context_created")
+
+
+def test_enum_fields_map_by_value_name():
+    message = events_pb2.ContextEvent.FromString(
+        encode_event(EventEnvelope("ev1", "S1", 1, AT, SubtaskUpdated("T1", "IN_PROGRESS")))
+    )
+    assert message.subtask_updated.status == events_pb2.SUBTASK_STATUS_IN_PROGRESS
+    assert message.schema_version == 2 and message.subtask_updated.legacy_status == ""
 
 
 def test_garbage_bytes_raise_decode_error():

@@ -10,6 +10,7 @@ Keys::
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +20,10 @@ import valkey.exceptions
 
 from fleet_actors.codec.state import state_from_json, state_to_json
 from fleet_actors.domain.state import StoryState
-from fleet_actors.errors import BackendUnavailable, StoryError
+from fleet_actors.errors import BackendUnavailable, EventDecodeError, StoryError
 from fleet_actors.settings import Settings
+
+log = logging.getLogger(__name__)
 
 PROCESSED_TTL_SECONDS = 7 * 24 * 3600
 
@@ -47,6 +50,15 @@ class ContextDocument:
     story_id: str
     version: int
     state: StoryState
+
+
+def _document(story_id: str, version: int, raw: bytes) -> ContextDocument | None:
+    """None for a document this code cannot read: the projector rebuilds it from the log."""
+    try:
+        return ContextDocument(story_id, version, state_from_json(json.loads(raw)))
+    except (EventDecodeError, ValueError) as error:
+        log.warning("context document of story %s is unreadable (%s); it will be rebuilt", story_id, error)
+        return None
 
 
 def context_key(story_id: str) -> str:
@@ -91,9 +103,7 @@ class ContextCache:
             raise translate_valkey_error(error, "reading context documents") from None
         out: dict[str, ContextDocument | None] = {}
         for story_id, (version, doc) in zip(story_ids, rows, strict=True):
-            out[story_id] = (
-                None if version is None else ContextDocument(story_id, int(version), state_from_json(json.loads(doc)))
-            )
+            out[story_id] = None if version is None else _document(story_id, int(version), doc)
         return out
 
     async def commit(

@@ -1,0 +1,146 @@
+"""A second Ray node on the same machine (`ray start --address ... --block`), for multi-node rehearsals.
+
+It joins a :class:`~fleet_actors.devstack.ray_head.RayHead` with the head's token, its own temp
+dir and its own ports, so that killing it (its whole process session, like a machine that
+loses power) takes down only the actors that lived on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Self
+
+from fleet_actors.devstack.process import (
+    LOOPBACK,
+    ManagedServer,
+    find_executable,
+    free_port,
+    port_is_free,
+    terminate_session,
+)
+from fleet_actors.devstack.ray_head import RAY_AUTH_MODE, RayHead
+
+#: worker processes of this node take ports from a range of this size
+WORKER_PORTS = 200
+
+
+class RayWorkerNode(ManagedServer):
+    """A non-head Ray node joined to `head`; ready once the head lists it ALIVE."""
+
+    name = "ray-worker"
+    stop_grace = 15.0
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        head: RayHead,
+        *,
+        num_cpus: int = 1,
+        object_store_bytes: int = 256 * 1024**2,
+        resources: dict[str, float] | None = None,
+    ) -> None:
+        super().__init__(data_dir, free_port())  # the node manager's port
+        self.head = head
+        self.num_cpus = num_cpus
+        self.object_store_bytes = object_store_bytes
+        self.resources = dict(resources or {})
+        # Every port `ray start` would otherwise take from a fixed default: two nodes on one
+        # machine must not share any of them.
+        self.object_manager_port = free_port()
+        self.dashboard_agent_port = free_port()
+        self.dashboard_agent_grpc_port = free_port()
+        self.runtime_env_agent_port = free_port()
+        self.metrics_port = free_port()
+        self.min_worker_port = _free_range(WORKER_PORTS)
+        self._tmp_dir: Path | None = None
+        self._sid: int | None = None
+        self.node_id: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def _prepare(self) -> None:
+        super()._prepare()
+        # Ray's unix socket paths must stay short: a temp dir of its own, under /tmp
+        self._tmp_dir = Path(tempfile.mkdtemp(prefix="frw-", dir="/tmp"))
+
+    def _environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        for name in ("RAY_AUTH_TOKEN", "RAY_ADDRESS"):
+            env.pop(name, None)
+        env.update(
+            RAY_TMPDIR=str(self._tmp_dir),
+            RAY_AUTH_MODE=RAY_AUTH_MODE,
+            RAY_AUTH_TOKEN_PATH=str(self.head.token_path),
+            RAY_USAGE_STATS_ENABLED="0",
+            RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
+            PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+        )
+        return env
+
+    def _command(self) -> list[str]:
+        command = [
+            str(find_executable("ray")),
+            "start", "--block",
+            "--address", self.head.address,
+            "--node-ip-address", LOOPBACK,
+            "--num-cpus", str(self.num_cpus),
+            "--object-store-memory", str(self.object_store_bytes),
+            "--node-manager-port", str(self.port),
+            "--object-manager-port", str(self.object_manager_port),
+            "--dashboard-agent-listen-port", str(self.dashboard_agent_port),
+            "--dashboard-agent-grpc-port", str(self.dashboard_agent_grpc_port),
+            "--runtime-env-agent-port", str(self.runtime_env_agent_port),
+            "--metrics-export-port", str(self.metrics_port),
+            "--min-worker-port", str(self.min_worker_port),
+            "--max-worker-port", str(self.min_worker_port + WORKER_PORTS - 1),
+            "--temp-dir", str(self._tmp_dir),
+            "--disable-usage-stats",
+        ]  # fmt: skip
+        if self.resources:
+            command += ["--resources", json.dumps(self.resources)]
+        return command
+
+    def start(self) -> Self:
+        super().start()
+        assert self._proc is not None
+        self._sid = self._proc.pid
+        return self
+
+    def _probe(self) -> str | None:
+        got = self.head._get("/api/v0/nodes")
+        if isinstance(got, str) or got[0] != 200:
+            return f"head dashboard: {got if isinstance(got, str) else got[0]}"
+        for node in json.loads(got[1])["data"]["result"]["result"]:
+            if node.get("state") == "ALIVE" and int(node.get("node_manager_port", 0)) == self.port:
+                self.node_id = node.get("node_id")
+                return None
+        return "not ALIVE in the head's node table yet"
+
+    def _kill_all(self) -> None:
+        assert self._sid is not None
+        terminate_session(self._sid, timeout=10.0)
+
+    def _cleanup(self) -> None:
+        super()._cleanup()
+        if self._sid is not None:
+            terminate_session(self._sid, timeout=10.0)
+            self._sid = None
+        if self._tmp_dir is not None:
+            shutil.rmtree(self._tmp_dir, ignore_errors=True)
+            self._tmp_dir = None
+
+
+def _free_range(size: int, low: int = 20000, high: int = 60000) -> int:
+    """The first port of `size` consecutive free loopback ports (checked now, not reserved)."""
+    start = low + (os.getpid() * 37) % (high - low - size)
+    for base in range(start, high - size, size):
+        if all(port_is_free(p) for p in range(base, base + size)):
+            return base
+    raise RuntimeError(f"no {size} consecutive free ports between {low} and {high}")
