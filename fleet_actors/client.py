@@ -277,10 +277,10 @@ class _StoryApi(Generic[R]):
         rules.check_id(story_id, "story_id")
         return self._call(story_id, "get_state")
 
-    def history(self, story_id: str, from_version: int = 1) -> R:
-        """The story's decoded events in order, from ``from_version``."""
+    def history(self, story_id: str, from_version: int = 1, limit: int | None = None) -> R:
+        """The story's decoded events in order, from ``from_version`` (at most ``limit`` of them)."""
         rules.check_id(story_id, "story_id")
-        return self._call(story_id, "history", from_version)
+        return self._call(story_id, "history", from_version, limit)
 
     def rebuild_state(self, story_id: str) -> R:
         """Replay the story's whole log in its actor (ignoring snapshots) and take a fresh snapshot."""

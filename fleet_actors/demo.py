@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -80,44 +79,17 @@ def show_gateway(settings: Settings, story_id: str) -> None:
     """Serve the agents' gRPC API for a moment and ask it for a developer's context, as an agent would."""
     import grpc
 
-    from fleet_actors.gateway import serve
+    from fleet_actors.gateway import gateway_in_thread
     from fleet_actors.proto import context_service_pb2 as pb
     from fleet_actors.proto import context_service_pb2_grpc as pb_grpc
 
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    holder: dict[str, object] = {}
-
-    def serve_in_background() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            holder["gateway"] = loop.run_until_complete(serve(settings, address="127.0.0.1:0"))
-        except Exception as error:  # reported below, in the demo's own thread
-            holder["error"] = error
-        started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=serve_in_background, daemon=True)
-    thread.start()
-    started.wait(120)
-    gateway = holder.get("gateway")
-    if gateway is None:
-        print(f"\ngRPC gateway did not start: {holder.get('error')}")
-        return
-    try:
-        with grpc.insecure_channel(gateway.address) as channel:
-            stub = pb_grpc.ContextServiceStub(channel)
-            reply = stub.GetContext(
-                pb.GetContextRequest(story_id=story_id, role="DEV", phase="BUILD", token_budget=400)
-            )
+    with gateway_in_thread(settings) as gateway, grpc.insecure_channel(gateway.address) as channel:
+        stub = pb_grpc.ContextServiceStub(channel)
+        reply = stub.GetContext(pb.GetContextRequest(story_id=story_id, role="DEV", phase="BUILD", token_budget=400))
         print(f"\ngRPC gateway on {gateway.address}: GetContext({story_id}, DEV, BUILD, budget 400)")
         print(f"  version {reply.version}, {reply.token_count} tokens, scopes {', '.join(reply.scopes)}")
         for line in reply.context.splitlines()[:8]:
             print(f"  | {line}")
-    finally:
-        asyncio.run_coroutine_threadsafe(gateway.stop(1.0), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
 
 
 def run_demo(settings: Settings | None = None) -> int:

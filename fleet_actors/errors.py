@@ -105,3 +105,13 @@ class EventDecodeError(NonRetryable):
 
 class ProjectionTimeout(Retryable):
     code = "DEADLINE_EXCEEDED"
+
+
+class ArchiveUnavailable(Retryable):
+    """The event archive (folder or bucket) cannot be read or written right now."""
+
+
+class ArchiveCorrupted(NonRetryable):
+    """The event archive does not match its manifest: a segment is missing, altered or unreadable."""
+
+    code = "DATA_LOSS"

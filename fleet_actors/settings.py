@@ -15,6 +15,8 @@ from fleet_actors.errors import ConfigurationError
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+#: JetStream refuses more replicas than this
+MAX_STREAM_REPLICAS = 5
 
 
 @dataclass(frozen=True)
@@ -33,10 +35,20 @@ class Settings:
 
     stream_name: str = "CONTEXT_EVENTS"
     subject_prefix: str = "context.events"
-    #: seconds; 0 keeps events forever. Refused unless `stream_max_age_force` (see README).
+    #: seconds; 0 keeps events forever. With `archive_url` set, the archiver deletes events older than
+    #: this once they are archived and verified (the stream itself keeps max_age=0); without an
+    #: archive it is refused unless `stream_max_age_force` (JetStream then deletes on a timer alone).
     stream_max_age: float = 0.0
     stream_max_age_force: bool = False
+    #: cold storage for the event archive (docs/storage.md): a folder, file://..., or s3://bucket/prefix
+    archive_url: str = ""
+    #: JetStream replicas of every stream (events, snapshots, dead letters); their consumers follow
+    #: the stream. 3 in a production cluster: a write is acknowledged once a quorum stored it.
     stream_replicas: int = 1
+    #: where JetStream places the streams: a cluster name and/or comma-separated server tags
+    #: (``server_tags`` in nats-server.conf); empty lets the meta leader choose
+    stream_placement_cluster: str = ""
+    stream_placement_tags: str = ""
     #: fixed when the stream is created: stored subjects carry a partition token (hash of the story id)
     #: and each projector owns a share of the partitions
     partitions: int = 16
@@ -61,10 +73,11 @@ class Settings:
             raise ConfigurationError(f"FLEET_STREAM_NAME {self.stream_name!r} is not a valid stream name")
         if self.stream_max_age < 0:
             raise ConfigurationError("FLEET_STREAM_MAX_AGE must be >= 0 seconds")
-        if self.stream_max_age and not self.stream_max_age_force:
+        if self.stream_max_age and not (self.stream_max_age_force or self.archive_url):
             raise ConfigurationError(
                 "FLEET_STREAM_MAX_AGE would let JetStream delete events, the only copy of the story "
-                "history; set FLEET_STREAM_MAX_AGE_FORCE=1 only if the events are archived elsewhere"
+                "history; set FLEET_ARCHIVE_URL (the archiver then deletes only archived events) or "
+                "FLEET_STREAM_MAX_AGE_FORCE=1 if the events are archived elsewhere"
             )
         for name in (
             "max_live_stories",
@@ -76,6 +89,16 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"FLEET_{name.upper()} must be at least 1")
+        if self.stream_replicas > MAX_STREAM_REPLICAS:
+            raise ConfigurationError(f"FLEET_STREAM_REPLICAS must be at most {MAX_STREAM_REPLICAS} (JetStream's limit)")
+        if any(c.isspace() for c in self.stream_placement_cluster):
+            raise ConfigurationError(f"FLEET_STREAM_PLACEMENT_CLUSTER {self.stream_placement_cluster!r} has whitespace")
+        tags = self.stream_placement_tags.split(",") if self.stream_placement_tags.strip() else []
+        if any(not tag.strip() or any(c.isspace() for c in tag.strip()) for tag in tags):
+            raise ConfigurationError(
+                f"FLEET_STREAM_PLACEMENT_TAGS {self.stream_placement_tags!r} must be comma-separated tags "
+                "without empty entries or inner whitespace"
+            )
         if self.projectors > self.partitions:
             raise ConfigurationError(
                 f"FLEET_PROJECTORS={self.projectors} exceeds FLEET_PARTITIONS={self.partitions}: "
@@ -115,6 +138,11 @@ class Settings:
         """Every stored event of one story. Stored subjects end in a partition token, hence ``>``:
         a ``*`` in its place would match nothing and silently disable the concurrency check."""
         return f"{self.subject_prefix}.{story_id}.>"
+
+    @property
+    def placement_tags(self) -> tuple[str, ...]:
+        """FLEET_STREAM_PLACEMENT_TAGS as a tuple (empty when unset)."""
+        return tuple(tag.strip() for tag in self.stream_placement_tags.split(",") if tag.strip())
 
     def partition_filter(self, partition: int) -> str:
         return f"{self.subject_prefix}.*.*.{partition}"

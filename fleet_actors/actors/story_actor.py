@@ -48,10 +48,11 @@ class StoryActor:
             if self._runtime is None:
                 snapshots = None
                 if self._store is None:
-                    from fleet_actors.adapters.jetstream import JetStreamEventStore
                     from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore
+                    from fleet_actors.archive.composite import open_event_store
 
-                    self._store = await JetStreamEventStore.connect(self._settings)
+                    # archive + stream when FLEET_ARCHIVE_URL is set: history past the retention horizon
+                    self._store = await open_event_store(self._settings)
                     snapshots = JetStreamSnapshotStore(self._store.connection, self._settings)
                     await snapshots.ensure_stream()
                 runtime = StoryRuntime(
@@ -81,10 +82,10 @@ class StoryActor:
         except StoryError as error:
             return error
 
-    async def history(self, from_version: int = 1) -> list[EventEnvelope] | StoryError:
+    async def history(self, from_version: int = 1, limit: int | None = None) -> list[EventEnvelope] | StoryError:
         try:
             runtime = await self._ensure_runtime()
-            events = await runtime.history(from_version)
+            events = await runtime.history(from_version, limit)
             if not events and not runtime.state.created:
                 return StoryNotFound(self._story_id)
             return events

@@ -20,13 +20,14 @@ class ContextView:
 
     story_id: str
     version: int
-    graph_version: int
+    #: None when only the context document was read (get_context)
+    graph_version: int | None
     state: StoryState
 
     @property
     def consistent_version(self) -> int:
-        """Both read models include every event up to here."""
-        return min(self.version, self.graph_version)
+        """Every read model that was read includes every event up to here."""
+        return self.version if self.graph_version is None else min(self.version, self.graph_version)
 
 
 class ReadModels:
@@ -49,14 +50,18 @@ class ReadModels:
         await self.graph.close()
 
     async def get_context(self, story_id: str) -> ContextView:
+        """The context document (Valkey only: a query must not depend on the graph being up)."""
         rules.check_id(story_id, "story_id")
-        document, versions = await asyncio.gather(self.cache.get(story_id), self.graph.applied_versions([story_id]))
-        graph_version = versions.get(story_id, 0)
+        document = await self.cache.get(story_id)
         if document is None:
-            if graph_version == 0:
-                raise StoryNotFound(story_id)
-            return ContextView(story_id, 0, graph_version, StoryState(story_id))
-        return ContextView(story_id, document.version, graph_version, document.state)
+            raise StoryNotFound(story_id)
+        return ContextView(story_id, document.version, None, document.state)
+
+    async def _both(self, story_id: str) -> ContextView | None:
+        document, versions = await asyncio.gather(self.cache.get(story_id), self.graph.applied_versions([story_id]))
+        if document is None:
+            return None
+        return ContextView(story_id, document.version, versions.get(story_id, 0), document.state)
 
     async def wait_for_projection(self, story_id: str, version: int, timeout: float = 10.0) -> ContextView:
         """Return once both read models include ``version`` (read-your-writes after a command)."""
@@ -64,12 +69,9 @@ class ReadModels:
         deadline = time.monotonic() + timeout
         delay = 0.01
         while True:
-            try:
-                view = await self.get_context(story_id)
-                if view.consistent_version >= version:
-                    return view
-            except StoryNotFound:
-                view = None
+            view = await self._both(story_id)
+            if view is not None and view.consistent_version >= version:
+                return view
             if time.monotonic() >= deadline:
                 seen = f"context v{view.version}, graph v{view.graph_version}" if view else "nothing yet"
                 raise ProjectionTimeout(f"story {story_id!r} not projected to version {version} in {timeout}s ({seen})")

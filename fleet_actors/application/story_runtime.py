@@ -244,5 +244,18 @@ class StoryRuntime:
             raise StoryNotFound(self.story_id)
         return state
 
-    async def history(self, from_version: int = 1) -> list[EventEnvelope]:
-        return [s.envelope async for s in self._store.read(self.story_id) if s.envelope.version >= from_version]
+    async def history(self, from_version: int = 1, limit: int | None = None) -> list[EventEnvelope]:
+        """Events from ``from_version`` on (at most ``limit``), read from the nearest snapshot below it."""
+        if limit is not None and limit < 1:
+            raise InvalidCommand("limit must be at least 1", field="limit")
+        after = 0
+        if self._snapshots is not None and from_version > 1:
+            snapshot = await self._snapshots.latest(self.story_id, max_version=from_version - 1)
+            after = snapshot.last_sequence if snapshot is not None else 0
+        out: list[EventEnvelope] = []
+        async for stored in self._store.read(self.story_id, after):
+            if stored.envelope.version >= from_version:
+                out.append(stored.envelope)
+                if limit is not None and len(out) >= limit:
+                    break
+        return out

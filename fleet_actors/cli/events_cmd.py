@@ -22,6 +22,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     migrate.add_argument("--dry-run", action="store_true", help="report only (the only mode: the log is immutable)")
     add_settings_arguments(migrate)
     migrate.set_defaults(func=_migrate)
+    from fleet_actors.cli.archive_cmd import add_export
+
+    add_export(sub)
 
 
 def _migrate(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from fleet_actors.cli import events_cmd, gateway_cmd, projections_cmd
+from fleet_actors.cli import archive_cmd, events_cmd, gateway_cmd, migrate_cmd, projections_cmd, story_cmd
 from fleet_actors.cli.common import add_settings_arguments, run, settings_from
 from fleet_actors.devstack import LocalStack
 from fleet_actors.devstack.services import GatewayProcess, start_projector_pool
@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     projections_cmd.register(commands)
     gateway_cmd.register(commands)
     events_cmd.register(commands)
+    story_cmd.register(commands)
+    archive_cmd.register(commands)
+    migrate_cmd.register(commands)
     _register_rebuild(commands)
     # Each further subcommand: a `register(commands)` that adds its parser and sets `func(args) -> int`.
     return parser

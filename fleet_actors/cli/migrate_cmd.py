@@ -13,6 +13,8 @@ from fleet_actors.cli.common import add_settings_arguments, print_table, run, se
 
 if TYPE_CHECKING:
     from fleet_actors.adapters.jetstream import JetStreamEventStore
+    from fleet_actors.migration.compare import CompareReport
+    from fleet_actors.migration.importer import ImportReport
     from fleet_actors.migration.legacy_reader import LegacySource
     from fleet_actors.migration.mapping import LegacyMapping
     from fleet_actors.settings import Settings
@@ -92,8 +94,8 @@ def _add_legacy_arguments(parser: argparse.ArgumentParser) -> None:
         "--since",
         type=_since,
         metavar="ISO",
-        help="only stories whose legacy updated_at (or "
-        "created_at) is at or after this time; a time without a zone is UTC",
+        help="only stories whose legacy updated_at (or created_at) is at or after this time; "
+        "a time without a zone is UTC",
     )
     legacy.add_argument("--story-prefix", default="", metavar="P", help="only stories whose id starts with P")
 
@@ -135,7 +137,7 @@ def _import(args: argparse.Namespace) -> int:
     def progress(done: int, total: int) -> None:
         print(f"\r{done:,}/{total:,} stories", end="", file=sys.stderr, flush=True)
 
-    async def importing():
+    async def importing() -> ImportReport:
         reader = await LegacyReader.connect(source, mapping)
         try:
             store = await _open_log(settings, create=not args.dry_run)
@@ -185,7 +187,7 @@ def _verify(args: argparse.Namespace) -> int:
     source, mapping = _reader_parts(args)
     settings = settings_from(args)
 
-    async def comparing():
+    async def comparing() -> CompareReport:
         reader = await LegacyReader.connect(source, mapping)
         try:
             store = await _open_log(settings, create=False)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -19,7 +21,6 @@ from fleet_actors.devstack.process import (
     LOOPBACK,
     ManagedServer,
     find_executable,
-    free_port,
     port_is_free,
     terminate_session,
 )
@@ -44,19 +45,16 @@ class RayWorkerNode(ManagedServer):
         object_store_bytes: int = 256 * 1024**2,
         resources: dict[str, float] | None = None,
     ) -> None:
-        super().__init__(data_dir, free_port())  # the node manager's port
+        super().__init__(data_dir, 0)  # ports are chosen at start, once the head holds its own
         self.head = head
         self.num_cpus = num_cpus
         self.object_store_bytes = object_store_bytes
-        self.resources = dict(resources or {})
-        # Every port `ray start` would otherwise take from a fixed default: two nodes on one
-        # machine must not share any of them.
-        self.object_manager_port = free_port()
-        self.dashboard_agent_port = free_port()
-        self.dashboard_agent_grpc_port = free_port()
-        self.runtime_env_agent_port = free_port()
-        self.metrics_port = free_port()
-        self.min_worker_port = _free_range(WORKER_PORTS)
+        #: a custom resource only this node offers: tells it apart in the node table, and pins
+        #: tasks to it (``resources={node.marker: 0.001}``)
+        self.marker = f"fleet_node_{secrets.token_hex(4)}"
+        self.resources = {**(resources or {}), self.marker: 1.0}
+        self.object_manager_port = self.dashboard_agent_port = self.dashboard_agent_grpc_port = 0
+        self.runtime_env_agent_port = self.metrics_port = self.min_worker_port = 0
         self._tmp_dir: Path | None = None
         self._sid: int | None = None
         self.node_id: str | None = None
@@ -67,6 +65,18 @@ class RayWorkerNode(ManagedServer):
 
     def _prepare(self) -> None:
         super()._prepare()
+        # Every port `ray start` would otherwise take from a fixed default: two nodes on one
+        # machine must not share any. Chosen now, while the head's ports are bound (a head
+        # constructed but not yet started could still be handed the same ones).
+        (
+            self.port,  # the node manager's
+            self.object_manager_port,
+            self.dashboard_agent_port,
+            self.dashboard_agent_grpc_port,
+            self.runtime_env_agent_port,
+            self.metrics_port,
+        ) = distinct_free_ports(6)
+        self.min_worker_port = _free_range(WORKER_PORTS)
         # Ray's unix socket paths must stay short: a temp dir of its own, under /tmp
         self._tmp_dir = Path(tempfile.mkdtemp(prefix="frw-", dir="/tmp"))
 
@@ -103,9 +113,7 @@ class RayWorkerNode(ManagedServer):
             "--temp-dir", str(self._tmp_dir),
             "--disable-usage-stats",
         ]  # fmt: skip
-        if self.resources:
-            command += ["--resources", json.dumps(self.resources)]
-        return command
+        return [*command, "--resources", json.dumps(self.resources)]
 
     def start(self) -> Self:
         super().start()
@@ -118,7 +126,7 @@ class RayWorkerNode(ManagedServer):
         if isinstance(got, str) or got[0] != 200:
             return f"head dashboard: {got if isinstance(got, str) else got[0]}"
         for node in json.loads(got[1])["data"]["result"]["result"]:
-            if node.get("state") == "ALIVE" and int(node.get("node_manager_port", 0)) == self.port:
+            if node.get("state") == "ALIVE" and self.marker in node.get("resources_total", {}):
                 self.node_id = node.get("node_id")
                 return None
         return "not ALIVE in the head's node table yet"
@@ -137,10 +145,28 @@ class RayWorkerNode(ManagedServer):
             self._tmp_dir = None
 
 
-def _free_range(size: int, low: int = 20000, high: int = 60000) -> int:
-    """The first port of `size` consecutive free loopback ports (checked now, not reserved)."""
+def _free_range(size: int, low: int = 20000, high: int = 32000) -> int:
+    """The first port of `size` consecutive free loopback ports (checked now, not reserved).
+
+    Below the kernel's ephemeral range (32768 and up), where :func:`free_port` picks the
+    node's other ports, so that the two never overlap."""
     start = low + (os.getpid() * 37) % (high - low - size)
     for base in range(start, high - size, size):
         if all(port_is_free(p) for p in range(base, base + size)):
             return base
     raise RuntimeError(f"no {size} consecutive free ports between {low} and {high}")
+
+
+def distinct_free_ports(count: int) -> list[int]:
+    """`count` different free loopback ports: each stays bound until all are chosen, so the
+    kernel cannot hand out the same one twice (successive :func:`free_port` calls can)."""
+    holders: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            holders.append(sock)
+            sock.bind((LOOPBACK, 0))
+        return [int(sock.getsockname()[1]) for sock in holders]
+    finally:
+        for sock in holders:
+            sock.close()

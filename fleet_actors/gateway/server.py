@@ -9,9 +9,11 @@ NOT_SERVING, watch streams end, in-flight calls get ``grace`` seconds to finish.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import signal
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -179,6 +181,38 @@ async def serve(
         await backends.close()
         raise
     return RunningGateway(server, host, port, servicer, health_servicer, backends)
+
+
+@contextlib.contextmanager
+def gateway_in_thread(settings: Settings, address: str = "127.0.0.1:0") -> Iterator[RunningGateway]:
+    """Serve on a background thread with its own event loop, for blocking code (the demo, benchmarks)."""
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def serve_forever() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            outcome["gateway"] = loop.run_until_complete(serve(settings, address=address))
+        except BaseException as error:  # handed to the caller's thread below
+            outcome["error"] = error
+        started.set()
+        if "gateway" in outcome:
+            loop.run_forever()
+
+    thread = threading.Thread(target=serve_forever, name="fleet-gateway", daemon=True)
+    thread.start()
+    started.wait()
+    if "error" in outcome:
+        loop.close()
+        raise outcome["error"]
+    gateway: RunningGateway = outcome["gateway"]
+    try:
+        yield gateway
+    finally:
+        asyncio.run_coroutine_threadsafe(gateway.stop(1.0), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
 
 
 def run_gateway(

@@ -507,9 +507,9 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
         story_id = rules.check_id(r.story_id, "story_id")
         limit = min(_non_negative(r.limit, "limit") or DEFAULT_HISTORY_PAGE, MAX_HISTORY_PAGE)
         start = _page_start(r.page_token) if r.page_token else _non_negative(r.from_version, "from_version") or 1
-        events = await self._client.history(story_id, start)
+        events = await self._client.history(story_id, start, limit + 1)  # one more: is there a next page?
         page = events[:limit]
-        head = events[-1].version if events else (await self._client.get_story(story_id)).version
+        head = (await self._client.get_story(story_id)).version
         return pb.GetStoryHistoryResponse(
             events=[story_event(e) for e in page],
             next_page_token=_page_token(page[-1].version + 1) if len(events) > limit else "",
@@ -564,7 +564,7 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
     # -- commands ----------------------------------------------------------------------------
 
     async def _event_at(self, story_id: str, version: int) -> EventEnvelope:
-        return (await self._client.history(story_id, version))[0]
+        return (await self._client.history(story_id, version, 1))[0]
 
     @_unary
     async def CreateStory(

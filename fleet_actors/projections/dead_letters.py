@@ -15,7 +15,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
-from fleet_actors.adapters.jetstream.connection import translate_nats_error
+from fleet_actors.adapters.jetstream.connection import stream_placement, translate_nats_error
 from fleet_actors.adapters.valkey import ContextCache
 from fleet_actors.errors import InvalidCommand, StoryError
 from fleet_actors.settings import Settings
@@ -66,10 +66,13 @@ class DeadLetters:
             storage=StorageType.FILE,
             retention=RetentionPolicy.LIMITS,
             num_replicas=self._settings.stream_replicas,
+            placement=stream_placement(self._settings),
         )
         try:
             try:
-                await self._jsm.stream_info(config.name)
+                current = (await self._jsm.stream_info(config.name)).config
+                if (current.num_replicas, current.placement) != (config.num_replicas, config.placement):
+                    await self._jsm.update_stream(config)
             except nats.js.errors.NotFoundError:
                 await self._jsm.add_stream(config)
         except Exception as error:

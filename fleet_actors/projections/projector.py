@@ -126,7 +126,10 @@ class Projector:
     ) -> Projector:
         nc = await connect_nats(settings, name=f"fleet-{consumer_name(index, count)}")
         try:
-            store = JetStreamEventStore(nc, settings)
+            from fleet_actors.archive.composite import open_event_store
+
+            # With an archive, healing a story reads past the retention horizon.
+            store = await open_event_store(settings, nc)
             await ensure_event_stream(nc, settings)
             graph = await GraphStore.connect(settings)
             cache = await ContextCache.connect(settings)
@@ -369,6 +372,8 @@ class Projector:
         """Apply events to both read models; returns the stories that failed for reasons of their own."""
         if not events:
             return {}
+        # A redelivery can put the same event into one batch twice: one copy per version, in order.
+        events = {story_id: _distinct_versions(story_events) for story_id, story_events in events.items()}
         known = await self._load_states(list(events))
         states: dict[str, StoryState] = {}
         failures: dict[str, StoryError] = {}
@@ -493,6 +498,10 @@ class Projector:
             await self._cache.client.hdel("dlq:release", story_id)
             return
         await self._dead_letters.released(story_id)
+
+
+def _distinct_versions(envelopes: list[EventEnvelope]) -> list[EventEnvelope]:
+    return sorted({e.version: e for e in reversed(envelopes)}.values(), key=lambda e: e.version)
 
 
 def _skipped(story_id: str, version: int) -> EventEnvelope:

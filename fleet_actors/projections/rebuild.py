@@ -30,7 +30,7 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from fleet_actors.adapters.jetstream import JetStreamEventStore, connect_nats
+from fleet_actors.adapters.jetstream import connect_nats
 from fleet_actors.adapters.neo4j import GraphStore
 from fleet_actors.adapters.valkey import ContextCache
 from fleet_actors.domain.events import EventEnvelope
@@ -86,6 +86,9 @@ class Replayer(Projector):
         self.name = replay_consumer(job_id, index, count)
         self._states: dict[str, StoryState] = {}
         self.done_events = 0
+        #: with an archive (FLEET_ARCHIVE_URL): the archive's manifest; its events are replayed first
+        self.archive: Any = None
+        self.archive_manifest: Any = None
 
     async def _load_states(self, story_ids: list[str]) -> dict[str, StoryState]:
         return {s: self._states[s] for s in story_ids if s in self._states}
@@ -97,10 +100,18 @@ class Replayer(Projector):
         config = super().consumer_config(start_sequence)
         config.deliver_policy = DeliverPolicy.ALL
         config.opt_start_seq = None
+        if self.archive_manifest is not None and self.archive_manifest.last_sequence:
+            # Archived events come from the archive: the stream part starts right after it.
+            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = self.archive_manifest.last_sequence + 1
         return config
 
     async def replay_until(self, end_sequence: int) -> int:
         """Apply every owned event up to ``end_sequence``; returns how many were delivered."""
+        if self.archive_manifest is not None:
+            from fleet_actors.archive.replay import replay_archive
+
+            await replay_archive(self, self.archive, self.archive_manifest, end_sequence)
         while True:
             try:
                 msgs = await self._sub.fetch(self.policy.batch_size, timeout=self.policy.fetch_timeout)
@@ -145,10 +156,16 @@ async def open_replayer(settings: Settings, job_id: str, index: int, count: int)
     except BaseException:
         await nc.close()
         raise
+    from fleet_actors.archive.composite import open_event_store
+
+    store = await open_event_store(settings, nc)
     replayer = Replayer(
-        settings, index, count, nc=nc, store=JetStreamEventStore(nc, settings), graph=graph, cache=cache,
+        settings, index, count, nc=nc, store=store, graph=graph, cache=cache,
         policy=REPLAY_POLICY, job_id=job_id,
     )  # fmt: skip
+    if settings.archive_url:
+        replayer.archive = store.archive  # type: ignore[attr-defined]
+        replayer.archive_manifest = await replayer.archive.manifest()
     await replayer.ensure_consumer()
     return replayer
 

@@ -81,7 +81,13 @@ async def list_story_ids(nc: Client, settings: Settings) -> list[str]:
     info = await nc.jsm().stream_info(
         settings.stream_name, subjects_filter=f"{settings.subject_prefix}.*.context_created.>"
     )
-    return sorted(subject.rsplit(".", 3)[-3] for subject in (info.state.subjects or {}))
+    stories = {subject.rsplit(".", 3)[-3] for subject in (info.state.subjects or {})}
+    if settings.archive_url:  # creation events past the retention horizon live in the archive only
+        from fleet_actors.archive.segments import Archive
+
+        manifest = await Archive(settings.archive_url, settings.stream_name).manifest()
+        stories.update(story for segment in manifest.segments for story in segment.stories)
+    return sorted(stories)
 
 
 async def verify_story(
@@ -115,7 +121,9 @@ def _document_differences(document: ContextDocument | None, expected: StoryState
 
 async def verify(settings: Settings, story_ids: list[str] | None = None, *, documents: bool = True) -> VerifyReport:
     """Compare the graph (and, unless ``documents`` is False, the context documents) with the log."""
-    store = await JetStreamEventStore.connect(settings)
+    from fleet_actors.archive.composite import open_event_store
+
+    store = await open_event_store(settings)  # archive + stream with FLEET_ARCHIVE_URL: the whole history
     cache = await ContextCache.connect(settings)
     graph = await GraphStore.connect(settings)
     try:

@@ -164,3 +164,18 @@ async def test_lost_context_documents_are_rebuilt_from_the_log(projectors, execu
     assert (await cache.get(sid)).state.subtasks["T1"].status == "DONE"
     await cache.close()
     assert (await verify(stream_settings, [sid])).ok
+
+
+async def test_the_same_events_twice_in_one_batch_apply_once(stream_settings, execute, unique_id):
+    sid = unique_id("D")
+    version = await write_story(execute, sid)
+    running = await RunningProjectors(stream_settings, 1).start()
+    try:
+        await wait_until(lambda: projected(running, {sid: version}))
+        before = await actual_graph(running.graph, sid)
+        events = [e.envelope for e in await running.projectors[0]._store.read_all(sid)]
+        failures = await running.projectors[0]._project({sid: events + events})  # a redelivery inside a batch
+        assert failures == {}
+        assert await actual_graph(running.graph, sid) == before
+    finally:
+        await running.stop()

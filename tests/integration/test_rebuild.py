@@ -95,3 +95,23 @@ async def test_rebuild_job_with_ray_replay_actors(ray_runtime, stream_settings):
     assert await asyncio.to_thread(rebuild_job.execute, args, stream_settings) == 0
     report = await verify(stream_settings, documents=False)  # no live projector: the graph alone
     assert report.ok and len(report.stories) == 10
+
+
+async def test_rebuild_of_the_stories_changed_since_a_time(stream_settings, execute, unique_id):
+    from datetime import UTC, datetime
+
+    old, recent = unique_id("OLD"), unique_id("NEW")
+    await write_story(execute, old)
+    await asyncio.sleep(1.1)
+    since = datetime.now(UTC)
+    await write_story(execute, recent)
+    running = await RunningProjectors(stream_settings, 1).start()
+    try:
+        await wait_until(lambda: all_projected(running, stream_settings))
+        args = argparse.Namespace(story=None, since=since.isoformat(), job_id=None, replay_actors=1, in_process=True)
+        assert await asyncio.to_thread(rebuild_job.execute, args, stream_settings) == 0
+        job = RebuildJob(stream_settings, "probe", RebuildScope(since=since), workers=1)
+        assert job.scope.describe().startswith("stories changed since")
+        assert (await verify(stream_settings)).ok
+    finally:
+        await running.stop()

@@ -146,3 +146,13 @@ async def test_snapshot_failure_never_fails_a_command(every):
     runtime = make_runtime(InMemoryEventStore(), Broken(), every)
     await run_all(runtime, [CreateStory("Story"), RecordSummary("a"), RecordSummary("b")])
     assert runtime.state.version == 3
+
+
+async def test_history_pages_start_at_the_nearest_snapshot():
+    store, snapshots = InMemoryEventStore(), InMemorySnapshotStore()
+    writer = make_runtime(store, snapshots, every=5)
+    await run_all(writer, [CreateStory("Story")] + [RecordSummary(f"s{i}") for i in range(20)])
+    page = await writer.history(12, limit=3)
+    assert [e.version for e in page] == [12, 13, 14]
+    assert [e.version for e in await writer.history(19)] == [19, 20, 21]
+    assert [e.version for e in await make_runtime(store, None).history(1, limit=2)] == [1, 2]

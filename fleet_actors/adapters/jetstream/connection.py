@@ -11,6 +11,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js.api import (
     DiscardPolicy,
+    Placement,
     RetentionPolicy,
     StorageType,
     StoreCompression,
@@ -53,13 +54,20 @@ def translate_nats_error(error: BaseException, what: str) -> StoryError:
 async def connect_nats(settings: Settings, *, name: str = "fleet-actors") -> Client:
     """Connect with unlimited reconnects, then refuse servers too old for our concurrency headers."""
     try:
-        nc = await nats.connect(
-            settings.nats_url,
-            name=name,
-            connect_timeout=settings.nats_timeout,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25,
-            allow_reconnect=True,
+        # Unlimited reconnects keep a live connection through server restarts, but nats-py applies
+        # them to the first connect too, which would then wait forever for a server that is down.
+        nc = await asyncio.wait_for(
+            nats.connect(
+                # a comma-separated list seeds the connection with several cluster members; the client
+                # also learns the others from the server it reaches and fails over between them
+                [url.strip() for url in settings.nats_url.split(",") if url.strip()],
+                name=name,
+                connect_timeout=settings.nats_timeout,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+                allow_reconnect=True,
+            ),
+            timeout=settings.nats_timeout * 2,
         )
     except Exception as error:
         raise translate_nats_error(error, f"connecting to {settings.nats_url}") from None
@@ -74,6 +82,10 @@ async def connect_nats(settings: Settings, *, name: str = "fleet-actors") -> Cli
     return nc
 
 
+#: stream settings brought up to date at start-up (replicas and placement: scale R1 -> R3 in place)
+_UPDATABLE = ("max_age", "duplicate_window", "compression", "allow_direct", "allow_atomic", "num_replicas", "placement")
+
+
 def partition_transform(settings: Settings) -> SubjectTransform:
     """Stored subjects get a last token: the partition of the story id (a stable hash, fixed count)."""
     prefix = settings.subject_prefix
@@ -81,6 +93,13 @@ def partition_transform(settings: Settings) -> SubjectTransform:
         src=f"{prefix}.*.*",
         dest=f"{prefix}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.{{{{partition({settings.partitions},1)}}}}",
     )
+
+
+def stream_placement(settings: Settings) -> Placement | None:
+    """FLEET_STREAM_PLACEMENT_CLUSTER / _TAGS for every stream the project declares (None: anywhere)."""
+    if not settings.stream_placement_cluster and not settings.placement_tags:
+        return None
+    return Placement(cluster=settings.stream_placement_cluster or None, tags=list(settings.placement_tags) or None)
 
 
 def event_stream_config(settings: Settings) -> StreamConfig:
@@ -91,7 +110,9 @@ def event_stream_config(settings: Settings) -> StreamConfig:
         discard=DiscardPolicy.OLD,
         storage=StorageType.FILE,
         num_replicas=settings.stream_replicas,
-        max_age=settings.stream_max_age,
+        placement=stream_placement(settings),
+        # With an archive, the archiver deletes aged events once archived: never the server's timer.
+        max_age=0 if settings.archive_url else settings.stream_max_age,
         duplicate_window=settings.duplicate_window,
         compression=StoreCompression.S2,
         allow_direct=True,
@@ -124,12 +145,9 @@ async def ensure_event_stream(nc: Client, settings: Settings) -> None:
                 f"stream {settings.stream_name} was created with another partitioning "
                 f"({transform.dest if transform else 'none'}); FLEET_PARTITIONS must match the stream"
             )
-        drift = {
-            name
-            for name in ("max_age", "duplicate_window", "compression", "allow_direct", "allow_atomic", "num_replicas")
-            if _normal(getattr(current, name)) != _normal(getattr(wanted, name))
-        }
+        drift = {name for name in _UPDATABLE if _normal(getattr(current, name)) != _normal(getattr(wanted, name))}
         if drift:
+            wanted.metadata = current.metadata  # keeps the archiver's purge watermark (fleet_actors.archive)
             await jsm.update_stream(wanted)
     except StoryError:
         raise

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js.api import (
+    ConsumerConfig,
+    DeliverPolicy,
     DiscardPolicy,
     RetentionPolicy,
     StorageType,
@@ -17,9 +18,9 @@ from nats.js.api import (
     SubjectTransform,
 )
 
-from fleet_actors.adapters.jetstream.connection import translate_nats_error
+from fleet_actors.adapters.jetstream.connection import stream_placement, translate_nats_error
 from fleet_actors.codec.state import decode_state, encode_state
-from fleet_actors.errors import BackendUnavailable, EventDecodeError, StoryError
+from fleet_actors.errors import EventDecodeError
 from fleet_actors.ports.snapshot_store import Snapshot, SnapshotRef, SnapshotStore
 from fleet_actors.settings import Settings
 
@@ -63,6 +64,7 @@ class JetStreamSnapshotStore(SnapshotStore):
             compression=StoreCompression.S2,
             allow_direct=True,
             num_replicas=self._settings.stream_replicas,
+            placement=stream_placement(self._settings),
             subject_transform=SubjectTransform(
                 src=f"{prefix}-snapshots.*",
                 dest=f"{prefix}-snapshots.{{{{wildcard(1)}}}}.{{{{partition({self._settings.partitions},1)}}}}",
@@ -70,8 +72,12 @@ class JetStreamSnapshotStore(SnapshotStore):
         )
         try:
             try:
-                info = await self._jsm.stream_info(config.name)
-                if info.config.max_msgs_per_subject != config.max_msgs_per_subject:
+                current = (await self._jsm.stream_info(config.name)).config
+                if (current.max_msgs_per_subject, current.num_replicas, current.placement) != (
+                    config.max_msgs_per_subject,
+                    config.num_replicas,
+                    config.placement,
+                ):
                     await self._jsm.update_stream(config)
             except nats.js.errors.NotFoundError:
                 await self._jsm.add_stream(config)
@@ -88,7 +94,58 @@ class JetStreamSnapshotStore(SnapshotStore):
             raise translate_nats_error(error, f"saving a snapshot of story {snapshot.story_id}") from None
 
     async def refs(self, story_id: str) -> list[SnapshotRef]:
-        return [ref for ref, _ in await self._read(story_id, with_data=False)]
+        """Headers only (version, time, position): a story's snapshots can be large, and only one is needed."""
+        try:
+            sub = await self._js.subscribe(
+                snapshot_filter(self._settings, story_id),
+                ordered_consumer=True,
+                config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, headers_only=True),
+            )
+        except Exception as error:
+            raise translate_nats_error(error, f"listing snapshots of story {story_id}") from None
+        out = []
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=0.5 if not out else self._settings.nats_timeout)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    break  # no snapshot at all
+                headers = msg.headers or {}
+                at = headers.get(H_AT)
+                out.append(
+                    SnapshotRef(
+                        story_id,
+                        int(headers.get(H_VERSION, "0")),
+                        datetime.fromisoformat(at) if at else None,
+                        msg.metadata.sequence.stream,
+                    )
+                )
+                if msg.metadata.num_pending == 0:
+                    break
+        finally:
+            await sub.unsubscribe()
+        return out
+
+    async def latest(
+        self, story_id: str, *, max_version: int | None = None, at: datetime | None = None
+    ) -> Snapshot | None:
+        """The newest snapshot is one direct get; only a constrained or unreadable one needs the listing."""
+        if max_version is None and at is None:
+            try:
+                msg = await self._jsm.get_last_msg(
+                    snapshot_stream(self._settings), snapshot_filter(self._settings, story_id), direct=True
+                )
+            except nats.js.errors.NotFoundError:
+                return None
+            except Exception as error:
+                raise translate_nats_error(error, f"loading the snapshot of story {story_id}") from None
+            try:
+                state, last_sequence, commands = decode_state(msg.data or b"")
+                if state.story_id == story_id:
+                    return Snapshot(state, last_sequence, tuple(commands))
+            except EventDecodeError:
+                pass  # fall back to the older ones
+        return await super().latest(story_id, max_version=max_version, at=at)
 
     async def load(self, ref: SnapshotRef) -> Snapshot:
         try:
@@ -101,45 +158,3 @@ class JetStreamSnapshotStore(SnapshotStore):
         if state.story_id != ref.story_id or state.version != ref.version:
             raise EventDecodeError(f"snapshot {ref.position} does not hold story {ref.story_id} v{ref.version}")
         return Snapshot(state, last_sequence, tuple(commands))
-
-    async def _read(self, story_id: str, *, with_data: bool) -> list[tuple[SnapshotRef, bytes]]:
-        """All kept snapshots of a story, by one direct batch get (a handful of messages)."""
-        inbox = self._nc.new_inbox()
-        sub = await self._nc.subscribe(inbox)
-        request = {"seq": 1, "next_by_subj": snapshot_filter(self._settings, story_id), "batch": 1000}
-        out = []
-        try:
-            await self._nc.publish(
-                f"$JS.API.DIRECT.GET.{snapshot_stream(self._settings)}", json.dumps(request).encode(), reply=inbox
-            )
-            while True:
-                msg = await sub.next_msg(timeout=self._settings.nats_timeout)
-                headers = msg.headers or {}
-                status = headers.get("Status")
-                if status in ("204", "404"):
-                    break
-                if status:
-                    raise BackendUnavailable(f"reading snapshots of story {story_id!r} failed: {status}")
-                at = headers.get(H_AT)
-                out.append(
-                    (
-                        SnapshotRef(
-                            story_id,
-                            int(headers.get(H_VERSION, "0")),
-                            datetime.fromisoformat(at) if at else None,
-                            int(headers["Nats-Sequence"]),
-                        ),
-                        msg.data if with_data else b"",
-                    )
-                )
-                if headers.get("Nats-Num-Pending") == "0":
-                    break
-        except StoryError:
-            raise
-        except (TimeoutError, nats.errors.TimeoutError):
-            raise BackendUnavailable(f"reading snapshots of story {story_id!r} timed out") from None
-        except Exception as error:
-            raise translate_nats_error(error, f"reading snapshots of story {story_id}") from None
-        finally:
-            await sub.unsubscribe()
-        return out

@@ -1,0 +1,121 @@
+"""One event store over the archive and the stream: full history past the retention horizon.
+
+The archiver deletes a story's aged events from the stream (always keeping the story's head, so
+the per-story concurrency check at append still sees the right last sequence) only after they
+are archived, and before deleting it records the highest sequence it may delete in the stream's
+metadata (``PURGE_KEY``). A read therefore needs the archive only when that watermark lies after
+the caller's position; it takes the story's archived events below the first event still in the
+stream, then the stream from there on: no gap, no overlap, and no archive access at all for the
+usual "snapshot + later events" activation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator, Sequence
+
+import nats.js.errors
+from nats.aio.client import Client
+
+from fleet_actors.adapters.jetstream import JetStreamEventStore
+from fleet_actors.adapters.jetstream.connection import translate_nats_error
+from fleet_actors.archive.segments import Archive, Manifest
+from fleet_actors.codec import decode_event
+from fleet_actors.domain.events import EventEnvelope
+from fleet_actors.errors import ArchiveCorrupted
+from fleet_actors.ports.event_store import AppendResult, EventStore, StoredEvent
+from fleet_actors.settings import Settings
+
+#: stream metadata key: events at or below this sequence may have been deleted (all are archived)
+PURGE_KEY = "fleet_archive_purge_through"
+
+
+async def purge_watermark(nc: Client, settings: Settings) -> int:
+    """The highest sequence the archiver may have deleted from the stream (0: none)."""
+    try:
+        info = await nc.jsm(timeout=settings.nats_timeout).stream_info(settings.stream_name)
+    except nats.js.errors.NotFoundError:
+        return 0
+    except Exception as error:
+        raise translate_nats_error(error, f"reading the purge watermark of {settings.stream_name}") from None
+    return int((info.config.metadata or {}).get(PURGE_KEY, "0"))
+
+
+class ArchivedEventStore(EventStore):
+    """The EventStore port over archive + stream; writes and heads go to the stream."""
+
+    def __init__(self, stream: JetStreamEventStore, archive: Archive, settings: Settings) -> None:
+        self.stream = stream
+        self.archive = archive
+        self._settings = settings
+        self._manifest: Manifest | None = None
+        self._refresh = asyncio.Lock()
+
+    @classmethod
+    async def connect(cls, settings: Settings) -> ArchivedEventStore:
+        return cls(
+            await JetStreamEventStore.connect(settings), Archive(settings.archive_url, settings.stream_name), settings
+        )
+
+    @property
+    def connection(self) -> Client:
+        return self.stream.connection
+
+    async def close(self) -> None:
+        await self.stream.close()
+
+    async def append(self, story_id: str, expected_sequence: int, events: Sequence[EventEnvelope]) -> AppendResult:
+        return await self.stream.append(story_id, expected_sequence, events)
+
+    async def last_sequence(self, story_id: str) -> int:
+        # The archiver never deletes a story's head, so the stream alone knows it.
+        return await self.stream.last_sequence(story_id)
+
+    async def read(self, story_id: str, after_sequence: int = 0) -> AsyncIterator[StoredEvent]:
+        async for sequence, data in self.read_raw(story_id, after_sequence):
+            yield StoredEvent(decode_event(data), sequence)
+
+    async def read_raw(self, story_id: str, after_sequence: int = 0) -> AsyncIterator[tuple[int, bytes]]:
+        """Undecoded events: archived ones below the stream's first event of the story, then the stream's."""
+        live = self.stream.read_raw(story_id, after_sequence)
+        try:
+            first = await anext(live, None)
+            first_live = first[0] if first is not None else math.inf
+            if first_live > after_sequence + 1:
+                purged = await purge_watermark(self.connection, self._settings)
+                if purged > after_sequence:
+                    before = min(first_live, purged + 1)
+                    manifest = await self._manifest_covering(int(before) - 1)
+                    for item in await self.archive.story_rows(manifest, story_id, after_sequence, int(before)):
+                        yield item
+            if first is not None:
+                yield first
+                async for item in live:
+                    yield item
+        finally:
+            await live.aclose()
+
+    async def _manifest_covering(self, sequence: int) -> Manifest:
+        """A manifest that covers ``sequence``: the cached one, else a fresh read (it only grows)."""
+        if self._manifest is None or self._manifest.last_sequence < sequence:
+            async with self._refresh:
+                if self._manifest is None or self._manifest.last_sequence < sequence:
+                    self._manifest = await self.archive.manifest()
+        if self._manifest.last_sequence < sequence:
+            raise ArchiveCorrupted(
+                f"the stream has deleted events up to sequence {sequence} but archive {self.archive.url} "
+                f"only covers {self._manifest.last_sequence}"
+            )
+        return self._manifest
+
+
+async def open_event_store(settings: Settings, nc: Client | None = None) -> EventStore:
+    """The event store every reader should use: archive + stream when FLEET_ARCHIVE_URL is set.
+
+    With ``nc`` the store shares that connection; otherwise it opens (and owns) its own.
+    """
+    stream = JetStreamEventStore(nc, settings) if nc is not None else await JetStreamEventStore.connect(settings)
+    if not settings.archive_url:
+        return stream
+    return ArchivedEventStore(stream, Archive(settings.archive_url, settings.stream_name), settings)

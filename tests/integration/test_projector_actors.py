@@ -1,0 +1,61 @@
+"""Projector actors on Ray: killed mid-stream they restart and resume; read-your-writes via the client."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import ray
+
+from fleet_actors import FleetClient, ProjectionTimeout, StoryNotFound
+from fleet_actors.actors.projector_actor import projector_actor_name, start_projectors, stop_projectors
+from fleet_actors.loadgen.seed import seed
+from fleet_actors.projections.verify import actual_graph, verify
+
+
+@pytest.fixture
+def pool_settings(stream_settings, ray_runtime):
+    settings = stream_settings.replace(ray_namespace=f"pool-{stream_settings.stream_name.lower()}")
+    yield settings
+    stop_projectors(settings)
+
+
+async def test_killed_projector_actor_restarts_and_resumes(pool_settings, event_store):
+    await seed(pool_settings, 30, 40, prefix="kp")  # 1,200 events to project
+    await asyncio.to_thread(start_projectors, pool_settings)
+    victim = ray.get_actor(projector_actor_name(0, 2), namespace=pool_settings.ray_namespace)
+    ray.kill(victim, no_restart=False)  # mid-stream: Ray restarts it (max_restarts=-1)
+    deadline = time.monotonic() + 90
+    while not (report := await verify(pool_settings)).ok:
+        assert time.monotonic() < deadline, report.differences[:5]
+        await asyncio.sleep(1)
+    assert len(report.stories) == 30
+    graph = await actual_graph_for(pool_settings, "kp-0000003")
+    assert sum(graph["story"].values()) == 1  # one Story node: nothing applied twice
+
+
+async def actual_graph_for(settings, story_id):
+    from fleet_actors.adapters.neo4j import GraphStore
+
+    graph = await GraphStore.connect(settings)
+    try:
+        return await actual_graph(graph, story_id)
+    finally:
+        await graph.close()
+
+
+async def test_read_your_writes_through_the_client(pool_settings, event_store, unique_id):
+    await asyncio.to_thread(start_projectors, pool_settings)
+    client = FleetClient(pool_settings).aio
+    story_id = unique_id("RYW")
+    await client.create_story(story_id, "read your writes")
+    result = await client.add_decision(story_id, "JWT", "stateless", alternatives="sessions: stateful")
+    view = await client.wait_for_projection(story_id, result.version, timeout=30)
+    assert view.consistent_version >= result.version
+    assert view.state.decisions[result.decision_id].alternatives[0].title == "sessions"
+    assert (await client.get_context(story_id)).version == result.version
+    with pytest.raises(ProjectionTimeout):
+        await client.wait_for_projection(story_id, result.version + 5, timeout=0.5)
+    with pytest.raises(StoryNotFound):
+        await client.get_context(unique_id("missing"))
