@@ -82,6 +82,9 @@ def run_benchmarks(names: Sequence[str], sync_interval: str, out: Path | None) -
                 print_table(name, figures)
         finally:
             ray.shutdown()
+            reference = getattr(ctx, "_reference", None)
+            if reference is not None:
+                reference[0].stop()  # its own session: it would outlive this process otherwise
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2, default=str))

@@ -6,7 +6,8 @@ Nested values map field by field with the same names, like the event codec.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -125,7 +126,37 @@ def _fill(target: Message, item: Any) -> None:
 
 
 def _build(cls: type, source: Message) -> Any:
-    return cls(**{field.name: _get(source, field.name) for field in dataclasses.fields(cls)})
+    return cls(**{name: read(source) for name, read in _reader_plan(cls, source.DESCRIPTOR)})
+
+
+@functools.cache
+def _reader_plan(cls: type, descriptor: Any) -> tuple[tuple[str, Callable[[Message], Any]], ...]:
+    """How to read each dataclass field from its message, worked out once per type: activation from a
+    snapshot decodes thousands of nested values, and per-field reflection dominated it."""
+    return tuple(
+        (field.name, _reader(field.name, descriptor.fields_by_name[field.name])) for field in dataclasses.fields(cls)
+    )
+
+
+def _reader(name: str, field: Any) -> Callable[[Message], Any]:
+    if field.message_type is not None:
+        if field.message_type.full_name == "google.protobuf.Timestamp":
+
+            def timestamp(source: Message) -> Any:
+                if not source.HasField(name):
+                    return None
+                value = getattr(source, name)
+                return _EPOCH + timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
+
+            return timestamp
+        if field.message_type.GetOptions().map_entry:
+            return lambda source: dict(getattr(source, name))
+        if field.message_type.name in VALUE_TYPES:
+            value_type = VALUE_TYPES[field.message_type.name]
+            return lambda source: tuple(_build(value_type, item) for item in getattr(source, name))
+    if field.is_repeated:
+        return lambda source: tuple(getattr(source, name))
+    return lambda source: getattr(source, name)
 
 
 def _set(target: Message, name: str, value: Any) -> None:
@@ -146,17 +177,4 @@ def _set(target: Message, name: str, value: Any) -> None:
 
 
 def _get(source: Message, name: str) -> Any:
-    value = getattr(source, name)
-    descriptor = source.DESCRIPTOR.fields_by_name[name]
-    if descriptor.message_type is not None:
-        if descriptor.message_type.full_name == "google.protobuf.Timestamp":
-            if not source.HasField(name):
-                return None
-            return _EPOCH + timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
-        if descriptor.message_type.GetOptions().map_entry:
-            return dict(value)
-        if descriptor.message_type.name in VALUE_TYPES:
-            return tuple(_build(VALUE_TYPES[descriptor.message_type.name], item) for item in value)
-    if descriptor.is_repeated:
-        return tuple(value)
-    return value
+    return _reader(name, source.DESCRIPTOR.fields_by_name[name])(source)
