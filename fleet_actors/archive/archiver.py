@@ -16,20 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
-import nats.errors
-import nats.js.errors
 import pyarrow.compute as pc
 from nats.aio.client import Client
 
 from fleet_actors.adapters.jetstream import JetStreamEventStore, connect_nats
 from fleet_actors.adapters.jetstream.connection import translate_nats_error
+from fleet_actors.adapters.jetstream.direct_get import read_by_subject
 from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore
 from fleet_actors.application.story_runtime import StoryRuntime
 from fleet_actors.archive.composite import PURGE_KEY, ArchivedEventStore
@@ -37,10 +36,10 @@ from fleet_actors.archive.segments import Archive, Manifest, RawEvent, stored_ti
 from fleet_actors.errors import ArchiveCorrupted, BackendUnavailable, InvalidCommand, StoryError
 from fleet_actors.settings import Settings
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 SEGMENT_EVENTS = 50_000
-READ_BATCH = 1000
 
 
 @dataclass
@@ -76,42 +75,28 @@ def _parse_stamp(value: str) -> datetime:
     return datetime.fromisoformat(value).astimezone(UTC)
 
 
-async def read_stream_range(nc: Client, settings: Settings, first: int, last: int) -> AsyncIterator[RawEvent]:
-    """Every stored event with ``first <= sequence <= last``, in order (direct batch gets, no consumer)."""
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    request_subject = f"$JS.API.DIRECT.GET.{settings.stream_name}"
-    next_sequence = first
+async def _uninterrupted(function: Callable[..., T], *args: Any) -> T:
+    """Run blocking file work in a thread; if the caller is cancelled meanwhile, let the work finish
+    before the cancellation goes on, so that nothing keeps writing behind a stopped archiver."""
+    work = asyncio.ensure_future(asyncio.to_thread(function, *args))
     try:
-        while next_sequence <= last:
-            request = {"seq": next_sequence, "next_by_subj": f"{settings.subject_prefix}.>", "batch": READ_BATCH}
-            await nc.publish(request_subject, json.dumps(request).encode(), reply=inbox)
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=settings.nats_timeout)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    raise BackendUnavailable(f"reading stream {settings.stream_name} for the archive stalled") from None
-                headers = msg.headers or {}
-                status = headers.get("Status")
-                if status == "204":
-                    break
-                if status == "404":
-                    return
-                if status:
-                    raise BackendUnavailable(f"reading stream {settings.stream_name} failed: {status}")
-                sequence = int(headers["Nats-Sequence"])
-                if sequence > last:
-                    return
-                yield RawEvent(sequence, headers["Nats-Subject"], _parse_stamp(headers["Nats-Time-Stamp"]), msg.data)
-                next_sequence = sequence + 1
-                if headers.get("Nats-Num-Pending") == "0":
-                    return
-    except StoryError:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait([work])
         raise
-    except Exception as error:
-        raise translate_nats_error(error, f"reading stream {settings.stream_name} for the archive") from None
-    finally:
-        await sub.unsubscribe()
+
+
+async def read_stream_range(nc: Client, settings: Settings, first: int, last: int) -> AsyncIterator[RawEvent]:
+    """Every stored event with ``first <= sequence <= last``, in order."""
+    messages = read_by_subject(
+        nc, settings.stream_name, f"{settings.subject_prefix}.>", first, last,
+        timeout=settings.nats_timeout, what=f"reading stream {settings.stream_name} for the archive",
+    )  # fmt: skip
+    async for msg in messages:
+        headers = msg.headers
+        yield RawEvent(
+            int(headers["Nats-Sequence"]), headers["Nats-Subject"], _parse_stamp(headers["Nats-Time-Stamp"]), msg.data
+        )
 
 
 class Archiver:
@@ -167,10 +152,10 @@ class Archiver:
         while start <= end:
             stop = min(start + self.segment_events - 1, end)
             rows = [row async for row in read_stream_range(self.nc, self.settings, start, stop)]
-            info = await asyncio.to_thread(self.archive.write_segment_sync, start, stop, rows)
+            info = await _uninterrupted(self.archive.write_segment_sync, start, stop, rows)
             manifest.segments.append(info)
             # The commit point: until the manifest names the segment, it does not exist.
-            await asyncio.to_thread(self.archive.commit_manifest_sync, manifest)
+            await _uninterrupted(self.archive.commit_manifest_sync, manifest)
             report.segments += 1
             report.events += len(rows)
             if progress:

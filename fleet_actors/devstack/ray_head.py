@@ -29,7 +29,29 @@ from fleet_actors.devstack.process import LOOPBACK, ManagedServer, find_executab
 RAY_AUTH_MODE = "token"
 
 
-class RayHead(ManagedServer):
+class RaySessionServer(ManagedServer):
+    """A `ray start` node run in a session of its own, with a private temp dir."""
+
+    _sid: int | None
+    _tmp_dir: Path | None
+
+    def _kill_all(self) -> None:
+        assert self._sid is not None
+        terminate_session(self._sid, timeout=10.0)
+
+    def _cleanup(self) -> None:
+        super()._cleanup()
+        # `ray start` stops its children on SIGTERM, but workers it lost track of, or all of
+        # them after a SIGKILL of the node, would survive: sweep the whole session.
+        if self._sid is not None:
+            terminate_session(self._sid, timeout=10.0)
+            self._sid = None
+        if self._tmp_dir is not None:
+            shutil.rmtree(self._tmp_dir, ignore_errors=True)
+            self._tmp_dir = None
+
+
+class RayHead(RaySessionServer):
     """A single-node Ray cluster with its dashboard (needed by `ray job submit`) on loopback."""
 
     name = "ray-head"
@@ -157,18 +179,3 @@ class RayHead(ManagedServer):
         if isinstance(jobs, str) or jobs[0] != 200:
             return f"dashboard /api/jobs/: {jobs if isinstance(jobs, str) else jobs[0]}"
         return None
-
-    def _kill_all(self) -> None:
-        assert self._sid is not None
-        terminate_session(self._sid, timeout=10.0)
-
-    def _cleanup(self) -> None:
-        super()._cleanup()
-        # `ray start` stops its children on SIGTERM, but workers it lost track of, or all of
-        # them after a SIGKILL of the head, would survive: sweep the whole session.
-        if self._sid is not None:
-            terminate_session(self._sid, timeout=10.0)
-            self._sid = None
-        if self._tmp_dir is not None:
-            shutil.rmtree(self._tmp_dir, ignore_errors=True)
-            self._tmp_dir = None

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import socket
 import sys
 import tempfile
@@ -19,18 +18,16 @@ from typing import Self
 
 from fleet_actors.devstack.process import (
     LOOPBACK,
-    ManagedServer,
     find_executable,
     port_is_free,
-    terminate_session,
 )
-from fleet_actors.devstack.ray_head import RAY_AUTH_MODE, RayHead
+from fleet_actors.devstack.ray_head import RAY_AUTH_MODE, RayHead, RaySessionServer
 
 #: worker processes of this node take ports from a range of this size
 WORKER_PORTS = 200
 
 
-class RayWorkerNode(ManagedServer):
+class RayWorkerNode(RaySessionServer):
     """A non-head Ray node joined to `head`; ready once the head lists it ALIVE."""
 
     name = "ray-worker"
@@ -130,19 +127,6 @@ class RayWorkerNode(ManagedServer):
                 self.node_id = node.get("node_id")
                 return None
         return "not ALIVE in the head's node table yet"
-
-    def _kill_all(self) -> None:
-        assert self._sid is not None
-        terminate_session(self._sid, timeout=10.0)
-
-    def _cleanup(self) -> None:
-        super()._cleanup()
-        if self._sid is not None:
-            terminate_session(self._sid, timeout=10.0)
-            self._sid = None
-        if self._tmp_dir is not None:
-            shutil.rmtree(self._tmp_dir, ignore_errors=True)
-            self._tmp_dir = None
 
 
 def _free_range(size: int, low: int = 20000, high: int = 32000) -> int:

@@ -75,13 +75,15 @@ async def test_archiving_killed_half_way_resumes_without_duplicates(fleet: Fleet
     settings = fleet.settings
     await seed(settings, stories=8, events_per_story=60, prefix=unique_id("K"))
     archiver = Archiver(settings, fleet.stream.connection, fleet.archive, segment_events=25)
-    task = asyncio.create_task(archiver.archive_once())
-    while len((await fleet.archive.manifest()).segments) < 3:
-        await asyncio.sleep(0.005)
-    task.cancel()
+    tasks: list[asyncio.Task] = []
+
+    def kill_after_three_segments(done: int, end: int, seconds: float) -> None:
+        if done >= 75:
+            tasks[0].cancel()  # the job dies half-way, with a segment possibly in flight
+
+    tasks.append(asyncio.create_task(archiver.archive_once(progress=kill_after_three_segments)))
     with contextlib.suppress(asyncio.CancelledError):
-        await task
-    await asyncio.sleep(0.2)  # a segment write already handed to a thread finishes on its own
+        await tasks[0]
     partial = await fleet.archive.manifest()
     assert 3 <= len(partial.segments) < 480 // 25
     report = await Archiver(settings, fleet.stream.connection, fleet.archive, segment_events=25).archive_once()

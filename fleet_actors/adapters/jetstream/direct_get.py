@@ -1,0 +1,61 @@
+"""Reading stored messages in sequence order with direct batch gets: no consumer is created, and it was
+the fastest read we measured. Shared by story reads and the archiver."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from fleet_actors.adapters.jetstream.connection import translate_nats_error
+from fleet_actors.errors import BackendUnavailable, StoryError
+
+READ_BATCH = 1000
+
+
+async def read_by_subject(
+    nc: Client, stream: str, subject_filter: str, first: int, last: int, *, timeout: float, what: str
+) -> AsyncIterator[Msg]:
+    """Messages matching ``subject_filter`` with ``first <= sequence <= last``, in order.
+
+    Each yielded message carries the server's headers (Nats-Sequence, Nats-Subject, Nats-Time-Stamp).
+    ``what`` names the read in errors ("reading story S1").
+    """
+    if last < first:
+        return
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    next_sequence = first
+    try:
+        while next_sequence <= last:
+            request = json.dumps({"seq": next_sequence, "next_by_subj": subject_filter, "batch": READ_BATCH})
+            await nc.publish(f"$JS.API.DIRECT.GET.{stream}", request.encode(), reply=inbox)
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=timeout)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    raise BackendUnavailable(f"{what} stalled") from None
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if status == "204":  # end of this batch
+                    break
+                if status == "404":  # nothing more matches
+                    return
+                if status:
+                    raise BackendUnavailable(f"{what} failed: {status} {headers}")
+                sequence = int(headers["Nats-Sequence"])
+                if sequence > last:
+                    return
+                yield msg
+                next_sequence = sequence + 1
+                if headers.get("Nats-Num-Pending") == "0":
+                    return
+    except StoryError:
+        raise
+    except Exception as error:
+        raise translate_nats_error(error, what) from None
+    finally:
+        await sub.unsubscribe()
