@@ -49,6 +49,8 @@ R = TypeVar("R")
 ACTOR_RETRIES = 10
 _ACTOR_GONE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 _HANDLE_CACHE = 4096
+#: not a valid story id, so it cannot collide with one in the shared handle cache
+_READ_MODELS_KEY = ":read-models"
 
 
 def connect_ray(settings: Settings, address: str | None = None) -> None:
@@ -98,6 +100,13 @@ class _StoryApi(Generic[R]):
 
     def _forget(self, story_id: str) -> None:
         self._handles.pop(story_id, None)
+
+    def _read_models(self) -> Any:
+        """The read-model actor, looked up once (Ray restarts it in place, so the handle stays good)."""
+        handle = self._handles.get(_READ_MODELS_KEY)
+        if handle is None:
+            handle = self._handles[_READ_MODELS_KEY] = read_models_handle(self.settings)
+        return handle
 
     def submit(
         self,
@@ -337,7 +346,7 @@ class FleetClient(_StoryApi[Any]):
         raise BackendUnavailable(f"the actor of story {story_id!r} kept dying; see the Ray logs")
 
     def _query(self, method: str, *args: Any) -> Any:
-        return _unwrap(ray.get(getattr(read_models_handle(self.settings), method).remote(*args)))
+        return _unwrap(ray.get(getattr(self._read_models(), method).remote(*args)))
 
     def close(self) -> None:
         self._handles.clear()
@@ -353,7 +362,7 @@ class AsyncFleetClient(_StoryApi[Awaitable[Any]]):
         return self._query_async(method, *args)
 
     async def _query_async(self, method: str, *args: Any) -> Any:
-        return _unwrap(await getattr(read_models_handle(self.settings), method).remote(*args))
+        return _unwrap(await getattr(self._read_models(), method).remote(*args))
 
     async def _call_async(self, story_id: str, method: str, *args: Any) -> Any:
         for attempt in range(ACTOR_RETRIES):
