@@ -1,8 +1,10 @@
 """Projector actors: ``FLEET_PROJECTORS`` detached actors, each owning a share of the partitions.
 
-Ray restarts a projector that dies (``max_restarts``); its durable consumer resumes at the first
-unacknowledged event. Changing the pool size renames the consumers; ``start_projectors`` starts
-the new ones where the old ones stood and deletes the orphans.
+Ray restarts a projector that dies (``max_restarts``); its durable consumers (one per partition)
+resume at the first unacknowledged event. Consumers are named after partitions, not projectors, so
+changing the pool size only moves partitions between actors: ``start_projectors`` stops the actors
+of another pool size. Consumers of an older naming scheme are orphans: it starts the partition
+consumers where the slowest of them stood and deletes them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,15 @@ import ray
 
 from fleet_actors.actors.naming import get_or_create
 from fleet_actors.adapters.jetstream import connect_nats, ensure_event_stream
-from fleet_actors.projections.policy import DEFAULT_POLICY, ProjectorPolicy, consumer_name
+from fleet_actors.adapters.jetstream.snapshot_store import snapshot_stream
+from fleet_actors.projections.policy import (
+    DEFAULT_POLICY,
+    LIVE_CONSUMERS,
+    ProjectorPolicy,
+    consumer_name,
+    partition_consumer_name,
+    snapshot_consumer_name,
+)
 from fleet_actors.projections.projector import Projector
 from fleet_actors.settings import Settings
 
@@ -47,9 +57,9 @@ class ProjectorActor:
         delay = self._policy.backoff_initial
         while not self._stop.is_set():
             try:
-                projector = await Projector.open(self._settings, self._index, self._count, self._policy)
-                if self._start_sequence:
-                    await projector.ensure_consumer(self._start_sequence)
+                projector = await Projector.open(
+                    self._settings, self._index, self._count, self._policy, self._start_sequence
+                )
             except Exception as error:  # servers still starting, or down: keep trying, never die
                 log.warning("projector %s cannot start yet: %s", self._index, error)
                 await asyncio.sleep(delay)
@@ -70,7 +80,12 @@ class ProjectorActor:
     def status(self) -> dict[str, Any]:
         projector = self._projector
         stats = dataclasses.asdict(projector.stats) if projector else {}
-        return {"consumer": consumer_name(self._index, self._count), "ready": self._ready.is_set(), **stats}
+        return {
+            "projector": consumer_name(self._index, self._count),
+            "partitions": projector.partitions if projector else [],
+            "ready": self._ready.is_set(),
+            **stats,
+        }
 
     async def stop(self) -> None:
         """Finish the batch in hand, then exit (the consumer keeps its position)."""
@@ -91,12 +106,12 @@ def projector_actor_name(index: int, count: int) -> str:
 
 
 async def prepare_consumers(settings: Settings) -> int | None:
-    """Delete consumers of another pool size; returns where the new consumers must start from."""
+    """Delete orphaned projector consumers; returns where missing partition consumers must start from."""
     nc = await connect_nats(settings, name="fleet-projector-pool")
     try:
         await ensure_event_stream(nc, settings)
         jsm = nc.jsm()
-        wanted = {consumer_name(i, settings.projectors) for i in range(settings.projectors)}
+        wanted = {partition_consumer_name(LIVE_CONSUMERS, p) for p in range(settings.partitions)}
         existing = await jsm.consumers_info(settings.stream_name)
         orphans = [c for c in existing if c.name.startswith(CONSUMER_PREFIX) and c.name not in wanted]
         present = {c.name for c in existing}
@@ -107,6 +122,11 @@ async def prepare_consumers(settings: Settings) -> int | None:
         for consumer in orphans:
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await jsm.delete_consumer(settings.stream_name, consumer.name)
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            shared = snapshot_consumer_name(LIVE_CONSUMERS)
+            for consumer in await jsm.consumers_info(snapshot_stream(settings)):
+                if consumer.name.startswith(CONSUMER_PREFIX) and consumer.name != shared:
+                    await jsm.delete_consumer(snapshot_stream(settings), consumer.name)
         return start
     finally:
         await nc.close()
@@ -115,6 +135,7 @@ async def prepare_consumers(settings: Settings) -> int | None:
 def start_projectors(settings: Settings, policy: ProjectorPolicy = DEFAULT_POLICY, timeout: float = 120) -> list[Any]:
     """Create (or find) the pool's actors and wait until each has bound its consumer."""
     start = asyncio.run(prepare_consumers(settings)) if not _in_event_loop() else None
+    _stop_other_pool_sizes(settings)
     handles = [
         get_or_create(
             projector_actor_class(),
@@ -136,6 +157,17 @@ def start_projectors(settings: Settings, policy: ProjectorPolicy = DEFAULT_POLIC
     return handles
 
 
+def _stop_other_pool_sizes(settings: Settings) -> None:
+    """Actors of an earlier pool size would share partitions with the new pool: stop them first."""
+    ours = {projector_actor_name(i, settings.projectors) for i in range(settings.projectors)}
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        name = entry["name"]
+        if entry["namespace"] != settings.ray_namespace or not name.startswith(PROJECTOR_PREFIX) or name in ours:
+            continue
+        with contextlib.suppress(ValueError, ray.exceptions.RayActorError):
+            ray.get(ray.get_actor(name, namespace=settings.ray_namespace).stop.remote())
+
+
 def stop_projectors(settings: Settings) -> None:
     handles = []
     for i in range(settings.projectors):
@@ -155,7 +187,7 @@ def projector_status(settings: Settings) -> list[dict[str, Any]]:
             handle = ray.get_actor(projector_actor_name(i, settings.projectors), namespace=settings.ray_namespace)
             out.append(ray.get(handle.status.remote(), timeout=10))
         except (ValueError, ray.exceptions.RayError, TimeoutError):
-            out.append({"consumer": consumer_name(i, settings.projectors), "ready": False})
+            out.append({"projector": consumer_name(i, settings.projectors), "ready": False})
     return out
 
 

@@ -14,7 +14,7 @@ from fleet_actors.application.messages import CommandRequest, CommandResult
 from fleet_actors.domain import rules
 from fleet_actors.domain.events import DecisionAdded, EventEnvelope
 from fleet_actors.domain.state import StoryState
-from fleet_actors.domain.story import Accepted, DecideContext, decide, evolve, ids_needed
+from fleet_actors.domain.story import Accepted, DecideContext, StateBuilder, decide, evolve, ids_needed
 from fleet_actors.errors import (
     AppendOutcomeUnknown,
     BackendUnavailable,
@@ -123,16 +123,26 @@ class StoryRuntime:
 
     async def _catch_up(self) -> None:
         """Fold the events appended since ``last_sequence`` (by us or by another writer)."""
-        async for stored in self._store.read(self.story_id, self.last_sequence):
-            self._apply(stored)
+        builder = StateBuilder(self.state)
+        try:
+            async for stored in self._store.read(self.story_id, self.last_sequence):
+                self._check_follows(stored.envelope, builder.version)
+                builder.add(stored.envelope)
+                self.last_sequence = stored.sequence
+                self._remember(stored.envelope)
+        finally:
+            self.state = builder.state()
+
+    def _check_follows(self, envelope: EventEnvelope, version: int) -> None:
+        if envelope.version != version + 1:
+            raise EventDecodeError(
+                f"story {self.story_id!r}: event {envelope.event_id} has version {envelope.version}, "
+                f"expected {version + 1}; the log is inconsistent"
+            )
 
     def _apply(self, stored: StoredEvent) -> None:
         envelope = stored.envelope
-        if envelope.version != self.state.version + 1:
-            raise EventDecodeError(
-                f"story {self.story_id!r}: event {envelope.event_id} has version {envelope.version}, "
-                f"expected {self.state.version + 1}; the log is inconsistent"
-            )
+        self._check_follows(envelope, self.state.version)
         self.state = evolve(self.state, envelope)
         self.last_sequence = stored.sequence
         self._remember(envelope)
@@ -235,11 +245,13 @@ class StoryRuntime:
             snapshot = await self._snapshots.latest(self.story_id, max_version=version, at=at)
             if snapshot is not None:
                 state, after = snapshot.state, snapshot.last_sequence
+        builder = StateBuilder(state)
         async for stored in self._store.read(self.story_id, after):
             envelope = stored.envelope
             if (version is not None and envelope.version > version) or (at is not None and envelope.timestamp > at):
                 break
-            state = evolve(state, envelope)
+            builder.add(envelope)
+        state = builder.state()
         if not state.created:
             raise StoryNotFound(self.story_id)
         return state

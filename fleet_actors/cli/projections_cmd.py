@@ -43,8 +43,8 @@ def _status(args: argparse.Namespace) -> int:
     from fleet_actors.projections.status import projection_status
 
     rows = [dataclasses.asdict(s) for s in run(projection_status(settings_from(args)))]
-    print_table(rows, ["consumer", "pending", "ack_pending", "ack_floor", "lag_events", "lag_seconds", "applied",
-                       "parked", "commit_lag_p99_ms", "last_error"])  # fmt: skip
+    print_table(rows, ["consumer", "projector", "pending", "ack_pending", "ack_floor", "lag_events", "lag_seconds",
+                       "applied", "parked", "commit_lag_p99_ms", "last_error"])  # fmt: skip
     return 0
 
 

@@ -98,25 +98,97 @@ def decide(state: StoryState, command: Command, ctx: DecideContext = DecideConte
 
 
 def evolve(state: StoryState, envelope: EventEnvelope) -> StoryState:
+    """The state after one event (a new object; ``state`` is untouched)."""
     changes = _evolve(envelope.payload, state, envelope)
-    changes["version"] = envelope.version
-    changes["updated_at"] = envelope.timestamp
-    return _with(state, changes)
-
-
-def _with(state: StoryState, changes: dict[str, object]) -> StoryState:
-    # dataclasses.replace re-runs __init__ over every field; replay folds thousands of events,
-    # so copy the frozen instance's fields directly (still a new object; the old one is untouched).
-    new = object.__new__(StoryState)
-    new.__dict__.update(state.__dict__)
-    new.__dict__.update(changes)
-    return new
+    fields = dict(state.__dict__)
+    for name, change in changes.items():
+        if isinstance(change, _Put):
+            fields[name] = {**fields[name], change.key: change.value}
+        elif isinstance(change, _Append):
+            fields[name] = (*fields[name], change.item)
+        else:
+            fields[name] = change
+    fields["version"] = envelope.version
+    fields["updated_at"] = envelope.timestamp
+    return _frozen(fields)
 
 
 def fold(state: StoryState, envelopes: Iterable[EventEnvelope]) -> StoryState:
+    builder = StateBuilder(state)
     for envelope in envelopes:
-        state = evolve(state, envelope)
-    return state
+        builder.add(envelope)
+    return builder.state()
+
+
+class StateBuilder:
+    """Folds a run of events in place, then freezes the result: ``fold`` without copying the
+    story's collections once per event (which makes replaying a long history quadratic).
+
+    The same rules as ``evolve``; only the bookkeeping differs. The state it starts from is never
+    modified.
+    """
+
+    def __init__(self, state: StoryState) -> None:
+        self._start: StoryState | None = state
+        self._working = state
+
+    @property
+    def version(self) -> int:
+        return self._working.version
+
+    def add(self, envelope: EventEnvelope) -> None:
+        if self._start is not None:  # first change: take private, mutable copies of the collections
+            fields = dict(self._start.__dict__)
+            for name in _COLLECTIONS:
+                fields[name] = dict(fields[name]) if name in _MAPPINGS else list(fields[name])
+            self._working, self._start = _frozen(fields), None
+        fields = self._working.__dict__
+        for name, change in _evolve(envelope.payload, self._working, envelope).items():
+            if isinstance(change, _Put):
+                fields[name][change.key] = change.value
+            elif isinstance(change, _Append):
+                fields[name].append(change.item)
+            elif name in _COLLECTIONS:  # a whole new collection: keep it private and mutable
+                fields[name] = dict(change) if name in _MAPPINGS else list(change)  # type: ignore[call-overload]
+            else:
+                fields[name] = change
+        fields["version"] = envelope.version
+        fields["updated_at"] = envelope.timestamp
+
+    def state(self) -> StoryState:
+        if self._start is not None:
+            return self._start
+        fields = dict(self._working.__dict__)
+        for name in _COLLECTIONS:
+            fields[name] = dict(fields[name]) if name in _MAPPINGS else tuple(fields[name])
+        return _frozen(fields)
+
+
+_MAPPINGS = ("subtasks", "decisions")
+_COLLECTIONS = (*_MAPPINGS, "relations", "impacts", "milestones", "phase_history")
+
+
+def _frozen(fields: dict[str, object]) -> StoryState:
+    # dataclasses.replace re-runs __init__ over every field; replay folds thousands of events,
+    # so fill the frozen instance's fields directly.
+    new = object.__new__(StoryState)
+    new.__dict__.update(fields)
+    return new
+
+
+@dataclass(frozen=True, slots=True)
+class _Put:
+    """A change to one entry of a mapping field (``subtasks``, ``decisions``)."""
+
+    key: str
+    value: object
+
+
+@dataclass(frozen=True, slots=True)
+class _Append:
+    """One more item at the end of a tuple field (``relations``, ``milestones``, ...)."""
+
+    item: object
 
 
 # --- decide -------------------------------------------------------------------------------
@@ -354,7 +426,8 @@ def _(command: ApplyChanges, state: StoryState, ctx: DecideContext) -> Iterable[
 
 
 # --- evolve -------------------------------------------------------------------------------
-# Each rule returns the fields that change; ``evolve`` adds the version and time.
+# Each rule returns the fields that change (collections as _Put/_Append, so a fold can apply them
+# in place); ``evolve`` and ``StateBuilder`` add the version and time.
 
 Changes = dict[str, object]
 
@@ -380,7 +453,7 @@ def _(event: ContextCreated, state: StoryState, envelope: EventEnvelope) -> Chan
 @_evolve.register
 def _(event: PhaseTransitioned, state: StoryState, envelope: EventEnvelope) -> Changes:
     change = PhaseChange(event.from_phase, event.to_phase, event.rationale, envelope.timestamp, envelope.actor)
-    return {"phase": event.to_phase, "phase_history": (*state.phase_history, change)}
+    return {"phase": event.to_phase, "phase_history": _Append(change)}
 
 
 @_evolve.register
@@ -397,7 +470,7 @@ def _(event: SubtaskCreated, state: StoryState, envelope: EventEnvelope) -> Chan
         created_at=envelope.timestamp,
         updated_at=envelope.timestamp,
     )
-    return {"subtasks": {**state.subtasks, event.subtask_id: subtask}}
+    return {"subtasks": _Put(event.subtask_id, subtask)}
 
 
 @_evolve.register
@@ -407,7 +480,7 @@ def _(event: SubtaskUpdated, state: StoryState, envelope: EventEnvelope) -> Chan
         return {}
     # "" is an upcast v1 status nobody could map: the text is in the note, the status stays.
     updated = replace(subtask, status=event.status or subtask.status, updated_at=envelope.timestamp)
-    return {"subtasks": {**state.subtasks, event.subtask_id: updated}}
+    return {"subtasks": _Put(event.subtask_id, updated)}
 
 
 @_evolve.register
@@ -422,28 +495,27 @@ def _(event: DecisionAdded, state: StoryState, envelope: EventEnvelope) -> Chang
         decided_at=envelope.timestamp,
         metadata=dict(event.metadata),
     )
-    return {"decisions": {**state.decisions, event.decision_id: decision}}
+    return {"decisions": _Put(event.decision_id, decision)}
 
 
 @_evolve.register
 def _(event: DecisionRelated, state: StoryState, envelope: EventEnvelope) -> Changes:
-    relation = DecisionRelation(event.src_id, event.dst_id, event.relation_type)
-    decisions = state.decisions
-    superseded = decisions.get(event.dst_id)
+    changes: Changes = {"relations": _Append(DecisionRelation(event.src_id, event.dst_id, event.relation_type))}
+    superseded = state.decisions.get(event.dst_id)
     if event.relation_type == RelationType.SUPERSEDES and superseded is not None:
-        decisions = {**decisions, event.dst_id: replace(superseded, status="SUPERSEDED")}
-    return {"relations": (*state.relations, relation), "decisions": decisions}
+        changes["decisions"] = _Put(event.dst_id, replace(superseded, status="SUPERSEDED"))
+    return changes
 
 
 @_evolve.register
 def _(event: DecisionImpacted, state: StoryState, envelope: EventEnvelope) -> Changes:
-    return {"impacts": (*state.impacts, Impact(event.decision_id, event.subtask_id))}
+    return {"impacts": _Append(Impact(event.decision_id, event.subtask_id))}
 
 
 @_evolve.register
 def _(event: MilestoneRecorded, state: StoryState, envelope: EventEnvelope) -> Changes:
     milestone = Milestone(event.milestone_id, event.kind, event.description, envelope.timestamp, envelope.actor)
-    return {"milestones": (*state.milestones, milestone)}
+    return {"milestones": _Append(milestone)}
 
 
 @_evolve.register

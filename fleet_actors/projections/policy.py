@@ -37,5 +37,18 @@ def owned_partitions(index: int, count: int, partitions: int) -> list[int]:
 
 
 def consumer_name(index: int, count: int) -> str:
-    """Stable across restarts and re-scheduling; changes only when the pool size changes."""
+    """A projector's name (its stats, its logs): stable across restarts and re-scheduling."""
     return f"projector-{index}-of-{count}"
+
+
+#: the live projectors' consumers: ``projector-partition-{p}`` and the shared ``projector-snapshots``
+LIVE_CONSUMERS = "projector"
+
+
+def partition_consumer_name(prefix: str, partition: int) -> str:
+    """One durable consumer per partition: the name does not depend on how many projectors share them."""
+    return f"{prefix}-partition-{partition}"
+
+
+def snapshot_consumer_name(prefix: str) -> str:
+    return f"{prefix}-snapshots"

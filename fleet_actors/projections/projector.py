@@ -32,21 +32,26 @@ from fleet_actors.adapters.jetstream import (
     ensure_event_stream,
     translate_nats_error,
 )
-from fleet_actors.adapters.jetstream.snapshot_store import (
-    JetStreamSnapshotStore,
-    snapshot_partition_filter,
-    snapshot_stream,
-)
+from fleet_actors.adapters.jetstream.partition_feed import PartitionConsumer, PartitionFeed, partition_of
+from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore, snapshot_stream
 from fleet_actors.adapters.neo4j import GraphStore
 from fleet_actors.adapters.valkey import ContextCache
 from fleet_actors.codec import decode_event
 from fleet_actors.domain.events import Event, EventEnvelope
 from fleet_actors.domain.state import StoryState
-from fleet_actors.domain.story import evolve
-from fleet_actors.errors import ConfigurationError, EventDecodeError, Retryable, StoryError
+from fleet_actors.domain.story import StateBuilder
+from fleet_actors.errors import EventDecodeError, Retryable, StoryError
 from fleet_actors.projections.dead_letters import DeadLetters, ParkedEvent, now_iso
 from fleet_actors.projections.graph_mapping import SNAPSHOT_NODES, snapshot_row
-from fleet_actors.projections.policy import DEFAULT_POLICY, ProjectorPolicy, consumer_name, owned_partitions
+from fleet_actors.projections.policy import (
+    DEFAULT_POLICY,
+    LIVE_CONSUMERS,
+    ProjectorPolicy,
+    consumer_name,
+    owned_partitions,
+    partition_consumer_name,
+    snapshot_consumer_name,
+)
 from fleet_actors.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -104,7 +109,9 @@ class Projector:
         policy: ProjectorPolicy = DEFAULT_POLICY,
     ) -> None:
         self.settings = settings
+        #: the projector's own name (stats, logs); its consumers are named after their partitions
         self.name = consumer_name(index, count)
+        self.consumer_prefix = LIVE_CONSUMERS
         self.partitions = owned_partitions(index, count, settings.partitions)
         self.policy = policy
         self.stats = ProjectorStats()
@@ -116,14 +123,21 @@ class Projector:
         self._dead_letters = DeadLetters(nc, cache, settings)
         self._failures: dict[int, int] = {}
         self._lags: collections.deque[float] = collections.deque(maxlen=LAG_SAMPLES)
-        self._sub = None
+        self.feed: PartitionFeed | None = None
         self._snapshot_sub = None
         self._next_snapshot_poll = 0.0
 
     @classmethod
     async def open(
-        cls, settings: Settings, index: int, count: int, policy: ProjectorPolicy = DEFAULT_POLICY
+        cls,
+        settings: Settings,
+        index: int,
+        count: int,
+        policy: ProjectorPolicy = DEFAULT_POLICY,
+        start_sequence: int | None = None,
     ) -> Projector:
+        """Connected and consuming; consumers that do not exist yet start at ``start_sequence`` (or the
+        beginning of the log)."""
         nc = await connect_nats(settings, name=f"fleet-{consumer_name(index, count)}")
         try:
             from fleet_actors.archive.composite import open_event_store
@@ -137,57 +151,75 @@ class Projector:
             await nc.close()
             raise
         projector = cls(settings, index, count, nc=nc, store=store, graph=graph, cache=cache, policy=policy)
-        await projector._dead_letters.ensure_stream()
-        await projector.ensure_consumer()
+        try:
+            await projector._dead_letters.ensure_stream()
+            await projector.ensure_consumer(start_sequence)
+        except BaseException:
+            await projector.close()
+            raise
         return projector
 
     async def close(self) -> None:
-        for sub in (self._sub, self._snapshot_sub):
+        if self.feed is not None:
             with contextlib.suppress(Exception):
-                if sub is not None:
-                    await sub.unsubscribe()
+                await self.feed.stop()
+        if self._snapshot_sub is not None:
+            with contextlib.suppress(Exception):
+                await self._snapshot_sub.unsubscribe()
         for closer in (self._graph.close, self._cache.close, self._nc.close):
             with contextlib.suppress(Exception):
                 await closer()
 
     # --- consumer ---------------------------------------------------------------------------
 
-    def consumer_config(self, start_sequence: int | None = None) -> ConsumerConfig:
+    def partition_consumers(self) -> list[PartitionConsumer]:
+        return [
+            PartitionConsumer(partition_consumer_name(self.consumer_prefix, p), p, self.settings.partition_filter(p))
+            for p in self.partitions
+        ]
+
+    def consumer_config(self, consumer: PartitionConsumer, start_sequence: int | None = None) -> ConsumerConfig:
         return ConsumerConfig(
-            durable_name=self.name,
+            durable_name=consumer.name,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_sequence else DeliverPolicy.ALL,
             opt_start_seq=start_sequence,
-            filter_subjects=[self.settings.partition_filter(p) for p in self.partitions],
+            filter_subject=consumer.filter_subject,
             ack_wait=self.policy.ack_wait,
             # Poison events are counted by us (transient outages must not exhaust a budget).
             max_deliver=-1,
             max_ack_pending=self.policy.batch_size * 4,
         )
 
-    async def ensure_consumer(self, start_sequence: int | None = None) -> None:
-        """Create the durable consumer if missing (from ``start_sequence`` if given), then bind to it."""
-        jsm = self._nc.jsm()
-        stream = self.settings.stream_name
+    async def ensure_consumer(self, start_sequence: int | None = None, end_sequence: int | None = None) -> None:
+        """Create the partitions' durable consumers if missing (from ``start_sequence`` if given), bind
+        to them and start fetching; with ``end_sequence``, stop at it."""
+        if self.feed is not None:
+            await self.feed.stop()
+        feed = PartitionFeed(
+            self._nc,
+            self.settings.stream_name,
+            self.partition_consumers(),
+            lambda consumer: self.consumer_config(consumer, start_sequence),
+            fetch_size=max(10, self.policy.batch_size // len(self.partitions)),
+            end_sequence=end_sequence,
+            on_error=self._record_error,
+        )
+        await feed.start()
+        self.feed = feed
         try:
-            try:
-                info = await jsm.consumer_info(stream, self.name)
-                wanted = sorted(self.settings.partition_filter(p) for p in self.partitions)
-                if sorted(info.config.filter_subjects or [info.config.filter_subject]) != wanted:
-                    raise ConfigurationError(f"consumer {self.name} exists with other partitions; delete it first")
-            except nats.js.errors.NotFoundError:
-                await jsm.add_consumer(stream, self.consumer_config(start_sequence))
-            self._sub = await self._js.pull_subscribe_bind(durable=self.name, stream=stream)
             self._snapshot_sub = await self._bind_snapshot_consumer()
         except StoryError:
             raise
         except Exception as error:
-            raise translate_nats_error(error, f"creating consumer {self.name}") from None
+            raise translate_nats_error(error, "creating the snapshot consumer") from None
 
     async def _bind_snapshot_consumer(self):
         jsm = self._nc.jsm()
         stream = snapshot_stream(self.settings)
-        name = f"{self.name}-snapshots"  # a rebuild's replayers get their own, from the start
+        # One consumer shared by the pool (any projector can link any story's snapshot); a rebuild's
+        # replayers share their own, from the start.
+        name = snapshot_consumer_name(self.consumer_prefix)
         await JetStreamSnapshotStore(self._nc, self.settings).ensure_stream()
         try:
             await jsm.consumer_info(stream, name)
@@ -197,7 +229,6 @@ class Projector:
                 ConsumerConfig(
                     durable_name=name,
                     ack_policy=AckPolicy.EXPLICIT,
-                    filter_subjects=[snapshot_partition_filter(self.settings, p) for p in self.partitions],
                     ack_wait=self.policy.ack_wait,
                     max_deliver=-1,
                 ),
@@ -236,8 +267,8 @@ class Projector:
                     continue
                 await self._apply_releases()
                 try:
-                    msgs = await self._sub.fetch(self.policy.batch_size, timeout=self.policy.fetch_timeout)
-                except (TimeoutError, nats.errors.TimeoutError):
+                    msgs = await self.feed.next_batch(self.policy.batch_size, self.policy.fetch_timeout)
+                except TimeoutError:
                     await self.project_snapshots()
                     continue
                 await self._process_until_done(msgs, stop)
@@ -258,6 +289,10 @@ class Projector:
             try:
                 await self.process(msgs)
                 return
+            except asyncio.CancelledError:
+                if self.feed is not None:
+                    self.feed.give_back(msgs)  # interrupted mid-batch: the next reader gets them at once
+                raise
             except Retryable as error:
                 self._record_error(error)
                 if stop.is_set():
@@ -273,7 +308,10 @@ class Projector:
         job = await self._cache.client.get(pause_key(self.settings))
         if job is None:
             return False
-        await self._cache.client.set(paused_key(self.settings, self.name), job, ex=PAUSE_ACK_TTL)
+        async with self._cache.client.pipeline(transaction=False) as pipe:
+            for name in self.feed.names:
+                pipe.set(paused_key(self.settings, name), job, ex=PAUSE_ACK_TTL)
+            await pipe.execute()
         return True
 
     async def _publish_stats(self) -> None:
@@ -314,7 +352,7 @@ class Projector:
             events.setdefault(story_id, []).append(envelope)
             msgs_of.setdefault(story_id, []).append(msg)
 
-        failures = await self._project(events, offset=max(m.metadata.sequence.stream for m in msgs) if msgs else None)
+        failures = await self._project(events, offsets=self._offsets(msgs))
         for story_id, error in failures.items():
             first, *rest = msgs_of.pop(story_id)
             await self._failed(story_id, first, error, waiting, acknowledge)
@@ -328,6 +366,17 @@ class Projector:
             await msg.nak(delay=self.policy.backoff_max)
         if acknowledge:
             self.stats.last_sequence = max(self.stats.last_sequence, *(m.metadata.sequence.stream for m in acknowledge))
+
+    def _offsets(self, msgs: Sequence[Msg]) -> dict[str, int]:
+        """The last stream sequence of each partition consumer in the batch."""
+        offsets: dict[str, int] = {}
+        for msg in msgs:
+            name = f"{self.settings.stream_name}.{self._consumer_of(msg.subject)}"
+            offsets[name] = max(offsets.get(name, 0), msg.metadata.sequence.stream)
+        return offsets
+
+    def _consumer_of(self, subject: str) -> str:
+        return partition_consumer_name(self.consumer_prefix, partition_of(subject))
 
     def _record_lag(self, msgs: Sequence[Msg]) -> None:
         now = datetime.now(UTC)
@@ -355,7 +404,7 @@ class Projector:
                 version=version,
                 stream_sequence=sequence,
                 subject=msg.subject,
-                consumer=self.name,
+                consumer=self._consumer_of(msg.subject),
                 error=str(error),
                 deliveries=attempts,
                 parked_at=now_iso(),
@@ -367,7 +416,7 @@ class Projector:
         ack.append(msg)
 
     async def _project(
-        self, events: Mapping[str, list[EventEnvelope]], offset: int | None = None
+        self, events: Mapping[str, list[EventEnvelope]], offsets: Mapping[str, int] | None = None
     ) -> dict[str, StoryError]:
         """Apply events to both read models; returns the stories that failed for reasons of their own."""
         if not events:
@@ -413,7 +462,7 @@ class Projector:
                 if story_id in healed.gaps:
                     failures[story_id] = StoryError(f"story {story_id!r}: the graph could not be caught up")
                     states.pop(story_id)
-        await self._save_states(states, [e.event_id for s in states for e in events[s]], offset)
+        await self._save_states(states, [e.event_id for s in states for e in events[s]], offsets or {})
         return failures
 
     async def _load_states(self, story_ids: list[str]) -> dict[str, StoryState]:
@@ -421,13 +470,10 @@ class Projector:
         documents = await self._cache.get_many(story_ids)
         return {story_id: document.state for story_id, document in documents.items() if document is not None}
 
-    async def _save_states(self, states: dict[str, StoryState], event_ids: list[str], offset: int | None) -> None:
-        await self._cache.commit(
-            states.values(),
-            processed_event_ids=event_ids,
-            consumer=f"{self.settings.stream_name}.{self.name}",
-            offset=offset,
-        )
+    async def _save_states(
+        self, states: dict[str, StoryState], event_ids: list[str], offsets: Mapping[str, int]
+    ) -> None:
+        await self._cache.commit(states.values(), processed_event_ids=event_ids, offsets=offsets)
 
     async def _fold(self, state: StoryState, events: list[EventEnvelope]) -> StoryState:
         fresh = [e for e in events if e.version > state.version]
@@ -438,13 +484,14 @@ class Projector:
             missing = await self._read_log(state.story_id, state.version, fresh[0].version - 1)
             self.stats.healed_from_log += len(missing)
             fresh = missing + fresh
+        builder = StateBuilder(state)
         for envelope in fresh:
-            if envelope.version != state.version + 1:
+            if envelope.version != builder.version + 1:
                 raise EventDecodeError(
-                    f"story {state.story_id!r}: version {envelope.version} follows {state.version}; the log has a gap"
+                    f"story {state.story_id!r}: version {envelope.version} follows {builder.version}; the log has a gap"
                 )
-            state = evolve(state, envelope)
-        return state
+            builder.add(envelope)
+        return builder.state()
 
     async def _read_log(self, story_id: str, after_version: int, up_to_version: int) -> list[EventEnvelope]:
         out = []
@@ -465,7 +512,7 @@ class Projector:
             if parked is None:
                 await self._dead_letters.released(story_id)
                 continue
-            if parked.consumer != self.name:
+            if partition_of(parked.subject) not in self.partitions:
                 continue  # another projector owns that story
             await self._release(parked, skip=action == "skip")
 

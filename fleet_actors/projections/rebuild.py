@@ -31,6 +31,7 @@ import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from fleet_actors.adapters.jetstream import connect_nats
+from fleet_actors.adapters.jetstream.partition_feed import PartitionConsumer
 from fleet_actors.adapters.neo4j import GraphStore
 from fleet_actors.adapters.valkey import ContextCache
 from fleet_actors.domain.events import EventEnvelope
@@ -84,6 +85,7 @@ class Replayer(Projector):
     def __init__(self, settings: Settings, index: int, count: int, *, job_id: str, **kwargs: Any) -> None:
         super().__init__(settings, index, count, **kwargs)
         self.name = replay_consumer(job_id, index, count)
+        self.consumer_prefix = f"rebuild-{job_id}"
         self._states: dict[str, StoryState] = {}
         self.done_events = 0
         #: with an archive (FLEET_ARCHIVE_URL): the archive's manifest; its events are replayed first
@@ -96,8 +98,8 @@ class Replayer(Projector):
     async def _save_states(self, states: dict[str, StoryState], event_ids: list[str], offset: int | None) -> None:
         self._states.update(states)
 
-    def consumer_config(self, start_sequence: int | None = None) -> ConsumerConfig:
-        config = super().consumer_config(start_sequence)
+    def consumer_config(self, consumer: PartitionConsumer, start_sequence: int | None = None) -> ConsumerConfig:
+        config = super().consumer_config(consumer, start_sequence)
         config.deliver_policy = DeliverPolicy.ALL
         config.opt_start_seq = None
         if self.archive_manifest is not None and self.archive_manifest.last_sequence:
@@ -112,20 +114,17 @@ class Replayer(Projector):
             from fleet_actors.archive.replay import replay_archive
 
             await replay_archive(self, self.archive, self.archive_manifest, end_sequence)
+        # Each partition stops at the end: after it, the live projectors take over.
+        await self.ensure_consumer(end_sequence=end_sequence)
         while True:
             try:
-                msgs = await self._sub.fetch(self.policy.batch_size, timeout=self.policy.fetch_timeout)
-            except (TimeoutError, nats.errors.TimeoutError):
-                info = await self._sub.consumer_info()
-                if info.num_pending == 0 and info.num_ack_pending == 0:
+                msgs = await self.feed.next_batch(self.policy.batch_size, self.policy.fetch_timeout)
+            except TimeoutError:
+                if self.feed.finished() or await self.feed.drained():
                     break
                 continue
-            mine = [m for m in msgs if m.metadata.sequence.stream <= end_sequence]
-            if mine:
-                await self._process_until_done(mine, asyncio.Event())
-                self.done_events += len(mine)
-            if len(mine) < len(msgs):
-                break  # past the end: the live projectors take it from here
+            await self._process_until_done(msgs, asyncio.Event())
+            self.done_events += len(msgs)
         await self.project_snapshots_until_empty()
         return self.done_events
 
@@ -166,7 +165,6 @@ async def open_replayer(settings: Settings, job_id: str, index: int, count: int)
     if settings.archive_url:
         replayer.archive = store.archive  # type: ignore[attr-defined]
         replayer.archive_manifest = await replayer.archive.manifest()
-    await replayer.ensure_consumer()
     return replayer
 
 

@@ -10,6 +10,7 @@ import nats.js.errors
 
 from fleet_actors.adapters.jetstream import connect_nats, translate_nats_error
 from fleet_actors.adapters.valkey import ContextCache
+from fleet_actors.projections.policy import LIVE_CONSUMERS, consumer_name, partition_consumer_name
 from fleet_actors.projections.projector import status_key
 from fleet_actors.settings import Settings
 
@@ -17,6 +18,8 @@ from fleet_actors.settings import Settings
 @dataclass(frozen=True)
 class ConsumerStatus:
     consumer: str
+    #: the projector of the pool (FLEET_PROJECTORS) that owns this consumer's partition
+    projector: str
     pending: int
     ack_pending: int
     ack_floor: int
@@ -42,9 +45,10 @@ async def projection_status(settings: Settings) -> list[ConsumerStatus]:
             raise translate_nats_error(error, "listing consumers") from None
         out = []
         now = datetime.now(UTC)
-        for info in sorted(consumers, key=lambda c: c.name):
-            if not info.name.startswith("projector-"):
-                continue
+        prefix = partition_consumer_name(LIVE_CONSUMERS, 0)[:-1]
+        live = [c for c in consumers if c.name.startswith(prefix) and c.name[len(prefix) :].isdigit()]
+        for info in sorted(live, key=lambda c: int(c.name[len(prefix) :])):
+            projector = consumer_name(int(info.name[len(prefix) :]) % settings.projectors, settings.projectors)
             lag = (info.num_pending or 0) + (info.num_ack_pending or 0)
             lag_seconds = 0.0
             if lag:
@@ -54,11 +58,12 @@ async def projection_status(settings: Settings) -> list[ConsumerStatus]:
                         lag_seconds = max(0.0, (now - oldest.time).total_seconds())
                 except Exception:  # the oldest event may have been removed meanwhile: no age then
                     lag_seconds = 0.0
-            raw = await cache.client.get(status_key(info.name))
+            raw = await cache.client.get(status_key(projector))
             stats = json.loads(raw) if raw else {}
             out.append(
                 ConsumerStatus(
                     consumer=info.name,
+                    projector=projector,
                     pending=info.num_pending or 0,
                     ack_pending=info.num_ack_pending or 0,
                     ack_floor=info.ack_floor.stream_seq,

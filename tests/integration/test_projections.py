@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import nats
 
+from fleet_actors.adapters.jetstream.partition_feed import partition_of
 from fleet_actors.adapters.neo4j import GraphStore
 from fleet_actors.adapters.valkey import ContextCache
+from fleet_actors.adapters.valkey.context_cache import context_key
+from fleet_actors.codec.state import state_to_json
 from fleet_actors.domain.commands import UpdateSubtask
 from fleet_actors.projections.dead_letters import DeadLetters, dlq_stream
 from fleet_actors.projections.verify import actual_graph, verify
@@ -29,6 +33,16 @@ async def test_graph_and_document_follow_the_log(projectors, execute, stream_set
     graph = await actual_graph(projectors.graph, next(iter(stories)))
     assert sum(graph["subtasks"].values()) == 2 and sum(graph["decision_relations"].values()) == 1
     assert sum(graph["milestones"].values()) == 1 and sum(graph["transitions"].values()) == 1
+    # Processed event ids and per-partition consumer offsets land with the documents.
+    stored = await projectors.projectors[0]._store.read_all(next(iter(stories)))
+    assert await projectors.cache.already_processed([e.envelope.event_id for e in stored]) == {
+        e.envelope.event_id for e in stored
+    }
+    nc = await nats.connect(stream_settings.nats_url)
+    last = await nc.jsm().get_msg(stream_settings.stream_name, stored[-1].sequence)
+    await nc.close()
+    consumer = f"{stream_settings.stream_name}.projector-partition-{partition_of(last.subject)}"
+    assert await projectors.cache.offset(consumer) >= stored[-1].sequence
 
 
 async def test_both_projectors_share_the_work(projectors, execute, unique_id):
@@ -44,9 +58,11 @@ async def test_redelivered_events_are_not_applied_twice(stream_settings, execute
     await wait_until(lambda: projected(first, {sid: version}))
     before = await actual_graph(first.graph, sid)
     await first.stop()
-    # Throw the consumer away: a new one receives every event again from the start.
+    # Throw the consumers away: new ones receive every event again from the start.
     nc = await nats.connect(stream_settings.nats_url)
-    await nc.jsm().delete_consumer(stream_settings.stream_name, "projector-0-of-1")
+    for consumer in await nc.jsm().consumers_info(stream_settings.stream_name):
+        if consumer.name.startswith("projector-partition-"):
+            await nc.jsm().delete_consumer(stream_settings.stream_name, consumer.name)
     await nc.close()
     again = await RunningProjectors(stream_settings, 1).start()
     try:
@@ -164,6 +180,23 @@ async def test_lost_context_documents_are_rebuilt_from_the_log(projectors, execu
     assert (await cache.get(sid)).state.subtasks["T1"].status == "DONE"
     await cache.close()
     assert (await verify(stream_settings, [sid])).ok
+
+
+async def test_json_documents_of_earlier_releases_and_unreadable_ones(projectors, execute, stream_settings, unique_id):
+    legacy, broken = unique_id("J"), unique_id("B")
+    versions = {sid: await write_story(execute, sid) for sid in (legacy, broken)}
+    await wait_until(lambda: projected(projectors, versions))
+    cache = projectors.cache
+    written = (await cache.get(legacy)).state
+    await cache.client.hset(context_key(legacy), "doc", json.dumps(state_to_json(written)))
+    await cache.client.hset(context_key(broken), "doc", b"\xff\x00 not a document")
+    assert (await cache.get(legacy)).state == written  # JSON documents are still read
+    assert await cache.get(broken) is None  # unreadable: the projector rebuilds it from the log
+    later = {sid: (await execute(sid, UpdateSubtask("T1", "DONE"))).version for sid in versions}
+    await wait_until(lambda: projected(projectors, later))
+    for sid in versions:
+        assert (await cache.get(sid)).state.subtasks["T1"].status == "DONE"
+    assert (await verify(stream_settings, list(versions))).ok
 
 
 async def test_the_same_events_twice_in_one_batch_apply_once(stream_settings, execute, unique_id):

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 
+import nats
 import pytest
 import ray
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from fleet_actors import FleetClient, ProjectionTimeout, StoryNotFound
 from fleet_actors.actors.projector_actor import projector_actor_name, start_projectors, stop_projectors
+from fleet_actors.adapters.jetstream import ensure_event_stream
 from fleet_actors.loadgen.seed import seed
 from fleet_actors.projections.verify import actual_graph, verify
 
@@ -59,3 +62,36 @@ async def test_read_your_writes_through_the_client(pool_settings, event_store, u
         await client.wait_for_projection(story_id, result.version + 5, timeout=0.5)
     with pytest.raises(StoryNotFound):
         await client.get_context(unique_id("missing"))
+
+
+async def test_resizing_the_pool_keeps_the_consumers_and_stops_the_old_actors(pool_settings, event_store, unique_id):
+    await seed(pool_settings, 10, 10, prefix="rs")
+    nc = await nats.connect(pool_settings.nats_url)
+    try:
+        # An orphan of the earlier naming (one consumer per projector, one filter per partition).
+        await ensure_event_stream(nc, pool_settings)
+        filters = [pool_settings.partition_filter(p) for p in range(pool_settings.partitions)]
+        await nc.jsm().add_consumer(pool_settings.stream_name, ConsumerConfig(
+            durable_name="projector-0-of-1", filter_subjects=filters, ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=41,
+        ))  # fmt: skip
+        one = pool_settings.replace(projectors=1)
+        await asyncio.to_thread(start_projectors, one)
+        consumers = {c.name: c for c in await nc.jsm().consumers_info(pool_settings.stream_name)}
+        assert "projector-0-of-1" not in consumers  # deleted, and its position taken over
+        partitions = {f"projector-partition-{p}" for p in range(pool_settings.partitions)}
+        assert set(consumers) == partitions
+        assert {c.config.opt_start_seq for c in consumers.values()} == {41}
+
+        await asyncio.to_thread(start_projectors, pool_settings)  # two projectors now
+        named = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                 if a["namespace"] == pool_settings.ray_namespace}  # fmt: skip
+        assert projector_actor_name(0, 1) not in named
+        assert {projector_actor_name(0, 2), projector_actor_name(1, 2)} <= named
+        assert {c.name for c in await nc.jsm().consumers_info(pool_settings.stream_name)} == partitions
+        client = FleetClient(pool_settings).aio
+        story_id = unique_id("RS")
+        result = await client.create_story(story_id, "after the resize")
+        assert (await client.wait_for_projection(story_id, result.version, timeout=30)).consistent_version == 1
+    finally:
+        await nc.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 from datetime import UTC, datetime, timedelta
 
@@ -25,6 +26,8 @@ from fleet_actors.domain.commands import (
     TransitionPhase,
     UpdateSubtask,
 )
+from fleet_actors.domain.state import StoryState
+from fleet_actors.domain.story import evolve, fold
 from fleet_actors.errors import StoryError
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
@@ -156,3 +159,18 @@ async def test_history_pages_start_at_the_nearest_snapshot():
     assert [e.version for e in page] == [12, 13, 14]
     assert [e.version for e in await writer.history(19)] == [19, 20, 21]
     assert [e.version for e in await make_runtime(store, None).history(1, limit=2)] == [1, 2]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(commands=commands, split=st.integers(min_value=0, max_value=45))
+async def test_fold_equals_evolving_event_by_event_and_leaves_its_input_alone(commands, split):
+    store = InMemoryEventStore()
+    await run_all(make_runtime(store, None), [CreateStory("Story"), *commands])
+    events = [stored.envelope for stored in await store.read_all("S1")]
+    stepwise = [StoryState("S1")]
+    for envelope in events:
+        stepwise.append(evolve(stepwise[-1], envelope))
+    middle = fold(StoryState("S1"), events[:split])
+    before = copy.deepcopy(middle)
+    assert fold(middle, events[split:]) == stepwise[-1]
+    assert middle == before == stepwise[min(split, len(events))]  # the fold built on it changed nothing

@@ -3,10 +3,10 @@ the fastest read we measured. Shared by story reads and the archiver."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
-import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -26,18 +26,26 @@ async def read_by_subject(
     """
     if last < first:
         return
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
+    # A callback subscription collecting whole batches: next_msg() costs two tasks per message.
+    arrived: list[Msg] = []
+    complete = asyncio.Event()
+
+    async def collect(msg: Msg) -> None:
+        arrived.append(msg)
+        headers = msg.headers or {}
+        if headers.get("Status") or headers.get("Nats-Num-Pending") == "0":
+            complete.set()
+
+    sub = await nc.subscribe(nc.new_inbox(), cb=collect)
     next_sequence = first
     try:
         while next_sequence <= last:
+            arrived.clear()
+            complete.clear()
             request = json.dumps({"seq": next_sequence, "next_by_subj": subject_filter, "batch": READ_BATCH})
-            await nc.publish(f"$JS.API.DIRECT.GET.{stream}", request.encode(), reply=inbox)
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=timeout)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    raise BackendUnavailable(f"{what} stalled") from None
+            await nc.publish(f"$JS.API.DIRECT.GET.{stream}", request.encode(), reply=sub.subject)
+            await _until_complete(complete, arrived, timeout, what)
+            for msg in list(arrived):
                 headers = msg.headers or {}
                 status = headers.get("Status")
                 if status == "204":  # end of this batch
@@ -59,3 +67,15 @@ async def read_by_subject(
         raise translate_nats_error(error, what) from None
     finally:
         await sub.unsubscribe()
+
+
+async def _until_complete(complete: asyncio.Event, arrived: list[Msg], timeout: float, what: str) -> None:
+    """Wait for the batch's last message; a batch that keeps arriving is slow, one that stops has stalled."""
+    while True:
+        seen = len(arrived)
+        try:
+            await asyncio.wait_for(complete.wait(), timeout)
+            return
+        except TimeoutError:
+            if len(arrived) == seen:
+                raise BackendUnavailable(f"{what} stalled") from None

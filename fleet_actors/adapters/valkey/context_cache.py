@@ -2,7 +2,8 @@
 
 Keys::
 
-    context:{story_id}          hash {version, doc}: the story state as JSON, newest version wins
+    context:{story_id}          hash {version, doc}: the story state (protobuf StoryStateSnapshot, the
+                                snapshot encoding), newest version wins
     processed:{event_id}        SET NX with a TTL: an event id already projected (duplicate detection)
     consumer:{name}:offset      the last stream sequence the named consumer committed
 """
@@ -11,14 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import valkey.asyncio as valkey_async
 import valkey.exceptions
 
-from fleet_actors.codec.state import state_from_json, state_to_json
+from fleet_actors.codec.state import decode_state, encode_state, state_from_json
 from fleet_actors.domain.state import StoryState
 from fleet_actors.errors import BackendUnavailable, EventDecodeError, StoryError
 from fleet_actors.settings import Settings
@@ -33,6 +34,11 @@ local current = redis.call('HGET', KEYS[1], 'version')
 if current and tonumber(current) >= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'version', ARGV[1], 'doc', ARGV[2])
 return 1
+"""
+# One command for a batch's event ids instead of one SET each.
+_MARK_PROCESSED = """
+for _, key in ipairs(KEYS) do redis.call('SET', key, 1, 'NX', 'EX', ARGV[1]) end
+return #KEYS
 """
 
 
@@ -55,7 +61,9 @@ class ContextDocument:
 def _document(story_id: str, version: int, raw: bytes) -> ContextDocument | None:
     """None for a document this code cannot read: the projector rebuilds it from the log."""
     try:
-        return ContextDocument(story_id, version, state_from_json(json.loads(raw)))
+        if raw[:1] == b"{":  # written as JSON before documents were protobuf (2026-11); still readable
+            return ContextDocument(story_id, version, state_from_json(json.loads(raw)))
+        return ContextDocument(story_id, version, decode_state(raw)[0])
     except (EventDecodeError, ValueError) as error:
         log.warning("context document of story %s is unreadable (%s); it will be rebuilt", story_id, error)
         return None
@@ -63,6 +71,10 @@ def _document(story_id: str, version: int, raw: bytes) -> ContextDocument | None
 
 def context_key(story_id: str) -> str:
     return f"context:{story_id}"
+
+
+def processed_key(event_id: str) -> str:
+    return f"processed:{event_id}"
 
 
 def offset_key(consumer: str) -> str:
@@ -73,6 +85,7 @@ class ContextCache:
     def __init__(self, client: valkey_async.Valkey) -> None:
         self._client = client
         self._set_if_newer = client.register_script(_SET_IF_NEWER)
+        self._mark_processed = client.register_script(_MARK_PROCESSED)
 
     @classmethod
     async def connect(cls, settings: Settings) -> ContextCache:
@@ -110,20 +123,20 @@ class ContextCache:
         self,
         states: Iterable[StoryState],
         processed_event_ids: Iterable[str] = (),
-        consumer: str | None = None,
-        offset: int | None = None,
+        offsets: Mapping[str, int] | None = None,
     ) -> None:
-        """One MULTI: newer documents, processed ids and the consumer offset land together."""
+        """One MULTI: newer documents, processed ids and the consumers' offsets land together."""
         try:
             async with self._client.pipeline(transaction=True) as pipe:
                 for state in states:
-                    document = json.dumps(state_to_json(state), separators=(",", ":"))
+                    document = encode_state(state)
                     await self._set_if_newer(
                         keys=[context_key(state.story_id)], args=[state.version, document], client=pipe
                     )
-                for event_id in processed_event_ids:
-                    pipe.set(f"processed:{event_id}", 1, nx=True, ex=PROCESSED_TTL_SECONDS)
-                if consumer is not None and offset is not None:
+                processed = [processed_key(event_id) for event_id in processed_event_ids]
+                if processed:
+                    await self._mark_processed(keys=processed, args=[PROCESSED_TTL_SECONDS], client=pipe)
+                for consumer, offset in (offsets or {}).items():
                     pipe.set(offset_key(consumer), offset)
                 await pipe.execute()
         except Exception as error:
@@ -135,7 +148,7 @@ class ContextCache:
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for event_id in event_ids:
-                    pipe.exists(f"processed:{event_id}")
+                    pipe.exists(processed_key(event_id))
                 found = await pipe.execute()
         except Exception as error:
             raise translate_valkey_error(error, "reading processed event ids") from None

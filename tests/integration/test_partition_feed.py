@@ -1,0 +1,134 @@
+"""The partition feed against a real nats-server: order per partition, prompt hand-off, clean stops."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+
+from fleet_actors.adapters.jetstream.partition_feed import PartitionConsumer, PartitionFeed, partition_of
+from fleet_actors.errors import ConfigurationError
+from fleet_actors.settings import Settings
+
+PARTITIONS = 3
+
+
+@pytest.fixture
+async def stream(settings: Settings) -> AsyncIterator[tuple[Client, str, str]]:
+    tag = uuid.uuid4().hex[:8]
+    nc = await nats.connect(settings.nats_url)
+    name, prefix = f"FEED{tag.upper()}", f"feed{tag}"
+    await nc.jetstream().add_stream(StreamConfig(name=name, subjects=[f"{prefix}.>"]))
+    yield nc, name, prefix
+    await nc.jetstream().delete_stream(name)
+    await nc.close()
+
+
+def feed_for(nc: Client, stream: str, prefix: str, *, end: int | None = None, fetch_size: int = 7) -> PartitionFeed:
+    consumers = [PartitionConsumer(f"c-{p}", p, f"{prefix}.*.{p}") for p in range(PARTITIONS)]
+
+    def config(consumer: PartitionConsumer) -> ConsumerConfig:
+        # A long ack wait: anything not handed back on stop would stall the tests visibly.
+        return ConsumerConfig(durable_name=consumer.name, filter_subject=consumer.filter_subject,
+                              ack_policy=AckPolicy.EXPLICIT, ack_wait=120)  # fmt: skip
+
+    return PartitionFeed(nc, stream, consumers, config, fetch_size=fetch_size, end_sequence=end)
+
+
+async def publish(nc: Client, prefix: str, count: int) -> None:
+    js = nc.jetstream()
+    for n in range(count):
+        await js.publish(f"{prefix}.{n}.{n % PARTITIONS}", str(n).encode())
+
+
+async def take(feed: PartitionFeed, count: int, *, ack: bool = True) -> list[int]:
+    seen: list[int] = []
+    while len(seen) < count:
+        batch = await feed.next_batch(10, timeout=5)
+        assert len(batch) <= 10
+        for msg in batch:
+            seen.append(int(msg.data))
+            if ack:
+                await msg.ack()
+    return seen
+
+
+async def test_every_message_once_in_order_within_each_partition(stream):
+    nc, name, prefix = stream
+    await publish(nc, prefix, 60)
+    feed = feed_for(nc, name, prefix)
+    await feed.start()
+    try:
+        seen = await take(feed, 60)
+    finally:
+        await feed.stop()
+    assert sorted(seen) == list(range(60))
+    for p in range(PARTITIONS):
+        mine = [n for n in seen if n % PARTITIONS == p]
+        assert mine == sorted(mine)
+
+
+async def test_a_lone_message_is_handed_on_without_waiting_for_a_full_batch(stream):
+    nc, name, prefix = stream
+    feed = feed_for(nc, name, prefix, fetch_size=100)
+    await feed.start()
+    try:
+        await asyncio.sleep(0.3)  # the pulls are open and idle
+        await publish(nc, prefix, 1)
+        batch = await feed.next_batch(100, timeout=1.0)
+        assert [int(m.data) for m in batch] == [0]
+    finally:
+        await feed.stop()
+
+
+async def test_stop_hands_back_what_was_taken_but_not_processed(stream):
+    nc, name, prefix = stream
+    await publish(nc, prefix, 60)
+    first = feed_for(nc, name, prefix)
+    await first.start()
+    done = await take(first, 10)
+    interrupted = await first.next_batch(5, timeout=5)  # taken, then the process is "interrupted"
+    first.give_back(interrupted)
+    await asyncio.sleep(0.2)  # more arrives and queues up, unprocessed
+    await first.stop()
+    second = feed_for(nc, name, prefix)
+    await second.start()
+    try:
+        rest = await take(second, 50)  # would wait out the 120 s ack wait if anything was lost
+    finally:
+        await second.stop()
+    assert sorted(done + rest) == list(range(60))
+
+
+async def test_end_sequence_stops_each_partition_there(stream):
+    nc, name, prefix = stream
+    await publish(nc, prefix, 30)
+    feed = feed_for(nc, name, prefix, end=20)
+    await feed.start()
+    js = nc.jetstream()
+    for n in range(30, 40):  # past the end
+        await js.publish(f"{prefix}.{n}.{n % PARTITIONS}", str(n).encode())
+    try:
+        seen = await take(feed, 20)
+        with pytest.raises(TimeoutError):
+            await feed.next_batch(10, timeout=1.0)
+        assert feed.finished() and await feed.drained()
+    finally:
+        await feed.stop()
+    assert sorted(seen) == list(range(20))
+
+
+async def test_a_consumer_with_another_filter_is_refused(stream):
+    nc, name, prefix = stream
+    await nc.jsm().add_consumer(name, ConsumerConfig(durable_name="c-0", filter_subject=f"{prefix}.>"))
+    with pytest.raises(ConfigurationError, match="c-0"):
+        await feed_for(nc, name, prefix).start()
+
+
+def test_partition_of_reads_the_last_token():
+    assert partition_of("proj.events.story-1.subtask_updated.13") == 13
