@@ -54,11 +54,13 @@ async def _steady_load(settings, rate: int, seconds: int) -> int:
 
     sent, started = 0, time.perf_counter()
     try:
-        while time.perf_counter() - started < seconds:
+        while (elapsed := time.perf_counter() - started) < seconds:
             tick = time.perf_counter()
-            counts = [per_tick // stories + (1 if n < per_tick % stories else 0) for n in range(stories)]
+            due = min(int(rate * elapsed) + per_tick, rate * seconds) - sent  # catches up after a slow tick
+            first = sent % stories  # the remainder goes round the stories, so each gets its share
+            counts = [due // stories + (1 if (n - first) % stories < due % stories else 0) for n in range(stories)]
             await asyncio.gather(*(share(n, c) for n, c in enumerate(counts) if c))
-            sent += per_tick
+            sent += due
             await asyncio.sleep(max(0.0, 0.1 - (time.perf_counter() - tick)))
     finally:
         await store.close()

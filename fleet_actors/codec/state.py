@@ -121,8 +121,39 @@ def _upcast_message(message: state_pb2.StoryStateSnapshot) -> state_pb2.StorySta
 
 
 def _fill(target: Message, item: Any) -> None:
-    for field in dataclasses.fields(item):
-        _set(target, field.name, getattr(item, field.name))
+    for name, write in _writer_plan(type(item)):
+        write(target, name, getattr(item, name))
+
+
+@functools.cache
+def _writer_plan(cls: type) -> tuple[tuple[str, Callable[[Message, str, Any], None]], ...]:
+    """How to write each field of a value type, worked out once per type (the context document is
+    encoded on every projected batch)."""
+    plan = []
+    for field in dataclasses.fields(cls):
+        hint = str(field.type)
+        if "datetime" in hint:
+            plan.append((field.name, _set_timestamp))
+        elif hint in ("str", "int", "bool", "float"):
+            plan.append((field.name, _set_scalar))
+        else:
+            plan.append((field.name, _set))
+    return tuple(plan)
+
+
+def _set_scalar(target: Message, name: str, value: Any) -> None:
+    setattr(target, name, value)
+
+
+def _set_timestamp(target: Message, name: str, value: datetime | None) -> None:
+    if value is None:
+        return
+    if value.tzinfo is None:  # as Timestamp.FromDatetime does: naive means UTC
+        value = value.replace(tzinfo=UTC)
+    delta = value - _EPOCH
+    stamp = getattr(target, name)
+    stamp.seconds = delta.days * 86400 + delta.seconds
+    stamp.nanos = delta.microseconds * 1000
 
 
 def _build(cls: type, source: Message) -> Any:
@@ -163,7 +194,7 @@ def _set(target: Message, name: str, value: Any) -> None:
     if value is None:
         return
     if isinstance(value, datetime):
-        getattr(target, name).FromDatetime(value)
+        _set_timestamp(target, name, value)
     elif isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
         items = getattr(target, name)
         for item in value:

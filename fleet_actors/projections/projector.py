@@ -76,6 +76,7 @@ class ProjectorStats:
 PAUSE_POLL_SECONDS = 0.2
 LAG_SAMPLES = 5000
 PAUSE_ACK_TTL = 5
+COMMITTED_STATES = 2000
 
 
 def pause_key(settings: Settings) -> str:
@@ -124,6 +125,8 @@ class Projector:
         self._failures: dict[int, int] = {}
         self._lags: collections.deque[float] = collections.deque(maxlen=LAG_SAMPLES)
         self.feed: PartitionFeed | None = None
+        #: the states this projector last committed to the context documents (most recent last)
+        self._committed: collections.OrderedDict[str, StoryState] = collections.OrderedDict()
         self._snapshot_sub = None
         self._next_snapshot_poll = 0.0
 
@@ -237,6 +240,9 @@ class Projector:
 
     async def project_snapshots(self) -> int:
         """ContextSnapshot nodes for snapshots whose story the graph already holds at that version."""
+        info = await self._snapshot_sub.consumer_info()
+        if not (info.num_pending or info.num_ack_pending):
+            return 0  # an empty fetch would wait out its timeout
         try:
             msgs = await self._snapshot_sub.fetch(200, timeout=0.05)
         except (TimeoutError, nats.errors.TimeoutError):
@@ -466,14 +472,30 @@ class Projector:
         return failures
 
     async def _load_states(self, story_ids: list[str]) -> dict[str, StoryState]:
-        """The folded state each story's events continue from (the context documents)."""
-        documents = await self._cache.get_many(story_ids)
-        return {story_id: document.state for story_id, document in documents.items() if document is not None}
+        """The folded state each story's events continue from: the copy of what this projector last
+        committed, unless the context document has moved past it (another projector wrote it after a
+        pool resize), in which case the document itself. Decoding documents dominated small batches."""
+        versions = await self._cache.versions(story_ids)
+        known: dict[str, StoryState] = {}
+        for story_id in story_ids:
+            state = self._committed.get(story_id)
+            if state is not None and state.version >= versions.get(story_id, 0):
+                known[story_id] = state
+        missing = [story_id for story_id in story_ids if story_id not in known]
+        if missing:
+            documents = await self._cache.get_many(missing)
+            known.update({story_id: document.state for story_id, document in documents.items() if document})
+        return known
 
     async def _save_states(
         self, states: dict[str, StoryState], event_ids: list[str], offsets: Mapping[str, int]
     ) -> None:
         await self._cache.commit(states.values(), processed_event_ids=event_ids, offsets=offsets)
+        for story_id, state in states.items():
+            self._committed[story_id] = state
+            self._committed.move_to_end(story_id)
+        while len(self._committed) > COMMITTED_STATES:
+            self._committed.popitem(last=False)
 
     async def _fold(self, state: StoryState, events: list[EventEnvelope]) -> StoryState:
         fresh = [e for e in events if e.version > state.version]

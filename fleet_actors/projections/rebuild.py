@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -95,7 +95,9 @@ class Replayer(Projector):
     async def _load_states(self, story_ids: list[str]) -> dict[str, StoryState]:
         return {s: self._states[s] for s in story_ids if s in self._states}
 
-    async def _save_states(self, states: dict[str, StoryState], event_ids: list[str], offset: int | None) -> None:
+    async def _save_states(
+        self, states: dict[str, StoryState], event_ids: list[str], offsets: Mapping[str, int]
+    ) -> None:
         self._states.update(states)
 
     def consumer_config(self, consumer: PartitionConsumer, start_sequence: int | None = None) -> ConsumerConfig:

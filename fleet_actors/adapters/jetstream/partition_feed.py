@@ -144,7 +144,9 @@ class PartitionFeed:
                         self._on_error(translate_nats_error(error, f"pulling from consumer {consumer.name}"))
                         await asyncio.sleep(FETCH_RETRY_SECONDS)
                         continue
-                await pull.arrived(LINGER_SECONDS if pull.group else HEARTBEAT)
+                await pull.arrived(HEARTBEAT)  # the first message, a full group, or credit running low
+                if pull.group and len(pull.group) < self._fetch_size:
+                    await asyncio.sleep(LINGER_SECONDS)  # the rest of a burst
                 if pull.group:
                     msgs, pull.group = pull.group, []
                     await self._hand_on(consumer, msgs)
@@ -245,7 +247,7 @@ class _Pull:
         if status is None:
             self.credit -= 1
             self.group.append(msg)
-            if len(self.group) >= self._fetch_size:
+            if len(self.group) == 1 or len(self.group) >= self._fetch_size:
                 self._wake.set()
         elif status in (REQUEST_EXPIRED, CONFLICT):  # what the request still owed is void
             self.credit = max(0, self.credit - int(msg.headers.get("Nats-Pending-Messages") or 0))

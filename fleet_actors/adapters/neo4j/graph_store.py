@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,13 +16,14 @@ from neo4j import AsyncGraphDatabase
 from fleet_actors.domain.events import EventEnvelope
 from fleet_actors.domain.state import StoryState
 from fleet_actors.errors import BackendUnavailable, StoryError
-from fleet_actors.projections.graph_mapping import CONSTRAINTS, READ_VERSIONS, plan_graph_writes
+from fleet_actors.projections.graph_mapping import CONSTRAINTS, READ_VERSIONS, chained, plan_graph_writes
 from fleet_actors.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: ArcadeDB raises ConstraintError where Neo4j would match the node a concurrent MERGE created
-CONSTRAINT_RETRIES = 5
+#: attempts at a transaction that conflicts with a concurrent one (then BackendUnavailable: the
+#: projector's backoff takes over)
+CONFLICT_RETRIES = 8
 
 
 def translate_neo4j_error(error: BaseException, what: str) -> StoryError:
@@ -99,7 +101,7 @@ class GraphStore:
         touched and is reported in ``gaps``.
         """
 
-        async def work(tx: neo4j.AsyncManagedTransaction) -> GraphApplyResult:
+        async def work(tx: neo4j.AsyncTransaction) -> GraphApplyResult:
             result = GraphApplyResult()
             versions = {r["id"]: r["version"] or 0 async for r in await tx.run(READ_VERSIONS, ids=list(events))}
             to_apply: list[EventEnvelope] = []
@@ -116,19 +118,29 @@ class GraphStore:
                 to_apply.extend(fresh)
                 touched.append(states[story_id])
                 result.versions[story_id] = fresh[-1].version
-            for statement in plan_graph_writes(to_apply, touched):
-                await (await tx.run(statement.cypher, rows=statement.rows)).consume()
+            statements = plan_graph_writes(to_apply, touched)
+            if statements:
+                cypher, parameters = chained(statements)
+                await (await tx.run(cypher, parameters)).consume()
             result.applied_events = len(to_apply)
             return result
 
-        for attempt in range(CONSTRAINT_RETRIES):
+        for attempt in range(CONFLICT_RETRIES):
             try:
-                async with self._driver.session(database=self._database) as session:
-                    return await session.execute_write(work)
-            except neo4j.exceptions.ConstraintError as error:
-                if attempt == CONSTRAINT_RETRIES - 1:
+                async with (
+                    self._driver.session(database=self._database) as session,
+                    await session.begin_transaction() as transaction,  # rolled back unless committed
+                ):
+                    result = await work(transaction)
+                    await transaction.commit()
+                    return result
+            except (neo4j.exceptions.ConstraintError, neo4j.exceptions.TransientError) as error:
+                # Concurrent writers: ArcadeDB reports page-level conflicts (and a MERGE racing another as
+                # a ConstraintError); Neo4j deadlocks. Retry soon, with jitter: the driver's own retry
+                # waits a second or more, which shows up directly as projection lag.
+                if attempt == CONFLICT_RETRIES - 1:
                     raise translate_neo4j_error(error, "applying events to the graph") from None
-                await asyncio.sleep(0.05 * (attempt + 1))
+                await asyncio.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
             except Exception as error:
                 raise translate_neo4j_error(error, "applying events to the graph") from None
         raise AssertionError("unreachable")

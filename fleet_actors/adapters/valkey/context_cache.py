@@ -119,6 +119,17 @@ class ContextCache:
             out[story_id] = None if version is None else _document(story_id, int(version), doc)
         return out
 
+    async def versions(self, story_ids: Sequence[str]) -> dict[str, int]:
+        """The version of each story's document (stories without one are left out)."""
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for story_id in story_ids:
+                    pipe.hget(context_key(story_id), "version")
+                rows = await pipe.execute()
+        except Exception as error:
+            raise translate_valkey_error(error, "reading context document versions") from None
+        return {story_id: int(version) for story_id, version in zip(story_ids, rows, strict=True) if version}
+
     async def commit(
         self,
         states: Iterable[StoryState],
