@@ -1,5 +1,6 @@
 """Commands through FleetClient (50 warm stories, concurrent submitters) vs a no-op Ray actor call and a
-bare js.publish, all measured in this run with the same concurrency and durability setting."""
+bare js.publish, all measured in this run with the same concurrency and durability setting. The no-op call is
+measured against one actor (the issue's baseline) and spread over 50 actors (the commands' topology)."""
 
 from __future__ import annotations
 
@@ -58,6 +59,9 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     async def raw_ray(rng: random.Random, i: int) -> None:
         await noop.call.remote(f"progress note {i}")
 
+    async def raw_ray_spread(rng: random.Random, i: int) -> None:
+        await rng.choice(noops).call.remote(f"progress note {i}")
+
     async def raw_publish(rng: random.Random, i: int) -> None:
         await js.publish(f"rawbench.{rng.randrange(STORIES)}", b"x" * 90)
 
@@ -100,4 +104,20 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     client.get_story(cold)
     figures["cold_activation_ms"] = round((time.perf_counter() - started) * 1000, 1)
     figures["cold_story_events"] = history
+
+    # The same no-op call spread over 50 actors (the commands' topology: one process per story), with
+    # the story actors passivated first so the machine runs as many processes as during the commands.
+    for story_id in stories:
+        with contextlib.suppress(ray.exceptions.RayActorError, ValueError):
+            ray.get(ray.get_actor(story_actor_name(story_id), namespace=ctx.settings.ray_namespace).passivate.remote())
+    noops = [NoOp.remote() for _ in range(STORIES)]
+    ray.get([a.call.remote(None) for a in noops])
+    time.sleep(5)  # worker start-up settles
+    spread_seconds, _ = asyncio.run(_drive(raw_ray_spread, COMMANDS, SUBMITTERS))
+    figures["raw_ray_call_50_actors_per_s"] = round(COMMANDS / spread_seconds, 1)
+    figures["ratio_to_raw_ray_call_50_actors"] = round(figures["commands_per_s"] * spread_seconds / COMMANDS, 3)
+    for actor in (noop, *noops):
+        ray.kill(actor)
+    time.sleep(2)
+
     return figures
