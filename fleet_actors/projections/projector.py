@@ -76,7 +76,8 @@ class ProjectorStats:
 PAUSE_POLL_SECONDS = 0.2
 LAG_SAMPLES = 5000
 PAUSE_ACK_TTL = 5
-COMMITTED_STATES = 2000
+#: states kept per projector (LRU); beyond it a story's document is decoded again
+COMMITTED_STATES = 1000
 
 
 def pause_key(settings: Settings) -> str:

@@ -250,7 +250,9 @@ class _Pull:
             if len(self.group) == 1 or len(self.group) >= self._fetch_size:
                 self._wake.set()
         elif status in (REQUEST_EXPIRED, CONFLICT):  # what the request still owed is void
-            self.credit = max(0, self.credit - int(msg.headers.get("Nats-Pending-Messages") or 0))
+            owed = msg.headers.get("Nats-Pending-Messages")
+            # Without the count (consumer deleted, leadership change) start afresh with a new request.
+            self.credit = max(0, self.credit - int(owed)) if owed else 0
         elif status != HEARTBEAT_STATUS:
             self.credit = 0
             detail = f"{status} {msg.headers.get('Description', '')}"

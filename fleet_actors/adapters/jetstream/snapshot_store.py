@@ -41,10 +41,6 @@ def snapshot_filter(settings: Settings, story_id: str) -> str:
     return f"{settings.subject_prefix}-snapshots.{story_id}.>"
 
 
-def snapshot_partition_filter(settings: Settings, partition: int) -> str:
-    return f"{settings.subject_prefix}-snapshots.*.{partition}"
-
-
 class JetStreamSnapshotStore(SnapshotStore):
     def __init__(self, nc: Client, settings: Settings) -> None:
         self._nc = nc
