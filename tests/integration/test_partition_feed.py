@@ -49,8 +49,9 @@ async def publish(nc: Client, prefix: str, count: int) -> None:
 async def take(feed: PartitionFeed, count: int, *, ack: bool = True) -> list[int]:
     seen: list[int] = []
     while len(seen) < count:
-        batch = await feed.next_batch(10, timeout=5)
-        assert len(batch) <= 10
+        wanted = min(10, count - len(seen))  # exactly ``count``: the rest stays with the feed
+        batch = await feed.next_batch(wanted, timeout=5)
+        assert len(batch) <= wanted
         for msg in batch:
             seen.append(int(msg.data))
             if ack:
