@@ -17,7 +17,7 @@ import datetime as dt
 import hashlib
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,6 +165,29 @@ def parse_time(value: object) -> dt.datetime | None:
     raise ValueError(f"{value!r:.80} ({type(value).__name__}) is not a time")
 
 
+def _identified(
+    story_id: str, nodes: Iterable[Any], section: Any, kind: str, problems: list[Problem], skipped: set[str]
+) -> Iterator[tuple[str, str, _NodeReader]]:
+    """Nodes with a usable id not taken by an earlier one, in element-id order, as (element id, id,
+    reader); the others are reported and their element ids added to ``skipped``."""
+    taken: set[str] = set()
+    for node in sorted(nodes, key=_eid):
+        reader = _NodeReader(story_id, f"{section.label} {_eid(node)}", _props(node), problems)
+        local_id = reader.identifier(section.id)
+        if local_id is None:
+            skipped.add(_eid(node))
+            continue
+        reader.node = f"{kind} {local_id}"
+        if local_id in taken:
+            reader.problem(
+                f"another {section.label} of this story has the same {section.id}; node {_eid(node)} skipped"
+            )
+            skipped.add(_eid(node))
+            continue
+        taken.add(local_id)
+        yield _eid(node), local_id, reader
+
+
 class _NodeReader:
     """Reads one node's mapped properties, collecting a Problem per unusable value."""
 
@@ -297,22 +320,12 @@ def build_story(story_id: str, rows: StoryRows, mapping: LegacyMapping) -> Legac
     subtasks: dict[str, dict[str, Any]] = {}
     subtask_ids: dict[str, str] = {}  # element id -> subtask id, for edges
     skipped_subtasks: set[str] = set()
-    for node in sorted(rows.subtasks, key=_eid):
-        reader = _NodeReader(story_id, f"{tm.label} {_eid(node)}", _props(node), problems)
-        subtask_id = reader.identifier(tm.id)
-        if subtask_id is None:
-            skipped_subtasks.add(_eid(node))
-            continue
-        reader.node = f"subtask {subtask_id}"
-        if subtask_id in subtasks:
-            reader.problem(f"another {tm.label} of this story has the same {tm.id}; node {_eid(node)} skipped")
-            skipped_subtasks.add(_eid(node))
-            continue
+    for element, subtask_id, reader in _identified(story_id, rows.subtasks, tm, "subtask", problems, skipped_subtasks):
         raw_status = reader.text(tm.status)
         status = mapping.subtask_status(raw_status) if raw_status else SubtaskStatus.PENDING.value
         if status not in STATUSES:
             reader.problem(f"unknown status {raw_status!r:.40}; imported as PENDING (map it in status_aliases)")
-        subtask_ids[_eid(node)] = subtask_id
+        subtask_ids[element] = subtask_id
         subtasks[subtask_id] = {
             "subtask_id": subtask_id,
             "title": reader.text(tm.title),
@@ -350,18 +363,10 @@ def build_story(story_id: str, rows: StoryRows, mapping: LegacyMapping) -> Legac
     decisions: dict[str, LegacyDecision] = {}
     decision_ids: dict[str, str] = {}
     skipped_decisions: set[str] = set()
-    for node in sorted(rows.decisions, key=_eid):
-        reader = _NodeReader(story_id, f"{dm.label} {_eid(node)}", _props(node), problems)
-        decision_id = reader.identifier(dm.id)
-        if decision_id is None:
-            skipped_decisions.add(_eid(node))
-            continue
-        reader.node = f"decision {decision_id}"
-        if decision_id in decisions:
-            reader.problem(f"another {dm.label} of this story has the same {dm.id}; node {_eid(node)} skipped")
-            skipped_decisions.add(_eid(node))
-            continue
-        decision_ids[_eid(node)] = decision_id
+    for element, decision_id, reader in _identified(
+        story_id, rows.decisions, dm, "decision", problems, skipped_decisions
+    ):
+        decision_ids[element] = decision_id
         decisions[decision_id] = LegacyDecision(
             decision_id=decision_id,
             title=reader.text(dm.title),
