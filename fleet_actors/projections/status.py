@@ -45,10 +45,10 @@ async def projection_status(settings: Settings) -> list[ConsumerStatus]:
             raise translate_nats_error(error, "listing consumers") from None
         out = []
         now = datetime.now(UTC)
-        prefix = partition_consumer_name(LIVE_CONSUMERS, 0)[:-1]
-        live = [c for c in consumers if c.name.startswith(prefix) and c.name[len(prefix) :].isdigit()]
-        for info in sorted(live, key=lambda c: int(c.name[len(prefix) :])):
-            projector = consumer_name(int(info.name[len(prefix) :]) % settings.projectors, settings.projectors)
+        partition_of = {partition_consumer_name(LIVE_CONSUMERS, p): p for p in range(settings.partitions)}
+        stats_of: dict[str, dict] = {}
+        for info in sorted((c for c in consumers if c.name in partition_of), key=lambda c: partition_of[c.name]):
+            projector = consumer_name(partition_of[info.name] % settings.projectors, settings.projectors)
             lag = (info.num_pending or 0) + (info.num_ack_pending or 0)
             lag_seconds = 0.0
             if lag:
@@ -58,8 +58,10 @@ async def projection_status(settings: Settings) -> list[ConsumerStatus]:
                         lag_seconds = max(0.0, (now - oldest.time).total_seconds())
                 except Exception:  # the oldest event may have been removed meanwhile: no age then
                     lag_seconds = 0.0
-            raw = await cache.client.get(status_key(projector))
-            stats = json.loads(raw) if raw else {}
+            if projector not in stats_of:
+                raw = await cache.client.get(status_key(projector))
+                stats_of[projector] = json.loads(raw) if raw else {}
+            stats = stats_of[projector]
             out.append(
                 ConsumerStatus(
                     consumer=info.name,

@@ -14,6 +14,7 @@ from fleet_actors.adapters.valkey.context_cache import context_key
 from fleet_actors.codec.state import state_to_json
 from fleet_actors.domain.commands import UpdateSubtask
 from fleet_actors.projections.dead_letters import DeadLetters, dlq_stream
+from fleet_actors.projections.status import projection_status
 from fleet_actors.projections.verify import actual_graph, verify
 from tests.integration.conftest import RunningProjectors, wait_until, write_story
 
@@ -212,3 +213,18 @@ async def test_the_same_events_twice_in_one_batch_apply_once(stream_settings, ex
         assert await actual_graph(running.graph, sid) == before
     finally:
         await running.stop()
+
+
+async def test_status_lists_each_partition_consumer_with_its_projector(projectors, execute, stream_settings, unique_id):
+    sid = unique_id("ST")
+    version = await write_story(execute, sid)
+    await wait_until(lambda: projected(projectors, {sid: version}))
+    await wait_until(lambda: _no_lag(stream_settings))
+    rows = await projection_status(stream_settings)
+    assert [r.consumer for r in rows] == [f"projector-partition-{p}" for p in range(stream_settings.partitions)]
+    assert {r.projector for r in rows} == {"projector-0-of-2", "projector-1-of-2"}
+    assert sum(r.ack_floor for r in rows) > 0
+
+
+async def _no_lag(settings) -> bool:
+    return all(r.lag_events == 0 for r in await projection_status(settings))

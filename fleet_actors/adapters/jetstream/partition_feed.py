@@ -7,9 +7,9 @@ message (about 1,200 messages/s with both cores busy), while a consumer with a s
 subject delivers 6,000-8,000 messages/s at a fraction of the CPU. It also makes consumer names
 independent of the pool size: resizing the projector pool only moves partitions between actors.
 
-Each partition has a fetch task that keeps one pull outstanding, so the next messages arrive while
-the previous batch is still being written (the read models, not the fetch, set the pace). Messages
-of one partition are handed out in stream order; partitions interleave freely.
+Each partition has a pull loop that keeps pull requests open, so the next messages arrive while the
+previous batch is still being written (the read models, not the fetch, set the pace). Messages of
+one partition are handed out in stream order; partitions interleave freely.
 """
 
 from __future__ import annotations
