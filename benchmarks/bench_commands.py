@@ -1,6 +1,10 @@
 """Commands through FleetClient (50 warm stories, concurrent submitters) vs a no-op Ray actor call and a
-bare js.publish, all measured in this run with the same concurrency and durability setting. The no-op call is
-measured against one actor (the issue's baseline) and spread over 50 actors (the commands' topology)."""
+bare js.publish, all measured in this run with the same concurrency and durability setting.
+
+The no-op call is measured against one actor (the issue's baseline) and spread over 50 actors (the commands'
+topology: one process per story, with the story actors' options). A third composite baseline spreads over
+50 actors a call that does nothing but one conditional js.publish with the story store's headers: what a
+per-story actor costs before any of our code runs."""
 
 from __future__ import annotations
 
@@ -27,6 +31,39 @@ COMMANDS = 2000
 class NoOp:
     async def call(self, payload: Any) -> Any:
         return payload
+
+
+@ray.remote(num_cpus=0)
+class SpreadNoOp:
+    """Like a story actor to Ray: synchronous, task events off (see story_actor_class)."""
+
+    def call(self, payload: Any) -> Any:
+        return payload
+
+
+@ray.remote(num_cpus=0)
+class Publisher:
+    """A story actor reduced to its append: one js.publish conditional on the subject's last sequence."""
+
+    def __init__(self, nats_url: str, subject: str) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._subject = subject
+        self._last = 0
+        self._js = self._loop.run_until_complete(_jetstream(nats_url))
+
+    def call(self, payload: str) -> int:
+        headers = {
+            "Nats-Expected-Last-Subject-Sequence": str(self._last),
+            "Nats-Expected-Last-Subject-Sequence-Subject": self._subject + ".>",
+            "Nats-Msg-Id": uuid.uuid4().hex,
+        }
+        ack = self._loop.run_until_complete(self._js.publish(self._subject + ".x", payload.encode(), headers=headers))
+        self._last = ack.seq
+        return ack.seq
+
+
+async def _jetstream(nats_url: str) -> Any:
+    return (await nats.connect(nats_url)).jetstream()
 
 
 async def _drive(submit, total: int, submitters: int) -> tuple[float, list[float]]:
@@ -62,6 +99,9 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     async def raw_ray_spread(rng: random.Random, i: int) -> None:
         await rng.choice(noops).call.remote(f"progress note {i}")
 
+    async def actor_publish(rng: random.Random, i: int) -> None:
+        await rng.choice(publishers).call.remote(f"progress note {i}")
+
     async def raw_publish(rng: random.Random, i: int) -> None:
         await js.publish(f"rawbench.{rng.randrange(STORIES)}", b"x" * 90)
 
@@ -90,6 +130,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         }
 
     js = None
+    noops: list[Any] = []
+    publishers: list[Any] = []
     figures = {"stories": STORIES, "submitters": SUBMITTERS, "commands": COMMANDS}
     figures.update(asyncio.run(measure()))
 
@@ -105,19 +147,30 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     figures["cold_activation_ms"] = round((time.perf_counter() - started) * 1000, 1)
     figures["cold_story_events"] = history
 
-    # The same no-op call spread over 50 actors (the commands' topology: one process per story), with
-    # the story actors passivated first so the machine runs as many processes as during the commands.
+    # The spread baselines (the commands' topology: one process per story), with the story actors
+    # passivated first so the machine runs as many processes as during the commands.
     for story_id in stories:
         with contextlib.suppress(ray.exceptions.RayActorError, ValueError):
             ray.get(ray.get_actor(story_actor_name(story_id), namespace=ctx.settings.ray_namespace).passivate.remote())
-    noops = [NoOp.remote() for _ in range(STORIES)]
-    ray.get([a.call.remote(None) for a in noops])
-    time.sleep(5)  # worker start-up settles
-    spread_seconds, _ = asyncio.run(_drive(raw_ray_spread, COMMANDS, SUBMITTERS))
-    figures["raw_ray_call_50_actors_per_s"] = round(COMMANDS / spread_seconds, 1)
-    figures["ratio_to_raw_ray_call_50_actors"] = round(figures["commands_per_s"] * spread_seconds / COMMANDS, 3)
-    for actor in (noop, *noops):
-        ray.kill(actor)
-    time.sleep(2)
+    quiet = {"enable_task_events": ctx.settings.story_task_events}
+    for name, make, submit in (
+        ("raw_ray_call_50_actors", lambda n: SpreadNoOp.options(**quiet).remote(), raw_ray_spread),
+        (
+            "actor_publish_50_actors",
+            lambda n: Publisher.options(**quiet).remote(ctx.settings.nats_url, f"rawbench.actor.{run_id}.{n}"),
+            actor_publish,
+        ),
+    ):
+        actors = [make(n) for n in range(STORIES)]
+        noops = publishers = actors
+        ray.get([a.call.remote("warm-up") for a in actors])
+        time.sleep(5)  # worker start-up settles
+        seconds, _ = asyncio.run(_drive(submit, COMMANDS, SUBMITTERS))
+        figures[f"{name}_per_s"] = round(COMMANDS / seconds, 1)
+        figures[f"ratio_to_{name}"] = round(figures["commands_per_s"] * seconds / COMMANDS, 3)
+        for actor in actors:
+            ray.kill(actor)
+        time.sleep(2)
+    ray.kill(noop)
 
     return figures

@@ -57,6 +57,9 @@ class Settings:
     nats_timeout: float = 5.0
 
     actor_idle_seconds: float = 300.0
+    #: report every story actor call to Ray's task table (`ray list tasks`, the dashboard's task
+    #: view). Off by default: on the command path it costs about a fifth of the rate (docs/benchmarks.md).
+    story_task_events: bool = False
     max_live_stories: int = 64
     snapshot_every: int = 100
     #: snapshots kept per story (older ones are dropped by the stream); temporal queries before the

@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import functools
 import logging
+import threading
 import time
+from collections.abc import Coroutine
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 
@@ -22,120 +24,162 @@ from fleet_actors.ports.event_store import EventStore
 from fleet_actors.settings import Settings
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
-#: calls answered on their own thread so the registry can ask while a command is running
-HEALTH = "health"
+#: how long the registry waits for a story actor to say how long it has been idle; one that is busy
+#: for longer (its call queue is full) counts as just used
+IDLE_QUERY_TIMEOUT = 2.0
 
 
-class StoryActor:
-    """Ray shell around :class:`StoryRuntime`. Replies carry errors as values (see FleetClient)."""
+class StoryHost:
+    """The story actor's asynchronous part: opens the stores on first use and runs the runtime."""
 
     def __init__(self, story_id: str, settings: Settings, store: EventStore | None = None) -> None:
-        self._story_id = story_id
+        self.story_id = story_id
         self._settings = settings
         self._store = store
         self._runtime: StoryRuntime | None = None
-        self._activation = asyncio.Lock()
-        self._last_used = time.monotonic()
-        self._passivating = False
-        self._idle_watch = asyncio.get_running_loop().create_task(self._passivate_when_idle())
 
-    async def _ensure_runtime(self) -> StoryRuntime:
-        self._last_used = time.monotonic()
-        if self._runtime is not None:
-            return self._runtime
-        async with self._activation:
-            if self._runtime is None:
-                snapshots = None
-                if self._store is None:
-                    from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore
-                    from fleet_actors.archive.composite import open_event_store
+    async def runtime(self) -> StoryRuntime:
+        if self._runtime is None:
+            snapshots = None
+            if self._store is None:
+                from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore
+                from fleet_actors.archive.composite import open_event_store
 
-                    # archive + stream when FLEET_ARCHIVE_URL is set: history past the retention horizon
-                    self._store = await open_event_store(self._settings)
-                    snapshots = JetStreamSnapshotStore(self._store.connection, self._settings)
-                    await snapshots.ensure_stream()
-                runtime = StoryRuntime(
-                    self._story_id, self._store, snapshots=snapshots, snapshot_every=self._settings.snapshot_every
-                )
-                await runtime.load()
-                self._runtime = runtime
-                registry_handle(self._settings).activated.remote(self._story_id)
+                # archive + stream when FLEET_ARCHIVE_URL is set: history past the retention horizon
+                self._store = await open_event_store(self._settings)
+                snapshots = JetStreamSnapshotStore(self._store.connection, self._settings)
+                await snapshots.ensure_stream()
+            runtime = StoryRuntime(
+                self.story_id, self._store, snapshots=snapshots, snapshot_every=self._settings.snapshot_every
+            )
+            await runtime.load()
+            self._runtime = runtime
+            registry_handle(self._settings).activated.remote(self.story_id)
         return self._runtime
 
     async def execute(self, request: CommandRequest) -> CommandResult | StoryError:
         try:
-            runtime = await self._ensure_runtime()
-            return await runtime.execute(request)
+            return await (await self.runtime()).execute(request)
         except StoryError as error:
             return error
 
     async def get_state(self) -> StoryState | StoryError:
         try:
-            runtime = await self._ensure_runtime()
-            async with runtime.lock:
-                if not runtime.state.created:
-                    await runtime.load()  # maybe created by another writer since
+            runtime = await self.runtime()
             if not runtime.state.created:
-                return StoryNotFound(self._story_id)
-            return runtime.state
+                async with runtime.lock:
+                    await runtime.load()  # maybe created by another writer since
+            return runtime.state if runtime.state.created else StoryNotFound(self.story_id)
         except StoryError as error:
             return error
 
-    async def history(self, from_version: int = 1, limit: int | None = None) -> list[EventEnvelope] | StoryError:
+    async def history(self, from_version: int, limit: int | None) -> list[EventEnvelope] | StoryError:
         try:
-            runtime = await self._ensure_runtime()
+            runtime = await self.runtime()
             events = await runtime.history(from_version, limit)
-            if not events and not runtime.state.created:
-                return StoryNotFound(self._story_id)
-            return events
+            return events if events or runtime.state.created else StoryNotFound(self.story_id)
         except StoryError as error:
             return error
 
     async def rebuild_state(self) -> StoryState | StoryError:
         try:
-            runtime = await self._ensure_runtime()
-            state = await runtime.rebuild_state()
-            return state if state.created else StoryNotFound(self._story_id)
+            state = await (await self.runtime()).rebuild_state()
+            return state if state.created else StoryNotFound(self.story_id)
         except StoryError as error:
             return error
 
-    async def state_at(self, version: int | None = None, at: datetime | None = None) -> StoryState | StoryError:
+    async def state_at(self, version: int | None, at: datetime | None) -> StoryState | StoryError:
         try:
-            runtime = await self._ensure_runtime()
-            return await runtime.state_at(version=version, at=at)
+            return await (await self.runtime()).state_at(version=version, at=at)
         except StoryError as error:
             return error
 
-    @ray.method(concurrency_group=HEALTH)
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            registry_handle(self._settings).deactivated.remote(self.story_id)
+        if self._store is not None:
+            with contextlib.suppress(Exception):
+                await self._store.close()
+
+    async def keep_alive(self) -> None:
+        """Let the connections answer server pings while no call runs the loop."""
+        await asyncio.sleep(0.05)
+
+
+class StoryActor:
+    """Ray shell around :class:`StoryHost`. Replies carry errors as values (see FleetClient).
+
+    A synchronous actor that drives a private asyncio loop: Ray runs a synchronous actor's calls one at
+    a time on the worker's main thread, while an async actor hands every call to its event-loop thread
+    and back. With one process per story and more stories than cores, that hand-over costs about a
+    third of the command rate (docs/benchmarks.md). Between calls the loop rests; a watcher thread
+    runs it briefly when the actor is idle (connection keep-alive) and asks the actor to passivate
+    once it has been idle for ``actor_idle_seconds``.
+    """
+
+    def __init__(self, story_id: str, settings: Settings, store: EventStore | None = None) -> None:
+        self._host = StoryHost(story_id, settings, store)
+        self._settings = settings
+        self._idle_seconds = settings.actor_idle_seconds
+        self._loop = asyncio.new_event_loop()
+        self._loop_lock = threading.Lock()
+        self._last_used = time.monotonic()
+        self._passivation_asked = False
+        threading.Thread(target=self._watch_idle, name=f"idle-watch:{story_id}", daemon=True).start()
+
+    def _run(self, coroutine: Coroutine[Any, Any, R]) -> R:
+        self._last_used = time.monotonic()
+        with self._loop_lock:
+            return self._loop.run_until_complete(coroutine)
+
+    def execute(self, request: CommandRequest) -> CommandResult | StoryError:
+        return self._run(self._host.execute(request))
+
+    def get_state(self) -> StoryState | StoryError:
+        return self._run(self._host.get_state())
+
+    def history(self, from_version: int = 1, limit: int | None = None) -> list[EventEnvelope] | StoryError:
+        return self._run(self._host.history(from_version, limit))
+
+    def rebuild_state(self) -> StoryState | StoryError:
+        return self._run(self._host.rebuild_state())
+
+    def state_at(self, version: int | None = None, at: datetime | None = None) -> StoryState | StoryError:
+        return self._run(self._host.state_at(version, at))
+
     def last_used(self) -> float:
         """Seconds since the last call (the registry evicts the least recently used)."""
         return time.monotonic() - self._last_used
 
-    async def passivate(self) -> None:
-        """Finish the command in progress, release connections and exit; the name frees up."""
-        if self._passivating:
-            return
-        self._passivating = True
-        runtime = self._runtime
-        if runtime is not None:
-            await runtime.lock.acquire()  # held until exit: queued commands fail over to a new actor
-        with contextlib.suppress(Exception):
-            registry_handle(self._settings).deactivated.remote(self._story_id)
-        if self._store is not None:
-            with contextlib.suppress(Exception):
-                await self._store.close()
+    def passivate(self, only_if_idle: bool = False) -> None:
+        """Release connections and exit; the name frees up. Calls queued behind this one fail with
+        RayActorError and the client re-creates the actor by name."""
+        if only_if_idle and self.last_used() < self._idle_seconds:
+            self._passivation_asked = False
+            return  # used again since the watcher asked
+        with self._loop_lock:
+            self._loop.run_until_complete(self._host.close())
         ray.actor.exit_actor()
 
-    async def _passivate_when_idle(self) -> None:
-        interval = min(5.0, self._settings.actor_idle_seconds / 4)
+    def _watch_idle(self) -> None:
+        interval = min(5.0, self._idle_seconds / 4)
         while True:
-            await asyncio.sleep(interval)
-            if time.monotonic() - self._last_used >= self._settings.actor_idle_seconds:
-                # AsyncioActorExit is how an async actor leaves; Ray finishes the exit.
-                with contextlib.suppress(ray.exceptions.AsyncioActorExit):
-                    await self.passivate()
-                return
+            time.sleep(interval)
+            idle = self.last_used()
+            if idle >= self._idle_seconds:
+                if not self._passivation_asked:
+                    # Through the registry and the actor's queue, so it runs after any call that is
+                    # waiting. Not submitted by the actor itself: a call it owns that is still queued
+                    # when it exits keeps the worker process alive.
+                    self._passivation_asked = True
+                    registry_handle(self._settings).passivate_idle.remote(self._host.story_id)
+            elif idle >= interval and self._loop_lock.acquire(blocking=False):
+                try:
+                    self._loop.run_until_complete(self._host.keep_alive())
+                finally:
+                    self._loop_lock.release()
 
 
 class StoryRegistry:
@@ -156,6 +200,12 @@ class StoryRegistry:
         self._live.pop(story_id, None)
         self._evicting.discard(story_id)
 
+    def passivate_idle(self, story_id: str) -> None:
+        """A story actor reports itself idle: ask it to passivate unless it has been used since."""
+        with contextlib.suppress(ValueError):  # already gone
+            handle = ray.get_actor(story_actor_name(story_id), namespace=self._settings.ray_namespace)
+            handle.passivate.remote(only_if_idle=True)
+
     def live_stories(self) -> list[str]:
         return sorted(self._live)
 
@@ -167,7 +217,7 @@ class StoryRegistry:
                 handles[story_id] = ray.get_actor(story_actor_name(story_id), namespace=self._settings.ray_namespace)
             except ValueError:
                 self._live.pop(story_id, None)  # already gone
-        idle = await asyncio.gather(*(h.last_used.remote() for h in handles.values()), return_exceptions=True)
+        idle = await asyncio.gather(*(_idle_seconds(h) for h in handles.values()), return_exceptions=True)
         ranked = []
         for story_id, seconds in zip(handles, idle, strict=True):
             if isinstance(seconds, float):
@@ -180,9 +230,16 @@ class StoryRegistry:
             handles[story_id].passivate.remote()  # fire and forget: it reports back via deactivated()
 
 
+async def _idle_seconds(handle: Any) -> float:
+    try:
+        return await asyncio.wait_for(handle.last_used.remote(), IDLE_QUERY_TIMEOUT)
+    except TimeoutError:
+        return 0.0
+
+
 @functools.cache
 def story_actor_class() -> Any:
-    return ray.remote(concurrency_groups={HEALTH: 1}, max_restarts=0)(StoryActor)
+    return ray.remote(max_restarts=0)(StoryActor)
 
 
 @functools.cache
@@ -191,7 +248,14 @@ def registry_class() -> Any:
 
 
 def story_handle(story_id: str, settings: Settings) -> Any:
-    return get_or_create(story_actor_class(), story_actor_name(story_id), settings, story_id, settings)
+    return get_or_create(
+        story_actor_class(),
+        story_actor_name(story_id),
+        settings,
+        story_id,
+        settings,
+        enable_task_events=settings.story_task_events,
+    )
 
 
 def registry_handle(settings: Settings) -> Any:
