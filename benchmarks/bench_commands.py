@@ -89,6 +89,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     for story_id in stories:
         client.create_story(story_id, "benchmark story")
         client.create_subtask(story_id, "T1", "work", "DEV")
+    time.sleep(5)  # worker start-up settles (as before each spread baseline)
 
     async def command(rng: random.Random, i: int) -> None:
         await client.aio.record_summary(rng.choice(stories), f"progress note {i}")

@@ -29,6 +29,8 @@ R = TypeVar("R")
 #: how long the registry waits for a story actor to say how long it has been idle; one that is busy
 #: for longer (its call queue is full) counts as just used
 IDLE_QUERY_TIMEOUT = 2.0
+#: seconds before an idle actor asks again to passivate (the registry may have restarted meanwhile)
+PASSIVATION_RETRY = 60.0
 
 
 class StoryHost:
@@ -126,7 +128,7 @@ class StoryActor:
         self._loop = asyncio.new_event_loop()
         self._loop_lock = threading.Lock()
         self._last_used = time.monotonic()
-        self._passivation_asked = False
+        self._passivation_asked_at = -PASSIVATION_RETRY
         threading.Thread(target=self._watch_idle, name=f"idle-watch:{story_id}", daemon=True).start()
 
     def _run(self, coroutine: Coroutine[Any, Any, R]) -> R:
@@ -157,7 +159,7 @@ class StoryActor:
         """Release connections and exit; the name frees up. Calls queued behind this one fail with
         RayActorError and the client re-creates the actor by name."""
         if only_if_idle and self.last_used() < self._idle_seconds:
-            self._passivation_asked = False
+            self._passivation_asked_at = -PASSIVATION_RETRY
             return  # used again since the watcher asked
         with self._loop_lock:
             self._loop.run_until_complete(self._host.close())
@@ -168,14 +170,13 @@ class StoryActor:
         while True:
             time.sleep(interval)
             idle = self.last_used()
-            if idle >= self._idle_seconds:
-                if not self._passivation_asked:
-                    # Through the registry and the actor's queue, so it runs after any call that is
-                    # waiting. Not submitted by the actor itself: a call it owns that is still queued
-                    # when it exits keeps the worker process alive.
-                    self._passivation_asked = True
-                    registry_handle(self._settings).passivate_idle.remote(self._host.story_id)
-            elif idle >= interval and self._loop_lock.acquire(blocking=False):
+            if idle >= self._idle_seconds and time.monotonic() - self._passivation_asked_at >= PASSIVATION_RETRY:
+                # Through the registry and the actor's queue, so it runs after any call that is
+                # waiting. Not submitted by the actor itself: a call it owns that is still queued
+                # when it exits keeps the worker process alive.
+                self._passivation_asked_at = time.monotonic()
+                registry_handle(self._settings).passivate_idle.remote(self._host.story_id)
+            if idle >= interval and self._loop_lock.acquire(blocking=False):
                 try:
                     self._loop.run_until_complete(self._host.keep_alive())
                 finally:

@@ -136,3 +136,22 @@ async def test_async_twin(ray_runtime, settings):
     sid = new_story()
     created = await client.create_story(sid, "t")
     assert created.version == 1 and (await client.get_story(sid)).title == "t"
+
+
+def test_warm_actor_keeps_working_when_nats_restarts(client, settings, local_stack):
+    # The actor's loop only runs during calls and idle keep-alives: the reconnect must still happen.
+    sid = new_story()
+    client.create_story(sid, "t")
+    local_stack.nats.restart()
+    command_id = "restart-" + uuid.uuid4().hex[:8]
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            result = client.record_summary(sid, "after the restart", command_id=command_id)
+            break
+        except Exception:  # unavailable while the server comes back; resending the command id is safe
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    assert result.version == 2
+    assert asyncio.run(stored_versions(settings, sid)) == [1, 2]
