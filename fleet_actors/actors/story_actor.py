@@ -31,6 +31,8 @@ R = TypeVar("R")
 IDLE_QUERY_TIMEOUT = 2.0
 #: seconds before an idle actor asks again to passivate (the registry may have restarted meanwhile)
 PASSIVATION_RETRY = 60.0
+#: seconds without a call after which the idle watcher runs the loop itself (server pings)
+KEEP_ALIVE_AFTER = 1.0
 
 
 class StoryHost:
@@ -176,7 +178,8 @@ class StoryActor:
                 # when it exits keeps the worker process alive.
                 self._passivation_asked_at = time.monotonic()
                 registry_handle(self._settings).passivate_idle.remote(self._host.story_id)
-            if idle >= interval and self._loop_lock.acquire(blocking=False):
+            # Calls run the loop too; between them (at most one tick plus a second) it runs here.
+            if idle >= KEEP_ALIVE_AFTER and self._loop_lock.acquire(blocking=False):
                 try:
                     self._loop.run_until_complete(self._host.keep_alive())
                 finally:

@@ -59,12 +59,15 @@ class NatsServer(ManagedServer):
         *,
         monitor_port: int | None = None,
         sync_interval: str = "always",
+        ping_interval: str = "2m",
         server_name: str = "fleet-local",
         binary: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__(data_dir, port)
         self.monitor_port = monitor_port or free_port()
         self.sync_interval = sync_interval
+        #: how often the server pings each client; two unanswered pings close the connection
+        self.ping_interval = ping_interval
         self.server_name = server_name
         self._binary = Path(binary) if binary is not None else None
 
@@ -105,6 +108,8 @@ class NatsServer(ManagedServer):
             f"server_name: {json.dumps(self.server_name)}\n"
             f"listen: {json.dumps(f'{LOOPBACK}:{self.port}')}\n"
             f"http: {json.dumps(f'{LOOPBACK}:{self.monitor_port}')}\n"
+            f"ping_interval: {json.dumps(self.ping_interval)}\n"
+            "ping_max: 2\n"
             "jetstream {\n"
             f"  store_dir: {json.dumps(str(self.data_dir / 'jetstream'))}\n"
             f"  sync_interval: {json.dumps(self.sync_interval)}\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 
@@ -12,6 +13,7 @@ import ray
 from fleet_actors import ConcurrencyConflict, FleetClient, InvalidCommand, RuleViolation, StoryNotFound
 from fleet_actors.actors.naming import live_story_ids, story_actor_name
 from fleet_actors.adapters.jetstream import JetStreamEventStore
+from fleet_actors.devstack import NatsServer
 
 
 def new_story() -> str:
@@ -155,3 +157,24 @@ def test_warm_actor_keeps_working_when_nats_restarts(client, settings, local_sta
             time.sleep(0.2)
     assert result.version == 2
     assert asyncio.run(stored_versions(settings, sid)) == [1, 2]
+
+
+def test_idle_actor_answers_server_pings_between_calls(ray_runtime, settings, tmp_path):
+    # The server pings every 3 s and drops a client after two unanswered pings; the actor's loop only
+    # runs during calls, so without the idle keep-alive this connection would be cut and re-made.
+    server = NatsServer(tmp_path / "nats", ping_interval="3s").start().wait_ready()
+    pinged = settings.replace(nats_url=server.url, actor_idle_seconds=30, ray_namespace="ping-" + uuid.uuid4().hex[:6])
+    client = FleetClient(pinged)
+    sid = new_story()
+    try:
+        client.create_story(sid, "t")
+        time.sleep(15)
+        assert client.record_summary(sid, "after a quiet spell").version == 2
+        handle = ray.get_actor(story_actor_name(sid), namespace=pinged.ray_namespace)
+        stats = ray.get(handle.__ray_call__.remote(lambda actor: dict(actor._host._store.connection.stats)))
+        assert stats["reconnects"] == 0
+    finally:
+        with contextlib.suppress(Exception):
+            handle = ray.get_actor(story_actor_name(sid), namespace=pinged.ray_namespace)
+            ray.get(handle.passivate.remote())
+        server.stop()
