@@ -21,6 +21,7 @@ import ray
 from benchmarks.harness import BenchContext, latency_summary
 from fleet_actors import FleetClient
 from fleet_actors.actors.naming import story_actor_name
+from fleet_actors.adapters.jetstream.event_store import H_EXPECTED_SEQ, H_EXPECTED_SUBJECT, H_MSG_ID
 
 STORIES = 50
 SUBMITTERS = 8
@@ -53,9 +54,9 @@ class Publisher:
 
     def call(self, payload: str) -> int:
         headers = {
-            "Nats-Expected-Last-Subject-Sequence": str(self._last),
-            "Nats-Expected-Last-Subject-Sequence-Subject": self._subject + ".>",
-            "Nats-Msg-Id": uuid.uuid4().hex,
+            H_EXPECTED_SEQ: str(self._last),
+            H_EXPECTED_SUBJECT: self._subject + ".>",
+            H_MSG_ID: uuid.uuid4().hex,
         }
         ack = self._loop.run_until_complete(self._js.publish(self._subject + ".x", payload.encode(), headers=headers))
         self._last = ack.seq
@@ -97,12 +98,6 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     async def raw_ray(rng: random.Random, i: int) -> None:
         await noop.call.remote(f"progress note {i}")
 
-    async def raw_ray_spread(rng: random.Random, i: int) -> None:
-        await rng.choice(noops).call.remote(f"progress note {i}")
-
-    async def actor_publish(rng: random.Random, i: int) -> None:
-        await rng.choice(publishers).call.remote(f"progress note {i}")
-
     async def raw_publish(rng: random.Random, i: int) -> None:
         await js.publish(f"rawbench.{rng.randrange(STORIES)}", b"x" * 90)
 
@@ -131,8 +126,6 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         }
 
     js = None
-    noops: list[Any] = []
-    publishers: list[Any] = []
     figures = {"stories": STORIES, "submitters": SUBMITTERS, "commands": COMMANDS}
     figures.update(asyncio.run(measure()))
 
@@ -154,19 +147,21 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         with contextlib.suppress(ray.exceptions.RayActorError, ValueError):
             ray.get(ray.get_actor(story_actor_name(story_id), namespace=ctx.settings.ray_namespace).passivate.remote())
     quiet = {"enable_task_events": ctx.settings.story_task_events}
-    for name, make, submit in (
-        ("raw_ray_call_50_actors", lambda n: SpreadNoOp.options(**quiet).remote(), raw_ray_spread),
+    for name, make in (
+        ("raw_ray_call_50_actors", lambda n: SpreadNoOp.options(**quiet).remote()),
         (
             "actor_publish_50_actors",
             lambda n: Publisher.options(**quiet).remote(ctx.settings.nats_url, f"rawbench.actor.{run_id}.{n}"),
-            actor_publish,
         ),
     ):
         actors = [make(n) for n in range(STORIES)]
-        noops = publishers = actors
         ray.get([a.call.remote("warm-up") for a in actors])
         time.sleep(5)  # worker start-up settles
-        seconds, _ = asyncio.run(_drive(submit, COMMANDS, SUBMITTERS))
+
+        async def spread_call(rng: random.Random, i: int, actors: list[Any] = actors) -> None:
+            await rng.choice(actors).call.remote(f"progress note {i}")
+
+        seconds, _ = asyncio.run(_drive(spread_call, COMMANDS, SUBMITTERS))
         figures[f"{name}_per_s"] = round(COMMANDS / seconds, 1)
         figures[f"ratio_to_{name}"] = round(figures["commands_per_s"] * seconds / COMMANDS, 3)
         for actor in actors:

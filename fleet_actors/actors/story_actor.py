@@ -33,6 +33,8 @@ IDLE_QUERY_TIMEOUT = 2.0
 PASSIVATION_RETRY = 60.0
 #: seconds without a call after which the idle watcher runs the loop itself (server pings)
 KEEP_ALIVE_AFTER = 1.0
+#: how long the watcher runs the loop each time: enough to read a ping and flush the answer
+KEEP_ALIVE_RUN = 0.05
 
 
 class StoryHost:
@@ -107,10 +109,6 @@ class StoryHost:
             with contextlib.suppress(Exception):
                 await self._store.close()
 
-    async def keep_alive(self) -> None:
-        """Let the connections answer server pings while no call runs the loop."""
-        await asyncio.sleep(0.05)
-
 
 class StoryActor:
     """Ray shell around :class:`StoryHost`. Replies carry errors as values (see FleetClient).
@@ -181,7 +179,7 @@ class StoryActor:
             # Calls run the loop too; between them (at most one tick plus a second) it runs here.
             if idle >= KEEP_ALIVE_AFTER and self._loop_lock.acquire(blocking=False):
                 try:
-                    self._loop.run_until_complete(self._host.keep_alive())
+                    self._loop.run_until_complete(asyncio.sleep(KEEP_ALIVE_RUN))
                 finally:
                     self._loop_lock.release()
 
