@@ -1,5 +1,6 @@
 """Commands through FleetClient (50 warm stories, concurrent submitters) vs a no-op Ray actor call and a
-bare js.publish, all measured in this run with the same concurrency and durability setting.
+bare js.publish, all measured in this run with the same concurrency and durability setting. The commands
+and these two baselines take turns in ROUNDS rounds, so that each sees the same drift of the host.
 
 The no-op call is measured against one actor (the issue's baseline) and spread over 50 actors (the commands'
 topology: one process per story, with the story actors' options). A third composite baseline spreads over
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import statistics
 import time
 import uuid
 from typing import Any
@@ -26,6 +28,8 @@ from fleet_actors.adapters.jetstream.event_store import H_EXPECTED_SEQ, H_EXPECT
 STORIES = 50
 SUBMITTERS = 8
 COMMANDS = 2000
+#: the commands and their one-actor and publish baselines take turns, COMMANDS / ROUNDS each
+ROUNDS = 8
 
 
 @ray.remote(num_cpus=0)
@@ -109,20 +113,33 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         nc = await nats.connect(ctx.settings.nats_url)
         js = nc.jetstream()
         await js.add_stream(name="RAWBENCH", subjects=["rawbench.>"])
-        await _drive(command, 200, SUBMITTERS)  # warm-up
-        cmd_seconds, cmd_lat = await _drive(command, COMMANDS, SUBMITTERS)
-        ray_seconds, ray_lat = await _drive(raw_ray, COMMANDS, SUBMITTERS)
-        pub_seconds, pub_lat = await _drive(raw_publish, COMMANDS, SUBMITTERS)
+        kinds = {"command": command, "raw_ray": raw_ray, "raw_publish": raw_publish}
+        for submit in kinds.values():
+            await _drive(submit, 200, SUBMITTERS)  # warm-up
+        # Interleaved rounds: this host's speed drifts by a quarter within minutes, so the commands
+        # and their baselines take turns and each sees the same drift.
+        seconds = {kind: [] for kind in kinds}
+        latencies: dict[str, list[float]] = {kind: [] for kind in kinds}
+        for _ in range(ROUNDS):
+            for kind, submit in kinds.items():
+                elapsed, samples = await _drive(submit, COMMANDS // ROUNDS, SUBMITTERS)
+                seconds[kind].append(elapsed)
+                latencies[kind].extend(samples)
         await nc.close()
+        cmd, ray_, pub = (sum(seconds[kind]) for kind in kinds)
+        round_ratios = sorted(r / c for r, c in zip(seconds["raw_ray"], seconds["command"], strict=True))
         return {
-            "commands_per_s": round(COMMANDS / cmd_seconds, 1),
-            **{f"command_{k}": v for k, v in latency_summary(cmd_lat).items()},
-            "raw_ray_call_per_s": round(COMMANDS / ray_seconds, 1),
-            **{f"raw_ray_{k}": v for k, v in latency_summary(ray_lat).items()},
-            "raw_js_publish_per_s": round(COMMANDS / pub_seconds, 1),
-            **{f"raw_publish_{k}": v for k, v in latency_summary(pub_lat).items()},
-            "ratio_to_raw_ray_call": round(ray_seconds / cmd_seconds, 3),
-            "ratio_to_raw_js_publish": round(pub_seconds / cmd_seconds, 3),
+            "commands_per_s": round(COMMANDS / cmd, 1),
+            **{f"command_{k}": v for k, v in latency_summary(latencies["command"]).items()},
+            "raw_ray_call_per_s": round(COMMANDS / ray_, 1),
+            **{f"raw_ray_{k}": v for k, v in latency_summary(latencies["raw_ray"]).items()},
+            "raw_js_publish_per_s": round(COMMANDS / pub, 1),
+            **{f"raw_publish_{k}": v for k, v in latency_summary(latencies["raw_publish"]).items()},
+            "ratio_to_raw_ray_call": round(ray_ / cmd, 3),
+            "ratio_to_raw_ray_call_by_round": " / ".join(
+                f"{r:.2f}" for r in (round_ratios[0], statistics.median(round_ratios), round_ratios[-1])
+            ),
+            "ratio_to_raw_js_publish": round(pub / cmd, 3),
         }
 
     js = None

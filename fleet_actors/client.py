@@ -21,7 +21,7 @@ import ray.exceptions
 from fleet_actors.actors.read_model_actor import read_models_handle
 from fleet_actors.actors.story_actor import story_handle
 from fleet_actors.application.ids import new_id
-from fleet_actors.application.messages import CommandRequest, CommandResult
+from fleet_actors.application.messages import CommandRequest, CommandResult, pack, unpack
 from fleet_actors.application.read_models import ContextView
 from fleet_actors.domain import rules
 from fleet_actors.domain.alternatives import alternatives_from
@@ -122,7 +122,7 @@ class _StoryApi(Generic[R]):
         if expected_version is not None and (isinstance(expected_version, bool) or expected_version < 0):
             raise StoryError("expected_version must be a non-negative integer", field="expected_version")
         request = CommandRequest(story_id, command, command_id or new_id(), actor, expected_version)
-        return self._call(story_id, "execute", request)
+        return self._call(story_id, "execute", pack(request))
 
     def create_story(
         self,
@@ -338,7 +338,7 @@ class FleetClient(_StoryApi[Any]):
     def _call(self, story_id: str, method: str, *args: Any) -> Any:
         for attempt in range(ACTOR_RETRIES):
             try:
-                return _unwrap(ray.get(getattr(self._handle(story_id), method).remote(*args)))
+                return _unwrap(unpack(ray.get(getattr(self._handle(story_id), method).remote(*args))))
             except _ACTOR_GONE:
                 # Passivated or died: the next call re-activates it by name from the event log.
                 self._forget(story_id)
@@ -367,7 +367,7 @@ class AsyncFleetClient(_StoryApi[Awaitable[Any]]):
     async def _call_async(self, story_id: str, method: str, *args: Any) -> Any:
         for attempt in range(ACTOR_RETRIES):
             try:
-                return _unwrap(await getattr(self._handle(story_id), method).remote(*args))
+                return _unwrap(unpack(await getattr(self._handle(story_id), method).remote(*args)))
             except _ACTOR_GONE:
                 self._forget(story_id)
                 await asyncio.sleep(_backoff(attempt))

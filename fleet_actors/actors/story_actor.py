@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import ray
 
 from fleet_actors.actors.naming import REGISTRY_NAME, get_or_create, story_actor_name
-from fleet_actors.application.messages import CommandRequest, CommandResult
+from fleet_actors.application.messages import CommandRequest, CommandResult, pack, unpack
 from fleet_actors.application.story_runtime import StoryRuntime
 from fleet_actors.domain.events import EventEnvelope
 from fleet_actors.domain.state import StoryState
@@ -111,7 +111,7 @@ class StoryHost:
 
 
 class StoryActor:
-    """Ray shell around :class:`StoryHost`. Replies carry errors as values (see FleetClient).
+    """Ray shell around :class:`StoryHost`. Replies are packed and carry errors as values (see FleetClient).
 
     A synchronous actor that drives a private asyncio loop: Ray runs a synchronous actor's calls one at
     a time on the worker's main thread, while an async actor hands every call to its event-loop thread
@@ -136,20 +136,25 @@ class StoryActor:
         with self._loop_lock:
             return self._loop.run_until_complete(coroutine)
 
-    def execute(self, request: CommandRequest) -> CommandResult | StoryError:
-        return self._run(self._host.execute(request))
+    # Requests and replies travel packed (messages.pack): Ray passes bytes through untouched.
+    def _reply(self, coroutine: Coroutine[Any, Any, Any]) -> bytes:
+        return pack(self._run(coroutine))
 
-    def get_state(self) -> StoryState | StoryError:
-        return self._run(self._host.get_state())
+    def execute(self, request: bytes) -> bytes:
+        """A packed CommandRequest in; a packed CommandResult or StoryError out."""
+        return self._reply(self._host.execute(unpack(request)))
 
-    def history(self, from_version: int = 1, limit: int | None = None) -> list[EventEnvelope] | StoryError:
-        return self._run(self._host.history(from_version, limit))
+    def get_state(self) -> bytes:
+        return self._reply(self._host.get_state())
 
-    def rebuild_state(self) -> StoryState | StoryError:
-        return self._run(self._host.rebuild_state())
+    def history(self, from_version: int = 1, limit: int | None = None) -> bytes:
+        return self._reply(self._host.history(from_version, limit))
 
-    def state_at(self, version: int | None = None, at: datetime | None = None) -> StoryState | StoryError:
-        return self._run(self._host.state_at(version, at))
+    def rebuild_state(self) -> bytes:
+        return self._reply(self._host.rebuild_state())
+
+    def state_at(self, version: int | None = None, at: datetime | None = None) -> bytes:
+        return self._reply(self._host.state_at(version, at))
 
     def last_used(self) -> float:
         """Seconds since the last call (the registry evicts the least recently used)."""

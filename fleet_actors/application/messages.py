@@ -1,8 +1,10 @@
-"""What callers send to a story and what they get back (crosses the Ray boundary by pickle)."""
+"""What callers send to a story and what they get back, and how it crosses the Ray boundary."""
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
+from typing import Any
 
 from fleet_actors.domain.commands import Command
 
@@ -28,3 +30,18 @@ class CommandResult:
     decision_id: str | None = None
     #: True when the command id had already been applied and nothing new was appended
     duplicate: bool = False
+
+
+def pack(message: Any) -> bytes:
+    """A story actor's request or reply as bytes, which Ray passes through without another layer.
+
+    Ray would pickle the objects itself, through cloudpickle inside a msgpack frame: on the command
+    path that costs several times the standard pickler's work on both sides of every call
+    (docs/benchmarks.md). Only fleet-actors' own importable types travel this way, between processes
+    of one Ray cluster, which already trust each other's pickles.
+    """
+    return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def unpack(data: bytes) -> Any:
+    return pickle.loads(data)

@@ -1,0 +1,59 @@
+"""Story actor requests and replies cross Ray packed with the standard pickler: nothing may be lost."""
+
+import pytest
+
+from fleet_actors.application.messages import CommandRequest, CommandResult, pack, unpack
+from fleet_actors.domain.commands import AddDecision, ApplyChanges, CreateSubtask, RecordSummary, TransitionPhase
+from fleet_actors.domain.events import Alternative
+from fleet_actors.domain.state import StoryState
+from fleet_actors.errors import (
+    ConcurrencyConflict,
+    InvalidCommand,
+    RuleViolation,
+    StoryAlreadyExists,
+    StoryError,
+    StoryNotFound,
+)
+
+
+def test_a_request_with_nested_commands_round_trips():
+    request = CommandRequest(
+        "story-1",
+        ApplyChanges(
+            (
+                CreateSubtask("T1", "build it", "DEV", dependencies=("T0",), priority=2),
+                AddDecision("use JetStream", "durable log", alternatives=(Alternative("Kafka", "heavier"),)),
+                AddDecision("keep a log", "audit", metadata={"ticket": "42"}),
+                TransitionPhase("BUILD"),
+                RecordSummary("done"),
+            )
+        ),
+        "cmd-1",
+        "agent-7",
+        expected_version=3,
+    )
+    assert unpack(pack(request)) == request
+
+
+def test_results_and_states_round_trip():
+    result = CommandResult("story-1", 4, ("e1", "e2"), "cmd-1", decision_id="D1", duplicate=True)
+    assert unpack(pack(result)) == result
+    assert unpack(pack(StoryState("story-1"))) == StoryState("story-1")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConcurrencyConflict("changed", expected=3, actual=5),
+        InvalidCommand("bad id", field="subtask_id"),
+        RuleViolation("no cycles", field="dependencies"),
+        StoryNotFound("story-1"),
+        StoryAlreadyExists("story-1"),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_typed_errors_keep_their_type_message_and_fields(error: StoryError):
+    copy = unpack(pack(error))
+    assert type(copy) is type(error)
+    assert str(copy) == str(error)
+    assert vars(copy) == vars(error)
