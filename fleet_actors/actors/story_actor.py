@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Coroutine
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import ray
 
@@ -24,7 +24,6 @@ from fleet_actors.ports.event_store import EventStore
 from fleet_actors.settings import Settings
 
 log = logging.getLogger(__name__)
-R = TypeVar("R")
 
 #: how long the registry waits for a story actor to say how long it has been idle; one that is busy
 #: for longer (its call queue is full) counts as just used
@@ -65,42 +64,33 @@ class StoryHost:
             registry_handle(self._settings).activated.remote(self.story_id)
         return self._runtime
 
-    async def execute(self, request: CommandRequest) -> CommandResult | StoryError:
-        try:
-            return await (await self.runtime()).execute(request)
-        except StoryError as error:
-            return error
+    async def execute(self, request: CommandRequest) -> CommandResult:
+        return await (await self.runtime()).execute(request)
 
-    async def get_state(self) -> StoryState | StoryError:
-        try:
-            runtime = await self.runtime()
-            if not runtime.state.created:
-                async with runtime.lock:
-                    await runtime.load()  # maybe created by another writer since
-            return runtime.state if runtime.state.created else StoryNotFound(self.story_id)
-        except StoryError as error:
-            return error
+    async def get_state(self) -> StoryState:
+        runtime = await self.runtime()
+        if not runtime.state.created:
+            async with runtime.lock:
+                await runtime.load()  # maybe created by another writer since
+        if not runtime.state.created:
+            raise StoryNotFound(self.story_id)
+        return runtime.state
 
-    async def history(self, from_version: int, limit: int | None) -> list[EventEnvelope] | StoryError:
-        try:
-            runtime = await self.runtime()
-            events = await runtime.history(from_version, limit)
-            return events if events or runtime.state.created else StoryNotFound(self.story_id)
-        except StoryError as error:
-            return error
+    async def history(self, from_version: int, limit: int | None) -> list[EventEnvelope]:
+        runtime = await self.runtime()
+        events = await runtime.history(from_version, limit)
+        if not events and not runtime.state.created:
+            raise StoryNotFound(self.story_id)
+        return events
 
-    async def rebuild_state(self) -> StoryState | StoryError:
-        try:
-            state = await (await self.runtime()).rebuild_state()
-            return state if state.created else StoryNotFound(self.story_id)
-        except StoryError as error:
-            return error
+    async def rebuild_state(self) -> StoryState:
+        state = await (await self.runtime()).rebuild_state()
+        if not state.created:
+            raise StoryNotFound(self.story_id)
+        return state
 
-    async def state_at(self, version: int | None, at: datetime | None) -> StoryState | StoryError:
-        try:
-            return await (await self.runtime()).state_at(version=version, at=at)
-        except StoryError as error:
-            return error
+    async def state_at(self, version: int | None, at: datetime | None) -> StoryState:
+        return await (await self.runtime()).state_at(version=version, at=at)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -131,14 +121,16 @@ class StoryActor:
         self._passivation_asked_at = -PASSIVATION_RETRY
         threading.Thread(target=self._watch_idle, name=f"idle-watch:{story_id}", daemon=True).start()
 
-    def _run(self, coroutine: Coroutine[Any, Any, R]) -> R:
-        self._last_used = time.monotonic()
-        with self._loop_lock:
-            return self._loop.run_until_complete(coroutine)
-
-    # Requests and replies travel packed (messages.pack): Ray passes bytes through untouched.
     def _reply(self, coroutine: Coroutine[Any, Any, Any]) -> bytes:
-        return pack(self._run(coroutine))
+        """Run one call on the loop; the reply, a typed error included, travels packed (messages.pack):
+        Ray passes bytes through untouched, and a StoryError as a value reaches the client unwrapped."""
+        self._last_used = time.monotonic()
+        try:
+            with self._loop_lock:
+                reply = self._loop.run_until_complete(coroutine)
+        except StoryError as error:
+            reply = error
+        return pack(reply)
 
     def execute(self, request: bytes) -> bytes:
         """A packed CommandRequest in; a packed CommandResult or StoryError out."""
