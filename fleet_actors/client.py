@@ -19,7 +19,7 @@ import ray
 import ray.exceptions
 
 from fleet_actors.actors.read_model_actor import read_models_handle
-from fleet_actors.actors.story_actor import story_handle
+from fleet_actors.actors.story_actor import live_story_handle, registry_handle, story_handle
 from fleet_actors.application.ids import new_id
 from fleet_actors.application.messages import CommandRequest, CommandResult, pack, unpack
 from fleet_actors.application.read_models import ContextView
@@ -40,7 +40,8 @@ from fleet_actors.domain.commands import (
 )
 from fleet_actors.domain.events import Alternative, EventEnvelope
 from fleet_actors.domain.state import StoryState
-from fleet_actors.errors import BackendUnavailable, InvalidCommand, StoryError
+from fleet_actors.domain.story import may_create_story
+from fleet_actors.errors import BackendUnavailable, InvalidCommand, StoryError, StoryNotFound
 from fleet_actors.settings import Settings
 
 R = TypeVar("R")
@@ -51,6 +52,7 @@ _ACTOR_GONE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableErro
 _HANDLE_CACHE = 4096
 #: not a valid story id, so it cannot collide with one in the shared handle cache
 _READ_MODELS_KEY = ":read-models"
+_REGISTRY_KEY = ":registry"
 
 
 def connect_ray(settings: Settings, address: str | None = None) -> None:
@@ -79,23 +81,43 @@ class _StoryApi(Generic[R]):
         self.settings = settings
         self._handles = handles
 
-    # The transport: blocking or awaitable.
-    def _call(self, story_id: str, method: str, *args: Any) -> R:
+    # The transport: blocking or awaitable. ``may_create``: the call can create the story.
+    def _call(self, story_id: str, method: str, *args: Any, may_create: bool = False) -> R:
         raise NotImplementedError
 
     def _query(self, method: str, *args: Any) -> R:
         """A read-model query (not routed to the story actor)."""
         raise NotImplementedError
 
-    def _handle(self, story_id: str) -> Any:
+    def _known_handle(self, story_id: str) -> Any | None:
+        """The story's actor if this client knows it or it is live; None means it needs activating."""
         handle = self._handles.get(story_id)
-        if handle is None:
-            handle = story_handle(story_id, self.settings)
-            self._handles[story_id] = handle
-            if len(self._handles) > _HANDLE_CACHE:
-                self._handles.popitem(last=False)
-        else:
+        if handle is not None:
             self._handles.move_to_end(story_id)
+            return handle
+        handle = live_story_handle(story_id, self.settings)
+        if handle is not None:
+            self._remember(story_id, handle)
+        return handle
+
+    def _activate(self, story_id: str, exists: bool) -> Any:
+        """Activate the story's actor, unless the log has no such story (``exists``, from the registry):
+        a read or a command for an unknown id must not cost a worker process."""
+        if not exists:
+            raise StoryNotFound(story_id)
+        handle = story_handle(story_id, self.settings)
+        self._remember(story_id, handle)
+        return handle
+
+    def _remember(self, story_id: str, handle: Any) -> None:
+        self._handles[story_id] = handle
+        if len(self._handles) > _HANDLE_CACHE:
+            self._handles.popitem(last=False)
+
+    def _registry(self) -> Any:
+        handle = self._handles.get(_REGISTRY_KEY)
+        if handle is None:
+            handle = self._handles[_REGISTRY_KEY] = registry_handle(self.settings)
         return handle
 
     def _forget(self, story_id: str) -> None:
@@ -122,7 +144,7 @@ class _StoryApi(Generic[R]):
         if expected_version is not None and (isinstance(expected_version, bool) or expected_version < 0):
             raise StoryError("expected_version must be a non-negative integer", field="expected_version")
         request = CommandRequest(story_id, command, command_id or new_id(), actor, expected_version)
-        return self._call(story_id, "execute", pack(request))
+        return self._call(story_id, "execute", pack(request), may_create=may_create_story(command))
 
     def create_story(
         self,
@@ -335,10 +357,14 @@ class FleetClient(_StoryApi[Any]):
         connect_ray(settings, address)
         return cls(settings)
 
-    def _call(self, story_id: str, method: str, *args: Any) -> Any:
+    def _call(self, story_id: str, method: str, *args: Any, may_create: bool = False) -> Any:
         for attempt in range(ACTOR_RETRIES):
+            handle = self._known_handle(story_id)
+            if handle is None:
+                exists = may_create or _unwrap(ray.get(self._registry().story_exists.remote(story_id)))
+                handle = self._activate(story_id, exists)
             try:
-                return _unwrap(unpack(ray.get(getattr(self._handle(story_id), method).remote(*args))))
+                return _unwrap(unpack(ray.get(getattr(handle, method).remote(*args))))
             except _ACTOR_GONE:
                 # Passivated or died: the next call re-activates it by name from the event log.
                 self._forget(story_id)
@@ -355,8 +381,8 @@ class FleetClient(_StoryApi[Any]):
 class AsyncFleetClient(_StoryApi[Awaitable[Any]]):
     """The same API as :class:`FleetClient`, as coroutines."""
 
-    def _call(self, story_id: str, method: str, *args: Any) -> Awaitable[Any]:
-        return self._call_async(story_id, method, *args)
+    def _call(self, story_id: str, method: str, *args: Any, may_create: bool = False) -> Awaitable[Any]:
+        return self._call_async(story_id, method, *args, may_create=may_create)
 
     def _query(self, method: str, *args: Any) -> Awaitable[Any]:
         return self._query_async(method, *args)
@@ -364,10 +390,14 @@ class AsyncFleetClient(_StoryApi[Awaitable[Any]]):
     async def _query_async(self, method: str, *args: Any) -> Any:
         return _unwrap(await getattr(self._read_models(), method).remote(*args))
 
-    async def _call_async(self, story_id: str, method: str, *args: Any) -> Any:
+    async def _call_async(self, story_id: str, method: str, *args: Any, may_create: bool = False) -> Any:
         for attempt in range(ACTOR_RETRIES):
+            handle = self._known_handle(story_id)
+            if handle is None:
+                exists = may_create or _unwrap(await self._registry().story_exists.remote(story_id))
+                handle = self._activate(story_id, exists)
             try:
-                return _unwrap(unpack(await getattr(self._handle(story_id), method).remote(*args)))
+                return _unwrap(unpack(await getattr(handle, method).remote(*args)))
             except _ACTOR_GONE:
                 self._forget(story_id)
                 await asyncio.sleep(_backoff(attempt))

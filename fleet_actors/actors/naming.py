@@ -29,6 +29,14 @@ def get_or_create(actor_cls: Any, name: str, settings: Settings, *args: Any, **o
     ).remote(*args)
 
 
+def find_live(name: str, settings: Settings) -> Any | None:
+    """The named actor if it is alive now, else None."""
+    try:
+        return ray.get_actor(name, namespace=settings.ray_namespace)
+    except ValueError:
+        return None
+
+
 def live_story_ids(settings: Settings) -> list[str]:
     """Story actors alive in the cluster right now (from Ray's own actor table)."""
     names = ray.util.list_named_actors(all_namespaces=True)

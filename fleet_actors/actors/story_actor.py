@@ -14,7 +14,7 @@ from typing import Any
 
 import ray
 
-from fleet_actors.actors.naming import REGISTRY_NAME, get_or_create, story_actor_name
+from fleet_actors.actors.naming import REGISTRY_NAME, find_live, get_or_create, story_actor_name
 from fleet_actors.application.messages import CommandRequest, CommandResult, pack, unpack
 from fleet_actors.application.story_runtime import StoryRuntime
 from fleet_actors.domain.events import EventEnvelope
@@ -188,6 +188,21 @@ class StoryRegistry:
         self._settings = settings
         self._live: dict[str, float] = {}
         self._evicting: set[str] = set()
+        self._store: EventStore | None = None
+        self._connecting = asyncio.Lock()
+
+    async def story_exists(self, story_id: str) -> bool | StoryError:
+        """Whether the event log has the story: asked before activating an actor for anything but a
+        creation, so that a read or a command for an unknown id costs a lookup, not a worker process."""
+        try:
+            async with self._connecting:
+                if self._store is None:
+                    from fleet_actors.adapters.jetstream.event_store import JetStreamEventStore
+
+                    self._store = await JetStreamEventStore.connect(self._settings)
+            return await self._store.last_sequence(story_id) > 0
+        except StoryError as error:
+            return error
 
     async def activated(self, story_id: str) -> None:
         self._live[story_id] = time.monotonic()
@@ -201,8 +216,8 @@ class StoryRegistry:
 
     def passivate_idle(self, story_id: str) -> None:
         """A story actor reports itself idle: ask it to passivate unless it has been used since."""
-        with contextlib.suppress(ValueError):  # already gone
-            handle = ray.get_actor(story_actor_name(story_id), namespace=self._settings.ray_namespace)
+        handle = live_story_handle(story_id, self._settings)
+        if handle is not None:  # else already gone
             handle.passivate.remote(only_if_idle=True)
 
     def live_stories(self) -> list[str]:
@@ -212,10 +227,11 @@ class StoryRegistry:
         candidates = [s for s in self._live if s != keep and s not in self._evicting]
         handles: dict[str, Any] = {}
         for story_id in candidates:
-            try:
-                handles[story_id] = ray.get_actor(story_actor_name(story_id), namespace=self._settings.ray_namespace)
-            except ValueError:
+            handle = live_story_handle(story_id, self._settings)
+            if handle is None:
                 self._live.pop(story_id, None)  # already gone
+            else:
+                handles[story_id] = handle
         idle = await asyncio.gather(*(_idle_seconds(h) for h in handles.values()), return_exceptions=True)
         ranked = []
         for story_id, seconds in zip(handles, idle, strict=True):
@@ -255,6 +271,10 @@ def story_handle(story_id: str, settings: Settings) -> Any:
         settings,
         enable_task_events=settings.story_task_events,
     )
+
+
+def live_story_handle(story_id: str, settings: Settings) -> Any | None:
+    return find_live(story_actor_name(story_id), settings)
 
 
 def registry_handle(settings: Settings) -> Any:

@@ -90,6 +90,13 @@ def ids_needed(command: Command) -> int:
     return 1 if isinstance(command, AddDecision | RecordMilestone) else 0
 
 
+def may_create_story(command: Command) -> bool:
+    """Whether ``command`` can be accepted for a story that does not exist yet."""
+    if isinstance(command, ApplyChanges):
+        return any(isinstance(c, CreateStory) for c in command.commands)
+    return isinstance(command, CreateStory)
+
+
 def decide(state: StoryState, command: Command, ctx: DecideContext = DecideContext()) -> DecisionResult:
     try:
         return Accepted(tuple(_decide(command, state, ctx)))

@@ -14,6 +14,7 @@ from fleet_actors import ConcurrencyConflict, FleetClient, InvalidCommand, RuleV
 from fleet_actors.actors.naming import live_story_ids, story_actor_name
 from fleet_actors.adapters.jetstream import JetStreamEventStore
 from fleet_actors.devstack import NatsServer
+from fleet_actors.domain.commands import CreateStory, CreateSubtask
 
 
 def new_story() -> str:
@@ -65,6 +66,28 @@ def test_bad_input_gives_typed_errors_and_appends_nothing(client, settings):
         with pytest.raises(error):
             call()
     assert asyncio.run(stored_versions(settings, sid)) == [1]
+
+
+def test_an_unknown_story_is_not_found_without_activating_an_actor(client, settings):
+    sid = new_story()
+    for call in [
+        lambda: client.get_story(sid),
+        lambda: client.history(sid),
+        lambda: client.get_story_at(sid, 1),
+        lambda: client.rebuild_state(sid),
+        lambda: client.record_summary(sid, "note"),
+        lambda: client.apply_changes(sid, [CreateSubtask("T1", "x", "dev")]),
+        lambda: asyncio.run(client.aio.get_story(sid)),
+    ]:
+        with pytest.raises(StoryNotFound):
+            call()
+    assert sid not in live_story_ids(settings)
+    assert asyncio.run(stored_versions(settings, sid)) == []
+    # A creation activates it, also inside a batch of changes.
+    assert client.create_story(sid, "t").version == 1
+    batched = new_story()
+    result = asyncio.run(client.aio.apply_changes(batched, [CreateStory("t"), CreateSubtask("T1", "x", "dev")]))
+    assert result.version == 2 and batched in live_story_ids(settings)
 
 
 def test_resent_command_id_appends_nothing(client, settings):
