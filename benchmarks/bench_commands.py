@@ -51,7 +51,7 @@ class Publisher:
     """A story actor reduced to its append: one js.publish conditional on the subject's last sequence."""
 
     def __init__(self, nats_url: str, subject: str) -> None:
-        self._loop = asyncio.new_event_loop()
+        self._loop = asyncio.SelectorEventLoop()  # as the story actor's
         self._subject = subject
         self._last = 0
         self._js = self._loop.run_until_complete(_jetstream(nats_url))

@@ -115,7 +115,9 @@ class StoryActor:
         self._host = StoryHost(story_id, settings, store)
         self._settings = settings
         self._idle_seconds = settings.actor_idle_seconds
-        self._loop = asyncio.new_event_loop()
+        # Not asyncio.new_event_loop(): with uvloop installed, Ray makes it the policy, and this loop,
+        # which runs only during calls and keep-alives, is tested and measured as the stdlib's.
+        self._loop = asyncio.SelectorEventLoop()
         self._loop_lock = threading.Lock()
         self._last_used = time.monotonic()
         self._passivation_asked_at = -PASSIVATION_RETRY
