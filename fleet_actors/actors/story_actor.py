@@ -201,7 +201,7 @@ class StoryRegistry:
                 if self._store is None:
                     from fleet_actors.adapters.jetstream.event_store import JetStreamEventStore
 
-                    self._store = await JetStreamEventStore.connect(self._settings)
+                    self._store = await JetStreamEventStore.connect(self._settings, update_stream=False)
             return await self._store.last_sequence(story_id) > 0
         except StoryError as error:
             return error

@@ -110,12 +110,16 @@ class ArchivedEventStore(EventStore):
         return self._manifest
 
 
-async def open_event_store(settings: Settings, nc: Client | None = None) -> EventStore:
+async def open_event_store(settings: Settings, nc: Client | None = None, *, update_stream: bool = True) -> EventStore:
     """The event store every reader should use: archive + stream when FLEET_ARCHIVE_URL is set.
 
-    With ``nc`` the store shares that connection; otherwise it opens (and owns) its own.
+    With ``nc`` the store shares that connection; otherwise it opens (and owns) its own and declares
+    the stream (``update_stream``: see JetStreamEventStore.connect).
     """
-    stream = JetStreamEventStore(nc, settings) if nc is not None else await JetStreamEventStore.connect(settings)
+    if nc is not None:
+        stream = JetStreamEventStore(nc, settings)
+    else:
+        stream = await JetStreamEventStore.connect(settings, update_stream=update_stream)
     if not settings.archive_url:
         return stream
     return ArchivedEventStore(stream, Archive(settings.archive_url, settings.stream_name), settings)

@@ -118,7 +118,7 @@ class Backends:
         """Open the read models, JetStream and Valkey connections (Ray must already be joined)."""
         read_models = await ReadModels.connect(settings)
         try:
-            events = await JetStreamEventStore.connect(settings)
+            events = await JetStreamEventStore.connect(settings, update_stream=False)
         except BaseException:
             await read_models.close()
             raise

@@ -123,7 +123,8 @@ async def verify(settings: Settings, story_ids: list[str] | None = None, *, docu
     """Compare the graph (and, unless ``documents`` is False, the context documents) with the log."""
     from fleet_actors.archive.composite import open_event_store
 
-    store = await open_event_store(settings)  # archive + stream with FLEET_ARCHIVE_URL: the whole history
+    # archive + stream with FLEET_ARCHIVE_URL: the whole history
+    store = await open_event_store(settings, update_stream=False)
     cache = await ContextCache.connect(settings)
     graph = await GraphStore.connect(settings)
     try:

@@ -94,6 +94,23 @@ async def test_existing_stream_settings_are_brought_up_to_date(settings):
         await nc.close()
 
 
+async def test_a_reader_creates_a_missing_stream_but_never_changes_one(settings):
+    name = "T" + uuid.uuid4().hex[:8].upper()
+    custom = settings.replace(stream_name=name, subject_prefix=f"t{name.lower()}.events")
+    reader = await JetStreamEventStore.connect(custom, update_stream=False)
+    try:
+        jsm = reader.connection.jsm()
+        assert (await jsm.stream_info(name)).config.duplicate_window == pytest.approx(120)
+        other = custom.replace(duplicate_window=30)  # e.g. a tool run with other settings
+        await (await JetStreamEventStore.connect(other, update_stream=False)).close()
+        assert (await jsm.stream_info(name)).config.duplicate_window == pytest.approx(120)
+        await (await JetStreamEventStore.connect(other)).close()  # a writer brings it to its settings
+        assert (await jsm.stream_info(name)).config.duplicate_window == pytest.approx(30)
+    finally:
+        await reader.connection.jsm().delete_stream(name)
+        await reader.close()
+
+
 async def test_changing_the_partition_count_is_refused(settings):
     nc = await nats.connect(settings.nats_url)
     try:

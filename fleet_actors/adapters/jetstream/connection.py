@@ -121,8 +121,13 @@ def event_stream_config(settings: Settings) -> StreamConfig:
     )
 
 
-async def ensure_event_stream(nc: Client, settings: Settings) -> None:
-    """Create the stream or bring its settings up to date; safe to run at every start-up."""
+async def ensure_event_stream(nc: Client, settings: Settings, *, update_existing: bool = True) -> None:
+    """Create the stream or bring its settings up to date; safe to run at every start-up.
+
+    Readers pass ``update_existing=False``: they create a missing stream (so that start-up order does
+    not matter) but never change one, lest a tool run with other settings (an operator's shell without
+    ``FLEET_STREAM_REPLICAS``, say) scale the stream down.
+    """
     wanted = event_stream_config(settings)
     jsm = nc.jsm()
     try:
@@ -146,7 +151,7 @@ async def ensure_event_stream(nc: Client, settings: Settings) -> None:
                 f"({transform.dest if transform else 'none'}); FLEET_PARTITIONS must match the stream"
             )
         drift = {name for name in _UPDATABLE if _normal(getattr(current, name)) != _normal(getattr(wanted, name))}
-        if drift:
+        if drift and update_existing:
             wanted.metadata = current.metadata  # keeps the archiver's purge watermark (fleet_actors.archive)
             await jsm.update_stream(wanted)
     except StoryError:

@@ -50,10 +50,11 @@ class JetStreamEventStore(EventStore):
         self._owns_connection = owns_connection
 
     @classmethod
-    async def connect(cls, settings: Settings) -> JetStreamEventStore:
+    async def connect(cls, settings: Settings, *, update_stream: bool = True) -> JetStreamEventStore:
+        """Connect and declare the stream; readers pass ``update_stream=False`` (see ensure_event_stream)."""
         nc = await connect_nats(settings)
         try:
-            await ensure_event_stream(nc, settings)
+            await ensure_event_stream(nc, settings, update_existing=update_stream)
         except BaseException:
             await nc.close()
             raise
