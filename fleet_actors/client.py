@@ -361,7 +361,7 @@ class FleetClient(_StoryApi[Any]):
         for attempt in range(ACTOR_RETRIES):
             handle = self._known_handle(story_id)
             if handle is None:
-                exists = may_create or _unwrap(ray.get(self._registry().story_exists.remote(story_id)))
+                exists = may_create or _unwrap(ray.get(self._registry().story_exists.remote(story_id, self.settings)))
                 handle = self._activate(story_id, exists)
             try:
                 return _unwrap(unpack(ray.get(getattr(handle, method).remote(*args))))
@@ -394,7 +394,7 @@ class AsyncFleetClient(_StoryApi[Awaitable[Any]]):
         for attempt in range(ACTOR_RETRIES):
             handle = self._known_handle(story_id)
             if handle is None:
-                exists = may_create or _unwrap(await self._registry().story_exists.remote(story_id))
+                exists = may_create or _unwrap(await self._registry().story_exists.remote(story_id, self.settings))
                 handle = self._activate(story_id, exists)
             try:
                 return _unwrap(unpack(await getattr(handle, method).remote(*args)))

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 IDLE_QUERY_TIMEOUT = 2.0
 #: seconds before an idle actor asks again to passivate (the registry may have restarted meanwhile)
 PASSIVATION_RETRY = 60.0
+#: event stores (one per NATS URL and stream) the registry keeps open for its existence lookups
+REGISTRY_STORES = 8
 #: seconds without a call after which the idle watcher runs the loop itself (server pings)
 KEEP_ALIVE_AFTER = 1.0
 #: how long the watcher runs the loop each time: enough to read a ping and flush the answer
@@ -190,21 +192,30 @@ class StoryRegistry:
         self._settings = settings
         self._live: dict[str, float] = {}
         self._evicting: set[str] = set()
-        self._store: EventStore | None = None
+        self._stores: dict[tuple[str, str], EventStore] = {}
         self._connecting = asyncio.Lock()
 
-    async def story_exists(self, story_id: str) -> bool | StoryError:
+    async def story_exists(self, story_id: str, settings: Settings) -> bool | StoryError:
         """Whether the event log has the story: asked before activating an actor for anything but a
-        creation, so that a read or a command for an unknown id costs a lookup, not a worker process."""
+        creation, so that a read or a command for an unknown id costs a lookup, not a worker process.
+        ``settings`` are the caller's, which its story actors get too (the log they name is the one)."""
         try:
-            async with self._connecting:
-                if self._store is None:
-                    from fleet_actors.adapters.jetstream.event_store import JetStreamEventStore
-
-                    self._store = await JetStreamEventStore.connect(self._settings, update_stream=False)
-            return await self._store.last_sequence(story_id) > 0
+            return await (await self._store(settings)).last_sequence(story_id) > 0
         except StoryError as error:
             return error
+
+    async def _store(self, settings: Settings) -> EventStore:
+        key = (settings.nats_url, settings.stream_name)
+        async with self._connecting:
+            if key not in self._stores:
+                from fleet_actors.adapters.jetstream.event_store import JetStreamEventStore
+
+                if len(self._stores) >= REGISTRY_STORES:  # one in production; tests use many streams
+                    oldest = self._stores.pop(next(iter(self._stores)))
+                    with contextlib.suppress(Exception):
+                        await oldest.close()
+                self._stores[key] = await JetStreamEventStore.connect(settings, update_stream=False)
+        return self._stores[key]
 
     async def activated(self, story_id: str) -> None:
         self._live[story_id] = time.monotonic()
