@@ -28,6 +28,7 @@ from fleet_actors.domain.events import (
     SummaryRecorded,
 )
 from fleet_actors.domain.state import StoryState
+from fleet_actors.domain.story import Accepted, DecideContext, decide, may_create_story
 from fleet_actors.errors import InvalidCommand, RuleViolation, StoryAlreadyExists, StoryNotFound
 from tests.domain.support import given, rejected, then_apply, when
 
@@ -267,3 +268,25 @@ def test_decide_is_pure():
     command = AddDecision("t", "r")
     assert when(state, command) == when(state, command)
     assert state == story_with_two_subtasks_and_decisions()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        CreateStory("Login page"),
+        CreateSubtask("T1", "Form", "dev"),
+        UpdateSubtask("T1", "DONE"),
+        AddDecision("JWT", "stateless"),
+        RelateDecisions("D1", "D2", "DEPENDS_ON"),
+        RecordImpact("D1", "T1"),
+        TransitionPhase("BUILD"),
+        RecordMilestone("DEPLOYED"),
+        RecordSummary("progress"),
+        ApplyChanges((CreateStory("Login page"), CreateSubtask("T1", "Form", "dev"))),
+        ApplyChanges((CreateSubtask("T1", "Form", "dev"),)),
+    ],
+)
+def test_only_commands_that_may_create_a_story_are_accepted_before_it_exists(command):
+    # The client activates an actor for a story the log lacks only when may_create_story says so.
+    accepted = isinstance(decide(StoryState("S1"), command, DecideContext(("id-1", "id-2"))), Accepted)
+    assert accepted == may_create_story(command)
