@@ -97,6 +97,12 @@ class ConfigurationError(NonRetryable):
     code = "INVALID_ARGUMENT"
 
 
+class IncompatibleRelease(NonRetryable):
+    """A client and a story actor from different releases cannot read each other's messages."""
+
+    code = "FAILED_PRECONDITION"
+
+
 class EventDecodeError(NonRetryable):
     """Stored bytes that this code cannot turn into an event (corrupt, unknown type, newer schema)."""
 

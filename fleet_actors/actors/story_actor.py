@@ -8,7 +8,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Any
 
@@ -125,11 +125,12 @@ class StoryActor:
         self._passivation_asked_at = -PASSIVATION_RETRY
         threading.Thread(target=self._watch_idle, name=f"idle-watch:{story_id}", daemon=True).start()
 
-    def _reply(self, coroutine: Coroutine[Any, Any, Any]) -> bytes:
+    def _reply(self, call: Callable[[], Coroutine[Any, Any, Any]]) -> bytes:
         """Run one call on the loop; the reply, a typed error included, travels packed (messages.pack):
         Ray passes bytes through untouched, and a StoryError as a value reaches the client unwrapped."""
         self._last_used = time.monotonic()
         try:
+            coroutine = call()  # unpacking the request can fail (IncompatibleRelease)
             with self._loop_lock:
                 reply = self._loop.run_until_complete(coroutine)
         except StoryError as error:
@@ -138,19 +139,19 @@ class StoryActor:
 
     def execute(self, request: bytes) -> bytes:
         """A packed CommandRequest in; a packed CommandResult or StoryError out."""
-        return self._reply(self._host.execute(unpack(request)))
+        return self._reply(lambda: self._host.execute(unpack(request)))
 
     def get_state(self) -> bytes:
-        return self._reply(self._host.get_state())
+        return self._reply(lambda: self._host.get_state())
 
     def history(self, from_version: int = 1, limit: int | None = None) -> bytes:
-        return self._reply(self._host.history(from_version, limit))
+        return self._reply(lambda: self._host.history(from_version, limit))
 
     def rebuild_state(self) -> bytes:
-        return self._reply(self._host.rebuild_state())
+        return self._reply(lambda: self._host.rebuild_state())
 
     def state_at(self, version: int | None = None, at: datetime | None = None) -> bytes:
-        return self._reply(self._host.state_at(version, at))
+        return self._reply(lambda: self._host.state_at(version, at))
 
     def last_used(self) -> float:
         """Seconds since the last call (the registry evicts the least recently used)."""

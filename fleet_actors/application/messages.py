@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleet_actors.domain.commands import Command
+from fleet_actors.errors import IncompatibleRelease
 
 
 @dataclass(frozen=True)
@@ -44,4 +45,13 @@ def pack(message: Any) -> bytes:
 
 
 def unpack(data: bytes) -> Any:
-    return pickle.loads(data)
+    """The message :func:`pack` made; IncompatibleRelease if this code cannot read it (a rollout in
+    progress: the sender runs another release of fleet-actors)."""
+    try:
+        return pickle.loads(data)
+    except Exception as error:
+        raise IncompatibleRelease(
+            f"cannot read a story actor message ({type(error).__name__}: {error}): the client and the "
+            "story actor run different fleet-actors releases; restart the story actors once every "
+            "node runs the new release (docs/operations.md, upgrades)"
+        ) from None

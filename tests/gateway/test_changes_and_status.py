@@ -22,6 +22,7 @@ from fleet_actors.errors import (
     BackendUnavailable,
     ConcurrencyConflict,
     EventDecodeError,
+    IncompatibleRelease,
     InvalidCommand,
     ProjectionTimeout,
     RuleViolation,
@@ -121,6 +122,7 @@ def test_the_tools_block_lists_exactly_the_supported_changes() -> None:
         (AppendOutcomeUnknown("timed out"), grpc.StatusCode.UNAVAILABLE),
         (ProjectionTimeout("not projected"), grpc.StatusCode.DEADLINE_EXCEEDED),
         (EventDecodeError("corrupt"), grpc.StatusCode.DATA_LOSS),
+        (IncompatibleRelease("another release"), grpc.StatusCode.FAILED_PRECONDITION),
         (StoryError("the graph database failed"), grpc.StatusCode.INTERNAL),
     ],
 )

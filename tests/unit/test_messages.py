@@ -1,19 +1,26 @@
 """Story actor requests and replies cross Ray packed with the standard pickler: nothing may be lost."""
 
+import sys
+import types
+
 import pytest
 
+from fleet_actors.actors.story_actor import StoryActor
+from fleet_actors.adapters.memory_event_store import InMemoryEventStore
 from fleet_actors.application.messages import CommandRequest, CommandResult, pack, unpack
 from fleet_actors.domain.commands import AddDecision, ApplyChanges, CreateSubtask, RecordSummary, TransitionPhase
 from fleet_actors.domain.events import Alternative
 from fleet_actors.domain.state import StoryState
 from fleet_actors.errors import (
     ConcurrencyConflict,
+    IncompatibleRelease,
     InvalidCommand,
     RuleViolation,
     StoryAlreadyExists,
     StoryError,
     StoryNotFound,
 )
+from fleet_actors.settings import Settings
 
 
 def test_a_request_with_nested_commands_round_trips():
@@ -57,3 +64,25 @@ def test_typed_errors_keep_their_type_message_and_fields(error: StoryError):
     assert type(copy) is type(error)
     assert str(copy) == str(error)
     assert vars(copy) == vars(error)
+
+
+def _message_of_another_release() -> bytes:
+    """Bytes naming a class this code does not have, as a client or actor of another release would send."""
+    module = types.ModuleType("fleet_actors_next_release")
+    module.NewCommand = type("NewCommand", (), {"__module__": module.__name__})
+    sys.modules[module.__name__] = module
+    try:
+        return pack(module.NewCommand())
+    finally:
+        del sys.modules[module.__name__]
+
+
+def test_a_message_from_another_release_is_a_typed_error():
+    with pytest.raises(IncompatibleRelease, match="different fleet-actors releases"):
+        unpack(_message_of_another_release())
+
+
+def test_the_story_actor_answers_a_request_it_cannot_read_with_a_typed_error():
+    actor = StoryActor("S1", Settings(), store=InMemoryEventStore())
+    reply = unpack(actor.execute(_message_of_another_release()))
+    assert isinstance(reply, IncompatibleRelease) and reply.code == "FAILED_PRECONDITION"
