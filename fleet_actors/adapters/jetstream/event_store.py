@@ -160,9 +160,12 @@ class JetStreamEventStore(EventStore):
     # --- reading ----------------------------------------------------------------------------
 
     async def _head(self, story_id: str) -> tuple[int, str]:
+        """The story's last sequence and message id, from the stream leader: they decide whether an
+        append landed and whether a story exists, so a replica that is behind must not answer (on a
+        replicated stream any replica answers a direct get)."""
         try:
             msg = await self._jsm.get_last_msg(
-                self._settings.stream_name, self._settings.story_filter(story_id), direct=True
+                self._settings.stream_name, self._settings.story_filter(story_id), direct=False
             )
         except nats.js.errors.NotFoundError:
             return 0, ""
