@@ -23,6 +23,7 @@ import ray
 from benchmarks.harness import BenchContext, latency_summary
 from fleet_actors import FleetClient
 from fleet_actors.actors.naming import story_actor_name
+from fleet_actors.actors.story_actor import story_actor_options
 from fleet_actors.adapters.jetstream.event_store import H_EXPECTED_SEQ, H_EXPECTED_SUBJECT, H_MSG_ID
 
 STORIES = 50
@@ -163,7 +164,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     for story_id in stories:
         with contextlib.suppress(ray.exceptions.RayActorError, ValueError):
             ray.get(ray.get_actor(story_actor_name(story_id), namespace=ctx.settings.ray_namespace).passivate.remote())
-    quiet = {"enable_task_events": ctx.settings.story_task_events}
+    quiet = story_actor_options(ctx.settings)
     for name, make in (
         ("raw_ray_call_50_actors", lambda n: SpreadNoOp.options(**quiet).remote()),
         (

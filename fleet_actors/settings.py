@@ -61,6 +61,9 @@ class Settings:
     #: view). Off by default: on the command path it costs about a fifth of the rate (docs/benchmarks.md).
     story_task_events: bool = False
     max_live_stories: int = 64
+    #: memory each story actor reserves in Ray's scheduler (0: none). Set it in a cluster (~100): Ray
+    #: then places no more story actors on a node than its memory holds, and the autoscaler sees them.
+    story_actor_memory_mb: int = 0
     snapshot_every: int = 100
     #: snapshots kept per story (older ones are dropped by the stream); temporal queries before the
     #: oldest kept snapshot replay from the start
@@ -107,6 +110,8 @@ class Settings:
                 f"FLEET_PROJECTORS={self.projectors} exceeds FLEET_PARTITIONS={self.partitions}: "
                 "each projector owns at least one partition"
             )
+        if self.story_actor_memory_mb < 0:
+            raise ConfigurationError("FLEET_STORY_ACTOR_MEMORY_MB must be >= 0 (0 reserves nothing)")
         if self.actor_idle_seconds <= 0:
             raise ConfigurationError("FLEET_ACTOR_IDLE_SECONDS must be positive")
         if self.duplicate_window <= 0 or self.nats_timeout <= 0:

@@ -278,13 +278,16 @@ def registry_class() -> Any:
 
 def story_handle(story_id: str, settings: Settings) -> Any:
     return get_or_create(
-        story_actor_class(),
-        story_actor_name(story_id),
-        settings,
-        story_id,
-        settings,
-        enable_task_events=settings.story_task_events,
+        story_actor_class(), story_actor_name(story_id), settings, story_id, settings, **story_actor_options(settings)
     )
+
+
+def story_actor_options(settings: Settings) -> dict[str, Any]:
+    """Ray options of a story actor beyond the name (see get_or_create)."""
+    options: dict[str, Any] = {"enable_task_events": settings.story_task_events}
+    if settings.story_actor_memory_mb:
+        options["memory"] = settings.story_actor_memory_mb * 2**20
+    return options
 
 
 def live_story_handle(story_id: str, settings: Settings) -> Any | None:

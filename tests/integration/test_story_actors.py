@@ -156,6 +156,28 @@ def test_idle_actors_passivate_and_the_live_cap_holds(ray_runtime, settings):
     assert live_story_ids(capped) == []
 
 
+def test_story_actors_reserve_the_configured_memory_while_live(ray_runtime, settings):
+    reserving = settings.replace(story_actor_memory_mb=1024, ray_namespace="mem-" + uuid.uuid4().hex[:6])
+
+    def reserved_gib() -> float:
+        # Only this test's actor reserves memory; other tests' actors come and go with none.
+        return (ray.cluster_resources().get("memory", 0) - ray.available_resources().get("memory", 0)) / 2**30
+
+    before = reserved_gib()
+    sid = new_story()
+    FleetClient(reserving).create_story(sid, "t")
+    deadline = time.monotonic() + 10
+    while reserved_gib() - before < 0.99 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert reserved_gib() - before == pytest.approx(1.0, abs=0.01)
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(ray.get_actor(story_actor_name(sid), namespace=reserving.ray_namespace).passivate.remote())
+    deadline = time.monotonic() + 10
+    while reserved_gib() - before > 0.01 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert reserved_gib() - before == pytest.approx(0.0, abs=0.01)
+
+
 async def test_async_twin(ray_runtime, settings):
     client = FleetClient(settings).aio
     sid = new_story()
