@@ -3,7 +3,8 @@
 :func:`serve` starts it inside a running event loop and returns a :class:`RunningGateway`
 (tests bind ``127.0.0.1:0`` and read the port from it); :func:`run_gateway` is the blocking
 runner of ``fleet-actors gateway``, which stops gracefully on SIGINT or SIGTERM: health turns
-NOT_SERVING, watch streams end, in-flight calls get ``grace`` seconds to finish.
+NOT_SERVING, watch streams end, in-flight calls get ``grace`` seconds to finish. While it runs, the
+ContextService's health follows the backends (see :meth:`RunningGateway.watch_backends`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import logging
 import signal
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -30,6 +32,10 @@ from fleet_actors.settings import Settings
 SERVICE_NAME = context_service_pb2.DESCRIPTOR.services_by_name["ContextService"].full_name
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 DEFAULT_GRACE = 10.0
+#: seconds between backend checks; the ContextService's readiness follows them
+HEALTH_INTERVAL = 5.0
+
+log = logging.getLogger(__name__)
 #: probes and tooling (grpcurl) must work without the token
 _UNAUTHENTICATED_PREFIXES = (
     f"/{health_pb2.DESCRIPTOR.services_by_name['Health'].full_name}/",
@@ -101,6 +107,32 @@ class RunningGateway:
         self._health = health
         self._backends = backends
         self._stopped = False
+        self._watch: asyncio.Task[None] | None = None
+
+    def watch_backends(self, interval: float) -> None:
+        """Keep the ContextService's health (the readiness probe) NOT_SERVING while a backend is
+        unreachable. The server's overall health (the liveness probe) is left alone: restarting the
+        gateway cures no outage of a server behind it."""
+        self._watch = asyncio.get_running_loop().create_task(self._watch_backends(interval))
+
+    async def _watch_backends(self, interval: float) -> None:
+        reported: list[str] = []
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                unreachable = await self._backends.unreachable(timeout=min(interval, 2.0))
+            except Exception:  # a bug here must not freeze the readiness it reports
+                log.exception("checking the backends failed")
+                unreachable = ["(check failed)"]
+            if unreachable == reported:
+                continue
+            if unreachable:
+                log.warning("not ready: %s unreachable", ", ".join(unreachable))
+                await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+            else:
+                log.warning("ready again: every backend answers")
+                await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+            reported = unreachable
 
     @property
     def address(self) -> str:
@@ -112,6 +144,10 @@ class RunningGateway:
         if self._stopped:
             return
         self._stopped = True
+        if self._watch is not None:
+            self._watch.cancel()  # it must not report SERVING again
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
         await self._health.enter_graceful_shutdown()
         self._servicer.close()
         try:
@@ -130,6 +166,7 @@ async def serve(
     address: str | None = None,
     token: str | None = None,
     policy: ScopePolicy | None = None,
+    health_interval: float = HEALTH_INTERVAL,
 ) -> RunningGateway:
     """Connect the backends and start serving.
 
@@ -139,6 +176,7 @@ async def serve(
         address: ``host:port`` to listen on; port 0 picks a free port.
         token: require this bearer token (empty: no authentication).
         policy: the scope policy (default: :meth:`ScopePolicy.load`).
+        health_interval: seconds between the backend checks behind the ContextService's health.
 
     Returns:
         The running gateway; call :meth:`RunningGateway.stop` to shut it down.
@@ -180,7 +218,9 @@ async def serve(
     except BaseException:
         await backends.close()
         raise
-    return RunningGateway(server, host, port, servicer, health_servicer, backends)
+    running = RunningGateway(server, host, port, servicer, health_servicer, backends)
+    running.watch_backends(health_interval)
+    return running
 
 
 @contextlib.contextmanager

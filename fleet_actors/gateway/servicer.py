@@ -125,6 +125,18 @@ class Backends:
         bundles = await BundleStore.connect(settings)
         return cls(AsyncFleetClient(settings, OrderedDict()), read_models, events, bundles)
 
+    async def unreachable(self, timeout: float) -> list[str]:
+        """The backends that do not answer within ``timeout`` seconds (JetStream, Valkey, the graph)."""
+        checks = {
+            "JetStream": self.events.connection.flush(timeout),
+            "Valkey": self.read_models.cache.ping(),
+            "graph database": self.read_models.graph.ping(),
+        }
+        outcomes = await asyncio.gather(
+            *(asyncio.wait_for(check, timeout) for check in checks.values()), return_exceptions=True
+        )
+        return [name for name, outcome in zip(checks, outcomes, strict=True) if isinstance(outcome, BaseException)]
+
     async def close(self) -> None:
         """Release every connection, whatever fails along the way."""
         for closer in (self.read_models.close, self.events.close, self.bundles.close):

@@ -18,6 +18,7 @@ import ray
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from fleet_actors.devstack import ValkeyServer
 from fleet_actors.errors import ConfigurationError
 from fleet_actors.gateway import serve
 from fleet_actors.gateway.server import SERVICE_NAME
@@ -104,6 +105,35 @@ async def test_graceful_shutdown_drains_in_flight_calls(gateway: Gateway) -> Non
         assert (await in_flight).version == "2"
         await stopping
         assert time.monotonic() - started < 8
+
+
+async def test_readiness_follows_the_backends_and_liveness_does_not(
+    settings: Settings, ray_runtime: str, tmp_path: Path
+) -> None:
+    valkey = ValkeyServer(tmp_path / "valkey").start().wait_ready()
+    try:
+        own = gateway_settings(settings).replace(valkey_url=valkey.url)
+        running = await serve(own, address="127.0.0.1:0", health_interval=0.2)
+        try:
+            async with grpc.aio.insecure_channel(running.address) as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+
+                async def reaches(service: str, status: int) -> None:
+                    deadline = time.monotonic() + 15
+                    while (await stub.Check(health_pb2.HealthCheckRequest(service=service))).status != status:
+                        assert time.monotonic() < deadline, f"{service!r} never reached {status}"
+                        await asyncio.sleep(0.1)
+
+                await reaches(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+                valkey.stop()
+                await reaches(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+                await reaches("", health_pb2.HealthCheckResponse.SERVING)  # no restart would cure it
+                valkey.start().wait_ready()
+                await reaches(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        finally:
+            await running.stop(grace=1.0)
+    finally:
+        valkey.stop()
 
 
 async def test_a_second_gateway_on_the_same_address_fails_to_start(gateway: Gateway) -> None:

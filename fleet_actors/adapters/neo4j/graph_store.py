@@ -145,6 +145,10 @@ class GraphStore:
                 raise translate_neo4j_error(error, "applying events to the graph") from None
         raise AssertionError("unreachable")
 
+    async def ping(self) -> None:
+        """Raise BackendUnavailable unless the graph database answers a query."""
+        await self.query("RETURN 1 AS ok")
+
     async def query(self, cypher: str, **parameters: Any) -> list[dict[str, Any]]:
         """A read query; records as dicts."""
         try:

@@ -103,6 +103,13 @@ class ContextCache:
     async def close(self) -> None:
         await self._client.aclose()
 
+    async def ping(self) -> None:
+        """Raise BackendUnavailable unless Valkey answers."""
+        try:
+            await self._client.ping()
+        except Exception as error:
+            raise translate_valkey_error(error, "pinging Valkey") from None
+
     async def get(self, story_id: str) -> ContextDocument | None:
         return (await self.get_many([story_id]))[story_id]
 
