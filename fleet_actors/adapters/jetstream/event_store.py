@@ -37,6 +37,9 @@ H_BATCH_SEQ = "Nats-Batch-Sequence"
 H_BATCH_COMMIT = "Nats-Batch-Commit"
 
 MAX_BATCH = 1000
+#: reads that a replica behind the leader ended early: how often to read on, and the first pause
+READ_BEHIND_RETRIES = 5
+READ_BEHIND_PAUSE = 0.05
 APPEND_ATTEMPTS = 3
 BATCH_REFUSALS = 20
 
@@ -186,10 +189,21 @@ class JetStreamEventStore(EventStore):
             yield item
 
     async def _read_raw(self, story_id: str, after_sequence: int) -> AsyncIterator[tuple[int, bytes]]:
+        # Up to the head the leader reports: any replica answers a direct get, and one that is
+        # behind ends the read early. It catches up within moments; until then, read again.
         head = await self.last_sequence(story_id)
-        messages = read_by_subject(
-            self._nc, self._settings.stream_name, self._settings.story_filter(story_id), after_sequence + 1, head,
-            timeout=self._settings.nats_timeout, what=f"reading story {story_id!r}",
-        )  # fmt: skip
-        async for msg in messages:
-            yield int(msg.headers["Nats-Sequence"]), msg.data
+        for attempt in range(READ_BEHIND_RETRIES):
+            messages = read_by_subject(
+                self._nc, self._settings.stream_name, self._settings.story_filter(story_id), after_sequence + 1, head,
+                timeout=self._settings.nats_timeout, what=f"reading story {story_id!r}",
+            )  # fmt: skip
+            async for msg in messages:
+                after_sequence = int(msg.headers["Nats-Sequence"])
+                yield after_sequence, msg.data
+            if after_sequence >= head:
+                return
+            await asyncio.sleep(READ_BEHIND_PAUSE * (attempt + 1))
+        raise BackendUnavailable(
+            f"reading story {story_id!r}: the replicas that answered stay behind the stream leader "
+            f"(at sequence {after_sequence}, the story's head is {head})"
+        )
