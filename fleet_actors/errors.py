@@ -14,6 +14,8 @@ class StoryError(Exception):
     retryable: bool = False
     #: machine-readable reason, stable across releases (used by the gateway and the CLI)
     code: str = "STORY_ERROR"
+    #: for a change rejected inside a batch (ApplyChanges): its position in the batch
+    change_index: int | None = None
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)

@@ -421,6 +421,7 @@ def _(command: ApplyChanges, state: StoryState, ctx: DecideContext) -> Iterable[
             error = result.error
             error.message = f"change {index}: {error.message}"
             error.args = (error.message,)
+            error.change_index = index
             raise error
         for event in result.events:
             # Later changes in the batch must see the earlier ones (e.g. a subtask then its impact).

@@ -8,7 +8,6 @@ table, so what agents are told and what the gateway accepts cannot drift apart.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -214,14 +213,13 @@ def _has_type(value: Any, kind: type) -> bool:
 
 
 # The domain reports a rejected batch entry as "change {index}: ..." with the command's field.
-_CHANGE_PREFIX = re.compile(r"change (\d+): ")
 
 
 def locate_change_error(error: StoryError, changes: Sequence[ChangeCommand]) -> StoryError:
     """Point a rejected change's error at the request field it came from (e.g. changes[1].payload.title)."""
-    match = _CHANGE_PREFIX.match(error.message)
-    if match and isinstance(error, InvalidCommand | RuleViolation) and error.field not in (None, "story_id"):
-        index = int(match[1])
-        if index < len(changes):
-            error.field = changes[index].wire_field(error.field)
+    index = error.change_index
+    if index is None or not 0 <= index < len(changes) or not isinstance(error, InvalidCommand | RuleViolation):
+        return error
+    if error.field not in (None, "story_id"):
+        error.field = changes[index].wire_field(error.field)
     return error

@@ -252,6 +252,7 @@ class TestBatches:
         batch = ApplyChanges((CreateSubtask("T1", "Form", "DEV"), UpdateSubtask("T1", "DONE")))
         error = rejected(given(CREATED), batch)
         assert isinstance(error, RuleViolation) and str(error).startswith("change 1:")
+        assert error.change_index == 1  # what the gateway points the field path with
 
     def test_empty_batch_rejected(self):
         assert isinstance(rejected(given(CREATED), ApplyChanges(())), InvalidCommand)

@@ -95,10 +95,12 @@ def test_domain_rejections_point_back_at_the_request_field() -> None:
         change_to_command(0, change("CREATE", "SUBTASK", {"title": "x"}, "T1"), "DEV", ""),
         change_to_command(1, change("UPDATE", "DECISION", {"subtask_id": "T1"}, "D9"), "DEV", ""),
     ]
-    title = locate_change_error(InvalidCommand("change 0: title must not be empty", field="title"), changes)
-    assert title.field == "changes[0].payload.title"
-    missing = locate_change_error(RuleViolation("change 1: decision 'D9' does not exist", field="decision_id"), changes)
-    assert missing.field == "changes[1].entity_id"
+    title = InvalidCommand("change 0: title must not be empty", field="title")
+    title.change_index = 0
+    assert locate_change_error(title, changes).field == "changes[0].payload.title"
+    missing = RuleViolation("change 1: decision 'D9' does not exist", field="decision_id")
+    missing.change_index = 1
+    assert locate_change_error(missing, changes).field == "changes[1].entity_id"
     story = locate_change_error(StoryNotFound("S1"), changes)
     assert story.field == "story_id"
     unprefixed = locate_change_error(InvalidCommand("batch too big", field="changes"), changes)

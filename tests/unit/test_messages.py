@@ -48,12 +48,18 @@ def test_results_and_states_round_trip():
     assert unpack(pack(StoryState("story-1"))) == StoryState("story-1")
 
 
+def rejected_change(error: StoryError, index: int) -> StoryError:
+    error.change_index = index
+    return error
+
+
 @pytest.mark.parametrize(
     "error",
     [
         ConcurrencyConflict("changed", expected=3, actual=5),
         InvalidCommand("bad id", field="subtask_id"),
         RuleViolation("no cycles", field="dependencies"),
+        rejected_change(RuleViolation("change 2: subtask 'T9' does not exist", field="subtask_id"), 2),
         StoryNotFound("story-1"),
         StoryAlreadyExists("story-1"),
     ],
