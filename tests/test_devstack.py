@@ -25,7 +25,7 @@ import valkey.exceptions
 from nats.js.api import StreamConfig
 
 from fleet_actors.cli.main import main
-from fleet_actors.devstack import LocalStack, ManagedServer, NatsServer, ValkeyServer, pid_alive
+from fleet_actors.devstack import LocalStack, ManagedServer, NatsServer, ValkeyServer, pid_alive, process
 from fleet_actors.errors import BackendUnavailable, ConfigurationError
 from fleet_actors.settings import Settings, load_env_file
 
@@ -344,3 +344,10 @@ async def test_dev_up_serves_until_sigterm(tmp_path: Path) -> None:
     assert len(spawned) > 6
     assert not [pid for pid in spawned if pid_alive(pid)]
     assert not env_file.exists()
+
+
+def test_a_port_is_handed_out_once_even_if_the_kernel_offers_it_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    offered = iter([41001, 41001, 41002])
+    monkeypatch.setattr(process, "_unused_port", lambda: next(offered))
+    monkeypatch.setattr(process, "_HANDED_OUT", set())
+    assert [process.free_port(), process.free_port()] == [41001, 41002]

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -20,8 +21,23 @@ LOOPBACK = "127.0.0.1"
 INSTALL_HINT = "pip install -e '.[dev]'"
 
 
+_HANDED_OUT: set[int] = set()
+_HANDING_OUT = threading.Lock()
+
+
 def free_port() -> int:
-    """A TCP port on the loopback interface that nobody listens on right now."""
+    """A TCP port on the loopback interface that nobody listens on right now and that this process
+    has not handed out before: the kernel may offer a port again once its probe socket is closed,
+    and a launcher picks several ports before any server binds them."""
+    with _HANDING_OUT:
+        while True:
+            port = _unused_port()
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
+
+
+def _unused_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])

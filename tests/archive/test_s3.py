@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,23 +19,18 @@ from fleet_actors.application.story_runtime import StoryRuntime
 from fleet_actors.archive import Archive, ArchivedEventStore
 from fleet_actors.archive.archiver import Archiver
 from fleet_actors.archive.export import export_events
+from fleet_actors.devstack.process import free_port
 from fleet_actors.domain.commands import CreateStory, RecordSummary
 from fleet_actors.settings import Settings
 
 MOTO = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
     if not Path(MOTO).exists():
         pytest.skip("moto[server] is not installed (dev extra)")
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [MOTO, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
