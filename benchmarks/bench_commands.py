@@ -23,7 +23,7 @@ import ray
 from benchmarks.harness import BenchContext, latency_summary
 from fleet_actors import FleetClient
 from fleet_actors.actors.naming import story_actor_name
-from fleet_actors.actors.story_actor import story_actor_options
+from fleet_actors.actors.story_actor import live_story_handle, story_actor_options
 from fleet_actors.adapters.jetstream.event_store import H_EXPECTED_SEQ, H_EXPECTED_SUBJECT, H_MSG_ID
 
 STORIES = 50
@@ -161,15 +161,15 @@ def run(ctx: BenchContext) -> dict[str, Any]:
 
     # The spread baselines (the commands' topology: one process per story), with the story actors
     # passivated first so the machine runs as many processes as during the commands.
-    for story_id in stories:
-        with contextlib.suppress(ray.exceptions.RayActorError, ValueError):
-            ray.get(ray.get_actor(story_actor_name(story_id), namespace=ctx.settings.ray_namespace).passivate.remote())
-    quiet = story_actor_options(ctx.settings)
+    for handle in filter(None, (live_story_handle(story_id, ctx.settings) for story_id in stories)):
+        with contextlib.suppress(ray.exceptions.RayActorError):
+            ray.get(handle.passivate.remote())
+    story_options = story_actor_options(ctx.settings)
     for name, make in (
-        ("raw_ray_call_50_actors", lambda n: SpreadNoOp.options(**quiet).remote()),
+        ("raw_ray_call_50_actors", lambda n: SpreadNoOp.options(**story_options).remote()),
         (
             "actor_publish_50_actors",
-            lambda n: Publisher.options(**quiet).remote(ctx.settings.nats_url, f"rawbench.actor.{run_id}.{n}"),
+            lambda n: Publisher.options(**story_options).remote(ctx.settings.nats_url, f"rawbench.actor.{run_id}.{n}"),
         ),
     ):
         actors = [make(n) for n in range(STORIES)]

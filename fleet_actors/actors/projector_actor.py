@@ -19,7 +19,7 @@ from typing import Any
 import nats.js.errors
 import ray
 
-from fleet_actors.actors.naming import get_or_create
+from fleet_actors.actors.naming import find_live, get_or_create
 from fleet_actors.adapters.jetstream import connect_nats, ensure_event_stream
 from fleet_actors.adapters.jetstream.snapshot_store import snapshot_stream
 from fleet_actors.projections.policy import (
@@ -169,13 +169,8 @@ def _stop_other_pool_sizes(settings: Settings) -> None:
 
 
 def stop_projectors(settings: Settings) -> None:
-    handles = []
-    for i in range(settings.projectors):
-        with contextlib.suppress(ValueError):
-            handles.append(
-                ray.get_actor(projector_actor_name(i, settings.projectors), namespace=settings.ray_namespace)
-            )
-    for handle in handles:
+    handles = [find_live(projector_actor_name(i, settings.projectors), settings) for i in range(settings.projectors)]
+    for handle in filter(None, handles):
         with contextlib.suppress(ray.exceptions.RayActorError):
             ray.get(handle.stop.remote())
 

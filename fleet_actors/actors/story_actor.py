@@ -207,6 +207,9 @@ class StoryRegistry:
 
     async def _store(self, settings: Settings) -> EventStore:
         key = (settings.nats_url, settings.stream_name)
+        store = self._stores.get(key)
+        if store is not None:
+            return store
         async with self._connecting:
             if key not in self._stores:
                 from fleet_actors.adapters.jetstream.event_store import JetStreamEventStore

@@ -212,11 +212,11 @@ def _has_type(value: Any, kind: type) -> bool:
     return isinstance(value, kind)
 
 
-# The domain reports a rejected batch entry as "change {index}: ..." with the command's field.
-
-
 def locate_change_error(error: StoryError, changes: Sequence[ChangeCommand]) -> StoryError:
-    """Point a rejected change's error at the request field it came from (e.g. changes[1].payload.title)."""
+    """Point a rejected change's error at the request field it came from (e.g. changes[1].payload.title).
+
+    The domain marks an error from inside a batch with the entry's ``change_index`` and the field of
+    that entry's command."""
     index = error.change_index
     if index is None or not 0 <= index < len(changes) or not isinstance(error, InvalidCommand | RuleViolation):
         return error
