@@ -106,18 +106,9 @@ def decide(state: StoryState, command: Command, ctx: DecideContext = DecideConte
 
 def evolve(state: StoryState, envelope: EventEnvelope) -> StoryState:
     """The state after one event (a new object; ``state`` is untouched)."""
-    changes = _evolve(envelope.payload, state, envelope)
-    fields = dict(state.__dict__)
-    for name, change in changes.items():
-        if isinstance(change, _Put):
-            fields[name] = {**fields[name], change.key: change.value}
-        elif isinstance(change, _Append):
-            fields[name] = (*fields[name], change.item)
-        else:
-            fields[name] = change
-    fields["version"] = envelope.version
-    fields["updated_at"] = envelope.timestamp
-    return _frozen(fields)
+    builder = StateBuilder(state)
+    builder.add(envelope)
+    return builder.state()
 
 
 def fold(state: StoryState, envelopes: Iterable[EventEnvelope]) -> StoryState:
@@ -128,47 +119,59 @@ def fold(state: StoryState, envelopes: Iterable[EventEnvelope]) -> StoryState:
 
 
 class StateBuilder:
-    """Folds a run of events in place, then freezes the result: ``fold`` without copying the
-    story's collections once per event (which makes replaying a long history quadratic).
+    """Applies events to a story in place, then freezes the result: the one place the changes that
+    ``_evolve`` describes are carried out, for a single event (``evolve``) and for a run of them
+    (``fold``, replay), which copies each collection it changes once per run, not once per event
+    (per event, replaying a long history would be quadratic).
 
-    The same rules as ``evolve``; only the bookkeeping differs. The state it starts from is never
-    modified.
+    The state it starts from, and every state it has handed out, are never modified: a collection
+    is copied before its first change and handed over (frozen) by ``state()``.
     """
 
     def __init__(self, state: StoryState) -> None:
-        self._start: StoryState | None = state
         self._working = state
+        self._private = False  # whether _working is our own copy yet
+        self._owned: set[str] = set()  # collections copied since the last state()
 
     @property
     def version(self) -> int:
         return self._working.version
 
     def add(self, envelope: EventEnvelope) -> None:
-        if self._start is not None:  # first change: take private, mutable copies of the collections
-            fields = dict(self._start.__dict__)
-            for name in _COLLECTIONS:
-                fields[name] = dict(fields[name]) if name in _MAPPINGS else list(fields[name])
-            self._working, self._start = _frozen(fields), None
+        if not self._private:
+            self._working, self._private = _frozen(dict(self._working.__dict__)), True
         fields = self._working.__dict__
         for name, change in _evolve(envelope.payload, self._working, envelope).items():
-            if isinstance(change, _Put):
-                fields[name][change.key] = change.value
-            elif isinstance(change, _Append):
-                fields[name].append(change.item)
-            elif name in _COLLECTIONS:  # a whole new collection: keep it private and mutable
-                fields[name] = dict(change) if name in _MAPPINGS else list(change)  # type: ignore[call-overload]
+            if isinstance(change, _Put | _Append):
+                if name not in self._owned:
+                    fields[name] = _mutable(name, fields[name])
+                    self._owned.add(name)
+                if isinstance(change, _Put):
+                    fields[name][change.key] = change.value
+                else:
+                    fields[name].append(change.item)
+            elif name in _COLLECTIONS:  # a whole new collection
+                fields[name] = _mutable(name, change)
+                self._owned.add(name)
             else:
                 fields[name] = change
         fields["version"] = envelope.version
         fields["updated_at"] = envelope.timestamp
 
     def state(self) -> StoryState:
-        if self._start is not None:
-            return self._start
-        fields = dict(self._working.__dict__)
-        for name in _COLLECTIONS:
-            fields[name] = dict(fields[name]) if name in _MAPPINGS else tuple(fields[name])
-        return _frozen(fields)
+        if not self._private:
+            return self._working
+        fields = self._working.__dict__
+        for name in self._owned:  # mappings are handed over as they are; the next change copies again
+            if name not in _MAPPINGS:
+                fields[name] = tuple(fields[name])
+        self._owned.clear()
+        self._private = False
+        return self._working
+
+
+def _mutable(name: str, collection: object) -> object:
+    return dict(collection) if name in _MAPPINGS else list(collection)  # type: ignore[call-overload]
 
 
 _MAPPINGS = ("subtasks", "decisions")

@@ -27,7 +27,7 @@ from fleet_actors.domain.commands import (
     UpdateSubtask,
 )
 from fleet_actors.domain.state import StoryState
-from fleet_actors.domain.story import evolve, fold
+from fleet_actors.domain.story import StateBuilder, evolve, fold
 from fleet_actors.errors import StoryError
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
@@ -167,10 +167,20 @@ async def test_fold_equals_evolving_event_by_event_and_leaves_its_input_alone(co
     store = InMemoryEventStore()
     await run_all(make_runtime(store, None), [CreateStory("Story"), *commands])
     events = [stored.envelope for stored in await store.read_all("S1")]
-    stepwise = [StoryState("S1")]
+    stepwise, as_produced = [StoryState("S1")], [StoryState("S1")]
     for envelope in events:
         stepwise.append(evolve(stepwise[-1], envelope))
+        as_produced.append(copy.deepcopy(stepwise[-1]))
+    assert stepwise == as_produced  # no state was changed by the events evolved from it
     middle = fold(StoryState("S1"), events[:split])
     before = copy.deepcopy(middle)
     assert fold(middle, events[split:]) == stepwise[-1]
     assert middle == before == stepwise[min(split, len(events))]  # the fold built on it changed nothing
+    # A builder that hands out states along the way and goes on (the projector, a story's catch-up)
+    builder, handed_out = StateBuilder(StoryState("S1")), []
+    for envelope in events:
+        builder.add(envelope)
+        if envelope.version % 3 == split % 3:
+            handed_out.append((builder.state(), copy.deepcopy(builder.state())))
+    assert builder.state() == stepwise[-1]
+    assert all(state == copied == stepwise[state.version] for state, copied in handed_out)
