@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,9 +14,10 @@ from fleet_actors.codec.upcasters import upcast_subtask_updated_v1_v2, v1_status
 from fleet_actors.codec.upcasting import UPCASTERS
 from fleet_actors.domain.alternatives import alternatives_from, parse_alternatives
 from fleet_actors.domain.events import Alternative
-from fleet_actors.domain.state import StoryState
+from fleet_actors.domain.state import PhaseChange, StoryState
 from fleet_actors.domain.story import fold
 from fleet_actors.errors import EventDecodeError, InvalidCommand
+from fleet_actors.loadgen.histories import story_history
 from fleet_actors.proto import events_pb2, state_pb2
 
 GOLDEN = Path(__file__).parent.parent / "fixtures" / "events_v1"
@@ -116,3 +118,17 @@ def test_unreadable_document_is_an_error_the_caller_can_handle():
 
 def test_timestamps_survive():
     assert golden_events()[0].timestamp == datetime(2025, 10, 10, 9, 1, tzinfo=UTC)
+
+
+def test_a_rich_state_survives_its_snapshot_encoding():
+    state = fold(StoryState("rich"), story_history("rich", 400, start=datetime(2026, 1, 1, tzinfo=UTC)))
+    decision = next(iter(state.decisions.values()))
+    state = replace(  # what the generator leaves out: metadata, an unset timestamp
+        state,
+        decisions={**state.decisions, decision.decision_id: replace(decision, metadata={"k": "v"})},
+        phase_history=(*state.phase_history, PhaseChange("BUILD", "DESIGN", "why", None, "")),
+    )
+    assert any(d.alternatives for d in state.decisions.values()) and state.milestones and state.impacts
+    restored, sequence, commands = decode_state(encode_state(state, 401))
+    assert (restored, sequence, commands) == (state, 401, [])
+    assert state_from_json(state_to_json(state)) == state
