@@ -69,8 +69,13 @@ class ProjectorActor:
             self._ready.set()
             try:
                 await projector.run(self._stop)
+                continue  # stopped
+            except Exception:  # a failure run() does not wait out itself: start afresh, never die
+                log.exception("projector %s failed; reopening it", self._index)
             finally:
                 await projector.close()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._policy.backoff_max)
 
     async def wait_ready(self, timeout: float = 60.0) -> bool:
         with contextlib.suppress(TimeoutError):

@@ -241,13 +241,18 @@ class Projector:
 
     async def project_snapshots(self) -> int:
         """ContextSnapshot nodes for snapshots whose story the graph already holds at that version."""
-        info = await self._snapshot_sub.consumer_info()
+        try:
+            info = await self._snapshot_sub.consumer_info()
+        except Exception as error:
+            raise translate_nats_error(error, "polling the snapshot consumer") from None
         if not (info.num_pending or info.num_ack_pending):
             return 0  # an empty fetch would wait out its timeout
         try:
             msgs = await self._snapshot_sub.fetch(200, timeout=0.05)
         except (TimeoutError, nats.errors.TimeoutError):
             return 0
+        except Exception as error:
+            raise translate_nats_error(error, "polling the snapshot consumer") from None
         refs = []
         for msg in msgs:
             headers = msg.headers or {}
@@ -289,6 +294,10 @@ class Projector:
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError) as error:
                 self._record_error(error)
                 await asyncio.sleep(self.policy.backoff_initial)
+            except (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError) as error:
+                # NATS did not answer (an outage longer than a request's timeout): wait it out too
+                self._record_error(translate_nats_error(error, "projecting"))
+                await asyncio.sleep(self.policy.backoff_max)
 
     async def _process_until_done(self, msgs: list[Msg], stop: asyncio.Event) -> None:
         delay = self.policy.backoff_initial

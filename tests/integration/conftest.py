@@ -89,17 +89,17 @@ class RunningProjectors:
         self.settings, self.count, self.policy = settings, count, policy
         self.projectors: list[Projector] = []
         self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self.tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> RunningProjectors:
         self._stop = asyncio.Event()
         self.projectors = [await Projector.open(self.settings, i, self.count, self.policy) for i in range(self.count)]
-        self._tasks = [asyncio.create_task(p.run(self._stop)) for p in self.projectors]
+        self.tasks = [asyncio.create_task(p.run(self._stop)) for p in self.projectors]
         return self
 
     async def stop(self) -> None:
         self._stop.set()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         for projector in self.projectors:
             await projector.close()
 

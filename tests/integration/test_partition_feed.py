@@ -11,8 +11,9 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
+from fleet_actors.adapters.jetstream import partition_feed
 from fleet_actors.adapters.jetstream.partition_feed import PartitionConsumer, PartitionFeed, partition_of
-from fleet_actors.errors import ConfigurationError
+from fleet_actors.errors import BackendUnavailable, ConfigurationError
 from fleet_actors.settings import Settings
 
 PARTITIONS = 3
@@ -29,15 +30,17 @@ async def stream(settings: Settings) -> AsyncIterator[tuple[Client, str, str]]:
     await nc.close()
 
 
-def feed_for(nc: Client, stream: str, prefix: str, *, end: int | None = None, fetch_size: int = 7) -> PartitionFeed:
+def config(consumer: PartitionConsumer) -> ConsumerConfig:
+    # A long ack wait: anything not handed back on stop would stall the tests visibly.
+    return ConsumerConfig(durable_name=consumer.name, filter_subject=consumer.filter_subject,
+                          ack_policy=AckPolicy.EXPLICIT, ack_wait=120)  # fmt: skip
+
+
+def feed_for(
+    nc: Client, stream: str, prefix: str, *, end: int | None = None, fetch_size: int = 7, on_error=None
+) -> PartitionFeed:
     consumers = [PartitionConsumer(f"c-{p}", p, f"{prefix}.*.{p}") for p in range(PARTITIONS)]
-
-    def config(consumer: PartitionConsumer) -> ConsumerConfig:
-        # A long ack wait: anything not handed back on stop would stall the tests visibly.
-        return ConsumerConfig(durable_name=consumer.name, filter_subject=consumer.filter_subject,
-                              ack_policy=AckPolicy.EXPLICIT, ack_wait=120)  # fmt: skip
-
-    return PartitionFeed(nc, stream, consumers, config, fetch_size=fetch_size, end_sequence=end)
+    return PartitionFeed(nc, stream, consumers, config, fetch_size=fetch_size, end_sequence=end, on_error=on_error)
 
 
 async def publish(nc: Client, prefix: str, count: int) -> None:
@@ -133,3 +136,38 @@ async def test_a_consumer_with_another_filter_is_refused(stream):
 
 def test_partition_of_reads_the_last_token():
     assert partition_of("proj.events.story-1.subtask_updated.13") == 13
+
+
+async def test_refused_pulls_are_retried_after_pauses_and_the_feed_recovers(stream, monkeypatch):
+    """JetStream answers a pull at once while it starts up or when a consumer is gone: asking again at
+    once would be a busy loop against a recovering server (it once sent thousands of pulls a second)."""
+    monkeypatch.setattr(partition_feed, "PULL_EXPIRES", 1.0)  # requests expire during the test
+    monkeypatch.setattr(partition_feed, "HEARTBEAT", 0.3)
+    nc, name, prefix = stream
+    pulls, errors = 0, []
+    publish_unwatched = nc.publish
+
+    async def watched(subject, *args, **kwargs):
+        nonlocal pulls
+        pulls += ".MSG.NEXT." in subject
+        return await publish_unwatched(subject, *args, **kwargs)
+
+    monkeypatch.setattr(nc, "publish", watched)
+    feed = feed_for(nc, name, prefix, on_error=errors.append)
+    await feed.start()
+    try:
+        await asyncio.sleep(2.5)  # idle: requests expire and are renewed, which is no error
+        assert errors == []
+        for consumer in feed.consumers:
+            await nc.jsm().delete_consumer(name, consumer.name)
+        pulls = 0
+        await asyncio.sleep(2.0)
+        assert 0 < pulls <= PARTITIONS * 4  # pauses of 0.5, 1, 2 s: two or three pulls each
+        assert errors and all(isinstance(e, BackendUnavailable) for e in errors)
+        assert "consumer or its stream is gone" in str(errors[-1])
+        for consumer in feed.consumers:
+            await nc.jsm().add_consumer(name, config(consumer))
+        await publish(nc, prefix, 6)
+        assert sorted(await asyncio.wait_for(take(feed, 6), 15)) == list(range(6))
+    finally:
+        await feed.stop()

@@ -142,6 +142,24 @@ async def test_nats_killed_mid_stream_loses_nothing(local_stack, projectors, exe
     assert report.ok, report.differences
 
 
+async def test_nats_down_while_the_projectors_are_idle_is_waited_out(
+    local_stack, projectors, execute, stream_settings, unique_id
+):
+    """Idle projectors poll JetStream (the snapshot consumer's state): an outage longer than a request's
+    timeout once ended their loops for good."""
+    before = {sid: await write_story(execute, sid) for sid in (unique_id("I") for _ in range(2))}
+    await wait_until(lambda: projected(projectors, before))
+    local_stack.nats.kill()
+    try:
+        await asyncio.sleep(stream_settings.nats_timeout + 2 * projectors.policy.fetch_timeout)
+    finally:
+        local_stack.nats.start().wait_ready()
+    after = {sid: await write_story(execute, sid) for sid in (unique_id("I") for _ in range(2))}
+    await wait_until(lambda: projected(projectors, {**before, **after}), timeout=60)
+    assert not any(task.done() for task in projectors.tasks)
+    assert (await verify(stream_settings)).ok
+
+
 async def test_valkey_restart_loses_nothing(local_stack, projectors, execute, stream_settings, unique_id):
     sid = unique_id("V")
     version = await write_story(execute, sid)

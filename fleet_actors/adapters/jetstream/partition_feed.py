@@ -29,19 +29,21 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 
 from fleet_actors.adapters.jetstream.connection import translate_nats_error
-from fleet_actors.errors import ConfigurationError, StoryError
+from fleet_actors.errors import BackendUnavailable, ConfigurationError, StoryError
 
 log = logging.getLogger(__name__)
 
-#: pause after a failed pull (server restarting, connection re-established): the task keeps trying
+#: pause after a failed or refused pull (JetStream restarting, consumer gone), doubling while the
+#: server keeps refusing: the task keeps trying, but never in a loop that hammers a recovering server
 FETCH_RETRY_SECONDS = 0.5
+FETCH_RETRY_MAX_SECONDS = 5.0
 #: how long arrived messages wait for more before they are handed on
 LINGER_SECONDS = 0.005
 #: a pull request's lifetime, and the server's heartbeat while one waits: silence for a few
 #: heartbeats means the server no longer has our requests
 PULL_EXPIRES = 5.0
 HEARTBEAT = 1.0
-HEARTBEAT_STATUS, REQUEST_EXPIRED, CONFLICT = "100", "408", "409"
+HEARTBEAT_STATUS, REQUEST_EXPIRED, CONFLICT, NO_RESPONDERS = "100", "408", "409", "503"
 
 
 @dataclass(frozen=True)
@@ -131,8 +133,16 @@ class PartitionFeed:
             {"batch": self._fetch_size, "expires": int(PULL_EXPIRES * 1e9), "idle_heartbeat": int(HEARTBEAT * 1e9)}
         ).encode()
         sub = await self._nc.subscribe(self._nc.new_inbox(), cb=pull.receive)
+        retry = FETCH_RETRY_SECONDS
         try:
             while not self._stopping.is_set() and consumer.name not in self._past_end:
+                if pull.refused:  # answered at once, so asking again at once would be a busy loop
+                    pull.refused = False
+                    await self._pause(retry)
+                    retry = min(retry * 2, FETCH_RETRY_MAX_SECONDS)
+                    continue
+                if pull.served:
+                    pull.served, retry = False, FETCH_RETRY_SECONDS
                 if time.monotonic() - pull.heard > 3 * HEARTBEAT:
                     pull.credit = 0  # silence: the server lost our requests (restart, reconnect)
                 if pull.credit <= self._fetch_size // 2:
@@ -142,7 +152,8 @@ class PartitionFeed:
                         pull.heard = time.monotonic()
                     except Exception as error:
                         self._on_error(translate_nats_error(error, f"pulling from consumer {consumer.name}"))
-                        await asyncio.sleep(FETCH_RETRY_SECONDS)
+                        await self._pause(retry)
+                        retry = min(retry * 2, FETCH_RETRY_MAX_SECONDS)
                         continue
                 await pull.arrived(HEARTBEAT)  # the first message, a full group, or credit running low
                 if pull.group and len(pull.group) < self._fetch_size:
@@ -155,6 +166,10 @@ class PartitionFeed:
             with contextlib.suppress(Exception):
                 await sub.drain()
             self._returned.extend(pull.group)
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
 
     async def _hand_on(self, consumer: PartitionConsumer, msgs: list[Msg]) -> None:
         if self._end is not None:
@@ -238,6 +253,9 @@ class _Pull:
         self.group: list[Msg] = []
         self.credit = 0
         self.heard = time.monotonic()
+        #: the server answered a request with a refusal / with messages or a heartbeat since last asked
+        self.refused = False
+        self.served = False
         self._fetch_size, self._on_error, self._consumer = fetch_size, on_error, consumer
         self._wake = asyncio.Event()
 
@@ -246,19 +264,31 @@ class _Pull:
         status = msg.headers.get("Status") if msg.headers and not msg.data else None
         if status is None:
             self.credit -= 1
+            self.served = True
             self.group.append(msg)
             if len(self.group) == 1 or len(self.group) >= self._fetch_size:
                 self._wake.set()
-        elif status in (REQUEST_EXPIRED, CONFLICT):  # what the request still owed is void
-            owed = msg.headers.get("Nats-Pending-Messages")
-            # Without the count (consumer deleted, leadership change) start afresh with a new request.
-            self.credit = max(0, self.credit - int(owed)) if owed else 0
-        elif status != HEARTBEAT_STATUS:
-            self.credit = 0
-            detail = f"{status} {msg.headers.get('Description', '')}"
-            self._on_error(translate_nats_error(RuntimeError(detail), f"pulling from consumer {self._consumer}"))
+        elif status == HEARTBEAT_STATUS:
+            self.served = True
+        elif status in (REQUEST_EXPIRED, CONFLICT) and msg.headers.get("Nats-Pending-Messages"):
+            # A request ended (expired, or the consumer's limits): what it still owed is void.
+            self.credit = max(0, self.credit - int(msg.headers["Nats-Pending-Messages"]))
+        else:
+            # Refused outright (JetStream starting or gone, consumer deleted, leadership change):
+            # start afresh with a new request, after a pause.
+            self.credit, self.refused = 0, True
+            self._on_error(BackendUnavailable(self._refusal(status, msg.headers.get("Description", ""))))
         if self.credit <= self._fetch_size // 2:
             self._wake.set()
+
+    def _refusal(self, status: str, description: str) -> str:
+        if status == NO_RESPONDERS:
+            return (
+                f"JetStream did not answer the pull from consumer {self._consumer} (starting up, or the "
+                "consumer or its stream is gone); retrying"
+            )
+        reason = f"{status} {description}".rstrip()
+        return f"JetStream refused the pull from consumer {self._consumer} ({reason}); retrying"
 
     async def arrived(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
