@@ -171,19 +171,25 @@ class StoryActor:
         interval = min(5.0, self._idle_seconds / 4)
         while True:
             time.sleep(interval)
-            idle = self.last_used()
-            if idle >= self._idle_seconds and time.monotonic() - self._passivation_asked_at >= PASSIVATION_RETRY:
-                # Through the registry and the actor's queue, so it runs after any call that is
-                # waiting. Not submitted by the actor itself: a call it owns that is still queued
-                # when it exits keeps the worker process alive.
-                self._passivation_asked_at = time.monotonic()
-                registry_handle(self._settings).passivate_idle.remote(self._host.story_id)
-            # Calls run the loop too; between them (at most one tick plus a second) it runs here.
-            if idle >= KEEP_ALIVE_AFTER and self._loop_lock.acquire(blocking=False):
-                try:
-                    self._loop.run_until_complete(asyncio.sleep(KEEP_ALIVE_RUN))
-                finally:
-                    self._loop_lock.release()
+            try:
+                self._idle_tick()
+            except Exception:  # Ray's control plane unreachable, say: the next tick tries again
+                log.warning("story %s: idle check failed; next tick tries again", self._host.story_id, exc_info=True)
+
+    def _idle_tick(self) -> None:
+        idle = self.last_used()
+        if idle >= self._idle_seconds and time.monotonic() - self._passivation_asked_at >= PASSIVATION_RETRY:
+            # Through the registry and the actor's queue, so it runs after any call that is
+            # waiting. Not submitted by the actor itself: a call it owns that is still queued
+            # when it exits keeps the worker process alive.
+            self._passivation_asked_at = time.monotonic()
+            registry_handle(self._settings).passivate_idle.remote(self._host.story_id)
+        # Calls run the loop too; between them (at most one tick plus a second) it runs here.
+        if idle >= KEEP_ALIVE_AFTER and self._loop_lock.acquire(blocking=False):
+            try:
+                self._loop.run_until_complete(asyncio.sleep(KEEP_ALIVE_RUN))
+            finally:
+                self._loop_lock.release()
 
 
 class StoryRegistry:

@@ -295,5 +295,7 @@ class Archiver:
                 log.info("archived %s events; purged through %s", archived.events, retention.purged_through)
             except StoryError as error:
                 log.warning("archiver pass failed (deletion waits): %s", error.message)
+            except Exception:  # unforeseen: the next pass tries again, the loop never ends on it
+                log.exception("archiver pass failed unexpectedly (deletion waits)")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
