@@ -1,11 +1,12 @@
 """Commands through FleetClient (50 warm stories, concurrent submitters) vs a no-op Ray actor call and a
 bare js.publish, all measured in this run with the same concurrency and durability setting. The commands
-and these two baselines take turns in ROUNDS rounds, so that each sees the same drift of the host.
+and these baselines take turns in ROUNDS rounds, so that each sees the same drift of the host.
 
-The no-op call is measured against one actor (the issue's baseline) and spread over 50 actors (the commands'
-topology: one process per story, with the story actors' options). A third composite baseline spreads over
-50 actors a call that does nothing but one conditional js.publish with the story store's headers: what a
-per-story actor costs before any of our code runs."""
+The no-op call is measured against one actor, as an async actor (the issue's baseline: its story actor is
+an async actor) and as a synchronous one (what the story actors are now, and Ray's cheapest call), and
+spread over 50 actors (the commands' topology: one process per story, with the story actors' options).
+A composite baseline spreads over 50 actors a call that does nothing but one conditional js.publish with
+the story store's headers: what a per-story actor costs before any of our code runs."""
 
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ class NoOp:
 
 
 @ray.remote(num_cpus=0)
-class SpreadNoOp:
-    """Like a story actor to Ray: synchronous, task events off (see story_actor_class)."""
+class SyncNoOp:
+    """Like a story actor to Ray: synchronous (see StoryActor)."""
 
     def call(self, payload: Any) -> Any:
         return payload
@@ -103,18 +104,21 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     async def raw_ray(rng: random.Random, i: int) -> None:
         await noop.call.remote(f"progress note {i}")
 
+    async def raw_ray_sync(rng: random.Random, i: int) -> None:
+        await sync_noop.call.remote(f"progress note {i}")
+
     async def raw_publish(rng: random.Random, i: int) -> None:
         await js.publish(f"rawbench.{rng.randrange(STORIES)}", b"x" * 90)
 
-    noop = NoOp.remote()
-    ray.get(noop.call.remote(None))
+    noop, sync_noop = NoOp.remote(), SyncNoOp.remote()
+    ray.get([noop.call.remote(None), sync_noop.call.remote(None)])
 
     async def measure() -> dict[str, Any]:
         nonlocal js
         nc = await nats.connect(ctx.settings.nats_url)
         js = nc.jetstream()
         await js.add_stream(name="RAWBENCH", subjects=["rawbench.>"])
-        kinds = {"command": command, "raw_ray": raw_ray, "raw_publish": raw_publish}
+        kinds = {"command": command, "raw_ray": raw_ray, "raw_ray_sync": raw_ray_sync, "raw_publish": raw_publish}
         for submit in kinds.values():
             await _drive(submit, 200, SUBMITTERS)  # warm-up
         # Interleaved rounds: this host's speed drifts by a quarter within minutes, so the commands
@@ -127,19 +131,22 @@ def run(ctx: BenchContext) -> dict[str, Any]:
                 seconds[kind].append(elapsed)
                 latencies[kind].extend(samples)
         await nc.close()
-        cmd, ray_, pub = (sum(seconds[kind]) for kind in kinds)
+        cmd, ray_, ray_sync, pub = (sum(seconds[kind]) for kind in kinds)
         round_ratios = sorted(r / c for r, c in zip(seconds["raw_ray"], seconds["command"], strict=True))
         return {
             "commands_per_s": round(COMMANDS / cmd, 1),
             **{f"command_{k}": v for k, v in latency_summary(latencies["command"]).items()},
             "raw_ray_call_per_s": round(COMMANDS / ray_, 1),
             **{f"raw_ray_{k}": v for k, v in latency_summary(latencies["raw_ray"]).items()},
+            "raw_ray_sync_call_per_s": round(COMMANDS / ray_sync, 1),
+            **{f"raw_ray_sync_{k}": v for k, v in latency_summary(latencies["raw_ray_sync"]).items()},
             "raw_js_publish_per_s": round(COMMANDS / pub, 1),
             **{f"raw_publish_{k}": v for k, v in latency_summary(latencies["raw_publish"]).items()},
             "ratio_to_raw_ray_call": round(ray_ / cmd, 3),
             "ratio_to_raw_ray_call_by_round": " / ".join(
                 f"{r:.2f}" for r in (round_ratios[0], statistics.median(round_ratios), round_ratios[-1])
             ),
+            "ratio_to_raw_ray_sync_call": round(ray_sync / cmd, 3),
             "ratio_to_raw_js_publish": round(pub / cmd, 3),
         }
 
@@ -166,7 +173,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             ray.get(handle.passivate.remote())
     story_options = story_actor_options(ctx.settings)
     for name, make in (
-        ("raw_ray_call_50_actors", lambda n: SpreadNoOp.options(**story_options).remote()),
+        ("raw_ray_call_50_actors", lambda n: SyncNoOp.options(**story_options).remote()),
         (
             "actor_publish_50_actors",
             lambda n: Publisher.options(**story_options).remote(ctx.settings.nats_url, f"rawbench.actor.{run_id}.{n}"),
@@ -186,5 +193,6 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             ray.kill(actor)
         time.sleep(2)
     ray.kill(noop)
+    ray.kill(sync_noop)
 
     return figures
