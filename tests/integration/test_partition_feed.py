@@ -165,6 +165,8 @@ async def test_refused_pulls_are_retried_after_pauses_and_the_feed_recovers(stre
         assert 0 < pulls <= PARTITIONS * 4  # pauses of 0.5, 1, 2 s: two or three pulls each
         assert errors and all(isinstance(e, BackendUnavailable) for e in errors)
         assert "consumer or its stream is gone" in str(errors[-1])
+        with pytest.raises(BackendUnavailable, match="consumer c-0"):
+            await feed.drained()  # a typed error for the rebuild's caller, not nats-py's
         for consumer in feed.consumers:
             await nc.jsm().add_consumer(name, config(consumer))
         await publish(nc, prefix, 6)

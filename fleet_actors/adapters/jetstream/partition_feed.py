@@ -211,7 +211,10 @@ class PartitionFeed:
         for consumer in self.consumers:
             if consumer.name in self._past_end:
                 continue
-            info = await jsm.consumer_info(self._stream, consumer.name)
+            try:
+                info = await jsm.consumer_info(self._stream, consumer.name)
+            except Exception as error:
+                raise translate_nats_error(error, f"reading the state of consumer {consumer.name}") from None
             if info.num_pending or info.num_ack_pending:
                 return False
         return True
