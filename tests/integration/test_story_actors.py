@@ -15,6 +15,7 @@ from fleet_actors.actors.naming import live_story_ids, story_actor_name
 from fleet_actors.adapters.jetstream import JetStreamEventStore
 from fleet_actors.devstack import NatsServer
 from fleet_actors.domain.commands import CreateStory, CreateSubtask
+from fleet_actors.errors import Retryable
 
 
 def new_story() -> str:
@@ -197,6 +198,35 @@ def test_warm_actor_keeps_working_when_nats_restarts(client, settings, local_sta
             result = client.record_summary(sid, "after the restart", command_id=command_id)
             break
         except Exception:  # unavailable while the server comes back; resending the command id is safe
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    assert result.version == 2
+    assert asyncio.run(stored_versions(settings, sid)) == [1, 2]
+
+
+def test_commands_during_a_long_nats_outage_fail_typed_and_succeed_after_it(ray_runtime, settings, local_stack):
+    # Longer than a request's timeout (short here: each of the append's attempts waits that long): the
+    # command comes back as a retryable error, neither hanging nor surfacing nats-py's exception, and
+    # the same command id lands exactly once afterwards.
+    quick = settings.replace(nats_timeout=1.0)
+    client, sid = FleetClient(quick), new_story()
+    client.create_story(sid, "t")
+    command_id = "outage-" + uuid.uuid4().hex[:8]
+    local_stack.nats.kill()
+    try:
+        started = time.monotonic()
+        with pytest.raises(Retryable):
+            client.record_summary(sid, "during the outage", command_id=command_id)
+        assert time.monotonic() - started < 10 * quick.nats_timeout
+    finally:
+        local_stack.nats.start().wait_ready()
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            result = client.record_summary(sid, "during the outage", command_id=command_id)
+            break
+        except Retryable:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
