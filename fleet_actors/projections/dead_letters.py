@@ -16,7 +16,7 @@ from nats.aio.client import Client
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
 from fleet_actors.adapters.jetstream.connection import stream_placement, translate_nats_error
-from fleet_actors.adapters.valkey import ContextCache
+from fleet_actors.adapters.valkey import ContextCache, valkey_errors
 from fleet_actors.errors import InvalidCommand, StoryError
 from fleet_actors.settings import Settings
 
@@ -92,11 +92,13 @@ class DeadLetters:
         except Exception as error:
             raise translate_nats_error(error, "parking a poison event") from None
         parked = ParkedEvent(**{**event.__dict__, "dlq_sequence": ack.seq})
-        await self._cache.client.hset(HELD_KEY, event.story_id, parked.to_json())
+        with valkey_errors("holding a parked event's story"):
+            await self._cache.client.hset(HELD_KEY, event.story_id, parked.to_json())
         return parked
 
     async def held(self) -> dict[str, ParkedEvent]:
-        raw = await self._cache.client.hgetall(HELD_KEY)
+        with valkey_errors("reading the stories held for parked events"):
+            raw = await self._cache.client.hgetall(HELD_KEY)
         return {k.decode(): ParkedEvent.from_json(v) for k, v in raw.items()}
 
     async def request_release(self, story_id: str, action: str) -> ParkedEvent:
@@ -106,18 +108,26 @@ class DeadLetters:
         held = await self.held()
         if story_id not in held:
             raise StoryError(f"story {story_id!r} has no parked event", field="story_id")
-        await self._cache.client.hset(RELEASE_KEY, story_id, action)
+        with valkey_errors("requesting a release"):
+            await self._cache.client.hset(RELEASE_KEY, story_id, action)
         return held[story_id]
 
     async def pending_releases(self) -> dict[str, str]:
-        raw = await self._cache.client.hgetall(RELEASE_KEY)
+        with valkey_errors("reading release requests"):
+            raw = await self._cache.client.hgetall(RELEASE_KEY)
         return {k.decode(): v.decode() for k, v in raw.items()}
 
+    async def drop_release(self, story_id: str) -> None:
+        """The release failed again (the story stays held): forget the request."""
+        with valkey_errors("dropping a release request"):
+            await self._cache.client.hdel(RELEASE_KEY, story_id)
+
     async def released(self, story_id: str) -> None:
-        async with self._cache.client.pipeline(transaction=True) as pipe:
-            pipe.hdel(HELD_KEY, story_id)
-            pipe.hdel(RELEASE_KEY, story_id)
-            await pipe.execute()
+        with valkey_errors("releasing a held story"):
+            async with self._cache.client.pipeline(transaction=True) as pipe:
+                pipe.hdel(HELD_KEY, story_id)
+                pipe.hdel(RELEASE_KEY, story_id)
+                await pipe.execute()
 
 
 def now_iso() -> str:

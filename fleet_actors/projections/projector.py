@@ -35,7 +35,7 @@ from fleet_actors.adapters.jetstream import (
 from fleet_actors.adapters.jetstream.partition_feed import PartitionConsumer, PartitionFeed, partition_of
 from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore, snapshot_stream
 from fleet_actors.adapters.neo4j import GraphStore
-from fleet_actors.adapters.valkey import ContextCache
+from fleet_actors.adapters.valkey import ContextCache, valkey_errors
 from fleet_actors.codec import decode_event
 from fleet_actors.domain.events import Event, EventEnvelope
 from fleet_actors.domain.state import StoryState
@@ -321,18 +321,19 @@ class Projector:
 
     async def _paused(self) -> bool:
         """A rebuild owns the graph: stay off it, and say so (see projections/rebuild.py)."""
-        job = await self._cache.client.get(pause_key(self.settings))
-        if job is None:
-            return False
-        async with self._cache.client.pipeline(transaction=False) as pipe:
-            for name in self.feed.names:
-                pipe.set(paused_key(self.settings, name), job, ex=PAUSE_ACK_TTL)
-            await pipe.execute()
+        with valkey_errors("checking for a rebuild"):
+            job = await self._cache.client.get(pause_key(self.settings))
+            if job is None:
+                return False
+            async with self._cache.client.pipeline(transaction=False) as pipe:
+                for name in self.feed.names:
+                    pipe.set(paused_key(self.settings, name), job, ex=PAUSE_ACK_TTL)
+                await pipe.execute()
         return True
 
     async def _publish_stats(self) -> None:
         """For `fleet-actors projections status`, which reads it without going through Ray."""
-        with contextlib.suppress(StoryError, OSError):
+        with contextlib.suppress(StoryError), valkey_errors("publishing the projector's status"):
             await self._cache.client.set(status_key(self.name), json.dumps(dataclasses.asdict(self.stats)))
 
     def _record_error(self, error: BaseException) -> None:
@@ -569,12 +570,12 @@ class Projector:
         except EventDecodeError as error:
             self._record_error(error)
             await self._dead_letters.park(replace(parked, error=str(error), parked_at=now_iso()), b"")
-            await self._cache.client.hdel("dlq:release", story_id)
+            await self._dead_letters.drop_release(story_id)
             return
         failures = await self._project({story_id: envelopes}) if envelopes else {}
         if story_id in failures:
             self._record_error(failures[story_id])
-            await self._cache.client.hdel("dlq:release", story_id)
+            await self._dead_letters.drop_release(story_id)
             return
         await self._dead_letters.released(story_id)
 

@@ -33,7 +33,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from fleet_actors.adapters.jetstream import connect_nats
 from fleet_actors.adapters.jetstream.partition_feed import PartitionConsumer
 from fleet_actors.adapters.neo4j import GraphStore
-from fleet_actors.adapters.valkey import ContextCache
+from fleet_actors.adapters.valkey import ContextCache, valkey_errors
 from fleet_actors.domain.events import EventEnvelope
 from fleet_actors.domain.state import StoryState
 from fleet_actors.domain.story import fold
@@ -204,22 +204,26 @@ class RebuildJob:
         graph = await GraphStore.connect(self.settings)
         try:
             key = job_key(self.settings, self.job_id)
-            state = {k.decode(): v.decode() for k, v in (await cache.client.hgetall(key)).items()}
+            with valkey_errors("reading the rebuild's progress"):
+                state = {k.decode(): v.decode() for k, v in (await cache.client.hgetall(key)).items()}
             resumed = bool(state)
             await self._pause(cache, nc)
             if "end_sequence" not in state:
                 info = await nc.jsm().stream_info(self.settings.stream_name)
                 state["end_sequence"] = str(info.state.last_seq)
-                await cache.client.hset(key, mapping={"end_sequence": state["end_sequence"], "phase": "pause"})
+                with valkey_errors("recording the rebuild's progress"):
+                    await cache.client.hset(key, mapping={"end_sequence": state["end_sequence"], "phase": "pause"})
             end = int(state["end_sequence"])
             story_ids = list(self.scope.story_ids) or (await self._changed_since(nc) if self.scope.since else [])
             if state.get("phase") in (None, "pause"):
                 await self._wipe(graph, story_ids if not self.scope.whole else await list_story_ids(nc, self.settings))
-                await cache.client.hset(key, "phase", "replay")
+                with valkey_errors("recording the rebuild's progress"):
+                    await cache.client.hset(key, "phase", "replay")
             total = end if self.scope.whole else sum([await self._count(nc, s, end) for s in story_ids])
             done = await run_workers(self.job_id, self.workers, end, story_ids, total, progress)
             await self._hand_over(cache, nc)
-            await cache.client.hset(key, "phase", "done")
+            with valkey_errors("recording the rebuild's progress"):
+                await cache.client.hset(key, "phase", "done")
             return RebuildReport(
                 self.job_id, self.scope.describe(), end, done, len(story_ids), time.monotonic() - started, resumed
             )
@@ -229,7 +233,8 @@ class RebuildJob:
             await cache.close()
 
     async def _pause(self, cache: ContextCache, nc: Any) -> None:
-        await cache.client.set(pause_key(self.settings), self.job_id)
+        with valkey_errors("pausing the live projectors"):
+            await cache.client.set(pause_key(self.settings), self.job_id)
         live = [
             c.name
             for c in await _consumers(nc, self.settings)
@@ -237,7 +242,10 @@ class RebuildJob:
         ]
         deadline = time.monotonic() + PAUSE_TIMEOUT
         for name in live:
-            while (await cache.client.get(paused_key(self.settings, name))) != self.job_id.encode():
+            while True:
+                with valkey_errors("waiting for the live projectors to pause"):
+                    if await cache.client.get(paused_key(self.settings, name)) == self.job_id.encode():
+                        break
                 if time.monotonic() > deadline:
                     raise BackendUnavailable(f"live projector {name} did not pause within {PAUSE_TIMEOUT:.0f} s")
                 await asyncio.sleep(0.1)
@@ -253,7 +261,8 @@ class RebuildJob:
                 for consumer in await jsm.consumers_info(stream):
                     if consumer.name.startswith(f"rebuild-{self.job_id}-"):
                         await jsm.delete_consumer(stream, consumer.name)
-        await cache.client.delete(pause_key(self.settings))
+        with valkey_errors("resuming the live projectors"):
+            await cache.client.delete(pause_key(self.settings))
 
     async def _wipe(self, graph: GraphStore, story_ids: Iterable[str]) -> None:
         """Delete the subgraphs of the stories this log can rebuild, and nothing else: a graph

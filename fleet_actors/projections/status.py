@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import nats.js.errors
 
 from fleet_actors.adapters.jetstream import connect_nats, translate_nats_error
-from fleet_actors.adapters.valkey import ContextCache
+from fleet_actors.adapters.valkey import ContextCache, valkey_errors
 from fleet_actors.projections.policy import LIVE_CONSUMERS, consumer_name, partition_consumer_name
 from fleet_actors.projections.projector import status_key
 from fleet_actors.settings import Settings
@@ -59,7 +59,8 @@ async def projection_status(settings: Settings) -> list[ConsumerStatus]:
                 except Exception:  # the oldest event may have been removed meanwhile: no age then
                     lag_seconds = 0.0
             if projector not in stats_of:
-                raw = await cache.client.get(status_key(projector))
+                with valkey_errors("reading a projector's status"):
+                    raw = await cache.client.get(status_key(projector))
                 stats_of[projector] = json.loads(raw) if raw else {}
             stats = stats_of[projector]
             out.append(

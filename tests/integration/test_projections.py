@@ -170,6 +170,23 @@ async def test_valkey_restart_loses_nothing(local_stack, projectors, execute, st
     assert (await verify(stream_settings, [sid])).ok
 
 
+async def test_valkey_down_while_the_projectors_are_idle_is_waited_out(
+    local_stack, projectors, execute, stream_settings, unique_id
+):
+    """Idle projectors ask Valkey every second (a rebuild's pause flag, releases from the DLQ)."""
+    before = {sid: await write_story(execute, sid) for sid in (unique_id("W") for _ in range(2))}
+    await wait_until(lambda: projected(projectors, before))
+    local_stack.valkey.stop()
+    try:
+        await asyncio.sleep(3 * projectors.policy.fetch_timeout)
+    finally:
+        local_stack.valkey.start().wait_ready()
+    after = {sid: await write_story(execute, sid) for sid in (unique_id("W") for _ in range(2))}
+    await wait_until(lambda: projected(projectors, {**before, **after}), timeout=60)
+    assert not any(task.done() for task in projectors.tasks)
+    assert (await verify(stream_settings)).ok
+
+
 async def test_graph_outage_is_waited_out(local_stack, projectors, execute, stream_settings, unique_id):
     sid = unique_id("G")
     version = await write_story(execute, sid)

@@ -10,9 +10,10 @@ Keys::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,15 @@ def translate_valkey_error(error: BaseException, what: str) -> StoryError:
     if isinstance(error, valkey.exceptions.ConnectionError | valkey.exceptions.TimeoutError | OSError):
         return BackendUnavailable(f"Valkey is unavailable while {what}: {error}")
     return StoryError(f"Valkey failed while {what}: {error}")
+
+
+@contextlib.contextmanager
+def valkey_errors(what: str) -> Iterator[None]:
+    """Valkey client errors inside the block as ours, for code that uses ``ContextCache.client``."""
+    try:
+        yield
+    except Exception as error:
+        raise translate_valkey_error(error, what) from None
 
 
 @dataclass(frozen=True)
