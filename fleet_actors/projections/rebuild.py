@@ -211,19 +211,16 @@ class RebuildJob:
             if "end_sequence" not in state:
                 info = await nc.jsm().stream_info(self.settings.stream_name)
                 state["end_sequence"] = str(info.state.last_seq)
-                with valkey_errors("recording the rebuild's progress"):
-                    await cache.client.hset(key, mapping={"end_sequence": state["end_sequence"], "phase": "pause"})
+                await _record_progress(cache, key, end_sequence=state["end_sequence"], phase="pause")
             end = int(state["end_sequence"])
             story_ids = list(self.scope.story_ids) or (await self._changed_since(nc) if self.scope.since else [])
             if state.get("phase") in (None, "pause"):
                 await self._wipe(graph, story_ids if not self.scope.whole else await list_story_ids(nc, self.settings))
-                with valkey_errors("recording the rebuild's progress"):
-                    await cache.client.hset(key, "phase", "replay")
+                await _record_progress(cache, key, phase="replay")
             total = end if self.scope.whole else sum([await self._count(nc, s, end) for s in story_ids])
             done = await run_workers(self.job_id, self.workers, end, story_ids, total, progress)
             await self._hand_over(cache, nc)
-            with valkey_errors("recording the rebuild's progress"):
-                await cache.client.hset(key, "phase", "done")
+            await _record_progress(cache, key, phase="done")
             return RebuildReport(
                 self.job_id, self.scope.describe(), end, done, len(story_ids), time.monotonic() - started, resumed
             )
@@ -303,6 +300,12 @@ class RebuildJob:
             self.settings.stream_name, subjects_filter=self.settings.story_filter(story_id)
         )
         return sum((info.state.subjects or {}).values())
+
+
+async def _record_progress(cache: ContextCache, key: str, **fields: str) -> None:
+    """What a resumed job needs to know (its end sequence, the phase it reached)."""
+    with valkey_errors("recording the rebuild's progress"):
+        await cache.client.hset(key, mapping=fields)
 
 
 async def _consumers(nc: Any, settings: Settings) -> list[Any]:
