@@ -21,6 +21,7 @@ from fleet_actors.domain.events import EventEnvelope
 from fleet_actors.domain.state import StoryState
 from fleet_actors.errors import StoryError, StoryNotFound
 from fleet_actors.ports.event_store import EventStore
+from fleet_actors.ports.snapshot_store import SnapshotStore
 from fleet_actors.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,21 +46,17 @@ class StoryHost:
         self.story_id = story_id
         self._settings = settings
         self._store = store
+        self._snapshots: SnapshotStore | None = None  # with a given store (tests): none
         self._runtime: StoryRuntime | None = None
 
     async def runtime(self) -> StoryRuntime:
         if self._runtime is None:
-            snapshots = None
             if self._store is None:
-                from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore
-                from fleet_actors.archive.composite import open_event_store
-
-                # archive + stream when FLEET_ARCHIVE_URL is set: history past the retention horizon
-                self._store = await open_event_store(self._settings)
-                snapshots = JetStreamSnapshotStore(self._store.connection, self._settings)
-                await snapshots.ensure_stream()
+                # Both or neither: an activation that fails half-way is tried again whole by the next
+                # call (it once left the actor without snapshots for the rest of its life).
+                self._store, self._snapshots = await _open_stores(self._settings)
             runtime = StoryRuntime(
-                self.story_id, self._store, snapshots=snapshots, snapshot_every=self._settings.snapshot_every
+                self.story_id, self._store, snapshots=self._snapshots, snapshot_every=self._settings.snapshot_every
             )
             await runtime.load()
             self._runtime = runtime
@@ -100,6 +97,21 @@ class StoryHost:
         if self._store is not None:
             with contextlib.suppress(Exception):
                 await self._store.close()
+
+
+async def _open_stores(settings: Settings) -> tuple[EventStore, SnapshotStore]:
+    from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore
+    from fleet_actors.archive.composite import open_event_store
+
+    # archive + stream when FLEET_ARCHIVE_URL is set: history past the retention horizon
+    store = await open_event_store(settings)
+    try:
+        snapshots = JetStreamSnapshotStore(store.connection, settings)
+        await snapshots.ensure_stream()
+    except BaseException:
+        await store.close()
+        raise
+    return store, snapshots
 
 
 class StoryActor:

@@ -8,10 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from fleet_actors.actors.story_actor import StoryHost
 from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore, snapshot_subject
 from fleet_actors.application.messages import CommandRequest
 from fleet_actors.application.story_runtime import StoryRuntime
 from fleet_actors.domain.commands import CreateStory, RecordSummary
+from fleet_actors.errors import BackendUnavailable
 from tests.integration.conftest import RunningProjectors, wait_until
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
@@ -86,3 +88,29 @@ async def test_snapshots_become_graph_nodes(execute, event_store, stream_setting
         await wait_until(nodes)
     finally:
         await running.stop()
+
+
+async def test_an_activation_that_fails_half_way_is_tried_again_whole(
+    ray_runtime, event_store, stream_settings, unique_id, monkeypatch
+):
+    # Snapshot stream unavailable on the first activation: the next call must open both stores again,
+    # not carry on with the event store alone (which left the actor without snapshots for good).
+    hiccups = [BackendUnavailable("JetStream hiccup")]
+    ensure_stream = JetStreamSnapshotStore.ensure_stream
+
+    async def flaky(self):
+        if hiccups:
+            raise hiccups.pop()
+        await ensure_stream(self)
+
+    monkeypatch.setattr(JetStreamSnapshotStore, "ensure_stream", flaky)
+    settings = stream_settings.replace(snapshot_every=2)
+    story_id = unique_id("H")
+    host = StoryHost(story_id, settings)
+    with pytest.raises(BackendUnavailable):
+        await host.execute(CommandRequest(story_id, CreateStory("t"), "create"))
+    await host.execute(CommandRequest(story_id, CreateStory("t"), "create"))
+    await host.execute(CommandRequest(story_id, RecordSummary("s"), "summary"))
+    await host.close()
+    snapshot = await JetStreamSnapshotStore(event_store.connection, settings).latest(story_id)
+    assert snapshot is not None and snapshot.state.version == 2
