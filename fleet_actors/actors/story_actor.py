@@ -14,7 +14,7 @@ from typing import Any
 
 import ray
 
-from fleet_actors.actors.naming import REGISTRY_NAME, find_live, get_or_create, story_actor_name
+from fleet_actors.actors.naming import REGISTRY_NAME, find_live, get_or_create, live_story_ids, story_actor_name
 from fleet_actors.application.messages import CommandRequest, CommandResult, pack, unpack
 from fleet_actors.application.story_runtime import StoryRuntime
 from fleet_actors.domain.events import EventEnvelope
@@ -209,7 +209,10 @@ class StoryRegistry:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._live: dict[str, float] = {}
+        # Restarted by Ray after a crash, the registry would otherwise forget the actors already live
+        # and let the cap be exceeded by as many: adopt them (eviction asks each how idle it is).
+        now = time.monotonic()
+        self._live: dict[str, float] = dict.fromkeys(live_story_ids(settings), now)
         self._evicting: set[str] = set()
         self._stores: dict[tuple[str, str], EventStore] = {}
         self._connecting = asyncio.Lock()

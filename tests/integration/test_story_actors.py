@@ -12,6 +12,7 @@ import ray
 
 from fleet_actors import ConcurrencyConflict, FleetClient, InvalidCommand, RuleViolation, StoryNotFound
 from fleet_actors.actors.naming import live_story_ids, story_actor_name
+from fleet_actors.actors.story_actor import registry_handle
 from fleet_actors.adapters.jetstream import JetStreamEventStore
 from fleet_actors.devstack import NatsServer
 from fleet_actors.domain.commands import CreateStory, CreateSubtask
@@ -155,6 +156,30 @@ def test_idle_actors_passivate_and_the_live_cap_holds(ray_runtime, settings):
     while live_story_ids(capped) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert live_story_ids(capped) == []
+
+
+def test_the_live_cap_holds_across_a_registry_restart(ray_runtime, settings):
+    # Ray restarts a crashed registry with empty state: it must adopt the story actors already live.
+    capped = settings.replace(max_live_stories=3, ray_namespace="cap-" + uuid.uuid4().hex[:6])
+    client = FleetClient(capped)
+    stories = [new_story() for _ in range(4)]
+    for sid in stories[:3]:
+        client.create_story(sid, "t")
+    ray.kill(registry_handle(capped), no_restart=False)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ray.exceptions.RayActorError):
+            if len(ray.get(registry_handle(capped).live_stories.remote())) == 3:
+                break
+        time.sleep(0.2)
+    client.create_story(stories[3], "t")
+    deadline = time.monotonic() + 10
+    while len(live_story_ids(capped)) > 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(live_story_ids(capped)) == 3 and stories[3] in live_story_ids(capped)
+    for sid in live_story_ids(capped):
+        with contextlib.suppress(ray.exceptions.RayActorError):  # it exits while answering
+            ray.get(ray.get_actor(story_actor_name(sid), namespace=capped.ray_namespace).passivate.remote())
 
 
 def test_story_actors_reserve_the_configured_memory_while_live(ray_runtime, settings):
