@@ -359,13 +359,15 @@ class FleetClient(_StoryApi[Any]):
 
     def _call(self, story_id: str, method: str, *args: Any, may_create: bool = False) -> Any:
         for attempt in range(ACTOR_RETRIES):
-            handle = self._known_handle(story_id)
-            if handle is None:
-                exists = may_create or _unwrap(ray.get(self._registry().story_exists.remote(story_id, self.settings)))
-                handle = self._activate(story_id, exists)
             try:
+                handle = self._known_handle(story_id)
+                if handle is None:
+                    exists = may_create or _unwrap(
+                        ray.get(self._registry().story_exists.remote(story_id, self.settings))
+                    )
+                    handle = self._activate(story_id, exists)
                 return _unwrap(unpack(ray.get(getattr(handle, method).remote(*args))))
-            except _ACTOR_GONE:
+            except _ACTOR_GONE:  # the story actor (or the registry, restarting) is gone
                 # Passivated or died: the next call re-activates it by name from the event log.
                 self._forget(story_id)
                 time.sleep(_backoff(attempt))
@@ -392,13 +394,13 @@ class AsyncFleetClient(_StoryApi[Awaitable[Any]]):
 
     async def _call_async(self, story_id: str, method: str, *args: Any, may_create: bool = False) -> Any:
         for attempt in range(ACTOR_RETRIES):
-            handle = self._known_handle(story_id)
-            if handle is None:
-                exists = may_create or _unwrap(await self._registry().story_exists.remote(story_id, self.settings))
-                handle = self._activate(story_id, exists)
             try:
+                handle = self._known_handle(story_id)
+                if handle is None:
+                    exists = may_create or _unwrap(await self._registry().story_exists.remote(story_id, self.settings))
+                    handle = self._activate(story_id, exists)
                 return _unwrap(unpack(await getattr(handle, method).remote(*args)))
-            except _ACTOR_GONE:
+            except _ACTOR_GONE:  # the story actor (or the registry, restarting) is gone
                 self._forget(story_id)
                 await asyncio.sleep(_backoff(attempt))
         raise BackendUnavailable(f"the actor of story {story_id!r} kept dying; see the Ray logs")

@@ -297,7 +297,8 @@ def story_actor_class() -> Any:
 
 @functools.cache
 def registry_class() -> Any:
-    return ray.remote(max_restarts=-1)(StoryRegistry)
+    # Its methods are idempotent: calls in flight when it dies are sent again to the restarted one.
+    return ray.remote(max_restarts=-1, max_task_retries=-1)(StoryRegistry)
 
 
 def story_handle(story_id: str, settings: Settings) -> Any:

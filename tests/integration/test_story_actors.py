@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from types import SimpleNamespace
 
 import pytest
 import ray
@@ -180,6 +181,26 @@ def test_the_live_cap_holds_across_a_registry_restart(ray_runtime, settings):
     for sid in live_story_ids(capped):
         with contextlib.suppress(ray.exceptions.RayActorError):  # it exits while answering
             ray.get(ray.get_actor(story_actor_name(sid), namespace=capped.ray_namespace).passivate.remote())
+
+
+def test_a_registry_lost_during_the_lookup_is_retried(client, settings, monkeypatch):
+    sid = new_story()
+    client.create_story(sid, "t")
+    with contextlib.suppress(ray.exceptions.RayActorError):  # it exits while answering
+        ray.get(ray.get_actor(story_actor_name(sid), namespace=settings.ray_namespace).passivate.remote())
+    client.close()  # forget the handle: the next call asks the registry whether the story exists
+    lookups = []
+
+    def story_exists(*args):  # the registry dies with the first lookup in flight, then is back
+        lookups.append(args)
+        if len(lookups) == 1:
+            raise ray.exceptions.RayActorError()
+        return ray.put(True)
+
+    registry = SimpleNamespace(story_exists=SimpleNamespace(remote=story_exists))
+    monkeypatch.setattr(client, "_registry", lambda: registry)
+    assert client.get_story(sid).version == 1
+    assert len(lookups) == 2
 
 
 def test_story_actors_reserve_the_configured_memory_while_live(ray_runtime, settings):
