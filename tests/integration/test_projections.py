@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import nats
+import pytest
 
 from fleet_actors.adapters.jetstream.partition_feed import partition_of
 from fleet_actors.adapters.neo4j import GraphStore
@@ -142,18 +143,21 @@ async def test_nats_killed_mid_stream_loses_nothing(local_stack, projectors, exe
     assert report.ok, report.differences
 
 
-async def test_nats_down_while_the_projectors_are_idle_is_waited_out(
-    local_stack, projectors, execute, stream_settings, unique_id
+@pytest.mark.parametrize("server", ["nats", "valkey"])
+async def test_an_outage_while_the_projectors_are_idle_is_waited_out(
+    server, local_stack, projectors, execute, stream_settings, unique_id
 ):
-    """Idle projectors poll JetStream (the snapshot consumer's state): an outage longer than a request's
-    timeout once ended their loops for good."""
+    """Idle projectors poll JetStream (the snapshot consumer's state) and Valkey (a rebuild's pause flag,
+    releases from the DLQ) every second: an outage longer than a request's timeout once ended their
+    loops for good."""
     before = {sid: await write_story(execute, sid) for sid in (unique_id("I") for _ in range(2))}
     await wait_until(lambda: projected(projectors, before))
-    local_stack.nats.kill()
+    down = getattr(local_stack, server)
+    down.stop()
     try:
         await asyncio.sleep(stream_settings.nats_timeout + 2 * projectors.policy.fetch_timeout)
     finally:
-        local_stack.nats.start().wait_ready()
+        down.start().wait_ready()
     after = {sid: await write_story(execute, sid) for sid in (unique_id("I") for _ in range(2))}
     await wait_until(lambda: projected(projectors, {**before, **after}), timeout=60)
     assert not any(task.done() for task in projectors.tasks)
@@ -168,23 +172,6 @@ async def test_valkey_restart_loses_nothing(local_stack, projectors, execute, st
     later = await execute(sid, UpdateSubtask("T1", "DONE"))
     await wait_until(lambda: projected(projectors, {sid: later.version}), timeout=30)
     assert (await verify(stream_settings, [sid])).ok
-
-
-async def test_valkey_down_while_the_projectors_are_idle_is_waited_out(
-    local_stack, projectors, execute, stream_settings, unique_id
-):
-    """Idle projectors ask Valkey every second (a rebuild's pause flag, releases from the DLQ)."""
-    before = {sid: await write_story(execute, sid) for sid in (unique_id("W") for _ in range(2))}
-    await wait_until(lambda: projected(projectors, before))
-    local_stack.valkey.stop()
-    try:
-        await asyncio.sleep(3 * projectors.policy.fetch_timeout)
-    finally:
-        local_stack.valkey.start().wait_ready()
-    after = {sid: await write_story(execute, sid) for sid in (unique_id("W") for _ in range(2))}
-    await wait_until(lambda: projected(projectors, {**before, **after}), timeout=60)
-    assert not any(task.done() for task in projectors.tasks)
-    assert (await verify(stream_settings)).ok
 
 
 async def test_graph_outage_is_waited_out(local_stack, projectors, execute, stream_settings, unique_id):
