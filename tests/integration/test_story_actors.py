@@ -18,6 +18,7 @@ from fleet_actors.adapters.jetstream import JetStreamEventStore
 from fleet_actors.devstack import NatsServer
 from fleet_actors.domain.commands import CreateStory, CreateSubtask
 from fleet_actors.errors import Retryable
+from fleet_actors.settings import Settings
 
 
 def new_story() -> str:
@@ -35,6 +36,11 @@ async def stored_versions(settings, story_id):
         return [e.envelope.version for e in await store.read_all(story_id)]
     finally:
         await store.close()
+
+
+def passivate(story_id: str, settings: Settings) -> None:
+    with contextlib.suppress(ray.exceptions.RayActorError):  # it exits while answering
+        ray.get(ray.get_actor(story_actor_name(story_id), namespace=settings.ray_namespace).passivate.remote())
 
 
 def test_story_life_cycle(client):
@@ -179,15 +185,13 @@ def test_the_live_cap_holds_across_a_registry_restart(ray_runtime, settings):
         time.sleep(0.2)
     assert len(live_story_ids(capped)) == 3 and stories[3] in live_story_ids(capped)
     for sid in live_story_ids(capped):
-        with contextlib.suppress(ray.exceptions.RayActorError):  # it exits while answering
-            ray.get(ray.get_actor(story_actor_name(sid), namespace=capped.ray_namespace).passivate.remote())
+        passivate(sid, capped)
 
 
 def test_a_registry_lost_during_the_lookup_is_retried(client, settings, monkeypatch):
     sid = new_story()
     client.create_story(sid, "t")
-    with contextlib.suppress(ray.exceptions.RayActorError):  # it exits while answering
-        ray.get(ray.get_actor(story_actor_name(sid), namespace=settings.ray_namespace).passivate.remote())
+    passivate(sid, settings)
     client.close()  # forget the handle: the next call asks the registry whether the story exists
     lookups = []
 

@@ -115,22 +115,18 @@ class ContextCache:
 
     async def ping(self) -> None:
         """Raise BackendUnavailable unless Valkey answers."""
-        try:
+        with valkey_errors("pinging Valkey"):
             await self._client.ping()
-        except Exception as error:
-            raise translate_valkey_error(error, "pinging Valkey") from None
 
     async def get(self, story_id: str) -> ContextDocument | None:
         return (await self.get_many([story_id]))[story_id]
 
     async def get_many(self, story_ids: Sequence[str]) -> dict[str, ContextDocument | None]:
-        try:
+        with valkey_errors("reading context documents"):
             async with self._client.pipeline(transaction=False) as pipe:
                 for story_id in story_ids:
                     pipe.hmget(context_key(story_id), "version", "doc")
                 rows = await pipe.execute()
-        except Exception as error:
-            raise translate_valkey_error(error, "reading context documents") from None
         out: dict[str, ContextDocument | None] = {}
         for story_id, (version, doc) in zip(story_ids, rows, strict=True):
             out[story_id] = None if version is None else _document(story_id, int(version), doc)
@@ -138,13 +134,11 @@ class ContextCache:
 
     async def versions(self, story_ids: Sequence[str]) -> dict[str, int]:
         """The version of each story's document (stories without one are left out)."""
-        try:
+        with valkey_errors("reading context document versions"):
             async with self._client.pipeline(transaction=False) as pipe:
                 for story_id in story_ids:
                     pipe.hget(context_key(story_id), "version")
                 rows = await pipe.execute()
-        except Exception as error:
-            raise translate_valkey_error(error, "reading context document versions") from None
         return {story_id: int(version) for story_id, version in zip(story_ids, rows, strict=True) if version}
 
     async def commit(
@@ -154,7 +148,7 @@ class ContextCache:
         offsets: Mapping[str, int] | None = None,
     ) -> None:
         """One MULTI: newer documents, processed ids and the consumers' offsets land together."""
-        try:
+        with valkey_errors("writing context documents"):
             async with self._client.pipeline(transaction=True) as pipe:
                 for state in states:
                     document = encode_state(state)
@@ -167,33 +161,25 @@ class ContextCache:
                 for consumer, offset in (offsets or {}).items():
                     pipe.set(offset_key(consumer), offset)
                 await pipe.execute()
-        except Exception as error:
-            raise translate_valkey_error(error, "writing context documents") from None
 
     async def already_processed(self, event_ids: Sequence[str]) -> set[str]:
         if not event_ids:
             return set()
-        try:
+        with valkey_errors("reading processed event ids"):
             async with self._client.pipeline(transaction=False) as pipe:
                 for event_id in event_ids:
                     pipe.exists(processed_key(event_id))
                 found = await pipe.execute()
-        except Exception as error:
-            raise translate_valkey_error(error, "reading processed event ids") from None
         return {e for e, hit in zip(event_ids, found, strict=True) if hit}
 
     async def offset(self, consumer: str) -> int | None:
-        try:
+        with valkey_errors("reading a consumer offset"):
             value = await self._client.get(offset_key(consumer))
-        except Exception as error:
-            raise translate_valkey_error(error, "reading a consumer offset") from None
         return None if value is None else int(value)
 
     async def delete(self, *keys: str) -> None:
-        try:
+        with valkey_errors("deleting keys"):
             await self._client.delete(*keys)
-        except Exception as error:
-            raise translate_valkey_error(error, "deleting keys") from None
 
     @property
     def client(self) -> Any:
