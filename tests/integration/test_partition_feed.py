@@ -139,7 +139,7 @@ def test_partition_of_reads_the_last_token():
 
 
 async def test_refused_pulls_are_retried_after_pauses_and_the_feed_recovers(stream, monkeypatch):
-    """JetStream answers a pull at once while it starts up or when a consumer is gone: asking again at
+    """JetStream answers a pull at once while it starts up or when a stream is gone: asking again at
     once would be a busy loop against a recovering server (it once sent thousands of pulls a second)."""
     monkeypatch.setattr(partition_feed, "PULL_EXPIRES", 1.0)  # requests expire during the test
     monkeypatch.setattr(partition_feed, "HEARTBEAT", 0.3)
@@ -158,8 +158,8 @@ async def test_refused_pulls_are_retried_after_pauses_and_the_feed_recovers(stre
     try:
         await asyncio.sleep(2.5)  # idle: requests expire and are renewed, which is no error
         assert errors == []
-        for consumer in feed.consumers:
-            await nc.jsm().delete_consumer(name, consumer.name)
+        config = (await nc.jsm().stream_info(name)).config
+        await nc.jsm().delete_stream(name)
         pulls = 0
         await asyncio.sleep(2.0)
         assert 0 < pulls <= PARTITIONS * 4  # pauses of 0.5, 1, 2 s: two or three pulls each
@@ -167,9 +167,27 @@ async def test_refused_pulls_are_retried_after_pauses_and_the_feed_recovers(stre
         assert "consumer or its stream is gone" in str(errors[-1])
         with pytest.raises(BackendUnavailable, match="consumer c-0"):
             await feed.drained()  # a typed error for the rebuild's caller, not nats-py's
-        for consumer in feed.consumers:
-            await nc.jsm().add_consumer(name, config(consumer))
+        await nc.jsm().add_stream(config)  # empty, without consumers: the feed creates them again
         await publish(nc, prefix, 6)
         assert sorted(await asyncio.wait_for(take(feed, 6), 15)) == list(range(6))
+    finally:
+        await feed.stop()
+
+
+async def test_a_consumer_deleted_under_the_feed_is_re_created_from_its_configured_start(stream):
+    """Nothing published meanwhile is lost; what was read before comes again (readers skip repeats)."""
+    nc, name, prefix = stream
+    feed = feed_for(nc, name, prefix)
+    await feed.start()
+    try:
+        await publish(nc, prefix, 6)
+        assert sorted(await asyncio.wait_for(take(feed, 6), 15)) == list(range(6))
+        for consumer in feed.consumers:
+            await nc.jsm().delete_consumer(name, consumer.name)
+        js = nc.jetstream()
+        for n in range(6, 12):
+            await js.publish(f"{prefix}.{n}.{n % PARTITIONS}", str(n).encode())
+        assert sorted(await asyncio.wait_for(take(feed, 12), 15)) == list(range(12))
+        assert sorted(c.name for c in await nc.jsm().consumers_info(name)) == sorted(feed.names)
     finally:
         await feed.stop()

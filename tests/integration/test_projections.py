@@ -164,6 +164,32 @@ async def test_an_outage_while_the_projectors_are_idle_is_waited_out(
     assert (await verify(stream_settings)).ok
 
 
+async def test_a_deleted_consumer_is_re_created_by_the_projectors(projectors, execute, stream_settings, unique_id):
+    """Deleted by hand, or lost with the server's state: the projectors create their consumers again
+    and catch up by themselves; what they read a second time is not applied twice."""
+    first = {sid: await write_story(execute, sid) for sid in (unique_id("S") for _ in range(3))}
+    await wait_until(lambda: projected(projectors, first))
+    applied_before = sum(p.stats.applied for p in projectors.projectors)
+    nc = await nats.connect(stream_settings.nats_url)
+    try:
+        jsm = nc.jsm()
+        partition_consumers = [
+            c.name for c in await jsm.consumers_info(stream_settings.stream_name) if "-partition-" in c.name
+        ]
+        assert len(partition_consumers) == stream_settings.partitions
+        for name in partition_consumers:
+            await jsm.delete_consumer(stream_settings.stream_name, name)
+        later = {sid: await write_story(execute, sid) for sid in (unique_id("S") for _ in range(3))}
+        await wait_until(lambda: projected(projectors, later))
+        assert sorted(
+            c.name for c in await jsm.consumers_info(stream_settings.stream_name) if "-partition-" in c.name
+        ) == sorted(partition_consumers)
+    finally:
+        await nc.close()
+    assert sum(p.stats.applied for p in projectors.projectors) - applied_before == sum(later.values())
+    assert await projected(projectors, first)
+
+
 async def test_valkey_restart_loses_nothing(local_stack, projectors, execute, stream_settings, unique_id):
     sid = unique_id("V")
     version = await write_story(execute, sid)

@@ -27,6 +27,7 @@ MIN_SERVER_VERSION = (2, 12, 0)
 #: JetStream API error codes we act on
 ERR_WRONG_LAST_SEQUENCE = 10071
 ERR_STREAM_NOT_FOUND = 10059
+ERR_CONSUMER_NOT_FOUND = 10014
 ERR_BATCH_DUPLICATE = 10201
 ERR_SUBJECTS_OVERLAP = 10065
 #: the server's cap on concurrent atomic batches per stream / an abandoned batch: nothing stored, retry

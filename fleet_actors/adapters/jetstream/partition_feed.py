@@ -28,7 +28,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 
-from fleet_actors.adapters.jetstream.connection import translate_nats_error
+from fleet_actors.adapters.jetstream.connection import ERR_CONSUMER_NOT_FOUND, translate_nats_error
 from fleet_actors.errors import BackendUnavailable, ConfigurationError, StoryError
 
 log = logging.getLogger(__name__)
@@ -140,6 +140,7 @@ class PartitionFeed:
                     pull.refused = False
                     await self._pause(retry)
                     retry = min(retry * 2, FETCH_RETRY_MAX_SECONDS)
+                    await self._recreate_if_missing(consumer)
                     continue
                 if pull.served:
                     pull.served, retry = False, FETCH_RETRY_SECONDS
@@ -166,6 +167,32 @@ class PartitionFeed:
             with contextlib.suppress(Exception):
                 await sub.drain()
             self._returned.extend(pull.group)
+
+    async def _recreate_if_missing(self, consumer: PartitionConsumer) -> None:
+        """A refusal may mean the consumer is gone (deleted by hand, lost with the server's state): then
+        it is created again from its configured start, and the readers skip what they already hold
+        (the read models are guarded by story version). Without this the feed would wait for an
+        operator, and the read models would fall behind, silently but for the refusals in the log."""
+        if self._stopping.is_set():
+            return
+        jsm = self._nc.jsm()
+        try:
+            await jsm.consumer_info(self._stream, consumer.name)
+            return  # there: the refusal was something else (JetStream starting, leadership moving)
+        except nats.js.errors.NotFoundError as error:
+            if error.err_code != ERR_CONSUMER_NOT_FOUND:
+                return  # the stream itself is gone: nothing to bind a consumer to
+        except Exception:
+            return  # JetStream not answering: the next pull finds out again
+        try:
+            await jsm.add_consumer(self._stream, self._config(consumer))
+        except Exception as error:
+            self._on_error(translate_nats_error(error, f"re-creating consumer {consumer.name}"))
+            return
+        log.warning(
+            "consumer %s of stream %s was missing and has been re-created from its configured start; "
+            "events the read models already hold are skipped", consumer.name, self._stream,
+        )  # fmt: skip
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
