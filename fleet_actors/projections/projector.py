@@ -32,6 +32,7 @@ from fleet_actors.adapters.jetstream import (
     ensure_event_stream,
     translate_nats_error,
 )
+from fleet_actors.adapters.jetstream.connection import ERR_CONSUMER_NOT_FOUND
 from fleet_actors.adapters.jetstream.partition_feed import PartitionConsumer, PartitionFeed, partition_of
 from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore, snapshot_stream
 from fleet_actors.adapters.neo4j import GraphStore
@@ -243,6 +244,17 @@ class Projector:
         """ContextSnapshot nodes for snapshots whose story the graph already holds at that version."""
         try:
             info = await self._snapshot_sub.consumer_info()
+        except nats.js.errors.NotFoundError as error:
+            if error.err_code != ERR_CONSUMER_NOT_FOUND:
+                raise translate_nats_error(error, "polling the snapshot consumer") from None
+            # Deleted by hand or lost with the server's state: create it again (as the partition
+            # consumers are); snapshots read a second time are idempotent MERGEs.
+            log.warning("projector %s: the snapshot consumer was missing; re-creating it", self.name)
+            try:
+                self._snapshot_sub = await self._bind_snapshot_consumer()
+            except Exception as bind_error:
+                raise translate_nats_error(bind_error, "re-creating the snapshot consumer") from None
+            return 0
         except Exception as error:
             raise translate_nats_error(error, "polling the snapshot consumer") from None
         if not (info.num_pending or info.num_ack_pending):

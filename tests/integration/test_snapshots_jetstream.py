@@ -9,11 +9,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from fleet_actors.actors.story_actor import StoryHost
-from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore, snapshot_subject
+from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore, snapshot_stream, snapshot_subject
 from fleet_actors.application.messages import CommandRequest
 from fleet_actors.application.story_runtime import StoryRuntime
 from fleet_actors.domain.commands import CreateStory, RecordSummary
 from fleet_actors.errors import BackendUnavailable
+from fleet_actors.projections.policy import LIVE_CONSUMERS, snapshot_consumer_name
 from tests.integration.conftest import RunningProjectors, wait_until
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
@@ -86,6 +87,35 @@ async def test_snapshots_become_graph_nodes(execute, event_store, stream_setting
             return sorted(r["v"] for r in rows) == [3, 6]
 
         await wait_until(nodes)
+    finally:
+        await running.stop()
+
+
+async def test_a_deleted_snapshot_consumer_is_re_created_by_the_projectors(
+    execute, event_store, stream_settings, unique_id
+):
+    settings = stream_settings.replace(snapshot_every=3)
+    snapshots = JetStreamSnapshotStore(event_store.connection, settings)
+    await snapshots.ensure_stream()
+    sid = unique_id("S")
+    writer = runtime(event_store, snapshots, sid, every=3)
+    await write(writer, 4)
+    running = await RunningProjectors(settings, 1).start()
+    try:
+
+        async def nodes(expected):
+            rows = await running.graph.query(
+                "MATCH (:Story {story_id: $id})-[:HAS_SNAPSHOT]->(c:ContextSnapshot) RETURN c.version AS v", id=sid
+            )
+            return sorted(r["v"] for r in rows) == expected
+
+        await wait_until(lambda: nodes([3]))
+        await event_store.connection.jsm().delete_consumer(
+            snapshot_stream(settings), snapshot_consumer_name(LIVE_CONSUMERS)
+        )
+        for i in range(3):
+            await writer.execute(CommandRequest(sid, RecordSummary(f"later {i}"), f"later-{i}"))
+        await wait_until(lambda: nodes([3, 6]))
     finally:
         await running.stop()
 
