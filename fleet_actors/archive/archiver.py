@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 from nats.aio.client import Client
 
 from fleet_actors.adapters.jetstream import JetStreamEventStore, connect_nats
-from fleet_actors.adapters.jetstream.connection import translate_nats_error
+from fleet_actors.adapters.jetstream.connection import nats_errors
 from fleet_actors.adapters.jetstream.direct_get import read_by_subject
 from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore
 from fleet_actors.application.story_runtime import StoryRuntime
@@ -122,10 +122,8 @@ class Archiver:
             await self.nc.close()
 
     async def _stream_state(self) -> tuple[int, int]:
-        try:
+        with nats_errors(f"reading the state of stream {self.settings.stream_name}"):
             info = await self.nc.jsm(timeout=self.settings.nats_timeout).stream_info(self.settings.stream_name)
-        except Exception as error:
-            raise translate_nats_error(error, f"reading the state of stream {self.settings.stream_name}") from None
         return info.state.first_seq, info.state.last_seq
 
     # --- archiving ------------------------------------------------------------------------------
@@ -252,12 +250,10 @@ class Archiver:
             await self._publish_watermark(cut)
         jsm = self.nc.jsm(timeout=self.settings.nats_timeout)
         for story, keep_from in purges:
-            try:
+            with nats_errors(f"deleting archived events of story {story}"):
                 await jsm.purge_stream(
                     self.settings.stream_name, seq=keep_from, subject=self.settings.story_filter(story)
                 )
-            except Exception as error:
-                raise translate_nats_error(error, f"deleting archived events of story {story}") from None
         if done_through > manifest.purged_through or held != manifest.held_heads:
             manifest.purged_through = max(done_through, manifest.purged_through)
             manifest.held_heads = held
@@ -272,15 +268,13 @@ class Archiver:
 
     async def _publish_watermark(self, cut: int) -> None:
         jsm = self.nc.jsm(timeout=self.settings.nats_timeout)
-        try:
+        with nats_errors("recording the archive's purge watermark"):
             info = await jsm.stream_info(self.settings.stream_name)
             config = info.config
             if int((config.metadata or {}).get(PURGE_KEY, "0")) >= cut:
                 return
             config.metadata = {**(config.metadata or {}), PURGE_KEY: str(cut)}
             await jsm.update_stream(config)
-        except Exception as error:
-            raise translate_nats_error(error, "recording the archive's purge watermark") from None
 
     async def run_once(self, *, now: datetime | None = None) -> tuple[ArchiveReport, RetentionReport]:
         """Archive, then apply retention: the order is what keeps deletion behind archiving."""

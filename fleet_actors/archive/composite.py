@@ -19,7 +19,7 @@ import nats.js.errors
 from nats.aio.client import Client
 
 from fleet_actors.adapters.jetstream import JetStreamEventStore
-from fleet_actors.adapters.jetstream.connection import translate_nats_error
+from fleet_actors.adapters.jetstream.connection import nats_errors
 from fleet_actors.archive.segments import Archive, Manifest
 from fleet_actors.codec import decode_event
 from fleet_actors.domain.events import EventEnvelope
@@ -33,12 +33,11 @@ PURGE_KEY = "fleet_archive_purge_through"
 
 async def purge_watermark(nc: Client, settings: Settings) -> int:
     """The highest sequence the archiver may have deleted from the stream (0: none)."""
-    try:
-        info = await nc.jsm(timeout=settings.nats_timeout).stream_info(settings.stream_name)
-    except nats.js.errors.NotFoundError:
-        return 0
-    except Exception as error:
-        raise translate_nats_error(error, f"reading the purge watermark of {settings.stream_name}") from None
+    with nats_errors(f"reading the purge watermark of {settings.stream_name}"):
+        try:
+            info = await nc.jsm(timeout=settings.nats_timeout).stream_info(settings.stream_name)
+        except nats.js.errors.NotFoundError:
+            return 0
     return int((info.config.metadata or {}).get(PURGE_KEY, "0"))
 
 

@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fleet_actors.adapters.jetstream import connect_nats
-from fleet_actors.adapters.jetstream.connection import translate_nats_error
+from fleet_actors.adapters.jetstream.connection import nats_errors
 from fleet_actors.archive.archiver import read_stream_range
 from fleet_actors.archive.segments import SCHEMA, Archive, Manifest, chunks, rows_to_table
 from fleet_actors.errors import InvalidCommand
@@ -50,10 +50,8 @@ async def export_events(settings: Settings, out: str, *, since: datetime | None 
     nc = await connect_nats(settings, name="fleet-export")
     from_archive = from_stream = 0
     try:
-        try:
+        with nats_errors(f"reading stream {settings.stream_name}"):
             info = await nc.jsm(timeout=settings.nats_timeout).stream_info(settings.stream_name)
-        except Exception as error:
-            raise translate_nats_error(error, f"reading stream {settings.stream_name}") from None
         with fsspec.open(out, "wb") as handle, pq.ParquetWriter(handle, SCHEMA, compression="zstd") as writer:
             if archive is not None:
                 for table in await asyncio.to_thread(list, archive.iter_tables(manifest)):

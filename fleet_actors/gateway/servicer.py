@@ -29,7 +29,7 @@ from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
 from fleet_actors.adapters.jetstream import JetStreamEventStore
-from fleet_actors.adapters.jetstream.connection import translate_nats_error
+from fleet_actors.adapters.jetstream.connection import nats_errors
 from fleet_actors.adapters.valkey.context_cache import translate_valkey_error
 from fleet_actors.application.ids import new_id
 from fleet_actors.application.read_models import ContextView, ReadModels
@@ -537,15 +537,13 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
         from_version = _non_negative(request.from_version, "from_version")
         if await self._events.last_sequence(story_id) == 0:
             raise StoryNotFound(story_id)
-        try:
+        with nats_errors(f"subscribing to story {story_id}"):
             subscription = await self._events.connection.jetstream().subscribe(
                 self._settings.story_filter(story_id),
                 stream=self._settings.stream_name,
                 ordered_consumer=True,
                 deliver_policy=DeliverPolicy.ALL if from_version else DeliverPolicy.NEW,
             )
-        except Exception as error:
-            raise translate_nats_error(error, f"subscribing to story {story_id}") from None
         try:
             # The consumer exists from here on: the initial metadata tells the caller so.
             await context.send_initial_metadata(())

@@ -11,11 +11,10 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import nats.js.errors
 from nats.aio.client import Client
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
-from fleet_actors.adapters.jetstream.connection import stream_placement, translate_nats_error
+from fleet_actors.adapters.jetstream.connection import declare_stream, nats_errors, stream_placement
 from fleet_actors.adapters.valkey import ContextCache, valkey_errors
 from fleet_actors.errors import InvalidCommand, StoryError
 from fleet_actors.settings import Settings
@@ -68,15 +67,7 @@ class DeadLetters:
             num_replicas=self._settings.stream_replicas,
             placement=stream_placement(self._settings),
         )
-        try:
-            try:
-                current = (await self._jsm.stream_info(config.name)).config
-                if (current.num_replicas, current.placement) != (config.num_replicas, config.placement):
-                    await self._jsm.update_stream(config)
-            except nats.js.errors.NotFoundError:
-                await self._jsm.add_stream(config)
-        except Exception as error:
-            raise translate_nats_error(error, "declaring the dead-letter stream") from None
+        await declare_stream(self._jsm, config, ("num_replicas", "placement"), "the dead-letter stream")
 
     async def park(self, event: ParkedEvent, data: bytes) -> ParkedEvent:
         """Store the original bytes with the reason, then hold the story."""
@@ -87,10 +78,8 @@ class DeadLetters:
             "Fleet-Original-Subject": event.subject,
             "Nats-Msg-Id": f"dlq-{event.consumer}-{event.stream_sequence}",
         }
-        try:
+        with nats_errors("parking a poison event"):
             ack = await self._js.publish(dlq_subject(self._settings, event.story_id), data, headers=headers)
-        except Exception as error:
-            raise translate_nats_error(error, "parking a poison event") from None
         parked = ParkedEvent(**{**event.__dict__, "dlq_sequence": ack.seq})
         with valkey_errors("holding a parked event's story"):
             await self._cache.client.hset(HELD_KEY, event.story_id, parked.to_json())

@@ -30,6 +30,7 @@ from fleet_actors.adapters.jetstream import (
     JetStreamEventStore,
     connect_nats,
     ensure_event_stream,
+    nats_errors,
     translate_nats_error,
 )
 from fleet_actors.adapters.jetstream.connection import ERR_CONSUMER_NOT_FOUND
@@ -212,12 +213,8 @@ class Projector:
         )
         await feed.start()
         self.feed = feed
-        try:
+        with nats_errors("creating the snapshot consumer"):
             self._snapshot_sub = await self._bind_snapshot_consumer()
-        except StoryError:
-            raise
-        except Exception as error:
-            raise translate_nats_error(error, "creating the snapshot consumer") from None
 
     async def _bind_snapshot_consumer(self):
         jsm = self._nc.jsm()
@@ -242,29 +239,24 @@ class Projector:
 
     async def project_snapshots(self) -> int:
         """ContextSnapshot nodes for snapshots whose story the graph already holds at that version."""
-        try:
-            info = await self._snapshot_sub.consumer_info()
-        except nats.js.errors.NotFoundError as error:
-            if error.err_code != ERR_CONSUMER_NOT_FOUND:
-                raise translate_nats_error(error, "polling the snapshot consumer") from None
-            # Deleted by hand or lost with the server's state: create it again (as the partition
-            # consumers are); snapshots read a second time are idempotent MERGEs.
-            log.warning("projector %s: the snapshot consumer was missing; re-creating it", self.name)
+        with nats_errors("polling the snapshot consumer"):
             try:
+                info = await self._snapshot_sub.consumer_info()
+            except nats.js.errors.NotFoundError as error:
+                if error.err_code != ERR_CONSUMER_NOT_FOUND:
+                    raise
+                # Deleted by hand or lost with the server's state: create it again (as the partition
+                # consumers are); snapshots read a second time are idempotent MERGEs.
+                log.warning("projector %s: the snapshot consumer was missing; re-creating it", self.name)
                 self._snapshot_sub = await self._bind_snapshot_consumer()
-            except Exception as bind_error:
-                raise translate_nats_error(bind_error, "re-creating the snapshot consumer") from None
-            return 0
-        except Exception as error:
-            raise translate_nats_error(error, "polling the snapshot consumer") from None
+                return 0
         if not (info.num_pending or info.num_ack_pending):
             return 0  # an empty fetch would wait out its timeout
-        try:
-            msgs = await self._snapshot_sub.fetch(200, timeout=0.05)
-        except (TimeoutError, nats.errors.TimeoutError):
-            return 0
-        except Exception as error:
-            raise translate_nats_error(error, "polling the snapshot consumer") from None
+        with nats_errors("polling the snapshot consumer"):
+            try:
+                msgs = await self._snapshot_sub.fetch(200, timeout=0.05)
+            except (TimeoutError, nats.errors.TimeoutError):
+                return 0
         refs = []
         for msg in msgs:
             headers = msg.headers or {}

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import nats.js.errors
 
-from fleet_actors.adapters.jetstream import connect_nats, translate_nats_error
+from fleet_actors.adapters.jetstream import connect_nats, nats_errors
 from fleet_actors.adapters.valkey import ContextCache, valkey_errors
 from fleet_actors.projections.policy import LIVE_CONSUMERS, consumer_name, partition_consumer_name
 from fleet_actors.projections.projector import status_key
@@ -37,12 +37,11 @@ async def projection_status(settings: Settings) -> list[ConsumerStatus]:
     cache = await ContextCache.connect(settings)
     try:
         jsm = nc.jsm()
-        try:
-            consumers = await jsm.consumers_info(settings.stream_name)
-        except nats.js.errors.NotFoundError:
-            return []
-        except Exception as error:
-            raise translate_nats_error(error, "listing consumers") from None
+        with nats_errors("listing consumers"):
+            try:
+                consumers = await jsm.consumers_info(settings.stream_name)
+            except nats.js.errors.NotFoundError:
+                return []
         out = []
         now = datetime.now(UTC)
         partition_of = {partition_consumer_name(LIVE_CONSUMERS, p): p for p in range(settings.partitions)}

@@ -5,13 +5,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-import nats.errors
 from google.protobuf.message import DecodeError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from fleet_actors.adapters.jetstream.connection import connect_nats, translate_nats_error
+from fleet_actors.adapters.jetstream.connection import connect_nats, nats_errors
 from fleet_actors.codec import CURRENT_VERSIONS, event_type_of
-from fleet_actors.errors import StoryError
 from fleet_actors.proto import events_pb2
 from fleet_actors.settings import Settings
 
@@ -40,33 +38,28 @@ async def event_census(settings: Settings) -> tuple[list[CensusRow], int]:
     counts: Counter[tuple[str, int]] = Counter()
     unreadable = 0
     try:
-        info = await nc.jsm().stream_info(settings.stream_name)
-        last = info.state.last_seq
-        if info.state.messages:
-            sub = await nc.jetstream().subscribe(
-                f"{settings.subject_prefix}.>",
-                ordered_consumer=True,
-                config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE),
-            )
-            try:
-                while True:
-                    msg = await sub.next_msg(timeout=settings.nats_timeout)
-                    message = events_pb2.ContextEvent()
-                    try:
-                        message.ParseFromString(msg.data)
-                        counts[(event_type_of(message) or "?", message.schema_version or 1)] += 1
-                    except DecodeError:
-                        unreadable += 1
-                    if msg.metadata.sequence.stream >= last or msg.metadata.num_pending == 0:
-                        break
-            finally:
-                await sub.unsubscribe()
-    except StoryError:
-        raise
-    except (TimeoutError, nats.errors.TimeoutError):
-        raise translate_nats_error(TimeoutError(), "counting stored events") from None
-    except Exception as error:
-        raise translate_nats_error(error, "counting stored events") from None
+        with nats_errors("counting stored events"):
+            info = await nc.jsm().stream_info(settings.stream_name)
+            last = info.state.last_seq
+            if info.state.messages:
+                sub = await nc.jetstream().subscribe(
+                    f"{settings.subject_prefix}.>",
+                    ordered_consumer=True,
+                    config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE),
+                )
+                try:
+                    while True:
+                        msg = await sub.next_msg(timeout=settings.nats_timeout)
+                        message = events_pb2.ContextEvent()
+                        try:
+                            message.ParseFromString(msg.data)
+                            counts[(event_type_of(message) or "?", message.schema_version or 1)] += 1
+                        except DecodeError:
+                            unreadable += 1
+                        if msg.metadata.sequence.stream >= last or msg.metadata.num_pending == 0:
+                            break
+                finally:
+                    await sub.unsubscribe()
     finally:
         await nc.close()
     rows = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 
 import nats
 import nats.errors
@@ -18,6 +19,7 @@ from nats.js.api import (
     StreamConfig,
     SubjectTransform,
 )
+from nats.js.manager import JetStreamManager
 
 from fleet_actors.errors import BackendUnavailable, ConfigurationError, ServerTooOld, StoryError
 from fleet_actors.settings import Settings
@@ -50,6 +52,31 @@ def translate_nats_error(error: BaseException, what: str) -> StoryError:
     if isinstance(error, nats.js.errors.APIError):
         return BackendUnavailable(f"JetStream refused {what}: {error.description} (code {error.err_code})")
     return BackendUnavailable(f"unexpected NATS failure while {what}: {error!r}")
+
+
+@contextlib.contextmanager
+def nats_errors(what: str) -> Iterator[None]:
+    """NATS and JetStream failures inside the block raised as ours (``StoryError`` passes through)."""
+    try:
+        yield
+    except StoryError:
+        raise
+    except Exception as error:
+        raise translate_nats_error(error, what) from None
+
+
+async def declare_stream(
+    jsm: JetStreamManager, config: StreamConfig, kept_up_to_date: tuple[str, ...], what: str
+) -> None:
+    """Create the stream, or update it where one of the ``kept_up_to_date`` settings differs."""
+    with nats_errors(f"declaring {what}"):
+        try:
+            current = (await jsm.stream_info(config.name)).config
+        except nats.js.errors.NotFoundError:
+            await jsm.add_stream(config)
+            return
+        if any(getattr(current, name) != getattr(config, name) for name in kept_up_to_date):
+            await jsm.update_stream(config)
 
 
 async def connect_nats(settings: Settings, *, name: str = "fleet-actors") -> Client:
@@ -131,7 +158,7 @@ async def ensure_event_stream(nc: Client, settings: Settings, *, update_existing
     """
     wanted = event_stream_config(settings)
     jsm = nc.jsm()
-    try:
+    with nats_errors(f"declaring stream {settings.stream_name}"):
         try:
             info = await jsm.stream_info(settings.stream_name)
         except nats.js.errors.NotFoundError:
@@ -155,10 +182,6 @@ async def ensure_event_stream(nc: Client, settings: Settings, *, update_existing
         if drift and update_existing:
             wanted.metadata = current.metadata  # keeps the archiver's purge watermark (fleet_actors.archive)
             await jsm.update_stream(wanted)
-    except StoryError:
-        raise
-    except Exception as error:
-        raise translate_nats_error(error, f"declaring stream {settings.stream_name}") from None
 
 
 def _normal(value: object) -> object:

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from fleet_actors.adapters.jetstream.connection import translate_nats_error
-from fleet_actors.errors import BackendUnavailable, StoryError
+from fleet_actors.adapters.jetstream.connection import nats_errors
+from fleet_actors.errors import BackendUnavailable
 
 READ_BATCH = 1000
 
@@ -39,32 +39,29 @@ async def read_by_subject(
     sub = await nc.subscribe(nc.new_inbox(), cb=collect)
     next_sequence = first
     try:
-        while next_sequence <= last:
-            arrived.clear()
-            complete.clear()
-            request = json.dumps({"seq": next_sequence, "next_by_subj": subject_filter, "batch": READ_BATCH})
-            await nc.publish(f"$JS.API.DIRECT.GET.{stream}", request.encode(), reply=sub.subject)
-            await _until_complete(complete, arrived, timeout, what)
-            for msg in list(arrived):
-                headers = msg.headers or {}
-                status = headers.get("Status")
-                if status == "204":  # end of this batch
-                    break
-                if status == "404":  # nothing more matches
-                    return
-                if status:
-                    raise BackendUnavailable(f"{what} failed: {status} {headers}")
-                sequence = int(headers["Nats-Sequence"])
-                if sequence > last:
-                    return
-                yield msg
-                next_sequence = sequence + 1
-                if headers.get("Nats-Num-Pending") == "0":
-                    return
-    except StoryError:
-        raise
-    except Exception as error:
-        raise translate_nats_error(error, what) from None
+        with nats_errors(what):
+            while next_sequence <= last:
+                arrived.clear()
+                complete.clear()
+                request = json.dumps({"seq": next_sequence, "next_by_subj": subject_filter, "batch": READ_BATCH})
+                await nc.publish(f"$JS.API.DIRECT.GET.{stream}", request.encode(), reply=sub.subject)
+                await _until_complete(complete, arrived, timeout, what)
+                for msg in list(arrived):
+                    headers = msg.headers or {}
+                    status = headers.get("Status")
+                    if status == "204":  # end of this batch
+                        break
+                    if status == "404":  # nothing more matches
+                        return
+                    if status:
+                        raise BackendUnavailable(f"{what} failed: {status} {headers}")
+                    sequence = int(headers["Nats-Sequence"])
+                    if sequence > last:
+                        return
+                    yield msg
+                    next_sequence = sequence + 1
+                    if headers.get("Nats-Num-Pending") == "0":
+                        return
     finally:
         await sub.unsubscribe()
 

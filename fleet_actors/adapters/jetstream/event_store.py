@@ -20,6 +20,7 @@ from fleet_actors.adapters.jetstream.connection import (
     ERR_WRONG_LAST_SEQUENCE,
     connect_nats,
     ensure_event_stream,
+    nats_errors,
     translate_nats_error,
 )
 from fleet_actors.adapters.jetstream.direct_get import read_by_subject
@@ -166,14 +167,13 @@ class JetStreamEventStore(EventStore):
         """The story's last sequence and message id, from the stream leader: they decide whether an
         append landed and whether a story exists, so a replica that is behind must not answer (on a
         replicated stream any replica answers a direct get)."""
-        try:
-            msg = await self._jsm.get_last_msg(
-                self._settings.stream_name, self._settings.story_filter(story_id), direct=False
-            )
-        except nats.js.errors.NotFoundError:
-            return 0, ""
-        except Exception as error:
-            raise translate_nats_error(error, f"reading the head of story {story_id}") from None
+        with nats_errors(f"reading the head of story {story_id}"):
+            try:
+                msg = await self._jsm.get_last_msg(
+                    self._settings.stream_name, self._settings.story_filter(story_id), direct=False
+                )
+            except nats.js.errors.NotFoundError:
+                return 0, ""
         return msg.seq or 0, (msg.headers or {}).get(H_MSG_ID, "")
 
     async def last_sequence(self, story_id: str) -> int:

@@ -28,8 +28,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 
-from fleet_actors.adapters.jetstream.connection import ERR_CONSUMER_NOT_FOUND, translate_nats_error
-from fleet_actors.errors import BackendUnavailable, ConfigurationError, StoryError
+from fleet_actors.adapters.jetstream.connection import ERR_CONSUMER_NOT_FOUND, nats_errors, translate_nats_error
+from fleet_actors.errors import BackendUnavailable, ConfigurationError
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +100,9 @@ class PartitionFeed:
 
     async def start(self) -> None:
         """Create the consumers that are missing and start pulling from each."""
-        try:
+        with nats_errors(f"binding consumers of stream {self._stream}"):
             for consumer in self.consumers:
                 await self._ensure(consumer)
-        except StoryError:
-            raise
-        except Exception as error:
-            raise translate_nats_error(error, f"binding consumers of stream {self._stream}") from None
         self._tasks = [asyncio.create_task(self._pull_loop(c)) for c in self.consumers]
 
     async def _ensure(self, consumer: PartitionConsumer) -> None:
@@ -238,10 +234,8 @@ class PartitionFeed:
         for consumer in self.consumers:
             if consumer.name in self._past_end:
                 continue
-            try:
+            with nats_errors(f"reading the state of consumer {consumer.name}"):
                 info = await jsm.consumer_info(self._stream, consumer.name)
-            except Exception as error:
-                raise translate_nats_error(error, f"reading the state of consumer {consumer.name}") from None
             if info.num_pending or info.num_ack_pending:
                 return False
         return True

@@ -17,8 +17,9 @@ from nats.js.api import (
     StreamConfig,
     SubjectTransform,
 )
+from nats.js.client import JetStreamContext
 
-from fleet_actors.adapters.jetstream.connection import stream_placement, translate_nats_error
+from fleet_actors.adapters.jetstream.connection import declare_stream, nats_errors, stream_placement
 from fleet_actors.codec.state import decode_state, encode_state
 from fleet_actors.errors import EventDecodeError
 from fleet_actors.ports.snapshot_store import Snapshot, SnapshotRef, SnapshotStore
@@ -66,75 +67,62 @@ class JetStreamSnapshotStore(SnapshotStore):
                 dest=f"{prefix}-snapshots.{{{{wildcard(1)}}}}.{{{{partition({self._settings.partitions},1)}}}}",
             ),
         )
-        try:
-            try:
-                current = (await self._jsm.stream_info(config.name)).config
-                if (current.max_msgs_per_subject, current.num_replicas, current.placement) != (
-                    config.max_msgs_per_subject,
-                    config.num_replicas,
-                    config.placement,
-                ):
-                    await self._jsm.update_stream(config)
-            except nats.js.errors.NotFoundError:
-                await self._jsm.add_stream(config)
-        except Exception as error:
-            raise translate_nats_error(error, "declaring the snapshot stream") from None
+        await declare_stream(
+            self._jsm, config, ("max_msgs_per_subject", "num_replicas", "placement"), "the snapshot stream"
+        )
 
     async def save(self, snapshot: Snapshot) -> None:
         data = encode_state(snapshot.state, snapshot.last_sequence, snapshot.recent_commands)
         at = snapshot.state.updated_at.isoformat() if snapshot.state.updated_at else ""
         headers = {H_VERSION: str(snapshot.version), H_AT: at, "Nats-Msg-Id": f"{snapshot.story_id}@{snapshot.version}"}
-        try:
+        with nats_errors(f"saving a snapshot of story {snapshot.story_id}"):
             await self._js.publish(snapshot_subject(self._settings, snapshot.story_id), data, headers=headers)
-        except Exception as error:
-            raise translate_nats_error(error, f"saving a snapshot of story {snapshot.story_id}") from None
 
     async def refs(self, story_id: str) -> list[SnapshotRef]:
         """Headers only (version, time, position): a story's snapshots can be large, and only one is needed."""
-        try:
+        with nats_errors(f"listing snapshots of story {story_id}"):
             sub = await self._js.subscribe(
                 snapshot_filter(self._settings, story_id),
                 ordered_consumer=True,
                 config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, headers_only=True),
             )
-        except Exception as error:
-            raise translate_nats_error(error, f"listing snapshots of story {story_id}") from None
+            try:
+                return await self._read_refs(story_id, sub)
+            finally:
+                await sub.unsubscribe()
+
+    async def _read_refs(self, story_id: str, sub: JetStreamContext.PushSubscription) -> list[SnapshotRef]:
         out = []
-        try:
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=0.5 if not out else self._settings.nats_timeout)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    break  # no snapshot at all
-                headers = msg.headers or {}
-                at = headers.get(H_AT)
-                out.append(
-                    SnapshotRef(
-                        story_id,
-                        int(headers.get(H_VERSION, "0")),
-                        datetime.fromisoformat(at) if at else None,
-                        msg.metadata.sequence.stream,
-                    )
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=0.5 if not out else self._settings.nats_timeout)
+            except (TimeoutError, nats.errors.TimeoutError):
+                return out  # no (more) snapshots
+            headers = msg.headers or {}
+            at = headers.get(H_AT)
+            out.append(
+                SnapshotRef(
+                    story_id,
+                    int(headers.get(H_VERSION, "0")),
+                    datetime.fromisoformat(at) if at else None,
+                    msg.metadata.sequence.stream,
                 )
-                if msg.metadata.num_pending == 0:
-                    break
-        finally:
-            await sub.unsubscribe()
-        return out
+            )
+            if msg.metadata.num_pending == 0:
+                return out
 
     async def latest(
         self, story_id: str, *, max_version: int | None = None, at: datetime | None = None
     ) -> Snapshot | None:
         """The newest snapshot is one direct get; only a constrained or unreadable one needs the listing."""
         if max_version is None and at is None:
-            try:
-                msg = await self._jsm.get_last_msg(
-                    snapshot_stream(self._settings), snapshot_filter(self._settings, story_id), direct=True
-                )
-            except nats.js.errors.NotFoundError:
-                return None
-            except Exception as error:
-                raise translate_nats_error(error, f"loading the snapshot of story {story_id}") from None
+            with nats_errors(f"loading the snapshot of story {story_id}"):
+                try:
+                    msg = await self._jsm.get_last_msg(
+                        snapshot_stream(self._settings), snapshot_filter(self._settings, story_id), direct=True
+                    )
+                except nats.js.errors.NotFoundError:
+                    return None
             try:
                 state, last_sequence, commands = decode_state(msg.data or b"")
                 if state.story_id == story_id:
@@ -144,12 +132,11 @@ class JetStreamSnapshotStore(SnapshotStore):
         return await super().latest(story_id, max_version=max_version, at=at)
 
     async def load(self, ref: SnapshotRef) -> Snapshot:
-        try:
-            msg = await self._jsm.get_msg(snapshot_stream(self._settings), seq=ref.position, direct=True)
-        except nats.js.errors.NotFoundError:
-            raise EventDecodeError(f"snapshot {ref.position} of story {ref.story_id} is gone") from None
-        except Exception as error:
-            raise translate_nats_error(error, f"loading a snapshot of story {ref.story_id}") from None
+        with nats_errors(f"loading a snapshot of story {ref.story_id}"):
+            try:
+                msg = await self._jsm.get_msg(snapshot_stream(self._settings), seq=ref.position, direct=True)
+            except nats.js.errors.NotFoundError:
+                raise EventDecodeError(f"snapshot {ref.position} of story {ref.story_id} is gone") from None
         state, last_sequence, commands = decode_state(msg.data or b"")
         if state.story_id != ref.story_id or state.version != ref.version:
             raise EventDecodeError(f"snapshot {ref.position} does not hold story {ref.story_id} v{ref.version}")
