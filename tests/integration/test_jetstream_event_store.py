@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import nats
@@ -11,7 +12,7 @@ from nats.js.api import StoreCompression
 
 from fleet_actors.adapters.jetstream import JetStreamEventStore, ensure_event_stream
 from fleet_actors.adapters.jetstream.connection import event_stream_config
-from fleet_actors.errors import ConcurrencyConflict, ConfigurationError
+from fleet_actors.errors import BackendUnavailable, ConcurrencyConflict, ConfigurationError
 from fleet_actors.settings import Settings
 from tests.unit.event_store_contract import EventStoreContract, envelope
 
@@ -140,5 +141,36 @@ async def test_nothing_acknowledged_is_lost_when_nats_restarts(local_stack, sett
             except Exception:
                 await asyncio.sleep(0.2)
         assert [e.envelope.version for e in await store.read_all(story_id)] == [1, 2]
+    finally:
+        await store.close()
+
+
+async def test_an_append_while_nats_is_unreachable_fails_without_landing_later(local_stack, settings):
+    # Sent while the client reconnects, the events would wait in its buffer and land whenever the
+    # server came back, after the caller had been told the outcome was unknown: nothing is sent.
+    quick = settings.replace(nats_timeout=1.0)
+    store = await JetStreamEventStore.connect(quick)
+    story_id = "U" + uuid.uuid4().hex[:12]
+    try:
+        seq = (await store.append(story_id, 0, [envelope(story_id, 1)])).last_sequence
+        local_stack.nats.kill()
+        try:
+            for _ in range(50):
+                if not store.connection.is_connected:
+                    break
+                await asyncio.sleep(0.1)
+            started = time.monotonic()
+            with pytest.raises(BackendUnavailable, match="nothing was appended"):
+                await store.append(story_id, seq, [envelope(story_id, 2)])
+            assert time.monotonic() - started < 3 * quick.nats_timeout  # not three timed-out attempts
+        finally:
+            local_stack.nats.start().wait_ready()
+        for _ in range(100):
+            if store.connection.is_connected:
+                break
+            await asyncio.sleep(0.1)
+        await store.connection.flush()
+        assert [e.envelope.version for e in await store.read_all(story_id)] == [1]
+        assert (await store.append(story_id, seq, [envelope(story_id, 2)])).last_sequence > seq
     finally:
         await store.close()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import random
+import time
 from collections.abc import AsyncIterator, Sequence
 
 import nats.errors
@@ -42,6 +44,8 @@ MAX_BATCH = 1000
 READ_BEHIND_RETRIES = 5
 READ_BEHIND_PAUSE = 0.05
 APPEND_ATTEMPTS = 3
+#: how often an append waiting for the client to reconnect looks again
+CONNECTION_POLL = 0.05
 BATCH_REFUSALS = 20
 
 
@@ -80,6 +84,8 @@ class JetStreamEventStore(EventStore):
         if len(events) > MAX_BATCH:
             raise StoryError(f"at most {MAX_BATCH} events can be appended at once")
         messages = [(self._settings.story_subject(story_id, e.event_type), encode_event(e), e.event_id) for e in events]
+        if not self._nc.is_connected:
+            await self._wait_for_connection(story_id)
         timeouts = refusals = 0
         while True:
             try:
@@ -113,23 +119,46 @@ class JetStreamEventStore(EventStore):
                 ) from None
             except (TimeoutError, nats.errors.TimeoutError, nats.errors.ConnectionClosedError):
                 timeouts += 1
-                if timeouts >= APPEND_ATTEMPTS:
-                    break
+                if timeouts >= APPEND_ATTEMPTS or not await self._connected_within(self._settings.nats_timeout):
+                    break  # a connection that stays lost cannot answer the attempts left, nor the check below
                 await asyncio.sleep(0.2 * timeouts)
             except StoryError:
                 raise
             except Exception as error:
                 raise translate_nats_error(error, f"appending to story {story_id}") from None
         # Every attempt timed out: maybe stored, maybe not. Check once more before giving up.
-        try:
-            head_seq, head_id = await self._head(story_id)
-        except StoryError:
-            head_id, head_seq = "", 0
+        head_id, head_seq = "", 0
+        if self._nc.is_connected:
+            with contextlib.suppress(StoryError):
+                head_seq, head_id = await self._head(story_id)
         if head_id == events[-1].event_id:
             return AppendResult(head_seq, already_stored=True)
+        if not self._nc.is_connected:
+            raise AppendOutcomeUnknown(
+                f"the connection to NATS was lost while appending to story {story_id!r}, so the events may "
+                "or may not have been stored; retry the command with the same command id"
+            )
         raise AppendOutcomeUnknown(
             f"appending to story {story_id!r} timed out; retry the command with the same command id"
         )
+
+    async def _wait_for_connection(self, story_id: str) -> None:
+        """While the client reconnects, a publish waits in its buffer and may land any time later, which
+        leaves the outcome open: so nothing is sent until the connection is back, and an append that
+        cannot wait that long fails with a definite outcome (not after three timed-out attempts)."""
+        if not await self._connected_within(self._settings.nats_timeout):
+            raise BackendUnavailable(
+                f"cannot reach NATS at {self._settings.nats_url}: nothing was appended to story "
+                f"{story_id!r}; retry the command"
+            )
+
+    async def _connected_within(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while not self._nc.is_connected:
+            if self._nc.is_closed or time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(CONNECTION_POLL)
+        return True
 
     async def _publish(self, story_id: str, expected_sequence: int, messages: list[tuple[str, bytes, str]]) -> int:
         condition = {
