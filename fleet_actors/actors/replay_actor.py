@@ -11,6 +11,7 @@ from typing import Any
 
 import ray
 
+from fleet_actors.errors import BackendUnavailable
 from fleet_actors.projections.rebuild import Progress, Replayer, open_replayer, split
 from fleet_actors.settings import Settings
 
@@ -78,6 +79,8 @@ async def run_with_ray_actors(
                 done = sum(await asyncio.gather(*(a.progress.remote() for a in actors)))
                 progress(done, total, time.monotonic() - started)
         return sum(await asyncio.gather(*refs))
+    except ray.exceptions.RayActorError as error:  # killed, its node lost, out of memory
+        raise BackendUnavailable(f"a replay actor died: {error}") from None
     finally:
         for actor in actors:
             ray.kill(actor)

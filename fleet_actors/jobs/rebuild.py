@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from fleet_actors.errors import InvalidCommand, StoryError
+from fleet_actors.errors import InvalidCommand, Retryable, StoryError
 from fleet_actors.settings import Settings
 
 
@@ -78,7 +78,15 @@ def execute(args: argparse.Namespace, settings: Settings) -> int:
         connect_ray(settings)
     print(f"rebuild {job_id}: {scope.describe()} with {workers} replay workers", flush=True)
     job = RebuildJob(settings, job_id, scope, workers)
-    report = asyncio.run(job.run(functools.partial(runner, settings), progress))
+    try:
+        report = asyncio.run(job.run(functools.partial(runner, settings), progress))
+    except Retryable as error:
+        # The message is what an operator sees; the job's progress is in Valkey, so say how to go on.
+        error.message = (
+            f"{error.message}\nrebuild {job_id} stopped; its progress is kept: run the same command again "
+            f"(--job-id {job_id}) to resume it (live projectors it paused stay paused until it completes)"
+        )
+        raise
     print(
         f"done: {report.events:,} events{f' of {report.stories} stories' if report.stories else ''} up to "
         f"sequence {report.end_sequence:,} in {report.seconds:.1f} s ({report.rate:,.0f} events/s)"

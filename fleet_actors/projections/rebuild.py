@@ -30,7 +30,7 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from fleet_actors.adapters.jetstream import connect_nats
+from fleet_actors.adapters.jetstream import connect_nats, nats_errors
 from fleet_actors.adapters.jetstream.partition_feed import PartitionConsumer
 from fleet_actors.adapters.neo4j import GraphStore
 from fleet_actors.adapters.valkey import ContextCache, valkey_errors
@@ -199,17 +199,21 @@ class RebuildJob:
 
     async def run(self, run_workers: Callable[..., Any], progress: Progress | None = None) -> RebuildReport:
         started = time.monotonic()
-        cache = await ContextCache.connect(self.settings)
-        nc = await connect_nats(self.settings, name="fleet-rebuild")
-        graph = await GraphStore.connect(self.settings)
-        try:
+        async with contextlib.AsyncExitStack() as connections:
+            cache = await ContextCache.connect(self.settings)
+            connections.push_async_callback(cache.close)
+            nc = await connect_nats(self.settings, name="fleet-rebuild")
+            connections.push_async_callback(nc.close)
+            graph = await GraphStore.connect(self.settings)
+            connections.push_async_callback(graph.close)
             key = job_key(self.settings, self.job_id)
             with valkey_errors("reading the rebuild's progress"):
                 state = {k.decode(): v.decode() for k, v in (await cache.client.hgetall(key)).items()}
             resumed = bool(state)
             await self._pause(cache, nc)
             if "end_sequence" not in state:
-                info = await nc.jsm().stream_info(self.settings.stream_name)
+                with nats_errors(f"reading the end of stream {self.settings.stream_name}"):
+                    info = await nc.jsm().stream_info(self.settings.stream_name)
                 state["end_sequence"] = str(info.state.last_seq)
                 await _record_progress(cache, key, end_sequence=state["end_sequence"], phase="pause")
             end = int(state["end_sequence"])
@@ -224,10 +228,6 @@ class RebuildJob:
             return RebuildReport(
                 self.job_id, self.scope.describe(), end, done, len(story_ids), time.monotonic() - started, resumed
             )
-        finally:
-            await graph.close()
-            await nc.close()
-            await cache.close()
 
     async def _pause(self, cache: ContextCache, nc: Any) -> None:
         with valkey_errors("pausing the live projectors"):
@@ -249,15 +249,16 @@ class RebuildJob:
 
     async def _hand_over(self, cache: ContextCache, nc: Any) -> None:
         jsm = nc.jsm()
-        for consumer in await _consumers(nc, self.settings):
-            if consumer.name.startswith(f"rebuild-{self.job_id}-"):
+        with nats_errors("deleting the rebuild's consumers"):
+            for consumer in await _consumers(nc, self.settings):
+                if consumer.name.startswith(f"rebuild-{self.job_id}-"):
+                    with contextlib.suppress(nats.js.errors.NotFoundError):
+                        await jsm.delete_consumer(self.settings.stream_name, consumer.name)
+            for stream in (f"{self.settings.stream_name}_SNAPSHOTS",):
                 with contextlib.suppress(nats.js.errors.NotFoundError):
-                    await jsm.delete_consumer(self.settings.stream_name, consumer.name)
-        for stream in (f"{self.settings.stream_name}_SNAPSHOTS",):
-            with contextlib.suppress(nats.js.errors.NotFoundError):
-                for consumer in await jsm.consumers_info(stream):
-                    if consumer.name.startswith(f"rebuild-{self.job_id}-"):
-                        await jsm.delete_consumer(stream, consumer.name)
+                    for consumer in await jsm.consumers_info(stream):
+                        if consumer.name.startswith(f"rebuild-{self.job_id}-"):
+                            await jsm.delete_consumer(stream, consumer.name)
         with valkey_errors("resuming the live projectors"):
             await cache.client.delete(pause_key(self.settings))
 
@@ -270,6 +271,10 @@ class RebuildJob:
 
     async def _changed_since(self, nc: Any) -> list[str]:
         """Stories with an event stamped at or after ``since``: a headers-only scan from that time."""
+        with nats_errors(f"finding the stories changed since {self.scope.since.isoformat()}"):
+            return await self._scan_changed_since(nc)
+
+    async def _scan_changed_since(self, nc: Any) -> list[str]:
         js = nc.jetstream()
         sub = await js.subscribe(
             f"{self.settings.subject_prefix}.>",
@@ -296,9 +301,10 @@ class RebuildJob:
         return sorted(stories)
 
     async def _count(self, nc: Any, story_id: str, end: int) -> int:
-        info = await nc.jsm().stream_info(
-            self.settings.stream_name, subjects_filter=self.settings.story_filter(story_id)
-        )
+        with nats_errors(f"counting the events of story {story_id}"):
+            info = await nc.jsm().stream_info(
+                self.settings.stream_name, subjects_filter=self.settings.story_filter(story_id)
+            )
         return sum((info.state.subjects or {}).values())
 
 
@@ -309,10 +315,11 @@ async def _record_progress(cache: ContextCache, key: str, **fields: str) -> None
 
 
 async def _consumers(nc: Any, settings: Settings) -> list[Any]:
-    try:
-        return await nc.jsm().consumers_info(settings.stream_name)
-    except nats.js.errors.NotFoundError:
-        return []
+    with nats_errors(f"listing the consumers of stream {settings.stream_name}"):
+        try:
+            return await nc.jsm().consumers_info(settings.stream_name)
+        except nats.js.errors.NotFoundError:
+            return []
 
 
 def split(items: Sequence[str], parts: int) -> list[list[str]]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from nats.aio.client import Client
 
-from fleet_actors.adapters.jetstream import JetStreamEventStore
+from fleet_actors.adapters.jetstream import JetStreamEventStore, nats_errors
 from fleet_actors.adapters.neo4j import GraphStore
 from fleet_actors.adapters.valkey import ContextCache, ContextDocument
 from fleet_actors.domain.state import StoryState
@@ -78,9 +78,10 @@ class VerifyReport:
 
 async def list_story_ids(nc: Client, settings: Settings) -> list[str]:
     """Every story in the log: the subjects holding a creation event."""
-    info = await nc.jsm().stream_info(
-        settings.stream_name, subjects_filter=f"{settings.subject_prefix}.*.context_created.>"
-    )
+    with nats_errors(f"listing the stories of stream {settings.stream_name}"):
+        info = await nc.jsm().stream_info(
+            settings.stream_name, subjects_filter=f"{settings.subject_prefix}.*.context_created.>"
+        )
     stories = {subject.rsplit(".", 3)[-3] for subject in (info.state.subjects or {})}
     if settings.archive_url:  # creation events past the retention horizon live in the archive only
         from fleet_actors.archive.segments import Archive

@@ -6,8 +6,11 @@ import argparse
 import asyncio
 import functools
 
+import pytest
+
 from fleet_actors.actors.replay_actor import run_in_process
 from fleet_actors.domain.commands import RecordSummary, UpdateSubtask
+from fleet_actors.errors import BackendUnavailable
 from fleet_actors.jobs import rebuild as rebuild_job
 from fleet_actors.loadgen.seed import seed
 from fleet_actors.projections.rebuild import RebuildJob, RebuildScope
@@ -115,3 +118,12 @@ async def test_rebuild_of_the_stories_changed_since_a_time(stream_settings, exec
         assert (await verify(stream_settings)).ok
     finally:
         await running.stop()
+
+
+def test_a_rebuild_that_cannot_reach_nats_fails_typed_and_says_how_to_resume(stream_settings):
+    unreachable = stream_settings.replace(nats_url="nats://127.0.0.1:9", nats_timeout=0.5)
+    args = argparse.Namespace(story=None, since=None, job_id="nats-down", replay_actors=1, in_process=True)
+    with pytest.raises(BackendUnavailable) as caught:
+        rebuild_job.execute(args, unreachable)
+    assert "nats://127.0.0.1:9" in caught.value.message
+    assert "run the same command again (--job-id nats-down)" in caught.value.message
