@@ -248,6 +248,8 @@ class Projector:
                 # Deleted by hand or lost with the server's state: create it again (as the partition
                 # consumers are); snapshots read a second time are idempotent MERGEs.
                 log.warning("projector %s: the snapshot consumer was missing; re-creating it", self.name)
+                with contextlib.suppress(Exception):
+                    await self._snapshot_sub.unsubscribe()
                 self._snapshot_sub = await self._bind_snapshot_consumer()
                 return 0
         if not (info.num_pending or info.num_ack_pending):
