@@ -20,7 +20,7 @@ import nats.js.errors
 import ray
 
 from fleet_actors.actors.naming import find_live, get_or_create
-from fleet_actors.adapters.jetstream import connect_nats, ensure_event_stream
+from fleet_actors.adapters.jetstream import connect_nats, ensure_event_stream, nats_errors
 from fleet_actors.adapters.jetstream.snapshot_store import snapshot_stream
 from fleet_actors.projections.policy import (
     DEFAULT_POLICY,
@@ -115,24 +115,25 @@ async def prepare_consumers(settings: Settings) -> int | None:
     nc = await connect_nats(settings, name="fleet-projector-pool")
     try:
         await ensure_event_stream(nc, settings)
-        jsm = nc.jsm()
-        wanted = {partition_consumer_name(LIVE_CONSUMERS, p) for p in range(settings.partitions)}
-        existing = await jsm.consumers_info(settings.stream_name)
-        orphans = [c for c in existing if c.name.startswith(CONSUMER_PREFIX) and c.name not in wanted]
-        present = {c.name for c in existing}
-        start = None
-        if orphans and not wanted & present:
-            # Resume where the slowest old consumer stood: nothing skipped; repeats are no-ops.
-            start = min(c.ack_floor.stream_seq for c in orphans) + 1
-        for consumer in orphans:
+        with nats_errors("preparing the projector consumers"):
+            jsm = nc.jsm()
+            wanted = {partition_consumer_name(LIVE_CONSUMERS, p) for p in range(settings.partitions)}
+            existing = await jsm.consumers_info(settings.stream_name)
+            orphans = [c for c in existing if c.name.startswith(CONSUMER_PREFIX) and c.name not in wanted]
+            present = {c.name for c in existing}
+            start = None
+            if orphans and not wanted & present:
+                # Resume where the slowest old consumer stood: nothing skipped; repeats are no-ops.
+                start = min(c.ack_floor.stream_seq for c in orphans) + 1
+            for consumer in orphans:
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await jsm.delete_consumer(settings.stream_name, consumer.name)
             with contextlib.suppress(nats.js.errors.NotFoundError):
-                await jsm.delete_consumer(settings.stream_name, consumer.name)
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            shared = snapshot_consumer_name(LIVE_CONSUMERS)
-            for consumer in await jsm.consumers_info(snapshot_stream(settings)):
-                if consumer.name.startswith(CONSUMER_PREFIX) and consumer.name != shared:
-                    await jsm.delete_consumer(snapshot_stream(settings), consumer.name)
-        return start
+                shared = snapshot_consumer_name(LIVE_CONSUMERS)
+                for consumer in await jsm.consumers_info(snapshot_stream(settings)):
+                    if consumer.name.startswith(CONSUMER_PREFIX) and consumer.name != shared:
+                        await jsm.delete_consumer(snapshot_stream(settings), consumer.name)
+            return start
     finally:
         await nc.close()
 

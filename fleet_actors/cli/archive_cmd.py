@@ -112,7 +112,7 @@ def _progress(done: int, total: int, seconds: float) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from fleet_actors.adapters.jetstream import connect_nats
+    from fleet_actors.adapters.jetstream import connect_nats, nats_errors
     from fleet_actors.archive.segments import Archive, summarize
 
     settings = _settings(args)
@@ -121,7 +121,8 @@ def _status(args: argparse.Namespace) -> int:
         summary = summarize(await Archive(settings.archive_url, settings.stream_name).manifest())
         nc = await connect_nats(settings, name="fleet-archive-status")
         try:
-            info = await nc.jsm().stream_info(settings.stream_name)
+            with nats_errors(f"reading stream {settings.stream_name}"):
+                info = await nc.jsm().stream_info(settings.stream_name)
             summary.update(
                 stream_first_seq=info.state.first_seq,
                 stream_last_seq=info.state.last_seq,
