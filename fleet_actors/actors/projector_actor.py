@@ -62,18 +62,16 @@ class ProjectorActor:
                 )
             except Exception as error:  # servers still starting, or down: keep trying, never die
                 log.warning("projector %s cannot start yet: %s", self._index, error)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._policy.backoff_max)
-                continue
-            self._projector = projector
-            self._ready.set()
-            try:
-                await projector.run(self._stop)
-                continue  # stopped
-            except Exception:  # a failure run() does not wait out itself: start afresh, never die
-                log.exception("projector %s failed; reopening it", self._index)
-            finally:
-                await projector.close()
+            else:
+                self._projector = projector
+                self._ready.set()
+                try:
+                    await projector.run(self._stop)
+                    continue  # stopped
+                except Exception:  # a failure run() does not wait out itself: start afresh, never die
+                    log.exception("projector %s failed; reopening it", self._index)
+                finally:
+                    await projector.close()
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._policy.backoff_max)
 

@@ -32,6 +32,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from fleet_actors.adapters.jetstream import connect_nats, nats_errors
 from fleet_actors.adapters.jetstream.partition_feed import PartitionConsumer
+from fleet_actors.adapters.jetstream.snapshot_store import snapshot_stream
 from fleet_actors.adapters.neo4j import GraphStore
 from fleet_actors.adapters.valkey import ContextCache, valkey_errors
 from fleet_actors.domain.events import EventEnvelope
@@ -254,11 +255,10 @@ class RebuildJob:
                 if consumer.name.startswith(f"rebuild-{self.job_id}-"):
                     with contextlib.suppress(nats.js.errors.NotFoundError):
                         await jsm.delete_consumer(self.settings.stream_name, consumer.name)
-            for stream in (f"{self.settings.stream_name}_SNAPSHOTS",):
-                with contextlib.suppress(nats.js.errors.NotFoundError):
-                    for consumer in await jsm.consumers_info(stream):
-                        if consumer.name.startswith(f"rebuild-{self.job_id}-"):
-                            await jsm.delete_consumer(stream, consumer.name)
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                for consumer in await jsm.consumers_info(snapshot_stream(self.settings)):
+                    if consumer.name.startswith(f"rebuild-{self.job_id}-"):
+                        await jsm.delete_consumer(snapshot_stream(self.settings), consumer.name)
         with valkey_errors("resuming the live projectors"):
             await cache.client.delete(pause_key(self.settings))
 
@@ -272,33 +272,30 @@ class RebuildJob:
     async def _changed_since(self, nc: Any) -> list[str]:
         """Stories with an event stamped at or after ``since``: a headers-only scan from that time."""
         with nats_errors(f"finding the stories changed since {self.scope.since.isoformat()}"):
-            return await self._scan_changed_since(nc)
-
-    async def _scan_changed_since(self, nc: Any) -> list[str]:
-        js = nc.jetstream()
-        sub = await js.subscribe(
-            f"{self.settings.subject_prefix}.>",
-            ordered_consumer=True,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_TIME,
-                opt_start_time=self.scope.since.isoformat(),
-                headers_only=True,
-                ack_policy=AckPolicy.NONE,
-            ),
-        )
-        stories: set[str] = set()
-        try:
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=1.0)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    break
-                stories.add(msg.subject.rsplit(".", 3)[-3])
-                if msg.metadata.num_pending == 0:
-                    break
-        finally:
-            await sub.unsubscribe()
-        return sorted(stories)
+            js = nc.jetstream()
+            sub = await js.subscribe(
+                f"{self.settings.subject_prefix}.>",
+                ordered_consumer=True,
+                config=ConsumerConfig(
+                    deliver_policy=DeliverPolicy.BY_START_TIME,
+                    opt_start_time=self.scope.since.isoformat(),
+                    headers_only=True,
+                    ack_policy=AckPolicy.NONE,
+                ),
+            )
+            stories: set[str] = set()
+            try:
+                while True:
+                    try:
+                        msg = await sub.next_msg(timeout=1.0)
+                    except (TimeoutError, nats.errors.TimeoutError):
+                        break
+                    stories.add(msg.subject.rsplit(".", 3)[-3])
+                    if msg.metadata.num_pending == 0:
+                        break
+            finally:
+                await sub.unsubscribe()
+            return sorted(stories)
 
     async def _count(self, nc: Any, story_id: str, end: int) -> int:
         with nats_errors(f"counting the events of story {story_id}"):
