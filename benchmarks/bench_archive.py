@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import BenchContext, reference_dataset
+from fleet_actors.adapters.archive import Archive, ArchivedEventStore
 from fleet_actors.adapters.jetstream import JetStreamEventStore
 from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore
 from fleet_actors.application.story_runtime import StoryRuntime
-from fleet_actors.archive import Archive, ArchivedEventStore
 from fleet_actors.archive.archiver import Archiver
 from fleet_actors.loadgen.histories import story_history
 

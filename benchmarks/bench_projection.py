@@ -14,9 +14,9 @@ from benchmarks.harness import BenchContext
 from benchmarks.raw_graph import raw_unwind_merge_rate
 from fleet_actors.actors.projector_actor import projector_status, start_projectors, stop_projectors
 from fleet_actors.adapters.jetstream import JetStreamEventStore
+from fleet_actors.jobs.status import projection_status
 from fleet_actors.loadgen.histories import story_history
 from fleet_actors.loadgen.seed import seed
-from fleet_actors.projections.status import projection_status
 
 STORIES = int(os.environ.get("BENCH_PROJECTION_STORIES", "200"))
 EVENTS = int(os.environ.get("BENCH_PROJECTION_EVENTS", "100"))

@@ -12,7 +12,8 @@ from typing import Any
 from benchmarks.harness import BenchContext, reference_dataset
 from benchmarks.raw_graph import raw_unwind_merge_rate
 from fleet_actors.actors.replay_actor import run_with_ray_actors
-from fleet_actors.projections.rebuild import RebuildJob, RebuildScope
+from fleet_actors.jobs.rebuild_job import RebuildJob
+from fleet_actors.projections.rebuild import RebuildScope
 
 WORKERS = [int(n) for n in os.environ.get("BENCH_REBUILD_WORKERS", "1,2,4").split(",")]
 

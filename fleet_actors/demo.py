@@ -94,7 +94,7 @@ def show_gateway(settings: Settings, story_id: str) -> None:
 
 def run_demo(settings: Settings | None = None) -> int:
     from fleet_actors.actors.projector_actor import start_projectors
-    from fleet_actors.projections.verify import verify
+    from fleet_actors.jobs.verify import verify
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     with demo_stack(settings) as active:

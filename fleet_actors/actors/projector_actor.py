@@ -16,12 +16,12 @@ import functools
 import logging
 from typing import Any
 
-import nats.js.errors
 import ray
 
 from fleet_actors.actors.naming import find_live, get_or_create
-from fleet_actors.adapters.jetstream import connect_nats, ensure_event_stream, nats_errors
-from fleet_actors.adapters.jetstream.snapshot_store import snapshot_stream
+from fleet_actors.adapters.jetstream.consumers import prepare_partition_consumers
+from fleet_actors.composition import open_projector
+from fleet_actors.errors import BackendUnavailable
 from fleet_actors.projections.policy import (
     DEFAULT_POLICY,
     LIVE_CONSUMERS,
@@ -57,7 +57,7 @@ class ProjectorActor:
         delay = self._policy.backoff_initial
         while not self._stop.is_set():
             try:
-                projector = await Projector.open(
+                projector = await open_projector(
                     self._settings, self._index, self._count, self._policy, self._start_sequence
                 )
             except Exception as error:  # servers still starting, or down: keep trying, never die
@@ -110,30 +110,10 @@ def projector_actor_name(index: int, count: int) -> str:
 
 async def prepare_consumers(settings: Settings) -> int | None:
     """Delete orphaned projector consumers; returns where missing partition consumers must start from."""
-    nc = await connect_nats(settings, name="fleet-projector-pool")
-    try:
-        await ensure_event_stream(nc, settings)
-        with nats_errors("preparing the projector consumers"):
-            jsm = nc.jsm()
-            wanted = {partition_consumer_name(LIVE_CONSUMERS, p) for p in range(settings.partitions)}
-            existing = await jsm.consumers_info(settings.stream_name)
-            orphans = [c for c in existing if c.name.startswith(CONSUMER_PREFIX) and c.name not in wanted]
-            present = {c.name for c in existing}
-            start = None
-            if orphans and not wanted & present:
-                # Resume where the slowest old consumer stood: nothing skipped; repeats are no-ops.
-                start = min(c.ack_floor.stream_seq for c in orphans) + 1
-            for consumer in orphans:
-                with contextlib.suppress(nats.js.errors.NotFoundError):
-                    await jsm.delete_consumer(settings.stream_name, consumer.name)
-            with contextlib.suppress(nats.js.errors.NotFoundError):
-                shared = snapshot_consumer_name(LIVE_CONSUMERS)
-                for consumer in await jsm.consumers_info(snapshot_stream(settings)):
-                    if consumer.name.startswith(CONSUMER_PREFIX) and consumer.name != shared:
-                        await jsm.delete_consumer(snapshot_stream(settings), consumer.name)
-            return start
-    finally:
-        await nc.close()
+    wanted = {partition_consumer_name(LIVE_CONSUMERS, p) for p in range(settings.partitions)}
+    return await prepare_partition_consumers(
+        settings, wanted, prefix=CONSUMER_PREFIX, keep_snapshot_consumer=snapshot_consumer_name(LIVE_CONSUMERS)
+    )
 
 
 def start_projectors(settings: Settings, policy: ProjectorPolicy = DEFAULT_POLICY, timeout: float = 120) -> list[Any]:
@@ -155,8 +135,6 @@ def start_projectors(settings: Settings, policy: ProjectorPolicy = DEFAULT_POLIC
     ]
     ready = ray.get([h.wait_ready.remote(timeout) for h in handles])
     if not all(ready):
-        from fleet_actors.errors import BackendUnavailable
-
         raise BackendUnavailable("projectors could not start; check NATS, Valkey and the graph database")
     return handles
 

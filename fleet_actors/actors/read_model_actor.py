@@ -10,6 +10,7 @@ import ray
 
 from fleet_actors.actors.naming import get_or_create
 from fleet_actors.application.read_models import ContextView, ReadModels
+from fleet_actors.composition import open_read_models
 from fleet_actors.errors import StoryError
 from fleet_actors.settings import Settings
 
@@ -25,7 +26,7 @@ class ReadModelActor:
     async def _read_models(self) -> ReadModels:
         async with self._connecting:
             if self._models is None:
-                self._models = await ReadModels.connect(self._settings)
+                self._models = await open_read_models(self._settings)
         return self._models
 
     async def get_context(self, story_id: str) -> ContextView | StoryError:

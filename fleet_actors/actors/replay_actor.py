@@ -11,8 +11,9 @@ from typing import Any
 
 import ray
 
+from fleet_actors.composition import open_replayer
 from fleet_actors.errors import BackendUnavailable
-from fleet_actors.projections.rebuild import Progress, Replayer, open_replayer, split
+from fleet_actors.projections.rebuild import Progress, Replayer, split
 from fleet_actors.settings import Settings
 
 PROGRESS = "progress"

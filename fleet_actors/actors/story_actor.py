@@ -100,18 +100,9 @@ class StoryHost:
 
 
 async def _open_stores(settings: Settings) -> tuple[EventStore, SnapshotStore]:
-    from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore
-    from fleet_actors.archive.composite import open_event_store
+    from fleet_actors.composition import open_story_stores
 
-    # archive + stream when FLEET_ARCHIVE_URL is set: history past the retention horizon
-    store = await open_event_store(settings)
-    try:
-        snapshots = JetStreamSnapshotStore(store.connection, settings)
-        await snapshots.ensure_stream()
-    except BaseException:
-        await store.close()
-        raise
-    return store, snapshots
+    return await open_story_stores(settings)
 
 
 class StoryActor:
@@ -233,13 +224,13 @@ class StoryRegistry:
             return store
         async with self._connecting:
             if key not in self._stores:
-                from fleet_actors.adapters.jetstream.event_store import JetStreamEventStore
+                from fleet_actors.composition import open_stream_reader
 
                 if len(self._stores) >= REGISTRY_STORES:  # one in production; tests use many streams
                     oldest = self._stores.pop(next(iter(self._stores)))
                     with contextlib.suppress(Exception):
                         await oldest.close()
-                self._stores[key] = await JetStreamEventStore.connect(settings, update_stream=False)
+                self._stores[key] = await open_stream_reader(settings)
         return self._stores[key]
 
     async def activated(self, story_id: str) -> None:

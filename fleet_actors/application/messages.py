@@ -7,7 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleet_actors.domain.commands import Command
+from fleet_actors.domain.results import CommandResult
 from fleet_actors.errors import IncompatibleRelease
+
+__all__ = ["CommandRequest", "CommandResult", "pack", "unpack"]
 
 
 @dataclass(frozen=True)
@@ -19,18 +22,6 @@ class CommandRequest:
     actor: str = ""
     #: optimistic concurrency from the caller's side: the story version they last saw
     expected_version: int | None = None
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    story_id: str
-    #: the story's version after the command (read models catch up to it eventually)
-    version: int
-    event_ids: tuple[str, ...]
-    command_id: str
-    decision_id: str | None = None
-    #: True when the command id had already been applied and nothing new was appended
-    duplicate: bool = False
 
 
 def pack(message: Any) -> bytes:

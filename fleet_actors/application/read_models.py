@@ -6,12 +6,10 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from fleet_actors.adapters.neo4j import GraphStore
-from fleet_actors.adapters.valkey import ContextCache
 from fleet_actors.domain import rules
 from fleet_actors.domain.state import StoryState
 from fleet_actors.errors import ProjectionTimeout, StoryNotFound
-from fleet_actors.settings import Settings
+from fleet_actors.ports.read_models import ContextDocuments, GraphReadModel
 
 
 @dataclass(frozen=True)
@@ -31,19 +29,11 @@ class ContextView:
 
 
 class ReadModels:
-    def __init__(self, cache: ContextCache, graph: GraphStore) -> None:
+    """Queries over the context documents and the graph (opened by ``composition.open_read_models``)."""
+
+    def __init__(self, cache: ContextDocuments, graph: GraphReadModel) -> None:
         self.cache = cache
         self.graph = graph
-
-    @classmethod
-    async def connect(cls, settings: Settings) -> ReadModels:
-        cache = await ContextCache.connect(settings)
-        try:
-            graph = await GraphStore.connect(settings)
-        except BaseException:
-            await cache.close()
-            raise
-        return cls(cache, graph)
 
     async def close(self) -> None:
         await self.cache.close()

@@ -1,14 +1,5 @@
-"""The event archive: Parquet segments in cold storage, retention behind it, full history through it."""
+"""Archive operations: cutting segments from the stream, retention behind them, export.
 
-from fleet_actors.archive.composite import ArchivedEventStore, open_event_store, purge_watermark
-from fleet_actors.archive.segments import Archive, Manifest, SegmentInfo, VerifyProblem
-
-__all__ = [
-    "Archive",
-    "ArchivedEventStore",
-    "Manifest",
-    "SegmentInfo",
-    "VerifyProblem",
-    "open_event_store",
-    "purge_watermark",
-]
+The storage itself (Parquet segments, the event store that reads through them) is an adapter:
+:mod:`fleet_actors.adapters.archive`.
+"""

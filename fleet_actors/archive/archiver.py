@@ -26,13 +26,13 @@ from typing import Any, TypeVar
 import pyarrow.compute as pc
 from nats.aio.client import Client
 
+from fleet_actors.adapters.archive.archived_event_store import PURGE_KEY, ArchivedEventStore
+from fleet_actors.adapters.archive.segments import Archive, Manifest, RawEvent, stored_time
 from fleet_actors.adapters.jetstream import JetStreamEventStore, connect_nats
 from fleet_actors.adapters.jetstream.connection import nats_errors
 from fleet_actors.adapters.jetstream.direct_get import read_by_subject
 from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore
 from fleet_actors.application.story_runtime import StoryRuntime
-from fleet_actors.archive.composite import PURGE_KEY, ArchivedEventStore
-from fleet_actors.archive.segments import Archive, Manifest, RawEvent, stored_time
 from fleet_actors.errors import ArchiveCorrupted, BackendUnavailable, InvalidCommand, StoryError
 from fleet_actors.settings import Settings
 

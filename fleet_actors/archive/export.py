@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from fleet_actors.adapters.archive.segments import SCHEMA, Archive, Manifest, chunks, rows_to_table
 from fleet_actors.adapters.jetstream import connect_nats
 from fleet_actors.adapters.jetstream.connection import nats_errors
 from fleet_actors.archive.archiver import read_stream_range
-from fleet_actors.archive.segments import SCHEMA, Archive, Manifest, chunks, rows_to_table
 from fleet_actors.errors import InvalidCommand
 from fleet_actors.settings import Settings
 
@@ -40,7 +40,7 @@ def _since(table: pa.Table, since: datetime | None) -> pa.Table:
 async def export_events(settings: Settings, out: str, *, since: datetime | None = None) -> ExportReport:
     """Write every event stamped at or after ``since`` (all without it) to ``out`` (a path or URL).
 
-    Columns are the archive's (see ``fleet_actors.archive.segments.SCHEMA``), exact bytes included;
+    Columns are the archive's (see ``fleet_actors.adapters.archive.segments.SCHEMA``), exact bytes included;
     events come in stream-sequence order: archived ones first, then the stream after the archive.
     """
     if since is not None and since.tzinfo is None:

@@ -112,8 +112,8 @@ def _progress(done: int, total: int, seconds: float) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from fleet_actors.adapters.archive.segments import Archive, summarize
     from fleet_actors.adapters.jetstream import connect_nats, nats_errors
-    from fleet_actors.archive.segments import Archive, summarize
 
     settings = _settings(args)
 
@@ -141,7 +141,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from fleet_actors.archive.segments import Archive
+    from fleet_actors.adapters.archive.segments import Archive
 
     settings = _settings(args)
     archive = Archive(settings.archive_url, settings.stream_name)

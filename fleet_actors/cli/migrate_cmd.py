@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 from fleet_actors.cli.common import add_settings_arguments, print_table, run, settings_from
 
 if TYPE_CHECKING:
-    from fleet_actors.adapters.jetstream import JetStreamEventStore
     from fleet_actors.migration.compare import CompareReport
     from fleet_actors.migration.importer import ImportReport
     from fleet_actors.migration.legacy_reader import LegacySource
     from fleet_actors.migration.mapping import LegacyMapping
+    from fleet_actors.ports.event_store import EventStore
     from fleet_actors.settings import Settings
 
 _IMPORT_HELP = """Reads every story of the legacy graph and appends, per story, a genesis history of ordinary
@@ -100,24 +100,13 @@ def _add_legacy_arguments(parser: argparse.ArgumentParser) -> None:
     legacy.add_argument("--story-prefix", default="", metavar="P", help="only stories whose id starts with P")
 
 
-async def _open_log(settings: Settings, *, create: bool) -> JetStreamEventStore | None:
+async def _open_log(settings: Settings, *, create: bool) -> EventStore | None:
     """The event store, or None when the stream does not exist and must not be created (read-only runs)."""
-    import nats.js.errors
-
-    from fleet_actors.adapters.jetstream import JetStreamEventStore, connect_nats, translate_nats_error
+    from fleet_actors.composition import open_event_store, open_existing_stream
 
     if create:
-        return await JetStreamEventStore.connect(settings)
-    nc = await connect_nats(settings)
-    try:
-        await nc.jsm().stream_info(settings.stream_name)
-    except nats.js.errors.NotFoundError:
-        await nc.close()
-        return None
-    except Exception as error:
-        await nc.close()
-        raise translate_nats_error(error, f"looking up stream {settings.stream_name}") from None
-    return JetStreamEventStore(nc, settings, owns_connection=True)
+        return await open_event_store(settings)
+    return await open_existing_stream(settings)
 
 
 def _reader_parts(args: argparse.Namespace) -> tuple[LegacySource, LegacyMapping]:
@@ -182,7 +171,6 @@ def _import(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from fleet_actors.migration.compare import compare_legacy
     from fleet_actors.migration.legacy_reader import LegacyReader
-    from fleet_actors.projections.verify import list_story_ids
 
     source, mapping = _reader_parts(args)
     settings = settings_from(args)
@@ -192,7 +180,7 @@ def _verify(args: argparse.Namespace) -> int:
         try:
             store = await _open_log(settings, create=False)
             try:
-                logged = [] if store is None else await list_story_ids(store.connection, settings)
+                logged = [] if store is None else await store.story_ids()
                 logged = [story_id for story_id in logged if story_id.startswith(args.story_prefix)]
                 return await compare_legacy(
                     reader, store, story_prefix=args.story_prefix, since=args.since, log_story_ids=logged

@@ -40,7 +40,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _status(args: argparse.Namespace) -> int:
-    from fleet_actors.projections.status import projection_status
+    from fleet_actors.jobs.status import projection_status
 
     rows = [dataclasses.asdict(s) for s in run(projection_status(settings_from(args)))]
     print_table(rows, ["consumer", "projector", "pending", "ack_pending", "ack_floor", "lag_events", "lag_seconds",
@@ -60,7 +60,7 @@ def _start(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from fleet_actors.projections.verify import verify
+    from fleet_actors.jobs.verify import verify
 
     report = run(verify(settings_from(args), args.story, documents=not args.graph_only))
     for difference in report.differences:
@@ -71,12 +71,15 @@ def _verify(args: argparse.Namespace) -> int:
 
 async def _dead_letters(settings):
     from fleet_actors.adapters.jetstream import connect_nats
-    from fleet_actors.adapters.valkey import ContextCache
-    from fleet_actors.projections.dead_letters import DeadLetters
+    from fleet_actors.composition import open_dead_letters
 
     nc = await connect_nats(settings)
-    cache = await ContextCache.connect(settings)
-    return nc, cache, DeadLetters(nc, cache, settings)
+    try:
+        dead_letters, index = await open_dead_letters(settings, nc)
+    except BaseException:
+        await nc.close()
+        raise
+    return nc, index, dead_letters
 
 
 def _dlq_list(args: argparse.Namespace) -> int:

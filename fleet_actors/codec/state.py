@@ -15,9 +15,9 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
-from fleet_actors.application.messages import CommandResult
 from fleet_actors.codec.upcasting import upcast
 from fleet_actors.domain.events import VALUE_TYPES
+from fleet_actors.domain.results import CommandResult
 from fleet_actors.domain.state import Decision, DecisionRelation, Impact, Milestone, PhaseChange, StoryState, Subtask
 from fleet_actors.errors import EventDecodeError
 from fleet_actors.proto import state_pb2

@@ -24,13 +24,9 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import grpc
-import valkey.asyncio as valkey_async
-from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy
 
 from fleet_actors.adapters.jetstream import JetStreamEventStore
-from fleet_actors.adapters.jetstream.connection import nats_errors
-from fleet_actors.adapters.valkey.context_cache import translate_valkey_error
+from fleet_actors.adapters.valkey import BundleStore
 from fleet_actors.application.ids import new_id
 from fleet_actors.application.read_models import ContextView, ReadModels
 from fleet_actors.client import AsyncFleetClient
@@ -78,32 +74,6 @@ class NodeNotFound(StoryNotFound):
 # --- backends -------------------------------------------------------------------------------
 
 
-class BundleStore:
-    """Persisted RehydrateSession responses in Valkey, under ``rehydration:{case_id}`` with a TTL."""
-
-    def __init__(self, client: valkey_async.Valkey) -> None:
-        self._client = client
-
-    @classmethod
-    async def connect(cls, settings: Settings) -> BundleStore:
-        """A client for the configured Valkey (it connects on first use)."""
-        client = valkey_async.Valkey.from_url(settings.valkey_url, socket_timeout=5, socket_connect_timeout=5)
-        return cls(client)
-
-    async def put(self, case_id: str, bundle: bytes, ttl_seconds: int) -> str:
-        """Store ``bundle`` as the case's latest, expiring after ``ttl_seconds``; returns its key."""
-        key = f"rehydration:{case_id}"
-        try:
-            await self._client.set(key, bundle, ex=ttl_seconds)
-        except Exception as error:
-            raise translate_valkey_error(error, "persisting a rehydration bundle") from None
-        return key
-
-    async def close(self) -> None:
-        """Release the connection pool."""
-        await self._client.aclose()
-
-
 @dataclass
 class Backends:
     """Everything the servicer talks to; :meth:`connect` opens it all, :meth:`close` releases it."""
@@ -116,19 +86,15 @@ class Backends:
     @classmethod
     async def connect(cls, settings: Settings) -> Backends:
         """Open the read models, JetStream and Valkey connections (Ray must already be joined)."""
-        read_models = await ReadModels.connect(settings)
-        try:
-            events = await JetStreamEventStore.connect(settings, update_stream=False)
-        except BaseException:
-            await read_models.close()
-            raise
-        bundles = await BundleStore.connect(settings)
+        from fleet_actors.composition import open_gateway_stores
+
+        read_models, events, bundles = await open_gateway_stores(settings)
         return cls(AsyncFleetClient(settings, OrderedDict()), read_models, events, bundles)
 
     async def unreachable(self, timeout: float) -> list[str]:
         """The backends that do not answer within ``timeout`` seconds (JetStream, Valkey, the graph)."""
         checks = {
-            "JetStream": self.events.connection.flush(timeout),
+            "JetStream": self.events.ping(timeout),
             "Valkey": self.read_models.cache.ping(),
             "graph database": self.read_models.graph.ping(),
         }
@@ -193,22 +159,6 @@ _GRAPH_NODE_TYPES = {
 }
 _WIRE_TYPES = {label: wire for label, _, wire in _GRAPH_NODE_TYPES.values()}
 _UNMODELLED_NODE_TYPES = ("project", "epic")
-# Built once from the constant table above: labels, keys and depths are never taken from a request.
-_ROOT_QUERIES = {
-    kind: f"MATCH (n:{label} {{{key}: $id}}) OPTIONAL MATCH (s:Story {{story_id: n.story_id}}) "
-    "RETURN elementId(n) AS eid, labels(n) AS labels, properties(n) AS props, s.version AS version"
-    for kind, (label, key, _) in _GRAPH_NODE_TYPES.items()
-}
-_NEIGHBOURHOOD_QUERIES = {
-    (kind, depth): f"MATCH (n:{label} {{{key}: $id}}) MATCH p = (n)-[*1..{depth}]-() "
-    "UNWIND relationships(p) AS r WITH DISTINCT r "
-    "RETURN elementId(startNode(r)) AS src, labels(startNode(r)) AS src_labels, properties(startNode(r)) AS src_props, "
-    "elementId(endNode(r)) AS dst, labels(endNode(r)) AS dst_labels, properties(endNode(r)) AS dst_props, "
-    f"type(r) AS type, properties(r) AS props LIMIT {MAX_GRAPH_RELATIONSHIPS + 1}"
-    for kind, (label, key, _) in _GRAPH_NODE_TYPES.items()
-    for depth in range(1, MAX_GRAPH_DEPTH + 1)
-}
-
 
 def _graph_node(eid: str, labels: list[str], props: Mapping[str, Any]) -> pb.GraphNode:
     label = labels[0] if labels else ""
@@ -458,12 +408,11 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
             depth = MAX_GRAPH_DEPTH
         if r.min_version:
             await self._view(story_id, r.min_version, context)
-        graph = self._read_models.graph
-        roots = await graph.query(_ROOT_QUERIES[node_type], id=r.node_id)
-        if not roots:
+        root, rows = await self._read_models.graph.neighbourhood(
+            node_type, r.node_id, depth, limit=MAX_GRAPH_RELATIONSHIPS + 1
+        )
+        if root is None:
             raise NodeNotFound(f"no {r.node_type} node {r.node_id!r} in the graph")
-        root = roots[0]
-        rows = await graph.query(_NEIGHBOURHOOD_QUERIES[node_type, depth], id=r.node_id)
         if len(rows) > MAX_GRAPH_RELATIONSHIPS:
             notes.append(
                 f"more than {MAX_GRAPH_RELATIONSHIPS} relationships; the first {MAX_GRAPH_RELATIONSHIPS} shown"
@@ -537,39 +486,16 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
         from_version = _non_negative(request.from_version, "from_version")
         if await self._events.last_sequence(story_id) == 0:
             raise StoryNotFound(story_id)
-        with nats_errors(f"subscribing to story {story_id}"):
-            subscription = await self._events.connection.jetstream().subscribe(
-                self._settings.story_filter(story_id),
-                stream=self._settings.stream_name,
-                ordered_consumer=True,
-                deliver_policy=DeliverPolicy.ALL if from_version else DeliverPolicy.NEW,
-            )
+        watch = await self._events.watch(story_id, from_start=bool(from_version))
         try:
             # The consumer exists from here on: the initial metadata tells the caller so.
             await context.send_initial_metadata(())
-            while (msg := await self._next_message(subscription)) is not None:
-                envelope = decode_event(msg.data)
+            while (data := await watch.next(self._closing)) is not None:
+                envelope = decode_event(data)
                 if envelope.version >= from_version:
                     yield story_event(envelope)
         finally:
-            with contextlib.suppress(Exception):
-                await subscription.unsubscribe()
-
-    async def _next_message(self, subscription: Any) -> Msg | None:
-        """The next message, or None once the gateway is closing."""
-        if self._closing.is_set():
-            return None
-        receive = asyncio.ensure_future(subscription.next_msg(timeout=None))
-        closing = asyncio.ensure_future(self._closing.wait())
-        try:
-            await asyncio.wait({receive, closing}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (receive, closing):
-                if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-        return receive.result() if receive.done() and not receive.cancelled() else None
+            await watch.close()
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -688,4 +614,4 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
         )
 
 
-__all__ = ["Backends", "BundleStore", "ContextServicer", "NodeNotFound"]
+__all__ = ["Backends", "ContextServicer", "NodeNotFound"]

@@ -53,7 +53,8 @@ def default_job_id(story_ids: Sequence[str] | None, since: datetime | None) -> s
 
 def execute(args: argparse.Namespace, settings: Settings) -> int:
     from fleet_actors.domain import rules
-    from fleet_actors.projections.rebuild import RebuildJob, RebuildScope, assert_partitions
+    from fleet_actors.jobs.rebuild_job import RebuildJob
+    from fleet_actors.projections.rebuild import RebuildScope, assert_partitions
 
     for story_id in args.story or ():
         rules.check_id(story_id, "story")

@@ -1,6 +1,6 @@
 """Where a legacy context graph keeps each mapped fact: labels, relationship types and property names.
 
-The default describes the graph :mod:`fleet_actors.projections.graph_mapping` writes, so a graph
+The default describes the graph :mod:`fleet_actors.adapters.neo4j.graph_mapping` writes, so a graph
 written by our own projection reads back unchanged. A JSON file overrides any part of it::
 
     {

@@ -43,8 +43,17 @@ class EventStore(ABC):
         """The story's events with a sequence above ``after_sequence``, in order."""
 
     @abstractmethod
+    def read_raw(self, story_id: str, after_sequence: int = 0) -> AsyncIterator[tuple[int, bytes]]:
+        """The story's events as stored (sequence, encoded bytes): for tools that must step over an
+        event this code cannot decode."""
+
+    @abstractmethod
     async def last_sequence(self, story_id: str) -> int:
         """Sequence of the story's last event, 0 if it has none."""
+
+    @abstractmethod
+    async def story_ids(self) -> list[str]:
+        """Every story in the log (those with a creation event), sorted."""
 
     async def read_all(self, story_id: str, after_sequence: int = 0) -> list[StoredEvent]:
         return [event async for event in self.read(story_id, after_sequence)]

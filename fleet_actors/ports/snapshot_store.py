@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime
 
-from fleet_actors.application.messages import CommandResult
+from fleet_actors.domain.results import CommandResult
 from fleet_actors.domain.state import StoryState
 
 

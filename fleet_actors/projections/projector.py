@@ -13,7 +13,6 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -24,27 +23,19 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import ConsumerConfig
 
-from fleet_actors.adapters.jetstream import (
-    JetStreamEventStore,
-    connect_nats,
-    ensure_event_stream,
-    nats_errors,
-    translate_nats_error,
-)
-from fleet_actors.adapters.jetstream.connection import ERR_CONSUMER_NOT_FOUND
+from fleet_actors.adapters.jetstream import translate_nats_error
+from fleet_actors.adapters.jetstream.consumers import SnapshotFeed, partition_consumer_config
 from fleet_actors.adapters.jetstream.partition_feed import PartitionConsumer, PartitionFeed, partition_of
-from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore, snapshot_stream
-from fleet_actors.adapters.neo4j import GraphStore
-from fleet_actors.adapters.valkey import ContextCache, valkey_errors
 from fleet_actors.codec import decode_event
 from fleet_actors.domain.events import Event, EventEnvelope
 from fleet_actors.domain.state import StoryState
 from fleet_actors.domain.story import StateBuilder
 from fleet_actors.errors import EventDecodeError, Retryable, StoryError
+from fleet_actors.ports.event_store import EventStore
+from fleet_actors.ports.read_models import ContextDocuments, GraphReadModel, ProjectionControl, SnapshotLink
 from fleet_actors.projections.dead_letters import DeadLetters, ParkedEvent, now_iso
-from fleet_actors.projections.graph_mapping import SNAPSHOT_NODES, snapshot_row
 from fleet_actors.projections.policy import (
     DEFAULT_POLICY,
     LIVE_CONSUMERS,
@@ -82,18 +73,6 @@ PAUSE_ACK_TTL = 5
 COMMITTED_STATES = 1000
 
 
-def pause_key(settings: Settings) -> str:
-    return f"projection:pause:{settings.stream_name}"
-
-
-def paused_key(settings: Settings, consumer: str) -> str:
-    return f"projection:paused:{settings.stream_name}:{consumer}"
-
-
-def status_key(consumer: str) -> str:
-    return f"projector:{consumer}:status"
-
-
 def story_of(subject: str) -> str:
     # {prefix}.{story_id}.{event_type}.{partition}; the prefix itself may contain dots
     return subject.rsplit(".", 3)[-3]
@@ -107,9 +86,11 @@ class Projector:
         count: int,
         *,
         nc: Client,
-        store: JetStreamEventStore,
-        graph: GraphStore,
-        cache: ContextCache,
+        store: EventStore,
+        graph: GraphReadModel,
+        documents: ContextDocuments,
+        control: ProjectionControl,
+        dead_letters: DeadLetters,
         policy: ProjectorPolicy = DEFAULT_POLICY,
     ) -> None:
         self.settings = settings
@@ -120,58 +101,25 @@ class Projector:
         self.policy = policy
         self.stats = ProjectorStats()
         self._nc = nc
-        self._js = nc.jetstream(timeout=settings.nats_timeout)
-        self._store = store
+        self.store = store
         self._graph = graph
-        self._cache = cache
-        self._dead_letters = DeadLetters(nc, cache, settings)
+        self._cache = documents
+        self._control = control
+        self.dead_letters = dead_letters
         self._failures: dict[int, int] = {}
         self._lags: collections.deque[float] = collections.deque(maxlen=LAG_SAMPLES)
         self.feed: PartitionFeed | None = None
         #: the states this projector last committed to the context documents (most recent last)
         self._committed: collections.OrderedDict[str, StoryState] = collections.OrderedDict()
-        self._snapshot_sub = None
+        self._snapshots: SnapshotFeed | None = None
         self._next_snapshot_poll = 0.0
-
-    @classmethod
-    async def open(
-        cls,
-        settings: Settings,
-        index: int,
-        count: int,
-        policy: ProjectorPolicy = DEFAULT_POLICY,
-        start_sequence: int | None = None,
-    ) -> Projector:
-        """Connected and consuming; consumers that do not exist yet start at ``start_sequence`` (or the
-        beginning of the log)."""
-        nc = await connect_nats(settings, name=f"fleet-{consumer_name(index, count)}")
-        try:
-            from fleet_actors.archive.composite import open_event_store
-
-            # With an archive, healing a story reads past the retention horizon.
-            store = await open_event_store(settings, nc)
-            await ensure_event_stream(nc, settings)
-            graph = await GraphStore.connect(settings)
-            cache = await ContextCache.connect(settings)
-        except BaseException:
-            await nc.close()
-            raise
-        projector = cls(settings, index, count, nc=nc, store=store, graph=graph, cache=cache, policy=policy)
-        try:
-            await projector._dead_letters.ensure_stream()
-            await projector.ensure_consumer(start_sequence)
-        except BaseException:
-            await projector.close()
-            raise
-        return projector
 
     async def close(self) -> None:
         if self.feed is not None:
             with contextlib.suppress(Exception):
                 await self.feed.stop()
-        if self._snapshot_sub is not None:
-            with contextlib.suppress(Exception):
-                await self._snapshot_sub.unsubscribe()
+        if self._snapshots is not None:
+            await self._snapshots.close()
         for closer in (self._graph.close, self._cache.close, self._nc.close):
             with contextlib.suppress(Exception):
                 await closer()
@@ -185,16 +133,11 @@ class Projector:
         ]
 
     def consumer_config(self, consumer: PartitionConsumer, start_sequence: int | None = None) -> ConsumerConfig:
-        return ConsumerConfig(
-            durable_name=consumer.name,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_sequence else DeliverPolicy.ALL,
-            opt_start_seq=start_sequence,
-            filter_subject=consumer.filter_subject,
+        return partition_consumer_config(
+            consumer,
             ack_wait=self.policy.ack_wait,
-            # Poison events are counted by us (transient outages must not exhaust a budget).
-            max_deliver=-1,
             max_ack_pending=self.policy.batch_size * 4,
+            start_sequence=start_sequence,
         )
 
     async def ensure_consumer(self, start_sequence: int | None = None, end_sequence: int | None = None) -> None:
@@ -213,67 +156,29 @@ class Projector:
         )
         await feed.start()
         self.feed = feed
-        with nats_errors("creating the snapshot consumer"):
-            self._snapshot_sub = await self._bind_snapshot_consumer()
-
-    async def _bind_snapshot_consumer(self):
-        jsm = self._nc.jsm()
-        stream = snapshot_stream(self.settings)
+        if self._snapshots is not None:
+            await self._snapshots.close()
         # One consumer shared by the pool (any projector can link any story's snapshot); a rebuild's
         # replayers share their own, from the start.
-        name = snapshot_consumer_name(self.consumer_prefix)
-        await JetStreamSnapshotStore(self._nc, self.settings).ensure_stream()
-        try:
-            await jsm.consumer_info(stream, name)
-        except nats.js.errors.NotFoundError:
-            await jsm.add_consumer(
-                stream,
-                ConsumerConfig(
-                    durable_name=name,
-                    ack_policy=AckPolicy.EXPLICIT,
-                    ack_wait=self.policy.ack_wait,
-                    max_deliver=-1,
-                ),
-            )
-        return await self._js.pull_subscribe_bind(durable=name, stream=stream)
+        self._snapshots = SnapshotFeed(
+            self._nc, self.settings, snapshot_consumer_name(self.consumer_prefix), self.policy.ack_wait
+        )
+        await self._snapshots.open()
 
     async def project_snapshots(self) -> int:
         """ContextSnapshot nodes for snapshots whose story the graph already holds at that version."""
-        with nats_errors("polling the snapshot consumer"):
-            try:
-                info = await self._snapshot_sub.consumer_info()
-            except nats.js.errors.NotFoundError as error:
-                if error.err_code != ERR_CONSUMER_NOT_FOUND:
-                    raise
-                # Deleted by hand or lost with the server's state: create it again (as the partition
-                # consumers are); snapshots read a second time are idempotent MERGEs.
-                log.warning("projector %s: the snapshot consumer was missing; re-creating it", self.name)
-                with contextlib.suppress(Exception):
-                    await self._snapshot_sub.unsubscribe()
-                self._snapshot_sub = await self._bind_snapshot_consumer()
-                return 0
-        if not (info.num_pending or info.num_ack_pending):
-            return 0  # an empty fetch would wait out its timeout
-        with nats_errors("polling the snapshot consumer"):
-            try:
-                msgs = await self._snapshot_sub.fetch(200, timeout=0.05)
-            except (TimeoutError, nats.errors.TimeoutError):
-                return 0
-        refs = []
-        for msg in msgs:
-            headers = msg.headers or {}
-            story_id = msg.subject.rsplit(".", 2)[-2]
-            refs.append((msg, story_id, int(headers.get("Fleet-Version", "0")), headers.get("Fleet-At", "")))
-        versions = await self._graph.applied_versions(sorted({story_id for _, story_id, _, _ in refs}))
-        ready = [r for r in refs if versions.get(r[1], 0) >= r[2]]
-        if ready:
-            rows = [snapshot_row(story_id, version, at) for _, story_id, version, at in ready]
-            await self._graph.write(SNAPSHOT_NODES, rows=rows)
-        for msg, story_id, version, _ in refs:
-            if versions.get(story_id, 0) >= version:
-                await msg.ack()
+        assert self._snapshots is not None, "ensure_consumer() first"
+        notices = await self._snapshots.poll()
+        if not notices:
+            return 0
+        versions = await self._graph.applied_versions(sorted({n.story_id for n in notices}))
+        ready = [n for n in notices if versions.get(n.story_id, 0) >= n.version]
+        await self._graph.link_snapshots([SnapshotLink(n.story_id, n.version, n.at) for n in ready])
+        for notice in notices:
+            if versions.get(notice.story_id, 0) >= notice.version:
+                await notice.done()
             else:
-                await msg.nak(delay=self.policy.backoff_max)  # the story's events are not projected yet
+                await notice.later(self.policy.backoff_max)  # the story's events are not projected yet
         return len(ready)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -327,20 +232,16 @@ class Projector:
 
     async def _paused(self) -> bool:
         """A rebuild owns the graph: stay off it, and say so (see projections/rebuild.py)."""
-        with valkey_errors("checking for a rebuild"):
-            job = await self._cache.client.get(pause_key(self.settings))
-            if job is None:
-                return False
-            async with self._cache.client.pipeline(transaction=False) as pipe:
-                for name in self.feed.names:
-                    pipe.set(paused_key(self.settings, name), job, ex=PAUSE_ACK_TTL)
-                await pipe.execute()
+        job = await self._control.pausing_job()
+        if job is None:
+            return False
+        await self._control.acknowledge_pause(job, self.feed.names if self.feed else [], PAUSE_ACK_TTL)
         return True
 
     async def _publish_stats(self) -> None:
         """For `fleet-actors projections status`, which reads it without going through Ray."""
-        with contextlib.suppress(StoryError), valkey_errors("publishing the projector's status"):
-            await self._cache.client.set(status_key(self.name), json.dumps(dataclasses.asdict(self.stats)))
+        with contextlib.suppress(StoryError):
+            await self._control.publish_status(self.name, dataclasses.asdict(self.stats))
 
     def _record_error(self, error: BaseException) -> None:
         self.stats.last_error = str(error)[:500]
@@ -352,7 +253,7 @@ class Projector:
     async def process(self, msgs: Sequence[Msg]) -> None:
         self.stats.batches += 1
         self.stats.delivered += len(msgs)
-        held = await self._dead_letters.held()
+        held = await self.dead_letters.held()
         events: dict[str, list[EventEnvelope]] = {}
         msgs_of: dict[str, list[Msg]] = {}
         acknowledge: list[Msg] = []
@@ -421,7 +322,7 @@ class Projector:
         version = 0
         with contextlib.suppress(EventDecodeError):
             version = decode_event(msg.data).version
-        await self._dead_letters.park(
+        await self.dead_letters.park(
             ParkedEvent(
                 story_id=story_id,
                 version=version,
@@ -534,7 +435,7 @@ class Projector:
 
     async def _read_log(self, story_id: str, after_version: int, up_to_version: int) -> list[EventEnvelope]:
         out = []
-        async for stored in self._store.read(story_id):
+        async for stored in self.store.read(story_id):
             if after_version < stored.envelope.version <= up_to_version:
                 out.append(stored.envelope)
         return out
@@ -542,14 +443,14 @@ class Projector:
     # --- releases from the dead-letter queue ---------------------------------------------------
 
     async def _apply_releases(self) -> None:
-        releases = await self._dead_letters.pending_releases()
+        releases = await self.dead_letters.pending_releases()
         if not releases:
             return
-        held = await self._dead_letters.held()
+        held = await self.dead_letters.held()
         for story_id, action in releases.items():
             parked = held.get(story_id)
             if parked is None:
-                await self._dead_letters.released(story_id)
+                await self.dead_letters.released(story_id)
                 continue
             if partition_of(parked.subject) not in self.partitions:
                 continue  # another projector owns that story
@@ -564,7 +465,7 @@ class Projector:
         envelopes: list[EventEnvelope] = []
         previous = 0
         try:
-            async for sequence, data in self._store.read_raw(story_id):
+            async for sequence, data in self.store.read_raw(story_id):
                 if skip and sequence == parked.stream_sequence:
                     # Stand-in for the skipped event: it advances the version and changes nothing else.
                     envelope = _skipped(story_id, parked.version or previous + 1)
@@ -575,15 +476,15 @@ class Projector:
                     envelopes.append(envelope)
         except EventDecodeError as error:
             self._record_error(error)
-            await self._dead_letters.park(replace(parked, error=str(error), parked_at=now_iso()), b"")
-            await self._dead_letters.drop_release(story_id)
+            await self.dead_letters.park(replace(parked, error=str(error), parked_at=now_iso()), b"")
+            await self.dead_letters.drop_release(story_id)
             return
         failures = await self._project({story_id: envelopes}) if envelopes else {}
         if story_id in failures:
             self._record_error(failures[story_id])
-            await self._dead_letters.drop_release(story_id)
+            await self.dead_letters.drop_release(story_id)
             return
-        await self._dead_letters.released(story_id)
+        await self.dead_letters.released(story_id)
 
 
 def _distinct_versions(envelopes: list[EventEnvelope]) -> list[EventEnvelope]:
@@ -595,7 +496,9 @@ def _skipped(story_id: str, version: int) -> EventEnvelope:
 
 
 async def run_projector(settings: Settings, index: int, count: int, stop: asyncio.Event) -> None:
-    projector = await Projector.open(settings, index, count)
+    from fleet_actors.composition import open_projector
+
+    projector = await open_projector(settings, index, count)
     try:
         await projector.run(stop)
     finally:

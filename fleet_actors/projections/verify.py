@@ -6,32 +6,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from nats.aio.client import Client
-
-from fleet_actors.adapters.jetstream import JetStreamEventStore, nats_errors
-from fleet_actors.adapters.neo4j import GraphStore
-from fleet_actors.adapters.valkey import ContextCache, ContextDocument
 from fleet_actors.domain.state import StoryState
 from fleet_actors.domain.story import fold
-from fleet_actors.settings import Settings
-
-_GRAPH_QUERIES = {
-    "story": "MATCH (s:Story {story_id: $id}) "
-    "RETURN s.title AS title, s.phase AS phase, s.status AS status, s.version AS version",
-    "subtasks": "MATCH (:Story {story_id: $id})-[:HAS_SUBTASK]->(t:Subtask) "
-    "RETURN t.subtask_id AS id, t.status AS status",
-    "subtask_dependencies": "MATCH (:Story {story_id: $id})-[:HAS_SUBTASK]->(t:Subtask)-[:DEPENDS_ON]->(d:Subtask) "
-    "RETURN t.subtask_id AS src, d.subtask_id AS dst",
-    "decisions": "MATCH (:Story {story_id: $id})-[:HAS_DECISION]->(d:Decision) "
-    "RETURN d.decision_id AS id, d.status AS status",
-    "decision_relations": "MATCH (:Story {story_id: $id})-[:HAS_DECISION]->(a:Decision)-[r]->(b:Decision) "
-    "RETURN a.decision_id AS src, type(r) AS type, b.decision_id AS dst",
-    "impacts": "MATCH (:Story {story_id: $id})-[:HAS_DECISION]->(d:Decision)-[:IMPACTS]->(t:Subtask) "
-    "RETURN d.decision_id AS decision, t.subtask_id AS subtask",
-    "milestones": "MATCH (:Story {story_id: $id})-[:HAS_MILESTONE]->(m:Milestone) RETURN m.milestone_id AS id",
-    "transitions": "MATCH (:Story {story_id: $id})-[:HAS_TRANSITION]->(p:PhaseTransition) "
-    "RETURN p.from_phase AS src, p.to_phase AS dst",
-}
+from fleet_actors.ports.event_store import EventStore
+from fleet_actors.ports.read_models import ContextDocument, ContextDocuments, GraphReadModel
 
 
 def expected_graph(state: StoryState) -> dict[str, Any]:
@@ -48,12 +26,9 @@ def expected_graph(state: StoryState) -> dict[str, Any]:
     }
 
 
-async def actual_graph(graph: GraphStore, story_id: str) -> dict[str, Any]:
-    out = {}
-    for name, cypher in _GRAPH_QUERIES.items():
-        rows = await graph.query(cypher, id=story_id)
-        out[name] = Counter(tuple(row.values()) for row in rows)
-    return out
+async def actual_graph(graph: GraphReadModel, story_id: str) -> dict[str, Any]:
+    rows_by_part = await graph.story_rows(story_id)
+    return {part: Counter(tuple(row.values()) for row in rows) for part, rows in rows_by_part.items()}
 
 
 @dataclass
@@ -76,23 +51,8 @@ class VerifyReport:
         return [f"{s.story_id}: {d}" for s in self.stories for d in s.differences]
 
 
-async def list_story_ids(nc: Client, settings: Settings) -> list[str]:
-    """Every story in the log: the subjects holding a creation event."""
-    with nats_errors(f"listing the stories of stream {settings.stream_name}"):
-        info = await nc.jsm().stream_info(
-            settings.stream_name, subjects_filter=f"{settings.subject_prefix}.*.context_created.>"
-        )
-    stories = {subject.rsplit(".", 3)[-3] for subject in (info.state.subjects or {})}
-    if settings.archive_url:  # creation events past the retention horizon live in the archive only
-        from fleet_actors.archive.segments import Archive
-
-        manifest = await Archive(settings.archive_url, settings.stream_name).manifest()
-        stories.update(story for segment in manifest.segments for story in segment.stories)
-    return sorted(stories)
-
-
 async def verify_story(
-    store: JetStreamEventStore, cache: ContextCache | None, graph: GraphStore, story_id: str
+    store: EventStore, cache: ContextDocuments | None, graph: GraphReadModel, story_id: str
 ) -> StoryReport:
     """Differences between the log and the read models for one story (no cache: the graph only)."""
     expected = fold(StoryState(story_id), [s.envelope for s in await store.read_all(story_id)])
@@ -120,21 +80,15 @@ def _document_differences(document: ContextDocument | None, expected: StoryState
     return [f"context document v{document.version} differs from the log v{expected.version} in: {', '.join(fields)}"]
 
 
-async def verify(settings: Settings, story_ids: list[str] | None = None, *, documents: bool = True) -> VerifyReport:
-    """Compare the graph (and, unless ``documents`` is False, the context documents) with the log."""
-    from fleet_actors.archive.composite import open_event_store
-
-    # archive + stream with FLEET_ARCHIVE_URL: the whole history
-    store = await open_event_store(settings, update_stream=False)
-    cache = await ContextCache.connect(settings)
-    graph = await GraphStore.connect(settings)
-    try:
-        ids = story_ids if story_ids is not None else await list_story_ids(store.connection, settings)
-        report = VerifyReport()
-        for story_id in ids:
-            report.stories.append(await verify_story(store, cache if documents else None, graph, story_id))
-        return report
-    finally:
-        await graph.close()
-        await cache.close()
-        await store.close()
+async def verify_all(
+    store: EventStore,
+    documents: ContextDocuments | None,
+    graph: GraphReadModel,
+    story_ids: list[str] | None = None,
+) -> VerifyReport:
+    """Compare the graph (and the context documents, if given) with the log, for these stories or all."""
+    ids = story_ids if story_ids is not None else await store.story_ids()
+    report = VerifyReport()
+    for story_id in ids:
+        report.stories.append(await verify_story(store, documents, graph, story_id))
+    return report

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from fleet_actors.adapters.archive import Archive, ArchivedEventStore
 from fleet_actors.adapters.jetstream import JetStreamEventStore
 from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore
 from fleet_actors.application.messages import CommandRequest, CommandResult
 from fleet_actors.application.story_runtime import StoryRuntime
-from fleet_actors.archive import Archive, ArchivedEventStore
 from fleet_actors.domain.commands import Command
 from fleet_actors.settings import Settings
 from tests.integration.conftest import event_store, stream_settings  # noqa: F401 - fixtures used here too

@@ -14,8 +14,9 @@ from fleet_actors.domain.commands import CreateStory, RecordSummary, UpdateSubta
 from fleet_actors.domain.state import StoryState
 from fleet_actors.domain.story import fold
 from fleet_actors.jobs import rebuild as rebuild_job
-from fleet_actors.projections.rebuild import RebuildJob, RebuildScope
-from fleet_actors.projections.verify import verify
+from fleet_actors.jobs.rebuild_job import RebuildJob
+from fleet_actors.jobs.verify import verify
+from fleet_actors.projections.rebuild import RebuildScope
 from tests.archive.conftest import MAX_AGE, Fleet
 from tests.integration.conftest import RunningProjectors, wait_until, write_story
 

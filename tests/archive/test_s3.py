@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from fleet_actors.adapters.archive import Archive, ArchivedEventStore
 from fleet_actors.adapters.jetstream import JetStreamEventStore
 from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore
 from fleet_actors.application.messages import CommandRequest
 from fleet_actors.application.story_runtime import StoryRuntime
-from fleet_actors.archive import Archive, ArchivedEventStore
 from fleet_actors.archive.archiver import Archiver
 from fleet_actors.archive.export import export_events
 from fleet_actors.devstack.process import free_port

@@ -16,10 +16,10 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, Placement
 
 from fleet_actors.adapters.jetstream.connection import connect_nats, ensure_event_stream, stream_placement
+from fleet_actors.adapters.jetstream.dead_letter_stream import DeadLetterStream, dlq_stream
 from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore, snapshot_stream
 from fleet_actors.devstack.nats_cluster import NatsCluster
 from fleet_actors.errors import ConfigurationError
-from fleet_actors.projections.dead_letters import DeadLetters, dlq_stream
 from fleet_actors.settings import Settings
 
 
@@ -75,7 +75,7 @@ async def _declare_all(settings: Settings) -> dict[str, tuple[int, Placement | N
     try:
         await ensure_event_stream(nc, settings)
         await JetStreamSnapshotStore(nc, settings).ensure_stream()
-        await DeadLetters(nc, None, settings).ensure_stream()  # type: ignore[arg-type]  # no Valkey needed
+        await DeadLetterStream(nc, settings).ensure_stream()
         out = {}
         for name in (settings.stream_name, snapshot_stream(settings), dlq_stream(settings)):
             for _ in range(100):  # a scale-up adds the followers one after the other

@@ -12,6 +12,7 @@ import pytest
 from fleet_actors.adapters.jetstream import JetStreamEventStore
 from fleet_actors.application.messages import CommandRequest, CommandResult
 from fleet_actors.application.story_runtime import StoryRuntime
+from fleet_actors.composition import open_projector
 from fleet_actors.domain.commands import (
     AddDecision,
     Command,
@@ -93,7 +94,7 @@ class RunningProjectors:
 
     async def start(self) -> RunningProjectors:
         self._stop = asyncio.Event()
-        self.projectors = [await Projector.open(self.settings, i, self.count, self.policy) for i in range(self.count)]
+        self.projectors = [await open_projector(self.settings, i, self.count, self.policy) for i in range(self.count)]
         self.tasks = [asyncio.create_task(p.run(self._stop)) for p in self.projectors]
         return self
 
@@ -110,6 +111,10 @@ class RunningProjectors:
     @property
     def cache(self):
         return self.projectors[0]._cache
+
+    @property
+    def dead_letters(self):
+        return self.projectors[0].dead_letters
 
 
 @pytest.fixture

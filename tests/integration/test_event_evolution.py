@@ -13,8 +13,7 @@ from fleet_actors.adapters.jetstream.census import event_census
 from fleet_actors.codec import event_type_of
 from fleet_actors.domain.events import Alternative
 from fleet_actors.errors import EventDecodeError
-from fleet_actors.projections.dead_letters import DeadLetters
-from fleet_actors.projections.verify import verify
+from fleet_actors.jobs.verify import verify
 from fleet_actors.proto import events_pb2
 from tests.integration.conftest import RunningProjectors, wait_until, write_story
 
@@ -97,7 +96,7 @@ async def test_event_from_a_newer_writer_is_parked_not_applied(ray_runtime, stre
     )
     running = await RunningProjectors(stream_settings, 1).start()
     try:
-        dead_letters = DeadLetters(nc, running.cache, stream_settings)
+        dead_letters = running.dead_letters
 
         async def parked() -> bool:
             return "older-code" in await dead_letters.held()

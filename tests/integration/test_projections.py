@@ -8,15 +8,17 @@ import json
 import nats
 import pytest
 
+from fleet_actors.adapters.jetstream.dead_letter_stream import dlq_stream
 from fleet_actors.adapters.jetstream.partition_feed import partition_of
 from fleet_actors.adapters.neo4j import GraphStore
 from fleet_actors.adapters.valkey import ContextCache
-from fleet_actors.adapters.valkey.context_cache import context_key
+from fleet_actors.adapters.valkey.keys import context_key
 from fleet_actors.codec.state import state_to_json
 from fleet_actors.domain.commands import UpdateSubtask
-from fleet_actors.projections.dead_letters import DeadLetters, dlq_stream
-from fleet_actors.projections.status import projection_status
-from fleet_actors.projections.verify import actual_graph, verify
+from fleet_actors.jobs.status import projection_status
+from fleet_actors.jobs.verify import verify
+from fleet_actors.projections.dead_letters import DeadLetters
+from fleet_actors.projections.verify import actual_graph
 from tests.integration.conftest import RunningProjectors, wait_until, write_story
 
 
@@ -36,7 +38,7 @@ async def test_graph_and_document_follow_the_log(projectors, execute, stream_set
     assert sum(graph["subtasks"].values()) == 2 and sum(graph["decision_relations"].values()) == 1
     assert sum(graph["milestones"].values()) == 1 and sum(graph["transitions"].values()) == 1
     # Processed event ids and per-partition consumer offsets land with the documents.
-    stored = await projectors.projectors[0]._store.read_all(next(iter(stories)))
+    stored = await projectors.projectors[0].store.read_all(next(iter(stories)))
     assert await projectors.cache.already_processed([e.envelope.event_id for e in stored]) == {
         e.envelope.event_id for e in stored
     }
@@ -109,7 +111,7 @@ async def test_poison_event_is_parked_and_holds_only_its_story(projectors, execu
         await nc.jetstream().publish(stream_settings.story_subject(poisoned, "summary_recorded"), b"\xff\x00garbage")
         healthy_version = await write_story(execute, healthy)
         await wait_until(lambda: projected(projectors, {healthy: healthy_version}))
-        dead_letters = DeadLetters(nc, projectors.cache, stream_settings)
+        dead_letters = projectors.dead_letters
         await wait_until(lambda: _held(dead_letters, poisoned))
         parked = (await dead_letters.held())[poisoned]
         assert parked.deliveries >= 2 and "ContextEvent" in parked.error
@@ -255,7 +257,7 @@ async def test_the_same_events_twice_in_one_batch_apply_once(stream_settings, ex
     try:
         await wait_until(lambda: projected(running, {sid: version}))
         before = await actual_graph(running.graph, sid)
-        events = [e.envelope for e in await running.projectors[0]._store.read_all(sid)]
+        events = [e.envelope for e in await running.projectors[0].store.read_all(sid)]
         failures = await running.projectors[0]._project({sid: events + events})  # a redelivery inside a batch
         assert failures == {}
         assert await actual_graph(running.graph, sid) == before

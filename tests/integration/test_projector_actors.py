@@ -13,8 +13,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from fleet_actors import FleetClient, ProjectionTimeout, StoryNotFound
 from fleet_actors.actors.projector_actor import projector_actor_name, start_projectors, stop_projectors
 from fleet_actors.adapters.jetstream import ensure_event_stream
+from fleet_actors.jobs.verify import verify
 from fleet_actors.loadgen.seed import seed
-from fleet_actors.projections.verify import actual_graph, verify
+from fleet_actors.projections.verify import actual_graph
 
 
 @pytest.fixture

@@ -12,9 +12,11 @@ from fleet_actors.actors.replay_actor import run_in_process
 from fleet_actors.domain.commands import RecordSummary, UpdateSubtask
 from fleet_actors.errors import BackendUnavailable
 from fleet_actors.jobs import rebuild as rebuild_job
+from fleet_actors.jobs.rebuild_job import RebuildJob
+from fleet_actors.jobs.verify import verify
 from fleet_actors.loadgen.seed import seed
-from fleet_actors.projections.rebuild import RebuildJob, RebuildScope
-from fleet_actors.projections.verify import actual_graph, verify
+from fleet_actors.projections.rebuild import RebuildScope
+from fleet_actors.projections.verify import actual_graph
 from tests.integration.conftest import RunningProjectors, wait_until, write_story
 
 

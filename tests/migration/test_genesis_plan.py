@@ -8,7 +8,7 @@ import datetime as dt
 
 import pytest
 
-from fleet_actors.adapters.memory_event_store import InMemoryEventStore
+from fleet_actors.adapters.memory.event_store import InMemoryEventStore
 from fleet_actors.application.messages import CommandRequest
 from fleet_actors.application.story_runtime import StoryRuntime
 from fleet_actors.domain.commands import (

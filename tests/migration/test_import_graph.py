@@ -20,6 +20,7 @@ from fleet_actors.application.story_runtime import StoryRuntime
 from fleet_actors.domain.commands import AddDecision, Command, RecordMilestone
 from fleet_actors.domain.state import StoryState
 from fleet_actors.errors import ConcurrencyConflict, Retryable
+from fleet_actors.jobs.verify import verify
 from fleet_actors.migration.compare import compare_legacy, compare_story, legacy_view, state_view
 from fleet_actors.migration.importer import (
     IMPORT_ACTOR,
@@ -32,7 +33,6 @@ from fleet_actors.migration.importer import (
 from fleet_actors.migration.legacy_reader import LegacyReader, LegacySource, LegacyStory
 from fleet_actors.migration.mapping import DEFAULT_MAPPING, LegacyMapping
 from fleet_actors.migration.sample import FAULTS, SampleReport, write_sample
-from fleet_actors.projections.verify import verify
 from fleet_actors.settings import Settings
 from tests.integration.conftest import RunningProjectors, wait_until
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from fleet_actors.adapters.neo4j import graph_mapping
 from fleet_actors.errors import ConfigurationError
 from fleet_actors.migration.mapping import (
     DEFAULT_MAPPING,
@@ -14,7 +15,6 @@ from fleet_actors.migration.mapping import (
     load_mapping,
     mapping_from_json,
 )
-from fleet_actors.projections import graph_mapping
 from tests.migration.conftest import LEGACY_MAPPING_FILE
 
 

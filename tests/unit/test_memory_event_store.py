@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleet_actors.adapters.memory_event_store import InMemoryEventStore
+from fleet_actors.adapters.memory.event_store import InMemoryEventStore
 from tests.unit.event_store_contract import EventStoreContract
 
 

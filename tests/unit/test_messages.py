@@ -6,7 +6,7 @@ import types
 import pytest
 
 from fleet_actors.actors.story_actor import StoryActor
-from fleet_actors.adapters.memory_event_store import InMemoryEventStore
+from fleet_actors.adapters.memory.event_store import InMemoryEventStore
 from fleet_actors.application.messages import CommandRequest, CommandResult, pack, unpack
 from fleet_actors.domain.commands import AddDecision, ApplyChanges, CreateSubtask, RecordSummary, TransitionPhase
 from fleet_actors.domain.events import Alternative

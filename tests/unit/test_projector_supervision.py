@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
+from fleet_actors.actors import projector_actor
 from fleet_actors.actors.projector_actor import ProjectorActor
 from fleet_actors.projections.policy import ProjectorPolicy
-from fleet_actors.projections.projector import Projector
 from fleet_actors.settings import Settings
 
 
@@ -31,7 +31,7 @@ async def test_a_failed_projector_is_closed_and_reopened(monkeypatch):
         opened.append(FakeProjector(fail=len(opened) < 2))
         return opened[-1]
 
-    monkeypatch.setattr(Projector, "open", open_fake)
+    monkeypatch.setattr(projector_actor, "open_projector", open_fake)
     actor = ProjectorActor(Settings(), 0, 1, ProjectorPolicy(backoff_initial=0.01, backoff_max=0.05))
     async with asyncio.timeout(5):
         while len(opened) < 3:

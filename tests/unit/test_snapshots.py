@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleet_actors.adapters.memory_event_store import InMemoryEventStore
-from fleet_actors.adapters.memory_snapshot_store import InMemorySnapshotStore
+from fleet_actors.adapters.memory.event_store import InMemoryEventStore
+from fleet_actors.adapters.memory.snapshot_store import InMemorySnapshotStore
 from fleet_actors.application.messages import CommandRequest
 from fleet_actors.application.story_runtime import StoryRuntime
 from fleet_actors.domain.commands import (

@@ -149,6 +149,16 @@ def event_stream_config(settings: Settings) -> StreamConfig:
     )
 
 
+async def stream_exists(nc: Client, stream: str) -> bool:
+    try:
+        await nc.jsm().stream_info(stream)
+    except nats.js.errors.NotFoundError:
+        return False
+    except Exception as error:
+        raise translate_nats_error(error, f"looking up stream {stream}") from None
+    return True
+
+
 async def ensure_event_stream(nc: Client, settings: Settings, *, update_existing: bool = True) -> None:
     """Create the stream or bring its settings up to date; safe to run at every start-up.
 

@@ -26,6 +26,7 @@ from fleet_actors.adapters.jetstream.connection import (
     translate_nats_error,
 )
 from fleet_actors.adapters.jetstream.direct_get import read_by_subject
+from fleet_actors.adapters.jetstream.story_watch import StoryWatch
 from fleet_actors.codec import decode_event, encode_event
 from fleet_actors.domain.events import EventEnvelope
 from fleet_actors.errors import AppendOutcomeUnknown, BackendUnavailable, ConcurrencyConflict, StoryError
@@ -71,6 +72,14 @@ class JetStreamEventStore(EventStore):
     @property
     def connection(self) -> Client:
         return self._nc
+
+    async def ping(self, timeout: float) -> None:
+        """Raise unless the server answers within ``timeout`` seconds."""
+        await self._nc.flush(timeout)  # type: ignore[arg-type]  # nats-py accepts seconds as a float
+
+    async def watch(self, story_id: str, *, from_start: bool) -> StoryWatch:
+        """The story's events as they are appended (from its first event with ``from_start``)."""
+        return await StoryWatch.open(self._nc, self._settings, story_id, from_start=from_start)
 
     async def close(self) -> None:
         if self._owns_connection and not self._nc.is_closed:
@@ -211,6 +220,14 @@ class JetStreamEventStore(EventStore):
     async def read(self, story_id: str, after_sequence: int = 0) -> AsyncIterator[StoredEvent]:
         async for sequence, data in self._read_raw(story_id, after_sequence):
             yield StoredEvent(decode_event(data), sequence)
+
+    async def story_ids(self) -> list[str]:
+        """The subjects holding a creation event."""
+        with nats_errors(f"listing the stories of stream {self._settings.stream_name}"):
+            info = await self._nc.jsm().stream_info(
+                self._settings.stream_name, subjects_filter=f"{self._settings.subject_prefix}.*.context_created.>"
+            )
+        return sorted({subject.rsplit(".", 3)[-3] for subject in (info.state.subjects or {})})
 
     async def read_raw(self, story_id: str, after_sequence: int = 0) -> AsyncIterator[tuple[int, bytes]]:
         """Undecoded events, for tools that must step over an event this code cannot read."""

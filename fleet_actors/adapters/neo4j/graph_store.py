@@ -6,17 +6,31 @@ import asyncio
 import logging
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import neo4j
 import neo4j.exceptions
 from neo4j import AsyncGraphDatabase
 
+from fleet_actors.adapters.neo4j.graph_mapping import (
+    CONSTRAINTS,
+    READ_VERSIONS,
+    SNAPSHOT_NODES,
+    chained,
+    plan_graph_writes,
+    snapshot_row,
+)
+from fleet_actors.adapters.neo4j.graph_queries import (
+    NEIGHBOURHOOD_QUERIES,
+    NODE_TYPES,
+    ROOT_QUERIES,
+    STORY_PARTS,
+    WIPE_STORIES,
+)
 from fleet_actors.domain.events import EventEnvelope
 from fleet_actors.domain.state import StoryState
-from fleet_actors.errors import BackendUnavailable, StoryError
-from fleet_actors.projections.graph_mapping import CONSTRAINTS, READ_VERSIONS, chained, plan_graph_writes
+from fleet_actors.errors import BackendUnavailable, InvalidCommand, StoryError
+from fleet_actors.ports.read_models import GraphApplyResult, GraphReadModel, SnapshotLink, plan_apply
 from fleet_actors.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,6 +38,8 @@ log = logging.getLogger(__name__)
 #: attempts at a transaction that conflicts with a concurrent one (then BackendUnavailable: the
 #: projector's backoff takes over)
 CONFLICT_RETRIES = 8
+#: stories per statement when wiping subgraphs
+WIPE_CHUNK = 200
 
 
 def translate_neo4j_error(error: BaseException, what: str) -> StoryError:
@@ -45,16 +61,7 @@ def translate_neo4j_error(error: BaseException, what: str) -> StoryError:
     return StoryError(f"the graph database failed while {what}: {error}")
 
 
-@dataclass
-class GraphApplyResult:
-    #: story -> graph version after the transaction
-    versions: dict[str, int] = field(default_factory=dict)
-    #: stories whose first new event does not follow the graph's version (missing events: heal from the log)
-    gaps: dict[str, int] = field(default_factory=dict)
-    applied_events: int = 0
-
-
-class GraphStore:
+class GraphStore(GraphReadModel):
     def __init__(self, driver: neo4j.AsyncDriver, settings: Settings) -> None:
         self._driver = driver
         self._database = settings.neo4j_database
@@ -102,27 +109,12 @@ class GraphStore:
         """
 
         async def work(tx: neo4j.AsyncTransaction) -> GraphApplyResult:
-            result = GraphApplyResult()
             versions = {r["id"]: r["version"] or 0 async for r in await tx.run(READ_VERSIONS, ids=list(events))}
-            to_apply: list[EventEnvelope] = []
-            touched: list[StoryState] = []
-            for story_id, story_events in events.items():
-                current = versions.get(story_id, 0)
-                fresh = [e for e in story_events if e.version > current]
-                result.versions[story_id] = current
-                if not fresh:
-                    continue
-                if fresh[0].version != current + 1 or states[story_id].version != fresh[-1].version:
-                    result.gaps[story_id] = current
-                    continue
-                to_apply.extend(fresh)
-                touched.append(states[story_id])
-                result.versions[story_id] = fresh[-1].version
+            result, to_apply, touched = plan_apply(versions, events, states)
             statements = plan_graph_writes(to_apply, touched)
             if statements:
                 cypher, parameters = chained(statements)
                 await (await tx.run(cypher, parameters)).consume()
-            result.applied_events = len(to_apply)
             return result
 
         for attempt in range(CONFLICT_RETRIES):
@@ -145,9 +137,34 @@ class GraphStore:
                 raise translate_neo4j_error(error, "applying events to the graph") from None
         raise AssertionError("unreachable")
 
+    async def link_snapshots(self, links: Sequence[SnapshotLink]) -> None:
+        if links:
+            await self.write(SNAPSHOT_NODES, rows=[snapshot_row(s.story_id, s.version, s.at) for s in links])
+
+    async def wipe_stories(self, story_ids: Sequence[str]) -> None:
+        ids = list(story_ids)
+        for start in range(0, len(ids), WIPE_CHUNK):
+            await self.write(WIPE_STORIES, ids=ids[start : start + WIPE_CHUNK])
+
+    async def story_rows(self, story_id: str) -> dict[str, list[dict[str, Any]]]:
+        return {part: await self.query(cypher, id=story_id) for part, cypher in STORY_PARTS.items()}
+
+    async def neighbourhood(
+        self, node_type: str, node_id: str, depth: int, limit: int
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        if node_type not in NODE_TYPES or (node_type, depth) not in NEIGHBOURHOOD_QUERIES:
+            raise InvalidCommand(f"no graph query for a {node_type!r} node at depth {depth}", field="node_type")
+        roots = await self.query(ROOT_QUERIES[node_type], id=node_id)
+        if not roots:
+            return None, []
+        return roots[0], await self.query(NEIGHBOURHOOD_QUERIES[node_type, depth], id=node_id, limit=limit)
+
     async def ping(self) -> None:
         """Raise BackendUnavailable unless the graph database answers a query."""
         await self.query("RETURN 1 AS ok")
+
+    # Raw Cypher, for this adapter's own methods, tests and the benchmarks' raw baseline; the rest
+    # of the package goes through the GraphReadModel port.
 
     async def query(self, cypher: str, **parameters: Any) -> list[dict[str, Any]]:
         """A read query; records as dicts."""

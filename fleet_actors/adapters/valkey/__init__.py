@@ -1,10 +1,24 @@
-"""Valkey: the hot context documents, processed-event keys and consumer offsets."""
+"""Valkey: the context documents, the projectors' control records, the dead-letter index and
+persisted rehydration bundles. Every key is spelled in :mod:`fleet_actors.adapters.valkey.keys`."""
 
+from fleet_actors.adapters.valkey.bundle_store import BundleStore
 from fleet_actors.adapters.valkey.context_cache import (
     ContextCache,
-    ContextDocument,
+    connect_valkey,
     translate_valkey_error,
     valkey_errors,
 )
+from fleet_actors.adapters.valkey.dead_letter_index import ValkeyDeadLetterIndex
+from fleet_actors.adapters.valkey.projection_control import ValkeyProjectionControl
+from fleet_actors.ports.read_models import ContextDocument
 
-__all__ = ["ContextCache", "ContextDocument", "translate_valkey_error", "valkey_errors"]
+__all__ = [
+    "BundleStore",
+    "ContextCache",
+    "ContextDocument",
+    "ValkeyDeadLetterIndex",
+    "ValkeyProjectionControl",
+    "connect_valkey",
+    "translate_valkey_error",
+    "valkey_errors",
+]

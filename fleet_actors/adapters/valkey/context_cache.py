@@ -1,6 +1,6 @@
 """Per-story context documents with a version guard, processed event ids and consumer offsets.
 
-Keys::
+Keys (every Valkey key of the project is spelled in ``adapters/valkey/keys.py``)::
 
     context:{story_id}          hash {version, doc}: the story state (protobuf StoryStateSnapshot, the
                                 snapshot encoding), newest version wins
@@ -14,15 +14,15 @@ import contextlib
 import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import valkey.asyncio as valkey_async
 import valkey.exceptions
 
+from fleet_actors.adapters.valkey.keys import context_key, offset_key, processed_key
 from fleet_actors.codec.state import decode_state, encode_state, state_from_json
 from fleet_actors.domain.state import StoryState
 from fleet_actors.errors import BackendUnavailable, EventDecodeError, StoryError
+from fleet_actors.ports.read_models import ContextDocument, ContextDocuments
 from fleet_actors.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,18 +54,11 @@ def translate_valkey_error(error: BaseException, what: str) -> StoryError:
 
 @contextlib.contextmanager
 def valkey_errors(what: str) -> Iterator[None]:
-    """Valkey client errors inside the block as ours, for code that uses ``ContextCache.client``."""
+    """Valkey client errors inside the block as ours."""
     try:
         yield
     except Exception as error:
         raise translate_valkey_error(error, what) from None
-
-
-@dataclass(frozen=True)
-class ContextDocument:
-    story_id: str
-    version: int
-    state: StoryState
 
 
 def _document(story_id: str, version: int, raw: bytes) -> ContextDocument | None:
@@ -79,19 +72,20 @@ def _document(story_id: str, version: int, raw: bytes) -> ContextDocument | None
         return None
 
 
-def context_key(story_id: str) -> str:
-    return f"context:{story_id}"
+async def connect_valkey(settings: Settings) -> valkey_async.Valkey:
+    """A client of the configured Valkey that has answered a ping."""
+    client = valkey_async.Valkey.from_url(
+        settings.valkey_url, socket_timeout=5, socket_connect_timeout=5, retry_on_timeout=True
+    )
+    try:
+        await client.ping()
+    except Exception as error:
+        await client.aclose()
+        raise translate_valkey_error(error, f"connecting to {settings.valkey_url}") from None
+    return client
 
 
-def processed_key(event_id: str) -> str:
-    return f"processed:{event_id}"
-
-
-def offset_key(consumer: str) -> str:
-    return f"consumer:{consumer}:offset"
-
-
-class ContextCache:
+class ContextCache(ContextDocuments):
     def __init__(self, client: valkey_async.Valkey) -> None:
         self._client = client
         self._set_if_newer = client.register_script(_SET_IF_NEWER)
@@ -99,16 +93,7 @@ class ContextCache:
 
     @classmethod
     async def connect(cls, settings: Settings) -> ContextCache:
-        client = valkey_async.Valkey.from_url(
-            settings.valkey_url, socket_timeout=5, socket_connect_timeout=5, retry_on_timeout=True
-        )
-        cache = cls(client)
-        try:
-            await client.ping()
-        except Exception as error:
-            await client.aclose()
-            raise translate_valkey_error(error, f"connecting to {settings.valkey_url}") from None
-        return cache
+        return cls(await connect_valkey(settings))
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -117,9 +102,6 @@ class ContextCache:
         """Raise BackendUnavailable unless Valkey answers."""
         with valkey_errors("pinging Valkey"):
             await self._client.ping()
-
-    async def get(self, story_id: str) -> ContextDocument | None:
-        return (await self.get_many([story_id]))[story_id]
 
     async def get_many(self, story_ids: Sequence[str]) -> dict[str, ContextDocument | None]:
         with valkey_errors("reading context documents"):
@@ -178,9 +160,6 @@ class ContextCache:
         return None if value is None else int(value)
 
     async def delete(self, *keys: str) -> None:
+        """Remove keys by name (tests simulate a lost document with it)."""
         with valkey_errors("deleting keys"):
             await self._client.delete(*keys)
-
-    @property
-    def client(self) -> Any:
-        return self._client

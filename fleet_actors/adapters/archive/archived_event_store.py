@@ -18,9 +18,9 @@ from collections.abc import AsyncIterator, Sequence
 import nats.js.errors
 from nats.aio.client import Client
 
+from fleet_actors.adapters.archive.segments import Archive, Manifest
 from fleet_actors.adapters.jetstream import JetStreamEventStore
 from fleet_actors.adapters.jetstream.connection import nats_errors
-from fleet_actors.archive.segments import Archive, Manifest
 from fleet_actors.codec import decode_event
 from fleet_actors.domain.events import EventEnvelope
 from fleet_actors.errors import ArchiveCorrupted
@@ -57,10 +57,6 @@ class ArchivedEventStore(EventStore):
             await JetStreamEventStore.connect(settings), Archive(settings.archive_url, settings.stream_name), settings
         )
 
-    @property
-    def connection(self) -> Client:
-        return self.stream.connection
-
     async def close(self) -> None:
         await self.stream.close()
 
@@ -75,6 +71,13 @@ class ArchivedEventStore(EventStore):
         async for sequence, data in self.read_raw(story_id, after_sequence):
             yield StoredEvent(decode_event(data), sequence)
 
+    async def story_ids(self) -> list[str]:
+        """The stream's stories and those whose creation is past the retention horizon (archive only)."""
+        stories = set(await self.stream.story_ids())
+        manifest = await self.archive.manifest()
+        stories.update(story for segment in manifest.segments for story in segment.stories)
+        return sorted(stories)
+
     async def read_raw(self, story_id: str, after_sequence: int = 0) -> AsyncIterator[tuple[int, bytes]]:
         """Undecoded events: archived ones below the stream's first event of the story, then the stream's."""
         live = self.stream.read_raw(story_id, after_sequence)
@@ -82,7 +85,7 @@ class ArchivedEventStore(EventStore):
             first = await anext(live, None)
             first_live = first[0] if first is not None else math.inf
             if first_live > after_sequence + 1:
-                purged = await purge_watermark(self.connection, self._settings)
+                purged = await purge_watermark(self.stream.connection, self._settings)
                 if purged > after_sequence:
                     before = min(first_live, purged + 1)
                     manifest = await self._manifest_covering(int(before) - 1)
@@ -107,18 +110,3 @@ class ArchivedEventStore(EventStore):
                 f"only covers {self._manifest.last_sequence}"
             )
         return self._manifest
-
-
-async def open_event_store(settings: Settings, nc: Client | None = None, *, update_stream: bool = True) -> EventStore:
-    """The event store every reader should use: archive + stream when FLEET_ARCHIVE_URL is set.
-
-    With ``nc`` the store shares that connection; otherwise it opens (and owns) its own and declares
-    the stream (``update_stream``: see JetStreamEventStore.connect).
-    """
-    if nc is not None:
-        stream = JetStreamEventStore(nc, settings)
-    else:
-        stream = await JetStreamEventStore.connect(settings, update_stream=update_stream)
-    if not settings.archive_url:
-        return stream
-    return ArchivedEventStore(stream, Archive(settings.archive_url, settings.stream_name), settings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
+from fleet_actors.codec import encode_event
 from fleet_actors.domain.events import EventEnvelope
 from fleet_actors.errors import ConcurrencyConflict
 from fleet_actors.ports.event_store import AppendResult, EventStore, StoredEvent
@@ -37,6 +38,13 @@ class InMemoryEventStore(EventStore):
         for event in list(self._log):
             if event.envelope.story_id == story_id and event.sequence > after_sequence:
                 yield event
+
+    async def read_raw(self, story_id: str, after_sequence: int = 0) -> AsyncIterator[tuple[int, bytes]]:
+        async for event in self.read(story_id, after_sequence):
+            yield event.sequence, encode_event(event.envelope)
+
+    async def story_ids(self) -> list[str]:
+        return sorted({e.envelope.story_id for e in self._log if e.envelope.version == 1})
 
     async def last_sequence(self, story_id: str) -> int:
         return self._last.get(story_id, 0)

@@ -1,0 +1,53 @@
+"""Which stories are held for a parked event, and the releases operators asked for (Valkey hashes)."""
+
+from __future__ import annotations
+
+import valkey.asyncio as valkey_async
+
+from fleet_actors.adapters.valkey.context_cache import connect_valkey, valkey_errors
+from fleet_actors.adapters.valkey.keys import HELD_KEY, RELEASE_KEY
+from fleet_actors.ports.read_models import DeadLetterIndex, ParkedEvent
+from fleet_actors.settings import Settings
+
+
+class ValkeyDeadLetterIndex(DeadLetterIndex):
+    def __init__(self, client: valkey_async.Valkey, *, owns_client: bool = False) -> None:
+        self._client = client
+        self._owns_client = owns_client
+
+    @classmethod
+    async def connect(cls, settings: Settings) -> ValkeyDeadLetterIndex:
+        return cls(await connect_valkey(settings), owns_client=True)
+
+    async def close(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def hold(self, parked: ParkedEvent) -> None:
+        with valkey_errors("holding a parked event's story"):
+            await self._client.hset(HELD_KEY, parked.story_id, parked.to_json())
+
+    async def held(self) -> dict[str, ParkedEvent]:
+        with valkey_errors("reading the stories held for parked events"):
+            raw = await self._client.hgetall(HELD_KEY)
+        return {k.decode(): ParkedEvent.from_json(v) for k, v in raw.items()}
+
+    async def request_release(self, story_id: str, action: str) -> None:
+        with valkey_errors("requesting a release"):
+            await self._client.hset(RELEASE_KEY, story_id, action)
+
+    async def pending_releases(self) -> dict[str, str]:
+        with valkey_errors("reading release requests"):
+            raw = await self._client.hgetall(RELEASE_KEY)
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def drop_release(self, story_id: str) -> None:
+        with valkey_errors("dropping a release request"):
+            await self._client.hdel(RELEASE_KEY, story_id)
+
+    async def released(self, story_id: str) -> None:
+        with valkey_errors("releasing a held story"):
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.hdel(HELD_KEY, story_id)
+                pipe.hdel(RELEASE_KEY, story_id)
+                await pipe.execute()

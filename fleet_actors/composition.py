@@ -1,0 +1,232 @@
+"""The composition root: the one place that builds stores and connections from settings.
+
+Story actors, projector and replay actors, the gateway, the CLI and the rebuild job all open what
+they need here, so which adapter serves which port (and how connections are shared and closed) is
+decided once. Everything outside ``adapters/`` and this module works against ``ports/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from nats.aio.client import Client
+
+from fleet_actors.adapters.archive import Archive, ArchivedEventStore
+from fleet_actors.adapters.jetstream import JetStreamEventStore, connect_nats, ensure_event_stream
+from fleet_actors.adapters.jetstream.connection import stream_exists
+from fleet_actors.adapters.jetstream.dead_letter_stream import DeadLetterStream
+from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore
+from fleet_actors.adapters.neo4j import GraphStore
+from fleet_actors.adapters.valkey import (
+    BundleStore,
+    ContextCache,
+    ValkeyDeadLetterIndex,
+    ValkeyProjectionControl,
+    connect_valkey,
+)
+from fleet_actors.application.read_models import ReadModels
+from fleet_actors.ports.event_store import EventStore
+from fleet_actors.ports.read_models import ContextDocuments, GraphReadModel, ProjectionControl
+from fleet_actors.ports.snapshot_store import SnapshotStore
+from fleet_actors.projections.dead_letters import DeadLetters
+from fleet_actors.projections.policy import DEFAULT_POLICY, ProjectorPolicy, consumer_name
+from fleet_actors.projections.projector import Projector
+from fleet_actors.projections.rebuild import REPLAY_POLICY, Replayer, replay_consumer
+from fleet_actors.settings import Settings
+
+P = TypeVar("P", bound=Projector)
+
+__all__ = [
+    "ReadSide",
+    "open_dead_letters",
+    "open_event_store",
+    "open_existing_stream",
+    "open_gateway_stores",
+    "open_projection_control",
+    "open_projector",
+    "open_read_models",
+    "open_read_side",
+    "open_replayer",
+    "open_story_stores",
+    "open_stream_reader",
+]
+
+
+async def open_event_store(
+    settings: Settings, nc: Client | None = None, *, update_stream: bool = True, owns_connection: bool = False
+) -> EventStore:
+    """The event store every reader should use: archive + stream when FLEET_ARCHIVE_URL is set.
+
+    With ``nc`` the store shares that connection (and closes it if ``owns_connection``); otherwise
+    it opens (and owns) its own and declares the stream (``update_stream``: see
+    JetStreamEventStore.connect).
+    """
+    if nc is not None:
+        stream = JetStreamEventStore(nc, settings, owns_connection=owns_connection)
+    else:
+        stream = await JetStreamEventStore.connect(settings, update_stream=update_stream)
+    if not settings.archive_url:
+        return stream
+    return ArchivedEventStore(stream, Archive(settings.archive_url, settings.stream_name), settings)
+
+
+async def open_stream_reader(settings: Settings) -> EventStore:
+    """The stream alone (no archive): enough to tell whether a story exists, since the archiver always
+    keeps a story's head in the stream. Does not update an existing stream's settings."""
+    return await JetStreamEventStore.connect(settings, update_stream=False)
+
+
+async def open_existing_stream(settings: Settings) -> EventStore | None:
+    """The stream's event store, or None when the stream does not exist (read-only tools must not create it)."""
+    nc = await connect_nats(settings)
+    try:
+        exists = await stream_exists(nc, settings.stream_name)
+    except BaseException:
+        await nc.close()
+        raise
+    if not exists:
+        await nc.close()
+        return None
+    return JetStreamEventStore(nc, settings, owns_connection=True)
+
+
+async def open_story_stores(settings: Settings) -> tuple[EventStore, SnapshotStore]:
+    """A story actor's stores, on one NATS connection (owned by the event store): both or neither."""
+    nc = await connect_nats(settings)
+    try:
+        await ensure_event_stream(nc, settings)
+        snapshots = JetStreamSnapshotStore(nc, settings)
+        await snapshots.ensure_stream()
+    except BaseException:
+        await nc.close()
+        raise
+    return await open_event_store(settings, nc, owns_connection=True), snapshots
+
+
+@dataclass
+class ReadSide:
+    """The read models and the projectors' records, sharing one Valkey connection."""
+
+    graph: GraphReadModel
+    documents: ContextDocuments
+    control: ProjectionControl
+    dead_letter_index: ValkeyDeadLetterIndex
+
+    async def close(self) -> None:
+        for closer in (self.graph.close, self.documents.close):
+            with contextlib.suppress(Exception):
+                await closer()
+
+
+async def open_read_side(settings: Settings) -> ReadSide:
+    """The graph, the context documents, the control records and the dead-letter index."""
+    client = await connect_valkey(settings)
+    try:
+        graph = await GraphStore.connect(settings)
+    except BaseException:
+        await client.aclose()
+        raise
+    return ReadSide(
+        graph=graph,
+        documents=ContextCache(client),
+        control=ValkeyProjectionControl(client, settings.stream_name),
+        dead_letter_index=ValkeyDeadLetterIndex(client),
+    )
+
+
+def dead_letters(nc: Client, read_side: ReadSide, settings: Settings) -> DeadLetters:
+    return DeadLetters(DeadLetterStream(nc, settings), read_side.dead_letter_index)
+
+
+async def open_dead_letters(settings: Settings, nc: Client) -> tuple[DeadLetters, ValkeyDeadLetterIndex]:
+    """The dead letters for operator tools; close the returned index when done."""
+    index = await ValkeyDeadLetterIndex.connect(settings)
+    return DeadLetters(DeadLetterStream(nc, settings), index), index
+
+
+async def open_projection_control(settings: Settings) -> ProjectionControl:
+    return await ValkeyProjectionControl.connect(settings)
+
+
+async def open_projector(
+    settings: Settings,
+    index: int,
+    count: int,
+    policy: ProjectorPolicy = DEFAULT_POLICY,
+    start_sequence: int | None = None,
+) -> Projector:
+    """A live projector, connected and consuming; consumers that do not exist yet start at
+    ``start_sequence`` (or the beginning of the log)."""
+    projector = await _open_projector(Projector, settings, index, count, policy, f"fleet-{consumer_name(index, count)}")
+    try:
+        await projector.ensure_consumer(start_sequence)
+    except BaseException:
+        await projector.close()
+        raise
+    return projector
+
+
+async def open_replayer(settings: Settings, job_id: str, index: int, count: int) -> Replayer:
+    """One of a rebuild's replayers (its consumers are bound when it replays)."""
+    replayer = await _open_projector(
+        functools.partial(Replayer, job_id=job_id), settings, index, count, REPLAY_POLICY,
+        f"fleet-{replay_consumer(job_id, index, count)}",
+    )  # fmt: skip
+    if isinstance(replayer.store, ArchivedEventStore):
+        try:
+            await replayer.use_archive(replayer.store.archive)
+        except BaseException:
+            await replayer.close()
+            raise
+    return replayer
+
+
+async def _open_projector(
+    kind: Callable[..., P], settings: Settings, index: int, count: int, policy: ProjectorPolicy, name: str
+) -> P:
+    nc = await connect_nats(settings, name=name)
+    try:
+        # With an archive, healing a story reads past the retention horizon.
+        store = await open_event_store(settings, nc)
+        await ensure_event_stream(nc, settings)
+        read_side = await open_read_side(settings)
+    except BaseException:
+        await nc.close()
+        raise
+    projector = kind(
+        settings, index, count, nc=nc, store=store, graph=read_side.graph, documents=read_side.documents,
+        control=read_side.control, dead_letters=dead_letters(nc, read_side, settings), policy=policy,
+    )  # fmt: skip
+    try:
+        await projector.dead_letters.ensure_stream()
+    except BaseException:
+        await projector.close()
+        raise
+    return projector
+
+
+async def open_read_models(settings: Settings) -> ReadModels:
+    """Queries over the context documents and the graph, each on its own connection."""
+    cache = await ContextCache.connect(settings)
+    try:
+        graph = await GraphStore.connect(settings)
+    except BaseException:
+        await cache.close()
+        raise
+    return ReadModels(cache, graph)
+
+
+async def open_gateway_stores(settings: Settings) -> tuple[ReadModels, JetStreamEventStore, BundleStore]:
+    """What the gRPC gateway reads: the read models, the stream (history heads, WatchStory) and the
+    rehydration bundles. Ray must already be joined for the story actors."""
+    read_models = await open_read_models(settings)
+    try:
+        events = await JetStreamEventStore.connect(settings, update_stream=False)
+    except BaseException:
+        await read_models.close()
+        raise
+    return read_models, events, await BundleStore.connect(settings)

@@ -1,0 +1,21 @@
+"""``fleet-actors verify``: replay the log and compare it with the read models of a deployment."""
+
+from __future__ import annotations
+
+from fleet_actors.composition import open_event_store, open_read_side
+from fleet_actors.projections.verify import VerifyReport, verify_all
+from fleet_actors.settings import Settings
+
+
+async def verify(settings: Settings, story_ids: list[str] | None = None, *, documents: bool = True) -> VerifyReport:
+    """Compare the graph (and, unless ``documents`` is False, the context documents) with the log:
+    the whole history (archive + stream with FLEET_ARCHIVE_URL), every story unless ``story_ids``."""
+    store = await open_event_store(settings, update_stream=False)
+    try:
+        read_side = await open_read_side(settings)
+        try:
+            return await verify_all(store, read_side.documents if documents else None, read_side.graph, story_ids)
+        finally:
+            await read_side.close()
+    finally:
+        await store.close()
