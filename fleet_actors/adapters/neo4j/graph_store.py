@@ -15,7 +15,7 @@ from neo4j import AsyncGraphDatabase
 
 from fleet_actors.domain.events import EventEnvelope
 from fleet_actors.domain.state import StoryState
-from fleet_actors.errors import BackendUnavailable, StoryError
+from fleet_actors.errors import BackendError, BackendUnavailable, StoryError
 from fleet_actors.projections.graph_mapping import CONSTRAINTS, READ_VERSIONS, chained, plan_graph_writes
 from fleet_actors.settings import Settings
 
@@ -42,7 +42,7 @@ def translate_neo4j_error(error: BaseException, what: str) -> StoryError:
         return BackendUnavailable(f"the graph database is unavailable while {what}: {error}")
     if isinstance(error, neo4j.exceptions.AuthError):
         return BackendUnavailable(f"the graph database refused our credentials while {what}")
-    return StoryError(f"the graph database failed while {what}: {error}")
+    return BackendError(f"the graph database failed while {what}: {error}")
 
 
 @dataclass

@@ -22,7 +22,7 @@ import valkey.exceptions
 
 from fleet_actors.codec.state import decode_state, encode_state, state_from_json
 from fleet_actors.domain.state import StoryState
-from fleet_actors.errors import BackendUnavailable, EventDecodeError, StoryError
+from fleet_actors.errors import BackendError, BackendUnavailable, EventDecodeError, StoryError
 from fleet_actors.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def translate_valkey_error(error: BaseException, what: str) -> StoryError:
         return error
     if isinstance(error, valkey.exceptions.ConnectionError | valkey.exceptions.TimeoutError | OSError):
         return BackendUnavailable(f"Valkey is unavailable while {what}: {error}")
-    return StoryError(f"Valkey failed while {what}: {error}")
+    return BackendError(f"Valkey failed while {what}: {error}")
 
 
 @contextlib.contextmanager
