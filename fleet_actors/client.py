@@ -142,7 +142,7 @@ class _StoryApi(Generic[R]):
         """Send any command. The command id defaults to a fresh one, so transport retries are safe."""
         rules.check_id(story_id, "story_id")
         if expected_version is not None and (isinstance(expected_version, bool) or expected_version < 0):
-            raise StoryError("expected_version must be a non-negative integer", field="expected_version")
+            raise InvalidCommand("expected_version must be a non-negative integer", field="expected_version")
         request = CommandRequest(story_id, command, command_id or new_id(), actor, expected_version)
         return self._call(story_id, "execute", pack(request), may_create=may_create_story(command))
 

@@ -3,7 +3,8 @@
 Each subcommand is registered in :func:`build_parser` by a ``_register_*`` function that adds
 its parser and sets ``func``: a callable taking the parsed arguments and returning the exit
 code. Errors the project raises on purpose (:class:`~fleet_actors.errors.StoryError`) end
-as ``error: <message>`` on stderr with exit code 2, without a traceback.
+as ``error: <message>`` on stderr, without a traceback, and exit with the code their class
+declares (``exit_code``: 2 for every error today).
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from fleet_actors.devstack import LocalStack
 from fleet_actors.devstack.services import GatewayProcess, start_projector_pool
 from fleet_actors.errors import StoryError
 from fleet_actors.settings import Settings
-
-EXIT_ERROR = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except StoryError as err:
         print(f"error: {err.message}", file=sys.stderr)
-        return EXIT_ERROR
+        return err.exit_code
 
 
 # -- dev ------------------------------------------------------------------------------------

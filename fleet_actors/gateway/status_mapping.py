@@ -1,9 +1,10 @@
 """The one place where errors become gRPC statuses.
 
-Deliberate errors (:class:`~fleet_actors.errors.StoryError`) map by class to a precise status
-whose details name the bad field; anything else is a bug or an outage we did not foresee: it is
-logged with its traceback under a reference the caller gets, and answered with INTERNAL (or
-UNAVAILABLE for Ray failures) -- never UNKNOWN with a traceback.
+Deliberate errors (:class:`~fleet_actors.errors.StoryError`) are answered with the status their
+class declares (``grpc_status``: the table is ``fleet_actors/errors.py``), with details that name
+the bad field; anything else is a bug or an outage we did not foresee: it is logged with its
+traceback under a reference the caller gets, and answered with INTERNAL (or UNAVAILABLE for Ray
+failures) -- never UNKNOWN with a traceback.
 """
 
 from __future__ import annotations
@@ -15,41 +16,13 @@ from dataclasses import dataclass
 import grpc
 import ray.exceptions
 
-from fleet_actors.errors import (
-    ConcurrencyConflict,
-    ConfigurationError,
-    EventDecodeError,
-    IncompatibleRelease,
-    InvalidCommand,
-    ProjectionTimeout,
-    Retryable,
-    RuleViolation,
-    ServerTooOld,
-    StoryAlreadyExists,
-    StoryError,
-    StoryNotFound,
-)
+from fleet_actors.errors import StoryError
 
 log = logging.getLogger(__name__)
 
 #: trailing metadata keys that carry the machine-readable reason and the bad field
 CODE_KEY = "fleet-error-code"
 FIELD_KEY = "fleet-error-field"
-
-# First match wins: subclasses come before their bases.
-_STATUS_BY_ERROR: tuple[tuple[type[StoryError], grpc.StatusCode], ...] = (
-    (InvalidCommand, grpc.StatusCode.INVALID_ARGUMENT),
-    (ConfigurationError, grpc.StatusCode.INVALID_ARGUMENT),
-    (StoryNotFound, grpc.StatusCode.NOT_FOUND),
-    (StoryAlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
-    (RuleViolation, grpc.StatusCode.FAILED_PRECONDITION),
-    (ServerTooOld, grpc.StatusCode.FAILED_PRECONDITION),
-    (IncompatibleRelease, grpc.StatusCode.FAILED_PRECONDITION),
-    (ConcurrencyConflict, grpc.StatusCode.ABORTED),
-    (EventDecodeError, grpc.StatusCode.DATA_LOSS),
-    (ProjectionTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (Retryable, grpc.StatusCode.UNAVAILABLE),
-)
 
 
 @dataclass(frozen=True)
@@ -81,11 +54,8 @@ def rpc_failure(error: BaseException) -> RpcFailure:
         The status code, a message for the caller and the trailing metadata.
     """
     if isinstance(error, StoryError):
-        for kind, code in _STATUS_BY_ERROR:
-            if isinstance(error, kind):
-                return RpcFailure(code, _details(error), error.code, error.field)
-        # A deliberate error without a more precise class: its message is safe to show.
-        return RpcFailure(grpc.StatusCode.INTERNAL, _details(error), "INTERNAL", error.field)
+        # A deliberate error: its class names its status, and its message is safe to show.
+        return RpcFailure(grpc.StatusCode[error.grpc_status], _details(error), error.code, error.field)
     if isinstance(error, TimeoutError):
         return RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed", "DEADLINE_EXCEEDED")
     if isinstance(error, ray.exceptions.RayError):

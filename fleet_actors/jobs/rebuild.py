@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return execute(args, Settings.from_env(env))
     except StoryError as error:
         print(f"error: {error.message}", file=sys.stderr)
-        return 2
+        return error.exit_code
 
 
 if __name__ == "__main__":

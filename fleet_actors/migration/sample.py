@@ -442,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except StoryError as error:
         print(f"error: {error.message}", file=sys.stderr)
-        return 2
+        return error.exit_code
     stories = report.stories
     print(
         f"wrote {len(stories)} stories, {sum(len(s.subtasks) for s in stories)} subtasks, "

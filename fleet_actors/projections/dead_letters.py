@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Protocol
 
-from fleet_actors.errors import InvalidCommand, StoryError
+from fleet_actors.errors import InvalidCommand, NothingParked
 from fleet_actors.ports.read_models import DeadLetterIndex, ParkedEvent
 
 __all__ = ["DeadLetters", "ParkedEvent", "now_iso"]
@@ -48,7 +48,7 @@ class DeadLetters:
             raise InvalidCommand("action must be retry or skip", field="action")
         held = await self.held()
         if story_id not in held:
-            raise StoryError(f"story {story_id!r} has no parked event", field="story_id")
+            raise NothingParked(story_id)
         await self._index.request_release(story_id, action)
         return held[story_id]
 

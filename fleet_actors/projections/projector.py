@@ -32,7 +32,7 @@ from fleet_actors.codec import decode_event
 from fleet_actors.domain.events import Event, EventEnvelope
 from fleet_actors.domain.state import StoryState
 from fleet_actors.domain.story import StateBuilder
-from fleet_actors.errors import EventDecodeError, Retryable, StoryError
+from fleet_actors.errors import EventDecodeError, ProjectionGap, Retryable, StoryError
 from fleet_actors.ports.event_store import EventStore
 from fleet_actors.ports.read_models import ContextDocuments, GraphReadModel, ProjectionControl, SnapshotLink
 from fleet_actors.projections.dead_letters import DeadLetters, ParkedEvent, now_iso
@@ -384,7 +384,7 @@ class Projector:
                 self.stats.healed_from_log += len(missing)
                 healed = await self._graph.apply({story_id: missing}, {story_id: states[story_id]})
                 if story_id in healed.gaps:
-                    failures[story_id] = StoryError(f"story {story_id!r}: the graph could not be caught up")
+                    failures[story_id] = ProjectionGap(f"story {story_id!r}: the graph could not be caught up")
                     states.pop(story_id)
         await self._save_states(states, [e.event_id for s in states for e in events[s]], offsets or {})
         return failures

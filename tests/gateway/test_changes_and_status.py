@@ -19,6 +19,9 @@ from fleet_actors.domain.commands import (
 )
 from fleet_actors.errors import (
     AppendOutcomeUnknown,
+    ArchiveCorrupted,
+    ArchiveUnavailable,
+    BackendError,
     BackendUnavailable,
     ConcurrencyConflict,
     EventDecodeError,
@@ -125,7 +128,9 @@ def test_the_tools_block_lists_exactly_the_supported_changes() -> None:
         (ProjectionTimeout("not projected"), grpc.StatusCode.DEADLINE_EXCEEDED),
         (EventDecodeError("corrupt"), grpc.StatusCode.DATA_LOSS),
         (IncompatibleRelease("another release"), grpc.StatusCode.FAILED_PRECONDITION),
-        (StoryError("the graph database failed"), grpc.StatusCode.INTERNAL),
+        (BackendError("the graph database failed"), grpc.StatusCode.INTERNAL),
+        (ArchiveCorrupted("segment 3 does not match the manifest"), grpc.StatusCode.DATA_LOSS),
+        (ArchiveUnavailable("the bucket cannot be reached"), grpc.StatusCode.UNAVAILABLE),
     ],
 )
 def test_story_errors_map_to_precise_statuses(error: StoryError, code: grpc.StatusCode) -> None:

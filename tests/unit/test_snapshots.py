@@ -28,7 +28,7 @@ from fleet_actors.domain.commands import (
 )
 from fleet_actors.domain.state import StoryState
 from fleet_actors.domain.story import StateBuilder, evolve, fold
-from fleet_actors.errors import StoryError
+from fleet_actors.errors import BackendUnavailable, StoryError
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
 
@@ -144,7 +144,7 @@ async def test_rebuild_state_replays_everything_and_snapshots():
 async def test_snapshot_failure_never_fails_a_command(every):
     class Broken(InMemorySnapshotStore):
         async def save(self, snapshot):
-            raise StoryError("snapshot stream unavailable")
+            raise BackendUnavailable("snapshot stream unavailable")
 
     runtime = make_runtime(InMemoryEventStore(), Broken(), every)
     await run_all(runtime, [CreateStory("Story"), RecordSummary("a"), RecordSummary("b")])

@@ -29,7 +29,7 @@ from fleet_actors.adapters.neo4j.graph_queries import (
 )
 from fleet_actors.domain.events import EventEnvelope
 from fleet_actors.domain.state import StoryState
-from fleet_actors.errors import BackendUnavailable, InvalidCommand, StoryError
+from fleet_actors.errors import BackendError, BackendUnavailable, InvalidCommand, StoryError
 from fleet_actors.ports.read_models import GraphApplyResult, GraphReadModel, SnapshotLink, plan_apply
 from fleet_actors.settings import Settings
 
@@ -58,7 +58,7 @@ def translate_neo4j_error(error: BaseException, what: str) -> StoryError:
         return BackendUnavailable(f"the graph database is unavailable while {what}: {error}")
     if isinstance(error, neo4j.exceptions.AuthError):
         return BackendUnavailable(f"the graph database refused our credentials while {what}")
-    return StoryError(f"the graph database failed while {what}: {error}")
+    return BackendError(f"the graph database failed while {what}: {error}")
 
 
 class GraphStore(GraphReadModel):

@@ -21,7 +21,7 @@ import valkey.exceptions
 from fleet_actors.adapters.valkey.keys import context_key, offset_key, processed_key
 from fleet_actors.codec.state import decode_state, encode_state, state_from_json
 from fleet_actors.domain.state import StoryState
-from fleet_actors.errors import BackendUnavailable, EventDecodeError, StoryError
+from fleet_actors.errors import BackendError, BackendUnavailable, EventDecodeError, StoryError
 from fleet_actors.ports.read_models import ContextDocument, ContextDocuments
 from fleet_actors.settings import Settings
 
@@ -49,7 +49,7 @@ def translate_valkey_error(error: BaseException, what: str) -> StoryError:
         return error
     if isinstance(error, valkey.exceptions.ConnectionError | valkey.exceptions.TimeoutError | OSError):
         return BackendUnavailable(f"Valkey is unavailable while {what}: {error}")
-    return StoryError(f"Valkey failed while {what}: {error}")
+    return BackendError(f"Valkey failed while {what}: {error}")
 
 
 @contextlib.contextmanager
