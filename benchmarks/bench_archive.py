@@ -15,7 +15,7 @@ from fleet_actors.adapters.archive import Archive, ArchivedEventStore
 from fleet_actors.adapters.jetstream import JetStreamEventStore
 from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore
 from fleet_actors.application.story_runtime import StoryRuntime
-from fleet_actors.archive.archiver import Archiver
+from fleet_actors.composition import open_archiver
 from fleet_actors.loadgen.histories import story_history
 
 SEAM_EVENTS = 10_000
@@ -26,7 +26,7 @@ def _bytes(path: Path) -> int:
 
 
 async def _archive_reference(settings) -> dict[str, Any]:
-    archiver = await Archiver.open(settings)
+    archiver = await open_archiver(settings)
     try:
         report = await archiver.archive_once()
     finally:
@@ -52,7 +52,7 @@ async def _seam(settings) -> dict[str, Any]:
         head = (await store.append(story_id, head, history[first : first + 1000])).last_sequence
         if first + 1000 == SEAM_EVENTS // 2:
             await asyncio.sleep(settings.stream_max_age + 1)  # the first half ages out
-    archiver = await Archiver.open(settings)
+    archiver = await open_archiver(settings)
     try:
         await archiver.archive_once()
         # Keep the second half: the horizon sits between the halves.

@@ -11,6 +11,7 @@ import contextlib
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TypeVar
 
 from nats.aio.client import Client
@@ -19,6 +20,8 @@ from fleet_actors.adapters.archive import Archive, ArchivedEventStore
 from fleet_actors.adapters.jetstream import JetStreamEventStore, connect_nats, ensure_event_stream
 from fleet_actors.adapters.jetstream.connection import stream_exists
 from fleet_actors.adapters.jetstream.dead_letter_stream import DeadLetterStream
+from fleet_actors.adapters.jetstream.feeds import JetStreamFeeds
+from fleet_actors.adapters.jetstream.retention import StreamRetention
 from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore
 from fleet_actors.adapters.neo4j import GraphStore
 from fleet_actors.adapters.valkey import (
@@ -29,6 +32,9 @@ from fleet_actors.adapters.valkey import (
     connect_valkey,
 )
 from fleet_actors.application.read_models import ReadModels
+from fleet_actors.archive.archiver import SEGMENT_EVENTS, Archiver
+from fleet_actors.archive.export import ExportReport, check_since
+from fleet_actors.archive.export import export_events as export_stream
 from fleet_actors.ports.event_store import EventStore
 from fleet_actors.ports.read_models import ContextDocuments, GraphReadModel, ProjectionControl
 from fleet_actors.ports.snapshot_store import SnapshotStore
@@ -42,6 +48,9 @@ P = TypeVar("P", bound=Projector)
 
 __all__ = [
     "ReadSide",
+    "archiver_on",
+    "export_events",
+    "open_archiver",
     "open_dead_letters",
     "open_event_store",
     "open_existing_stream",
@@ -198,8 +207,9 @@ async def _open_projector(
         await nc.close()
         raise
     projector = kind(
-        settings, index, count, nc=nc, store=store, graph=read_side.graph, documents=read_side.documents,
-        control=read_side.control, dead_letters=dead_letters(nc, read_side, settings), policy=policy,
+        settings, index, count, feeds=JetStreamFeeds(nc, settings), store=store, graph=read_side.graph,
+        documents=read_side.documents, control=read_side.control, dead_letters=dead_letters(nc, read_side, settings),
+        policy=policy,
     )  # fmt: skip
     try:
         await projector.dead_letters.ensure_stream()
@@ -230,3 +240,44 @@ async def open_gateway_stores(settings: Settings) -> tuple[ReadModels, JetStream
         await read_models.close()
         raise
     return read_models, events, await BundleStore.connect(settings)
+
+
+async def open_archiver(settings: Settings, *, segment_events: int = SEGMENT_EVENTS) -> Archiver:
+    """The archiver of FLEET_ARCHIVE_URL on a connection of its own (closed with it)."""
+    nc = await connect_nats(settings, name="fleet-archiver")
+    try:
+        return await archiver_on(
+            settings, nc, Archive(settings.archive_url, settings.stream_name), segment_events=segment_events
+        )
+    except BaseException:
+        await nc.close()
+        raise
+
+
+async def archiver_on(
+    settings: Settings, nc: Client, archive: Archive, *, segment_events: int = SEGMENT_EVENTS
+) -> Archiver:
+    """An archiver on a connection at hand (``close()`` closes it)."""
+    stream = JetStreamEventStore(nc, settings)
+    snapshots = JetStreamSnapshotStore(nc, settings)
+    await snapshots.ensure_stream()
+    return Archiver(
+        settings,
+        StreamRetention(nc, settings),
+        stream,
+        ArchivedEventStore(stream, archive, settings),
+        snapshots,
+        archive,
+        segment_events=segment_events,
+    )
+
+
+async def export_events(settings: Settings, out: str, *, since: datetime | None = None) -> ExportReport:
+    """Export the events since ``since`` (the archive's first, then the stream's) to one Parquet file."""
+    check_since(since)
+    archive = Archive(settings.archive_url, settings.stream_name) if settings.archive_url else None
+    retention = StreamRetention(await connect_nats(settings, name="fleet-export"), settings)
+    try:
+        return await export_stream(retention, archive, settings.stream_name, out, since=since)
+    finally:
+        await retention.close()

@@ -111,6 +111,13 @@ class BackendUnavailable(Retryable):
     grpc_status = "UNAVAILABLE"
 
 
+class ConnectionInterrupted(BackendUnavailable):
+    """The client's connection dropped and is being re-established: worth trying again soon."""
+
+    code = "UNAVAILABLE"
+    grpc_status = "UNAVAILABLE"
+
+
 class BackendError(NonRetryable):
     """A server was reached but failed a request for a reason no adapter foresees (a query or a
     value it refuses): the same request fails the same way again."""

@@ -21,22 +21,30 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-import pyarrow.compute as pc
-from nats.aio.client import Client
-
-from fleet_actors.adapters.archive.archived_event_store import PURGE_KEY, ArchivedEventStore
 from fleet_actors.adapters.archive.segments import Archive, Manifest, RawEvent, stored_time
-from fleet_actors.adapters.jetstream import JetStreamEventStore, connect_nats
-from fleet_actors.adapters.jetstream.connection import nats_errors
-from fleet_actors.adapters.jetstream.direct_get import read_by_subject
-from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore
 from fleet_actors.application.story_runtime import StoryRuntime
 from fleet_actors.errors import ArchiveCorrupted, BackendUnavailable, InvalidCommand, StoryError
+from fleet_actors.ports.event_store import EventStore
+from fleet_actors.ports.snapshot_store import SnapshotStore
 from fleet_actors.settings import Settings
 
 T = TypeVar("T")
+
+
+class StreamLog(Protocol):
+    """What the archiver needs of the stream (``adapters/jetstream/retention.py``)."""
+
+    async def bounds(self) -> tuple[int, int]: ...
+
+    def read_range(self, first: int, last: int) -> AsyncIterator[RawEvent]: ...
+
+    async def delete_story_below(self, story_id: str, keep_from: int) -> None: ...
+
+    async def publish_watermark(self, cut: int) -> None: ...
+
+    async def close(self) -> None: ...
 log = logging.getLogger(__name__)
 
 SEGMENT_EVENTS = 50_000
@@ -65,16 +73,6 @@ class RetentionReport:
     waiting: str = ""
 
 
-def _parse_stamp(value: str) -> datetime:
-    # JetStream stamps carry nanoseconds ("...T03:18:00.123456789Z"); datetime takes microseconds.
-    value = value.replace("Z", "+00:00")
-    if "." in value:
-        head, rest = value.split(".", 1)
-        digits = "".join(c for c in rest if c.isdigit())
-        value = f"{head}.{digits[:6].ljust(6, '0')}{rest[len(digits) :]}"
-    return datetime.fromisoformat(value).astimezone(UTC)
-
-
 async def _uninterrupted(function: Callable[..., T], *args: Any) -> T:
     """Run blocking file work in a thread; if the caller is cancelled meanwhile, let the work finish
     before the cancellation goes on, so that nothing keeps writing behind a stopped archiver."""
@@ -86,45 +84,34 @@ async def _uninterrupted(function: Callable[..., T], *args: Any) -> T:
         raise
 
 
-async def read_stream_range(nc: Client, settings: Settings, first: int, last: int) -> AsyncIterator[RawEvent]:
-    """Every stored event with ``first <= sequence <= last``, in order."""
-    messages = read_by_subject(
-        nc, settings.stream_name, f"{settings.subject_prefix}.>", first, last,
-        timeout=settings.nats_timeout, what=f"reading stream {settings.stream_name} for the archive",
-    )  # fmt: skip
-    async for msg in messages:
-        headers = msg.headers
-        yield RawEvent(
-            int(headers["Nats-Sequence"]), headers["Nats-Subject"], _parse_stamp(headers["Nats-Time-Stamp"]), msg.data
-        )
-
-
 class Archiver:
     """Archive the stream and apply retention; one archiver per stream at a time."""
 
-    def __init__(self, settings: Settings, nc: Client, archive: Archive, *, segment_events: int = SEGMENT_EVENTS):
+    def __init__(
+        self,
+        settings: Settings,
+        retention: StreamLog,
+        stream: EventStore,
+        history: EventStore,
+        snapshots: SnapshotStore,
+        archive: Archive,
+        *,
+        segment_events: int = SEGMENT_EVENTS,
+    ) -> None:
+        """Built by ``fleet_actors.composition.open_archiver`` (or ``archiver_on`` for a connection at hand)."""
         if segment_events < 1:
             raise InvalidCommand("a segment holds at least one event", field="segment_events")
         self.settings = settings
-        self.nc = nc
+        self.retention = retention
         self.archive = archive
         self.segment_events = segment_events
-        self.stream = JetStreamEventStore(nc, settings)
-        self.snapshots = JetStreamSnapshotStore(nc, settings)
-
-    @classmethod
-    async def open(cls, settings: Settings, *, segment_events: int = SEGMENT_EVENTS) -> Archiver:
-        nc = await connect_nats(settings, name="fleet-archiver")
-        return cls(settings, nc, Archive(settings.archive_url, settings.stream_name), segment_events=segment_events)
+        #: the stream alone (story heads) and the full history through the archive (snapshots)
+        self.stream = stream
+        self.history = history
+        self.snapshots = snapshots
 
     async def close(self) -> None:
-        if not self.nc.is_closed:
-            await self.nc.close()
-
-    async def _stream_state(self) -> tuple[int, int]:
-        with nats_errors(f"reading the state of stream {self.settings.stream_name}"):
-            info = await self.nc.jsm(timeout=self.settings.nats_timeout).stream_info(self.settings.stream_name)
-        return info.state.first_seq, info.state.last_seq
+        await self.retention.close()
 
     # --- archiving ------------------------------------------------------------------------------
 
@@ -138,7 +125,7 @@ class Archiver:
         for orphan in await asyncio.to_thread(self.archive.orphans_sync, manifest):
             await asyncio.to_thread(self.archive.remove_sync, orphan)
             report.orphans_removed += 1
-        first_seq, last_seq = await self._stream_state()
+        first_seq, last_seq = await self.retention.bounds()
         end = last_seq if up_to is None else min(up_to, last_seq)
         start = manifest.last_sequence + 1
         if last_seq and first_seq > start and manifest.purged_through < first_seq - 1:
@@ -149,7 +136,7 @@ class Archiver:
             )
         while start <= end:
             stop = min(start + self.segment_events - 1, end)
-            rows = [row async for row in read_stream_range(self.nc, self.settings, start, stop)]
+            rows = [row async for row in self.retention.read_range(start, stop)]
             info = await _uninterrupted(self.archive.write_segment_sync, start, stop, rows)
             manifest.segments.append(info)
             # The commit point: until the manifest names the segment, it does not exist.
@@ -175,14 +162,9 @@ class Archiver:
             if last_stored is None or last_stored < horizon:
                 cut = info.last_sequence
                 continue
-            table = await asyncio.to_thread(self.archive.read_segment_sync, info, ["sequence", "stored_at"])
-            old = pc.less(table.column("stored_at"), horizon)
-            # Stored times follow sequences; stop at the first young event all the same.
-            young = pc.index(old, False).as_py()
-            if young == -1:
-                cut = info.last_sequence
-            elif young > 0:
-                cut = table.column("sequence")[young - 1].as_py()
+            older = await asyncio.to_thread(self.archive.last_sequence_stored_before_sync, info, horizon)
+            if older is not None:
+                cut = older
             break
         return cut
 
@@ -220,8 +202,6 @@ class Archiver:
             stories[story] = (min(first, sequence), max(last, sequence))
         held: dict[str, int] = {}
         # (b) every affected story gets a snapshot covering all it loses; its head always stays.
-        await self.snapshots.ensure_stream()
-        composite = ArchivedEventStore(self.stream, self.archive, self.settings)
         purges: list[tuple[str, int]] = []
         for story, (_, last_old) in sorted(stories.items()):
             head = await self.stream.last_sequence(story)
@@ -232,7 +212,7 @@ class Archiver:
                 continue
             try:
                 if not await self._snapshot_covers(story, keep_from - 1):
-                    await StoryRuntime(story, composite, snapshots=self.snapshots).rebuild_state()
+                    await StoryRuntime(story, self.history, snapshots=self.snapshots).rebuild_state()
                     report.snapshots_taken += 1
                     if not await self._snapshot_covers(story, keep_from - 1):
                         raise BackendUnavailable("the snapshot could not be saved")
@@ -247,13 +227,9 @@ class Archiver:
             report.waiting = f"stories {sorted(report.kept)} have no usable snapshot"
         if purges:
             # Readers of the composite store learn from the stream's metadata how far deletion may have gone.
-            await self._publish_watermark(cut)
-        jsm = self.nc.jsm(timeout=self.settings.nats_timeout)
+            await self.retention.publish_watermark(cut)
         for story, keep_from in purges:
-            with nats_errors(f"deleting archived events of story {story}"):
-                await jsm.purge_stream(
-                    self.settings.stream_name, seq=keep_from, subject=self.settings.story_filter(story)
-                )
+            await self.retention.delete_story_below(story, keep_from)
         if done_through > manifest.purged_through or held != manifest.held_heads:
             manifest.purged_through = max(done_through, manifest.purged_through)
             manifest.held_heads = held
@@ -265,16 +241,6 @@ class Archiver:
     async def _snapshot_covers(self, story_id: str, sequence: int) -> bool:
         snapshot = await self.snapshots.latest(story_id)
         return snapshot is not None and snapshot.last_sequence >= sequence
-
-    async def _publish_watermark(self, cut: int) -> None:
-        jsm = self.nc.jsm(timeout=self.settings.nats_timeout)
-        with nats_errors("recording the archive's purge watermark"):
-            info = await jsm.stream_info(self.settings.stream_name)
-            config = info.config
-            if int((config.metadata or {}).get(PURGE_KEY, "0")) >= cut:
-                return
-            config.metadata = {**(config.metadata or {}), PURGE_KEY: str(cut)}
-            await jsm.update_stream(config)
 
     async def run_once(self, *, now: datetime | None = None) -> tuple[ArchiveReport, RetentionReport]:
         """Archive, then apply retention: the order is what keeps deletion behind archiving."""

@@ -72,14 +72,14 @@ def _settings(args: argparse.Namespace, *, required: bool = True) -> Settings:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fleet_actors.archive.archiver import Archiver
+    from fleet_actors.composition import open_archiver
 
     settings = _settings(args)
     if args.every is not None and args.every <= 0:
         raise InvalidCommand("--every must be positive", field="every")
 
     async def main() -> int:
-        archiver = await Archiver.open(settings, segment_events=args.segment_events)
+        archiver = await open_archiver(settings, segment_events=args.segment_events)
         try:
             if args.every is None:
                 archived = await archiver.archive_once(progress=_progress)
@@ -164,7 +164,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from fleet_actors.archive.export import export_events
+    from fleet_actors.composition import export_events
 
     settings = _settings(args, required=False)
     since = None

@@ -19,20 +19,27 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-import nats.errors
-import nats.js.errors
-from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig
-
-from fleet_actors.adapters.jetstream import translate_nats_error
-from fleet_actors.adapters.jetstream.consumers import SnapshotFeed, partition_consumer_config
-from fleet_actors.adapters.jetstream.partition_feed import PartitionConsumer, PartitionFeed, partition_of
 from fleet_actors.codec import decode_event
 from fleet_actors.domain.events import Event, EventEnvelope
 from fleet_actors.domain.state import StoryState
 from fleet_actors.domain.story import StateBuilder
-from fleet_actors.errors import EventDecodeError, ProjectionGap, Retryable, StoryError
+from fleet_actors.errors import (
+    BackendUnavailable,
+    ConnectionInterrupted,
+    EventDecodeError,
+    ProjectionGap,
+    Retryable,
+    StoryError,
+)
+from fleet_actors.ports.event_feed import (
+    Delivery,
+    EventFeed,
+    Feeds,
+    PartitionConsumer,
+    SnapshotNotices,
+    partition_of,
+    story_of,
+)
 from fleet_actors.ports.event_store import EventStore
 from fleet_actors.ports.read_models import ContextDocuments, GraphReadModel, ProjectionControl, SnapshotLink
 from fleet_actors.projections.dead_letters import DeadLetters, ParkedEvent, now_iso
@@ -73,11 +80,6 @@ PAUSE_ACK_TTL = 5
 COMMITTED_STATES = 1000
 
 
-def story_of(subject: str) -> str:
-    # {prefix}.{story_id}.{event_type}.{partition}; the prefix itself may contain dots
-    return subject.rsplit(".", 3)[-3]
-
-
 class Projector:
     def __init__(
         self,
@@ -85,7 +87,7 @@ class Projector:
         index: int,
         count: int,
         *,
-        nc: Client,
+        feeds: Feeds,
         store: EventStore,
         graph: GraphReadModel,
         documents: ContextDocuments,
@@ -100,7 +102,7 @@ class Projector:
         self.partitions = owned_partitions(index, count, settings.partitions)
         self.policy = policy
         self.stats = ProjectorStats()
-        self._nc = nc
+        self._feeds = feeds
         self.store = store
         self._graph = graph
         self._cache = documents
@@ -108,10 +110,10 @@ class Projector:
         self.dead_letters = dead_letters
         self._failures: dict[int, int] = {}
         self._lags: collections.deque[float] = collections.deque(maxlen=LAG_SAMPLES)
-        self.feed: PartitionFeed | None = None
+        self.feed: EventFeed | None = None
         #: the states this projector last committed to the context documents (most recent last)
         self._committed: collections.OrderedDict[str, StoryState] = collections.OrderedDict()
-        self._snapshots: SnapshotFeed | None = None
+        self._snapshots: SnapshotNotices | None = None
         self._next_snapshot_poll = 0.0
 
     async def close(self) -> None:
@@ -120,7 +122,7 @@ class Projector:
                 await self.feed.stop()
         if self._snapshots is not None:
             await self._snapshots.close()
-        for closer in (self._graph.close, self._cache.close, self._nc.close):
+        for closer in (self._graph.close, self._cache.close, self._feeds.close):
             with contextlib.suppress(Exception):
                 await closer()
 
@@ -132,24 +134,20 @@ class Projector:
             for p in self.partitions
         ]
 
-    def consumer_config(self, consumer: PartitionConsumer, start_sequence: int | None = None) -> ConsumerConfig:
-        return partition_consumer_config(
-            consumer,
-            ack_wait=self.policy.ack_wait,
-            max_ack_pending=self.policy.batch_size * 4,
-            start_sequence=start_sequence,
-        )
+    def start_sequence(self, consumer: PartitionConsumer, requested: int | None) -> int | None:
+        """Where a partition consumer that does not exist yet starts (None: the beginning of the log)."""
+        return requested
 
     async def ensure_consumer(self, start_sequence: int | None = None, end_sequence: int | None = None) -> None:
         """Create the partitions' durable consumers if missing (from ``start_sequence`` if given), bind
         to them and start fetching; with ``end_sequence``, stop at it."""
         if self.feed is not None:
             await self.feed.stop()
-        feed = PartitionFeed(
-            self._nc,
-            self.settings.stream_name,
+        feed = self._feeds.partitions(
             self.partition_consumers(),
-            lambda consumer: self.consumer_config(consumer, start_sequence),
+            lambda consumer: self.start_sequence(consumer, start_sequence),
+            ack_wait=self.policy.ack_wait,
+            max_ack_pending=self.policy.batch_size * 4,
             fetch_size=max(10, self.policy.batch_size // len(self.partitions)),
             end_sequence=end_sequence,
             on_error=self._record_error,
@@ -160,9 +158,7 @@ class Projector:
             await self._snapshots.close()
         # One consumer shared by the pool (any projector can link any story's snapshot); a rebuild's
         # replayers share their own, from the start.
-        self._snapshots = SnapshotFeed(
-            self._nc, self.settings, snapshot_consumer_name(self.consumer_prefix), self.policy.ack_wait
-        )
+        self._snapshots = self._feeds.snapshots(snapshot_consumer_name(self.consumer_prefix), self.policy.ack_wait)
         await self._snapshots.open()
 
     async def project_snapshots(self) -> int:
@@ -199,18 +195,18 @@ class Projector:
                 if time.monotonic() >= self._next_snapshot_poll:
                     self._next_snapshot_poll = time.monotonic() + 1.0
                     await self.project_snapshots()
+            except ConnectionInterrupted as error:  # the client reconnects by itself: look again soon
+                self._record_error(error)
+                await asyncio.sleep(self.policy.backoff_initial)
             except Retryable as error:
                 self._record_error(error)
                 await asyncio.sleep(self.policy.backoff_max)
-            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError) as error:
-                self._record_error(error)
-                await asyncio.sleep(self.policy.backoff_initial)
-            except (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError) as error:
-                # NATS did not answer (an outage longer than a request's timeout): wait it out too
-                self._record_error(translate_nats_error(error, "projecting"))
+            except (TimeoutError, OSError) as error:
+                # A server did not answer (an outage longer than a request's timeout): wait it out too
+                self._record_error(BackendUnavailable(f"no answer while projecting: {error!r}"))
                 await asyncio.sleep(self.policy.backoff_max)
 
-    async def _process_until_done(self, msgs: list[Msg], stop: asyncio.Event) -> None:
+    async def _process_until_done(self, msgs: list[Delivery], stop: asyncio.Event) -> None:
         delay = self.policy.backoff_initial
         while True:
             try:
@@ -226,9 +222,8 @@ class Projector:
                     return  # unacknowledged: redelivered to whoever runs next
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.policy.backoff_max)
-                for msg in msgs:  # still working on them: don't let JetStream redeliver meanwhile
-                    with contextlib.suppress(Exception):
-                        await msg.in_progress()
+                if self.feed is not None:  # still working on them: don't let them be redelivered meanwhile
+                    await self.feed.still_working(msgs)
 
     async def _paused(self) -> bool:
         """A rebuild owns the graph: stay off it, and say so (see projections/rebuild.py)."""
@@ -250,14 +245,14 @@ class Projector:
 
     # --- one batch --------------------------------------------------------------------------
 
-    async def process(self, msgs: Sequence[Msg]) -> None:
+    async def process(self, msgs: Sequence[Delivery]) -> None:
         self.stats.batches += 1
         self.stats.delivered += len(msgs)
         held = await self.dead_letters.held()
         events: dict[str, list[EventEnvelope]] = {}
-        msgs_of: dict[str, list[Msg]] = {}
-        acknowledge: list[Msg] = []
-        waiting: list[Msg] = []  # behind a failing event of the same story: redelivered later
+        msgs_of: dict[str, list[Delivery]] = {}
+        acknowledge: list[Delivery] = []
+        waiting: list[Delivery] = []  # behind a failing event of the same story: redelivered later
         failing: set[str] = set()
         for msg in msgs:
             story_id = story_of(msg.subject)
@@ -284,14 +279,13 @@ class Projector:
         for story_msgs in msgs_of.values():
             acknowledge.extend(story_msgs)
         self._record_lag(acknowledge)
-        for msg in acknowledge:
-            await msg.ack()
-        for msg in waiting:
-            await msg.nak(delay=self.policy.backoff_max)
+        assert self.feed is not None
+        await self.feed.acknowledge(acknowledge)
+        await self.feed.retry_later(waiting, self.policy.backoff_max)
         if acknowledge:
             self.stats.last_sequence = max(self.stats.last_sequence, *(m.metadata.sequence.stream for m in acknowledge))
 
-    def _offsets(self, msgs: Sequence[Msg]) -> dict[str, int]:
+    def _offsets(self, msgs: Sequence[Delivery]) -> dict[str, int]:
         """The last stream sequence of each partition consumer in the batch."""
         offsets: dict[str, int] = {}
         for msg in msgs:
@@ -302,7 +296,7 @@ class Projector:
     def _consumer_of(self, subject: str) -> str:
         return partition_consumer_name(self.consumer_prefix, partition_of(subject))
 
-    def _record_lag(self, msgs: Sequence[Msg]) -> None:
+    def _record_lag(self, msgs: Sequence[Delivery]) -> None:
         now = datetime.now(UTC)
         self._lags.extend((now - m.metadata.timestamp).total_seconds() for m in msgs)
         if self._lags:
@@ -310,7 +304,9 @@ class Projector:
             self.stats.lag_p50_ms = round(ordered[len(ordered) // 2] * 1000, 1)
             self.stats.lag_p99_ms = round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 1)
 
-    async def _failed(self, story_id: str, msg: Msg, error: Exception, waiting: list[Msg], ack: list[Msg]) -> None:
+    async def _failed(
+        self, story_id: str, msg: Delivery, error: Exception, waiting: list[Delivery], ack: list[Delivery]
+    ) -> None:
         """An event that fails for a reason of its own: retried, then parked in the dead-letter stream."""
         sequence = msg.metadata.sequence.stream
         attempts = self._failures.get(sequence, 0) + 1

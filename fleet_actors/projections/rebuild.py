@@ -10,14 +10,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from nats.js.api import ConsumerConfig
-
 from fleet_actors.adapters.archive import Archive, Manifest
-from fleet_actors.adapters.jetstream.partition_feed import PartitionConsumer
 from fleet_actors.codec import decode_event
 from fleet_actors.domain.events import EventEnvelope
 from fleet_actors.domain.state import StoryState
 from fleet_actors.domain.story import fold
+from fleet_actors.ports.event_feed import PartitionConsumer
 from fleet_actors.projections.policy import ProjectorPolicy, owned_partitions
 from fleet_actors.projections.projector import Projector
 from fleet_actors.settings import Settings
@@ -71,11 +69,11 @@ class Replayer(Projector):
     ) -> None:
         self._states.update(states)
 
-    def consumer_config(self, consumer: PartitionConsumer, start_sequence: int | None = None) -> ConsumerConfig:
+    def start_sequence(self, consumer: PartitionConsumer, requested: int | None) -> int | None:
         # From the start of the log, but archived events come from the archive: with one, the stream
         # part starts right after it.
         archived = self.archive_manifest.last_sequence if self.archive_manifest is not None else 0
-        return super().consumer_config(consumer, archived + 1 if archived else None)
+        return archived + 1 if archived else None
 
     async def replay_until(self, end_sequence: int) -> int:
         """Apply every owned event up to ``end_sequence``; returns how many were delivered."""

@@ -12,10 +12,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from fleet_actors.archive.archiver import Archiver, read_stream_range
-from fleet_actors.archive.export import export_events
+from fleet_actors.adapters.jetstream.retention import StreamRetention
 from fleet_actors.cli import archive_cmd
 from fleet_actors.codec import decode_event
+from fleet_actors.composition import archiver_on, export_events
 from fleet_actors.errors import ArchiveCorrupted
 from fleet_actors.loadgen.seed import seed
 from tests.archive.conftest import Fleet
@@ -46,7 +46,7 @@ async def all_archived_sequences(fleet: Fleet) -> list[int]:
 async def test_verify_detects_a_corrupted_and_a_missing_segment(fleet: Fleet, unique_id, capsys):
     for _ in range(3):
         await write_story(fleet.execute, unique_id("V"))
-    archiver = Archiver(fleet.settings, fleet.stream.connection, fleet.archive, segment_events=8)
+    archiver = await archiver_on(fleet.settings, fleet.stream.connection, fleet.archive, segment_events=8)
     report = await archiver.archive_once()
     assert report.events == 30 and report.segments == 4
     assert await asyncio.to_thread(cli, "archive", "verify", *cli_settings(fleet)) == 0
@@ -74,7 +74,7 @@ async def test_verify_detects_a_corrupted_and_a_missing_segment(fleet: Fleet, un
 async def test_archiving_killed_half_way_resumes_without_duplicates(fleet: Fleet, unique_id):
     settings = fleet.settings
     await seed(settings, stories=8, events_per_story=60, prefix=unique_id("K"))
-    archiver = Archiver(settings, fleet.stream.connection, fleet.archive, segment_events=25)
+    archiver = await archiver_on(settings, fleet.stream.connection, fleet.archive, segment_events=25)
     tasks: list[asyncio.Task] = []
 
     def kill_after_three_segments(done: int, end: int, seconds: float) -> None:
@@ -86,7 +86,8 @@ async def test_archiving_killed_half_way_resumes_without_duplicates(fleet: Fleet
         await tasks[0]
     partial = await fleet.archive.manifest()
     assert 3 <= len(partial.segments) < 480 // 25
-    report = await Archiver(settings, fleet.stream.connection, fleet.archive, segment_events=25).archive_once()
+    archiver = await archiver_on(settings, fleet.stream.connection, fleet.archive, segment_events=25)
+    report = await archiver.archive_once()
     assert report.events == 480 - sum(s.events for s in partial.segments)
     sequences = await all_archived_sequences(fleet)
     assert sequences == list(range(1, 481))  # each once, in order
@@ -95,7 +96,7 @@ async def test_archiving_killed_half_way_resumes_without_duplicates(fleet: Fleet
     again = await archiver.archive_once()  # idempotent: nothing new, nothing written
     assert again.events == 0 and again.segments == 0
     # The archived bytes are the stored bytes.
-    stored = [r async for r in read_stream_range(fleet.stream.connection, settings, 1, 480)]
+    stored = [r async for r in StreamRetention(fleet.stream.connection, settings).read_range(1, 480)]
     manifest = await fleet.archive.manifest()
     first = next(fleet.archive.iter_tables(manifest))
     assert first.column("data").to_pylist() == [r.data for r in stored[: first.num_rows]]
@@ -106,7 +107,7 @@ async def test_export_since_reads_the_archive_then_the_stream(fleet: Fleet, uniq
     monkeypatch.setenv("FLEET_SUBJECT_PREFIX", fleet.settings.subject_prefix)  # no CLI flag for it
     story = unique_id("E")
     await write_story(fleet.execute, story)
-    archiver = Archiver(fleet.settings, fleet.stream.connection, fleet.archive, segment_events=4)
+    archiver = await archiver_on(fleet.settings, fleet.stream.connection, fleet.archive, segment_events=4)
     await archiver.archive_once()
     since = datetime.now(UTC)
     await write_story(fleet.execute, unique_id("E2"))  # stream only

@@ -8,8 +8,9 @@ import asyncio
 import functools
 
 from fleet_actors.actors.replay_actor import run_in_process
+from fleet_actors.adapters.jetstream.retention import StreamRetention
 from fleet_actors.application.story_runtime import StoryRuntime
-from fleet_actors.archive.archiver import Archiver, read_stream_range
+from fleet_actors.composition import archiver_on
 from fleet_actors.domain.commands import CreateStory, RecordSummary, UpdateSubtask
 from fleet_actors.domain.state import StoryState
 from fleet_actors.domain.story import fold
@@ -24,7 +25,8 @@ from tests.integration.conftest import RunningProjectors, wait_until, write_stor
 async def stored_sequences(fleet: Fleet) -> tuple[set[int], int]:
     info = await fleet.stream.connection.jsm().stream_info(fleet.settings.stream_name)
     last = info.state.last_seq
-    present = {row.sequence async for row in read_stream_range(fleet.stream.connection, fleet.settings, 1, last)}
+    stream = StreamRetention(fleet.stream.connection, fleet.settings)
+    present = {row.sequence async for row in stream.read_range(1, last)}
     return present, last
 
 
@@ -36,7 +38,7 @@ async def test_events_age_out_only_behind_the_archive_and_old_stories_keep_worki
     await write_story(fleet.execute, unique_id("MID"))
     reference = [stored.envelope async for stored in fleet.stream.read(old)]
     assert [e.version for e in reference] == list(range(1, 36))
-    archiver = Archiver(settings, fleet.stream.connection, fleet.archive, segment_events=10)
+    archiver = await archiver_on(settings, fleet.stream.connection, fleet.archive, segment_events=10)
     await asyncio.sleep(MAX_AGE + 0.5)
 
     # Nothing archived: nothing is deleted, however old.

@@ -17,8 +17,7 @@ from fleet_actors.adapters.jetstream import JetStreamEventStore
 from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore
 from fleet_actors.application.messages import CommandRequest
 from fleet_actors.application.story_runtime import StoryRuntime
-from fleet_actors.archive.archiver import Archiver
-from fleet_actors.archive.export import export_events
+from fleet_actors.composition import archiver_on, export_events
 from fleet_actors.devstack.process import free_port
 from fleet_actors.domain.commands import CreateStory, RecordSummary
 from fleet_actors.settings import Settings
@@ -77,7 +76,7 @@ async def test_archive_on_s3_round_trip(s3_settings: Settings, tmp_path: Path):
         for i in range(11):
             await runtime.execute(CommandRequest("S3-story", RecordSummary(f"s{i}"), f"c{i}", "t"))
         archive = Archive(s3_settings.archive_url, s3_settings.stream_name)
-        report = await Archiver(s3_settings, stream.connection, archive, segment_events=5).archive_once()
+        report = await (await archiver_on(s3_settings, stream.connection, archive, segment_events=5)).archive_once()
         assert report.events == 12 and report.segments == 3
         assert not await archive.verify()
         assert sorted(archive.fs.ls(archive.path("segments"), detail=False)) == sorted(

@@ -154,10 +154,11 @@ class ProjectionControlContract:
         assert await control.pausing_job() is None
 
     async def test_status_and_job_progress(self, control: ProjectionControl):
-        assert await control.status("projector-0-of-1") == {}
-        await control.publish_status("projector-0-of-1", {"applied": 3, "last_error": ""})
-        assert await control.status("projector-0-of-1") == {"applied": 3, "last_error": ""}
-        assert await control.job_progress("j") == {}
-        await control.record_job_progress("j", end_sequence="10", phase="pause")
-        await control.record_job_progress("j", phase="replay")
-        assert await control.job_progress("j") == {"end_sequence": "10", "phase": "replay"}
+        projector, job = f"projector-{uuid.uuid4().hex[:8]}", f"job-{uuid.uuid4().hex[:8]}"
+        assert await control.status(projector) == {}
+        await control.publish_status(projector, {"applied": 3, "last_error": ""})
+        assert await control.status(projector) == {"applied": 3, "last_error": ""}
+        assert await control.job_progress(job) == {}
+        await control.record_job_progress(job, end_sequence="10", phase="pause")
+        await control.record_job_progress(job, phase="replay")
+        assert await control.job_progress(job) == {"end_sequence": "10", "phase": "replay"}

@@ -7,6 +7,7 @@ import json
 
 import nats
 import pytest
+import valkey.asyncio
 
 from fleet_actors.adapters.jetstream.dead_letter_stream import dlq_stream
 from fleet_actors.adapters.jetstream.partition_feed import partition_of
@@ -239,8 +240,12 @@ async def test_json_documents_of_earlier_releases_and_unreadable_ones(projectors
     await wait_until(lambda: projected(projectors, versions))
     cache = projectors.cache
     written = (await cache.get(legacy)).state
-    await cache.client.hset(context_key(legacy), "doc", json.dumps(state_to_json(written)))
-    await cache.client.hset(context_key(broken), "doc", b"\xff\x00 not a document")
+    raw = valkey.asyncio.Valkey.from_url(stream_settings.valkey_url)
+    try:
+        await raw.hset(context_key(legacy), "doc", json.dumps(state_to_json(written)))
+        await raw.hset(context_key(broken), "doc", b"\xff\x00 not a document")
+    finally:
+        await raw.aclose()
     assert (await cache.get(legacy)).state == written  # JSON documents are still read
     assert await cache.get(broken) is None  # unreadable: the projector rebuilds it from the log
     later = {sid: (await execute(sid, UpdateSubtask("T1", "DONE"))).version for sid in versions}

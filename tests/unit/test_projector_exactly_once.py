@@ -33,7 +33,7 @@ class ParkedInMemory:
 
 def projector(store: InMemoryEventStore) -> Projector:
     return Projector(
-        Settings(), 0, 1, nc=None, store=store, graph=InMemoryGraph(), documents=InMemoryDocuments(),  # type: ignore[arg-type]
+        Settings(), 0, 1, feeds=None, store=store, graph=InMemoryGraph(), documents=InMemoryDocuments(),  # type: ignore[arg-type]
         control=InMemoryProjectionControl(), dead_letters=DeadLetters(ParkedInMemory(), InMemoryDeadLetterIndex()),
     )  # fmt: skip
 

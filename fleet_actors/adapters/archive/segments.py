@@ -251,6 +251,18 @@ class Archive:
             stories=stories,
         )
 
+    def last_sequence_stored_before_sync(self, info: SegmentInfo, horizon: datetime) -> int | None:
+        """The last sequence of the segment's leading run of events stored before ``horizon`` (None: none)."""
+        table = self.read_segment_sync(info, ["sequence", "stored_at"])
+        old = pc.less(table.column("stored_at"), horizon)
+        # Stored times follow sequences; stop at the first young event all the same.
+        young = pc.index(old, False).as_py()
+        if young == -1:
+            return info.last_sequence
+        if young > 0:
+            return int(table.column("sequence")[young - 1].as_py())
+        return None
+
     def read_segment_sync(self, info: SegmentInfo, columns: Sequence[str] | None = None) -> pa.Table:
         if columns is None and info.name in self._cache:
             self._cache.move_to_end(info.name)
@@ -402,3 +414,49 @@ def chunks(items: Iterable[RawEvent], size: int) -> Iterator[list[RawEvent]]:
             batch = []
     if batch:
         yield batch
+
+
+class ParquetExport:
+    """One Parquet file (a path or URL) in the archive's columns, optionally only events since a time."""
+
+    def __init__(self, out: str, since: datetime | None) -> None:
+        self._out = out
+        self._since = since
+        self._handle: Any = None
+        self._writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> ParquetExport:
+        self._handle = fsspec.open(self._out, "wb").__enter__()
+        self._writer = pq.ParquetWriter(self._handle, SCHEMA, compression="zstd")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        finally:
+            if self._handle is not None:
+                self._handle.close()
+
+    def write_table(self, table: pa.Table) -> int:
+        """Write the table's events since the time; returns how many."""
+        assert self._writer is not None
+        chosen = self._chosen(table)
+        self._writer.write_table(chosen)
+        return int(chosen.num_rows)
+
+    def write_rows(self, rows: Sequence[RawEvent]) -> int:
+        return sum(self.write_table(rows_to_table(part)) for part in chunks(list(rows), EXPORT_CHUNK)) if rows else 0
+
+    def _chosen(self, table: pa.Table) -> pa.Table:
+        if self._since is None:
+            return table
+        since = pa.scalar(self._since, SCHEMA.field("time").type)
+        return table.filter(pc.fill_null(pc.greater_equal(table.column("time"), since), False))
+
+    def size(self) -> int:
+        fs, path = fsspec.core.url_to_fs(self._out)
+        return int(fs.size(path) or 0)
+
+
+EXPORT_CHUNK = 10_000

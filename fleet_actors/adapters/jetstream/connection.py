@@ -21,7 +21,7 @@ from nats.js.api import (
 )
 from nats.js.manager import JetStreamManager
 
-from fleet_actors.errors import BackendUnavailable, ConfigurationError, ServerTooOld, StoryError
+from fleet_actors.errors import BackendUnavailable, ConfigurationError, ConnectionInterrupted, ServerTooOld, StoryError
 from fleet_actors.settings import Settings
 
 MIN_SERVER_VERSION = (2, 12, 0)
@@ -41,6 +41,8 @@ def translate_nats_error(error: BaseException, what: str) -> StoryError:
     """The one place NATS errors become ours (conflicts are decided by the caller, who knows the context)."""
     if isinstance(error, StoryError):
         return error
+    if isinstance(error, nats.errors.ConnectionClosedError | nats.errors.ConnectionReconnectingError):
+        return ConnectionInterrupted(f"the NATS connection was interrupted while {what}: {error}")
     if isinstance(error, asyncio.TimeoutError | nats.errors.TimeoutError):
         return BackendUnavailable(f"NATS did not answer in time while {what}")
     if isinstance(error, nats.errors.NoServersError | nats.errors.ConnectionClosedError | ConnectionError | OSError):

@@ -22,8 +22,8 @@ from fleet_actors.adapters.jetstream.connection import (
     ensure_event_stream,
     nats_errors,
 )
-from fleet_actors.adapters.jetstream.partition_feed import PartitionConsumer
 from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore, snapshot_stream
+from fleet_actors.ports.event_feed import PartitionConsumer
 from fleet_actors.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -105,10 +105,12 @@ class SnapshotNotice:
     msg: Msg
 
     async def done(self) -> None:
-        await self.msg.ack()
+        with nats_errors("acknowledging a snapshot notice"), contextlib.suppress(nats.errors.MsgAlreadyAckdError):
+            await self.msg.ack()
 
     async def later(self, delay: float) -> None:
-        await self.msg.nak(delay=delay)
+        with nats_errors("handing a snapshot notice back"), contextlib.suppress(nats.errors.MsgAlreadyAckdError):
+            await self.msg.nak(delay=delay)
 
 
 class SnapshotFeed:

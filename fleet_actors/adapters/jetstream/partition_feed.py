@@ -20,7 +20,6 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import nats.errors
 import nats.js.errors
@@ -30,6 +29,9 @@ from nats.js.api import ConsumerConfig
 
 from fleet_actors.adapters.jetstream.connection import ERR_CONSUMER_NOT_FOUND, nats_errors, translate_nats_error
 from fleet_actors.errors import BackendUnavailable, ConfigurationError
+from fleet_actors.ports.event_feed import PartitionConsumer, partition_of
+
+__all__ = ["PartitionConsumer", "PartitionFeed", "hand_back", "partition_of"]
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +46,6 @@ LINGER_SECONDS = 0.005
 PULL_EXPIRES = 5.0
 HEARTBEAT = 1.0
 HEARTBEAT_STATUS, REQUEST_EXPIRED, CONFLICT, NO_RESPONDERS = "100", "408", "409", "503"
-
-
-@dataclass(frozen=True)
-class PartitionConsumer:
-    name: str
-    partition: int
-    filter_subject: str
-
-
-def partition_of(subject: str) -> int:
-    """Stored event subjects end in their partition token (see ``ensure_event_stream``)."""
-    return int(subject.rsplit(".", 1)[1])
 
 
 class PartitionFeed:
@@ -239,6 +229,23 @@ class PartitionFeed:
             if info.num_pending or info.num_ack_pending:
                 return False
         return True
+
+    async def acknowledge(self, msgs: Sequence[Msg]) -> None:
+        with nats_errors("acknowledging events"):
+            for msg in msgs:
+                with contextlib.suppress(nats.errors.MsgAlreadyAckdError):  # acknowledged on an earlier try
+                    await msg.ack()
+
+    async def retry_later(self, msgs: Sequence[Msg], delay: float) -> None:
+        with nats_errors("handing events back for a later delivery"):
+            for msg in msgs:
+                with contextlib.suppress(nats.errors.MsgAlreadyAckdError):
+                    await msg.nak(delay=delay)
+
+    async def still_working(self, msgs: Sequence[Msg]) -> None:
+        for msg in msgs:  # only a hint to the server: a lost one costs a redelivery, which is skipped
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
 
     def give_back(self, msgs: Sequence[Msg]) -> None:
         """Messages taken but not processed (the caller was interrupted): handed back by ``stop()``."""
