@@ -158,11 +158,12 @@ def stop_projectors(settings: Settings) -> None:
 
 
 def projector_status(settings: Settings) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     for i in range(settings.projectors):
         try:
             handle = ray.get_actor(projector_actor_name(i, settings.projectors), namespace=settings.ray_namespace)
-            out.append(ray.get(handle.status.remote(), timeout=10))
+            reply: ray.ObjectRef[dict[str, Any]] = handle.status.remote()
+            out.append(ray.get(reply, timeout=10))
         except (ValueError, ray.exceptions.RayError, TimeoutError):
             out.append({"projector": consumer_name(i, settings.projectors), "ready": False})
     return out

@@ -53,7 +53,8 @@ class ReplayActor:
 
 @functools.cache
 def replay_actor_class() -> Any:
-    return ray.remote(num_cpus=0, concurrency_groups={PROGRESS: 1}, max_restarts=0)(ReplayActor)
+    # Ray's typed remote() overloads list the task options only, not the actor's concurrency_groups
+    return ray.remote(num_cpus=0, concurrency_groups={PROGRESS: 1}, max_restarts=0)(ReplayActor)  # type: ignore[call-overload]
 
 
 async def run_with_ray_actors(

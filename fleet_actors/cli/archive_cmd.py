@@ -16,10 +16,8 @@ from fleet_actors.cli.common import add_settings_arguments, print_table, run, se
 from fleet_actors.errors import ConfigurationError, InvalidCommand
 from fleet_actors.settings import Settings
 
-Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
-
-def register(commands: Subparsers) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``archive`` command and its actions."""
     archive = commands.add_parser(
         "archive",
@@ -42,7 +40,7 @@ def register(commands: Subparsers) -> None:
         _add_archive_arguments(parser)
 
 
-def add_export(events: Subparsers) -> None:
+def add_export(events: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``events export`` (called by cli/events_cmd.py)."""
     export = events.add_parser(
         "export",
@@ -128,7 +126,7 @@ def _status(args: argparse.Namespace) -> int:
                 stream_last_seq=info.state.last_seq,
                 stream_messages=info.state.messages,
                 stream_bytes=info.state.bytes,
-                lag_events=max(0, info.state.last_seq - int(summary["archived_through"])),  # type: ignore[call-overload]
+                lag_events=max(0, info.state.last_seq - int(summary["archived_through"])),
             )
         finally:
             with contextlib.suppress(Exception):

@@ -7,6 +7,7 @@ import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError
 
@@ -14,6 +15,10 @@ from fleet_actors.codec.upcasting import upcast
 from fleet_actors.domain.events import EVENT_TYPES, VALUE_TYPES, Event, EventEnvelope
 from fleet_actors.errors import EventDecodeError
 from fleet_actors.proto import events_pb2
+
+if TYPE_CHECKING:
+    from google.protobuf.descriptor import Descriptor, EnumDescriptor
+    from google.protobuf.message import Message
 
 _PAYLOAD_FIELDS = {f.name for f in events_pb2.ContextEvent.DESCRIPTOR.oneofs_by_name["payload"].fields}
 CURRENT_VERSIONS: dict[str, int] = {name: cls.schema_version for name, cls in EVENT_TYPES.items()}
@@ -37,7 +42,7 @@ class _Field:
     value_type: type | None = None
 
 
-def _enum_maps(enum) -> tuple[dict[int, str], dict[str, int]]:
+def _enum_maps(enum: EnumDescriptor) -> tuple[dict[int, str], dict[str, int]]:
     """SUBTASK_STATUS_DONE <-> "DONE": the domain uses the value name without the enum's prefix."""
     prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", enum.name).upper() + "_"
     names = {v.number: v.name.removeprefix(prefix) for v in enum.values}
@@ -45,7 +50,7 @@ def _enum_maps(enum) -> tuple[dict[int, str], dict[str, int]]:
     return names, {name: number for number, name in names.items()}
 
 
-def _field_plan(descriptor) -> tuple[_Field, ...]:
+def _field_plan(descriptor: Descriptor) -> tuple[_Field, ...]:
     plan = []
     for field in descriptor.fields:
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
@@ -87,10 +92,11 @@ def encode_event(envelope: EventEnvelope) -> bytes:
     payload = getattr(message, event.event_type)
     payload.SetInParent()
     fill_message(payload, event, _FIELD_PLANS[event.event_type])
-    return message.SerializeToString()
+    data: bytes = message.SerializeToString()
+    return data
 
 
-def fill_message(target, value_object, plan: tuple[_Field, ...]) -> None:
+def fill_message(target: Message, value_object: object, plan: tuple[_Field, ...]) -> None:
     """Copy a dataclass into a protobuf message field by field (same names)."""
     for field in plan:
         if not hasattr(value_object, field.name):
@@ -99,12 +105,14 @@ def fill_message(target, value_object, plan: tuple[_Field, ...]) -> None:
         if field.kind == _SCALAR:
             setattr(target, field.name, value)
         elif field.kind == _ENUM:
+            assert field.numbers is not None  # every _ENUM field carries its maps
             setattr(target, field.name, field.numbers[value])
         elif field.kind == _REPEATED:
             getattr(target, field.name).extend(value)
         elif field.kind == _MAP:
             getattr(target, field.name).update(value)
         else:
+            assert field.value_type is not None  # every _MESSAGES field carries its value type
             items = getattr(target, field.name)
             for item in value:
                 fill_message(items.add(), item, _value_plan(field.value_type))
@@ -144,19 +152,21 @@ def decode_event(data: bytes) -> EventEnvelope:
     )
 
 
-def _payload_fields(payload, plan: tuple[_Field, ...]) -> dict[str, object]:
+def _payload_fields(payload: Any, plan: tuple[_Field, ...]) -> dict[str, object]:
     out: dict[str, object] = {}
     for field in plan:
         value = getattr(payload, field.name)
         if field.kind == _SCALAR:
             out[field.name] = value
         elif field.kind == _ENUM:
+            assert field.names is not None  # every _ENUM field carries its maps
             out[field.name] = field.names.get(value, "")
         elif field.kind == _REPEATED:
             out[field.name] = tuple(value)
         elif field.kind == _MAP:
             out[field.name] = dict(value)
         else:
+            assert field.value_type is not None  # every _MESSAGES field carries its value type
             nested = _value_plan(field.value_type)
             out[field.name] = tuple(field.value_type(**_payload_fields(item, nested)) for item in value)
     return out

@@ -80,7 +80,8 @@ def recent_commands(message: state_pb2.StoryStateSnapshot) -> list[CommandResult
 
 
 def encode_state(state: StoryState, last_sequence: int = 0, commands: Iterable[CommandResult] = ()) -> bytes:
-    return state_to_proto(state, last_sequence, commands).SerializeToString()
+    data: bytes = state_to_proto(state, last_sequence, commands).SerializeToString()
+    return data
 
 
 def decode_state(data: bytes) -> tuple[StoryState, int, list[CommandResult]]:
@@ -98,7 +99,8 @@ def decode_state(data: bytes) -> tuple[StoryState, int, list[CommandResult]]:
 
 def state_to_json(state: StoryState) -> dict[str, Any]:
     """The context document served from Valkey: the state as JSON (proto3 JSON mapping)."""
-    return json_format.MessageToDict(state_to_proto(state), preserving_proto_field_name=True)
+    document: dict[str, Any] = json_format.MessageToDict(state_to_proto(state), preserving_proto_field_name=True)
+    return document
 
 
 def state_from_json(document: dict[str, Any]) -> StoryState:
@@ -121,8 +123,9 @@ def _upcast_message(message: state_pb2.StoryStateSnapshot) -> state_pb2.StorySta
     return upgraded
 
 
-def _fill(target: Message, item: Any) -> None:
-    for name, write in _writer_plan(type(item)):
+def _fill(target: Message, item: object) -> None:
+    cls: type = type(item)  # as a plain `type` (Hashable for the cache), not type[object]
+    for name, write in _writer_plan(cls):
         write(target, name, getattr(item, name))
 
 
@@ -194,7 +197,7 @@ def _reader_plan(
 def _filled(cls: type, values: dict[str, Any]) -> Any:
     # A frozen dataclass's __init__ sets each field through object.__setattr__; with no __post_init__
     # to run after it, filling the instance directly decodes a large snapshot ~10 % faster.
-    value = object.__new__(cls)
+    value: Any = object.__new__(cls)
     value.__dict__.update(values)
     return value
 

@@ -8,6 +8,8 @@ migrate --dry-run` reports no stored event of its version (and no archive needs 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
+from typing import cast
 
 from fleet_actors.codec.upcasting import Fields, upcaster
 from fleet_actors.domain.alternatives import parse_alternatives
@@ -55,8 +57,9 @@ def upcast_story_state_v1_v2(fields: Fields) -> Fields:
     ``alternatives``; decoded from v1 bytes with the v2 classes it is under ``legacy_alternatives``.
     """
     decisions = []
-    for decision in fields.get("decisions", []):
-        decision = dict(decision)
+    # the proto3 JSON mapping: a list of decision objects
+    for stored in cast("Iterable[Mapping[str, object]]", fields.get("decisions", [])):
+        decision = dict(stored)
         legacy = decision.pop("legacy_alternatives", None)
         if isinstance(decision.get("alternatives"), str):
             legacy = decision.pop("alternatives")

@@ -100,7 +100,7 @@ def generate_story(rng: random.Random, story_id: str) -> LegacyStory:
         clock += timedelta(hours=rng.randrange(1, max_hours), minutes=rng.randrange(60))
         return clock
 
-    subtasks = []
+    subtasks: list[LegacySubtask] = []
     for n in range(1, rng.randint(2, 8) + 1):
         earlier = [s.subtask_id for s in subtasks]
         dependencies = tuple(sorted(rng.sample(earlier, k=min(len(earlier), rng.choice((0, 0, 1, 1, 2))))))

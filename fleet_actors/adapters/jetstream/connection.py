@@ -71,6 +71,7 @@ async def declare_stream(
     jsm: JetStreamManager, config: StreamConfig, kept_up_to_date: tuple[str, ...], what: str
 ) -> None:
     """Create the stream, or update it where one of the ``kept_up_to_date`` settings differs."""
+    assert config.name is not None, "a declared stream config names its stream"
     with nats_errors(f"declaring {what}"):
         try:
             current = (await jsm.stream_info(config.name)).config
@@ -169,6 +170,7 @@ async def ensure_event_stream(nc: Client, settings: Settings, *, update_existing
     ``FLEET_STREAM_REPLICAS``, say) scale the stream down.
     """
     wanted = event_stream_config(settings)
+    wanted_transform = partition_transform(settings)  # the one event_stream_config set
     jsm = nc.jsm()
     with nats_errors(f"declaring stream {settings.stream_name}"):
         try:
@@ -183,8 +185,8 @@ async def ensure_event_stream(nc: Client, settings: Settings, *, update_existing
             )
         transform = current.subject_transform
         if transform is None or (transform.src, transform.dest) != (
-            wanted.subject_transform.src,
-            wanted.subject_transform.dest,
+            wanted_transform.src,
+            wanted_transform.dest,
         ):
             raise ConfigurationError(
                 f"stream {settings.stream_name} was created with another partitioning "

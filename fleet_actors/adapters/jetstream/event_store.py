@@ -9,7 +9,7 @@ import json
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 import nats.errors
 import nats.js.errors
@@ -235,7 +235,7 @@ class JetStreamEventStore(EventStore):
             )
         return sorted({subject.rsplit(".", 3)[-3] for subject in (info.state.subjects or {})})
 
-    async def read_raw(self, story_id: str, after_sequence: int = 0) -> AsyncIterator[tuple[int, bytes]]:
+    async def read_raw(self, story_id: str, after_sequence: int = 0) -> AsyncGenerator[tuple[int, bytes], None]:
         """Undecoded events, for tools that must step over an event this code cannot read."""
         async for item in self._read_raw(story_id, after_sequence):
             yield item
@@ -250,7 +250,7 @@ class JetStreamEventStore(EventStore):
                 timeout=self._settings.nats_timeout, what=f"reading story {story_id!r}",
             )  # fmt: skip
             async for msg in messages:
-                after_sequence = int(msg.headers["Nats-Sequence"])
+                after_sequence = int((msg.headers or {})["Nats-Sequence"])  # direct gets always carry it
                 yield after_sequence, msg.data
             if after_sequence >= head:
                 return

@@ -92,7 +92,7 @@ class JetStreamSnapshotStore(SnapshotStore):
                 await sub.unsubscribe()
 
     async def _read_refs(self, story_id: str, sub: JetStreamContext.PushSubscription) -> list[SnapshotRef]:
-        out = []
+        out: list[SnapshotRef] = []
         while True:
             try:
                 msg = await sub.next_msg(timeout=0.5 if not out else self._settings.nats_timeout)

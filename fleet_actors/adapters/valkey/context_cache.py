@@ -107,7 +107,8 @@ class ContextCache(ContextDocuments):
         with valkey_errors("reading context documents"):
             async with self._client.pipeline(transaction=False) as pipe:
                 for story_id in story_ids:
-                    pipe.hmget(context_key(story_id), "version", "doc")
+                    # valkey-py types the keys as one list; it sends any number of positional keys as given
+                    pipe.hmget(context_key(story_id), "version", "doc")  # type: ignore[arg-type]
                 rows = await pipe.execute()
         out: dict[str, ContextDocument | None] = {}
         for story_id, (version, doc) in zip(story_ids, rows, strict=True):

@@ -25,25 +25,25 @@ class ValkeyDeadLetterIndex(DeadLetterIndex):
 
     async def hold(self, parked: ParkedEvent) -> None:
         with valkey_errors("holding a parked event's story"):
-            await self._client.hset(HELD_KEY, parked.story_id, parked.to_json())
+            await self._client.hset(HELD_KEY, parked.story_id, parked.to_json())  # type: ignore[misc]  # valkey-py stubs: Awaitable[T] | T
 
     async def held(self) -> dict[str, ParkedEvent]:
         with valkey_errors("reading the stories held for parked events"):
-            raw = await self._client.hgetall(HELD_KEY)
+            raw = await self._client.hgetall(HELD_KEY)  # type: ignore[misc]  # valkey-py stubs: Awaitable[T] | T
         return {k.decode(): ParkedEvent.from_json(v) for k, v in raw.items()}
 
     async def request_release(self, story_id: str, action: str) -> None:
         with valkey_errors("requesting a release"):
-            await self._client.hset(RELEASE_KEY, story_id, action)
+            await self._client.hset(RELEASE_KEY, story_id, action)  # type: ignore[misc]  # valkey-py stubs: Awaitable[T] | T
 
     async def pending_releases(self) -> dict[str, str]:
         with valkey_errors("reading release requests"):
-            raw = await self._client.hgetall(RELEASE_KEY)
+            raw = await self._client.hgetall(RELEASE_KEY)  # type: ignore[misc]  # valkey-py stubs: Awaitable[T] | T
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     async def drop_release(self, story_id: str) -> None:
         with valkey_errors("dropping a release request"):
-            await self._client.hdel(RELEASE_KEY, story_id)
+            await self._client.hdel(RELEASE_KEY, story_id)  # type: ignore[misc]  # valkey-py stubs: Awaitable[T] | T
 
     async def released(self, story_id: str) -> None:
         with valkey_errors("releasing a held story"):

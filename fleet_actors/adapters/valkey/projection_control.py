@@ -65,9 +65,9 @@ class ValkeyProjectionControl(ProjectionControl):
 
     async def job_progress(self, job_id: str) -> dict[str, str]:
         with valkey_errors("reading the rebuild's progress"):
-            raw = await self._client.hgetall(job_key(self._stream, job_id))
+            raw = await self._client.hgetall(job_key(self._stream, job_id))  # type: ignore[misc]  # valkey-py stubs: Awaitable[T] | T
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     async def record_job_progress(self, job_id: str, **fields: str) -> None:
         with valkey_errors("recording the rebuild's progress"):
-            await self._client.hset(job_key(self._stream, job_id), mapping=fields)
+            await self._client.hset(job_key(self._stream, job_id), mapping=fields)  # type: ignore[misc]  # valkey-py stubs: Awaitable[T] | T
