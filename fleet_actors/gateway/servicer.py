@@ -127,6 +127,7 @@ def _unary(
             failure = rpc_failure(error)
         # abort raises: the caller gets the status, never this function's return value
         await context.abort(failure.code, failure.details, failure.trailing_metadata)
+        raise AssertionError("context.abort() returned")  # grpc's stubs do not say it never returns
 
     return handler
 

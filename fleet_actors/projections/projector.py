@@ -185,6 +185,7 @@ class Projector:
                     await asyncio.sleep(PAUSE_POLL_SECONDS)
                     continue
                 await self._apply_releases()
+                assert self.feed is not None, "ensure_consumer() first"
                 try:
                     msgs = await self.feed.next_batch(self.policy.batch_size, self.policy.fetch_timeout)
                 except TimeoutError:
@@ -272,9 +273,9 @@ class Projector:
             msgs_of.setdefault(story_id, []).append(msg)
 
         failures = await self._project(events, offsets=self._offsets(msgs))
-        for story_id, error in failures.items():
+        for story_id, failure in failures.items():
             first, *rest = msgs_of.pop(story_id)
-            await self._failed(story_id, first, error, waiting, acknowledge)
+            await self._failed(story_id, first, failure, waiting, acknowledge)
             waiting.extend(rest)
         for story_msgs in msgs_of.values():
             acknowledge.extend(story_msgs)

@@ -81,11 +81,13 @@ class Replayer(Projector):
             await self.replay_archive(self.archive, self.archive_manifest, end_sequence)
         # Each partition stops at the end: after it, the live projectors take over.
         await self.ensure_consumer(end_sequence=end_sequence)
+        feed = self.feed
+        assert feed is not None
         while True:
             try:
-                msgs = await self.feed.next_batch(self.policy.batch_size, self.policy.fetch_timeout)
+                msgs = await feed.next_batch(self.policy.batch_size, self.policy.fetch_timeout)
             except TimeoutError:
-                if self.feed.finished() or await self.feed.drained():
+                if feed.finished() or await feed.drained():
                     break
                 continue
             await self._process_until_done(msgs, asyncio.Event())

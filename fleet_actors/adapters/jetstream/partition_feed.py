@@ -292,7 +292,8 @@ class _Pull:
 
     async def receive(self, msg: Msg) -> None:
         self.heard = time.monotonic()
-        status = msg.headers.get("Status") if msg.headers and not msg.data else None
+        headers = msg.headers or {}
+        status = headers.get("Status") if headers and not msg.data else None
         if status is None:
             self.credit -= 1
             self.served = True
@@ -301,14 +302,14 @@ class _Pull:
                 self._wake.set()
         elif status == HEARTBEAT_STATUS:
             self.served = True
-        elif status in (REQUEST_EXPIRED, CONFLICT) and msg.headers.get("Nats-Pending-Messages"):
+        elif status in (REQUEST_EXPIRED, CONFLICT) and headers.get("Nats-Pending-Messages"):
             # A request ended (expired, or the consumer's limits): what it still owed is void.
-            self.credit = max(0, self.credit - int(msg.headers["Nats-Pending-Messages"]))
+            self.credit = max(0, self.credit - int(headers["Nats-Pending-Messages"]))
         else:
             # Refused outright (JetStream starting or gone, consumer deleted, leadership change):
             # start afresh with a new request, after a pause.
             self.credit, self.refused = 0, True
-            self._on_error(BackendUnavailable(self._refusal(status, msg.headers.get("Description", ""))))
+            self._on_error(BackendUnavailable(self._refusal(status, headers.get("Description", ""))))
         if self.credit <= self._fetch_size // 2:
             self._wake.set()
 
