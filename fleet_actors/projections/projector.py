@@ -490,13 +490,3 @@ def _distinct_versions(envelopes: list[EventEnvelope]) -> list[EventEnvelope]:
 
 def _skipped(story_id: str, version: int) -> EventEnvelope:
     return EventEnvelope(f"skipped-{version}", story_id, version, datetime.now(UTC), Event(), "", "dlq-skip")
-
-
-async def run_projector(settings: Settings, index: int, count: int, stop: asyncio.Event) -> None:
-    from fleet_actors.composition import open_projector
-
-    projector = await open_projector(settings, index, count)
-    try:
-        await projector.run(stop)
-    finally:
-        await projector.close()
