@@ -16,7 +16,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="serve fleet.context.v1.ContextService over gRPC; run until SIGINT/SIGTERM",
         description="Connects to Ray, NATS, Valkey and the graph, then serves the agents' gRPC API. Prints "
         "FLEET_GATEWAY_ADDRESS=HOST:PORT and 'ready' once listening; on SIGINT or SIGTERM it reports "
-        "NOT_SERVING, lets in-flight calls finish for --grace seconds and exits.",
+        "NOT_SERVING, lets in-flight calls finish for --grace seconds and exits. TLS: FLEET_GATEWAY_TLS_CERT and "
+        "FLEET_GATEWAY_TLS_KEY (FLEET_GATEWAY_TLS_CLIENT_CA requires client certificates).",
     )
     add_settings_arguments(gateway)
     gateway.add_argument(
@@ -53,7 +54,12 @@ def _gateway(args: argparse.Namespace) -> int:
         print(f"FLEET_GATEWAY_ADDRESS={gateway.address}")
         print("ready", flush=True)
         auth = "bearer token required" if settings.gateway_token else "no authentication"
-        print(f"gateway listening on {gateway.address} ({auth}); stop with SIGTERM", file=sys.stderr, flush=True)
+        health = f"; plaintext health on port {gateway.health_port}" if gateway.health_port else ""
+        print(
+            f"gateway listening on {gateway.address} ({gateway.tls}, {auth}{health}); stop with SIGTERM",
+            file=sys.stderr,
+            flush=True,
+        )
 
     run_gateway(settings, grace=args.grace, ready=ready)
     return 0
