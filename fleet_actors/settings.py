@@ -12,14 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleet_actors.errors import ConfigurationError
+from fleet_actors.urls import redact_url
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+#: fields whose whole value is a credential (URLs are shown without their user info instead)
+_SECRET_FIELDS = frozenset({"neo4j_password", "gateway_token"})
 #: JetStream refuses more replicas than this
 MAX_STREAM_REPLICAS = 5
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Settings:
     """Connection settings and policies. Build with :meth:`from_env`; derive with :meth:`replace`."""
 
@@ -158,6 +161,18 @@ class Settings:
             values["ray_address"] = env["RAY_ADDRESS"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        """Every field, but no credential: URLs lose their user info, passwords and tokens show as ***."""
+        shown = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in _SECRET_FIELDS and value:
+                value = "***"
+            elif isinstance(value, str):
+                value = redact_url(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from fleet_actors.cli.common import add_settings_arguments, settings_from
+from fleet_actors.urls import RedactingFormatter
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,10 +46,11 @@ def _gateway(args: argparse.Namespace) -> int:
     if args.token is not None:
         settings = settings.replace(gateway_token=args.token)
     if not logging.getLogger().handlers:
-        # Unexpected errors are logged with a reference that callers see in their status message.
-        logging.basicConfig(
-            level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        # Unexpected errors are logged with a reference that callers see in their status message;
+        # no log line (message, arguments or traceback) carries a URL's credentials.
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.basicConfig(level=logging.INFO, handlers=[handler])
 
     def ready(gateway: RunningGateway) -> None:
         print(f"FLEET_GATEWAY_ADDRESS={gateway.address}")

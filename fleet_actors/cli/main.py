@@ -22,6 +22,7 @@ from fleet_actors.devstack import LocalStack
 from fleet_actors.devstack.services import GatewayProcess, start_projector_pool
 from fleet_actors.errors import StoryError
 from fleet_actors.settings import Settings
+from fleet_actors.urls import redact_url
 
 EXIT_ERROR = 2
 
@@ -210,7 +211,7 @@ def _dev_up(args: argparse.Namespace) -> int:
             services["FLEET_GATEWAY_ADDRESS"] = gateway.address
         env_file = stack.write_env_file(extra=services)
         for key, value in {**stack.env(), **services}.items():
-            print(f"{key}={value}")
+            print(f"{key}={redact_url(value)}")  # the credentials are in fleet.env (0600), not in output
         print("ready", flush=True)
         print(
             f"up in {time.monotonic() - started:.1f} s; env in {env_file}; stop with Ctrl-C or SIGTERM",

@@ -24,6 +24,7 @@ from fleet_actors.codec.state import decode_state, encode_state, state_from_json
 from fleet_actors.domain.state import StoryState
 from fleet_actors.errors import BackendUnavailable, EventDecodeError, StoryError
 from fleet_actors.settings import Settings
+from fleet_actors.urls import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ class ContextCache:
             await client.ping()
         except Exception as error:
             await client.aclose()
-            raise translate_valkey_error(error, f"connecting to {settings.valkey_url}") from None
+            raise translate_valkey_error(error, f"connecting to {redact_url(settings.valkey_url)}") from None
         return cache
 
     async def close(self) -> None:
