@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fleet_actors.errors import ConfigurationError
+from fleet_actors.errors import BackendUnavailable, ConfigurationError
 from fleet_actors.settings import Settings
 
 #: names a self-signed gateway certificate is valid for (clients dial 127.0.0.1:PORT or localhost:PORT)
@@ -101,6 +101,30 @@ def gateway_aio_channel(settings: Settings, address: str | None = None) -> grpc.
     target = address or settings.gateway_address
     credentials = channel_credentials(settings)
     return grpc.aio.secure_channel(target, credentials) if credentials else grpc.aio.insecure_channel(target)
+
+
+def gateway_health(settings: Settings, address: str | None = None, service: str = "", timeout: float = 10.0) -> str:
+    """The gateway's grpc.health.v1 status of ``service`` ("" = the server) as a name, e.g. ``SERVING``.
+
+    Raises:
+        BackendUnavailable: no answer (down, refused the TLS handshake, or plaintext against TLS).
+        ConfigurationError: a TLS file in the settings is missing or invalid.
+    """
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    target = address or settings.gateway_address
+    with gateway_channel(settings, target) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
+        except grpc.RpcError as error:
+            how = "TLS" if settings.gateway_client_tls else "plaintext"
+            raise BackendUnavailable(
+                f"the gRPC gateway at {target} does not answer a health check over {how}: "
+                f"{error.code().name} {error.details()}"  # type: ignore[attr-defined]
+            ) from None
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
 
 @dataclass(frozen=True)

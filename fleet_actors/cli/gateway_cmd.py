@@ -34,15 +34,30 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     gateway.add_argument(
         "--grace", type=float, default=10.0, help="seconds in-flight calls get to finish on shutdown (default 10)"
     )
+    gateway.add_argument(
+        "--check",
+        nargs="?",
+        const="",
+        metavar="SERVICE",
+        help="do not serve: ask the gateway at --address / FLEET_GATEWAY_ADDRESS for its health (of SERVICE, "
+        "default the server), over TLS when FLEET_GATEWAY_TLS / FLEET_GATEWAY_TLS_CA say so; print the status, "
+        "exit 0 if SERVING, 1 if not, 2 if it does not answer",
+    )
     gateway.set_defaults(func=_gateway)
 
 
 def _gateway(args: argparse.Namespace) -> int:
-    from fleet_actors.gateway import RunningGateway, run_gateway
-
     settings = settings_from(args)
     if args.address:
         settings = settings.replace(gateway_address=args.address)
+    if args.check is not None:
+        from fleet_actors.tls import gateway_health
+
+        status = gateway_health(settings, service=args.check)
+        print(status)
+        return 0 if status == "SERVING" else 1
+    from fleet_actors.gateway import RunningGateway, run_gateway  # imports Ray: not for --check
+
     if args.token is not None:
         settings = settings.replace(gateway_token=args.token)
     if not logging.getLogger().handlers:

@@ -76,21 +76,9 @@ class GatewayProcess:
         return self
 
     def _check_health(self, timeout: float = 10) -> None:
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        from fleet_actors.tls import gateway_health
 
-        from fleet_actors.tls import gateway_channel
-
-        settings = Settings.from_env(self._env)
-        with gateway_channel(settings, self.address) as channel:
-            try:
-                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
-            except grpc.RpcError as error:
-                how = "TLS" if settings.gateway_client_tls else "plaintext"
-                raise BackendUnavailable(
-                    f"the gRPC gateway on {self.address} does not answer a health check over {how}: "
-                    f"{error.code().name} {error.details()}"  # type: ignore[attr-defined]
-                ) from None
+        gateway_health(Settings.from_env(self._env), self.address, timeout=timeout)
 
     @property
     def pid(self) -> int | None:

@@ -6,13 +6,16 @@ proves that pair works with gRPC clients that trust it as their CA.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import os
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from fleet_actors.cli.main import main
 from fleet_actors.errors import ConfigurationError
 from fleet_actors.gateway import RunningGateway, serve
 from fleet_actors.proto import context_service_pb2 as pb
@@ -158,3 +161,30 @@ def test_the_self_signed_pair_is_private_and_reused(tmp_path: Path) -> None:
     renewed = ensure_self_signed(tmp_path / "tls")
     assert renewed.cert.read_bytes() != certificate
     assert renewed.key.stat().st_mode & 0o777 == 0o600
+
+
+async def test_the_cli_health_check_dials_with_tls_when_configured(
+    tls_gateway: RunningGateway,
+    certs: dict[str, CertificatePair],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The gateway answers on this test's event loop: the blocking CLI runs in a thread."""
+
+    def check(*args: str) -> Awaitable[int]:
+        return asyncio.to_thread(main, ["gateway", "--check", *args])
+
+    monkeypatch.chdir(tmp_path)  # no fleet.env of a local stack around
+    for name in [key for key in os.environ if key.startswith("FLEET_GATEWAY")]:
+        monkeypatch.delenv(name)
+    assert await check("--address", tls_gateway.address) == 2
+    assert "does not answer a health check over plaintext" in capsys.readouterr().err
+
+    monkeypatch.setenv("FLEET_GATEWAY_TLS_CA", str(certs["server"].cert))
+    assert await check("--address", tls_gateway.address) == 0
+    assert capsys.readouterr().out.split() == ["SERVING"]
+    assert await check("fleet.context.v1.ContextService", "--address", tls_gateway.address) == 0
+
+    monkeypatch.delenv("FLEET_GATEWAY_TLS_CA")  # the probes' plaintext listener
+    assert await check("--address", f"127.0.0.1:{tls_gateway.health_port}") == 0
