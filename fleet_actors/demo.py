@@ -77,13 +77,12 @@ def drive_story(client: FleetClient, story_id: str, title: str, description: str
 
 def show_gateway(settings: Settings, story_id: str) -> None:
     """Serve the agents' gRPC API for a moment and ask it for a developer's context, as an agent would."""
-    import grpc
-
     from fleet_actors.gateway import gateway_in_thread
     from fleet_actors.proto import context_service_pb2 as pb
     from fleet_actors.proto import context_service_pb2_grpc as pb_grpc
+    from fleet_actors.tls import gateway_channel
 
-    with gateway_in_thread(settings) as gateway, grpc.insecure_channel(gateway.address) as channel:
+    with gateway_in_thread(settings) as gateway, gateway_channel(settings, gateway.address) as channel:
         stub = pb_grpc.ContextServiceStub(channel)
         reply = stub.GetContext(pb.GetContextRequest(story_id=story_id, role="DEV", phase="BUILD", token_budget=400))
         print(f"\ngRPC gateway on {gateway.address}: GetContext({story_id}, DEV, BUILD, budget 400)")

@@ -15,6 +15,8 @@ that says what went wrong (a test walks every class and every ``raise``).
 
 from __future__ import annotations
 
+from fleet_actors.urls import redact_urls_in
+
 
 class StoryError(Exception):
     """Root of every error fleet-actors raises on purpose. Abstract: raise a subclass."""
@@ -30,6 +32,8 @@ class StoryError(Exception):
     change_index: int | None = None
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
+        # A message may quote a server URL or a driver's error that holds one: never its credentials.
+        message = redact_urls_in(message)
         super().__init__(message)
         self.message = message
         self.field = field

@@ -12,14 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleet_actors.errors import ConfigurationError
+from fleet_actors.urls import redact_url
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+#: fields whose whole value is a credential (URLs are shown without their user info instead)
+_SECRET_FIELDS = frozenset({"neo4j_password", "gateway_token"})
 #: JetStream refuses more replicas than this
 MAX_STREAM_REPLICAS = 5
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Settings:
     """Connection settings and policies. Build with :meth:`from_env`; derive with :meth:`replace`."""
 
@@ -72,6 +75,22 @@ class Settings:
     replay_actors: int = 2
     gateway_address: str = "127.0.0.1:50051"
     gateway_token: str = ""
+    #: the gateway serves TLS with this PEM certificate (chain) and private key (both or neither;
+    #: neither: plaintext). `fleet-actors dev up --tls` makes a self-signed pair.
+    gateway_tls_cert: str = ""
+    gateway_tls_key: str = ""
+    #: with TLS: require client certificates issued by this PEM CA bundle (mutual TLS)
+    gateway_tls_client_ca: str = ""
+    #: an extra plaintext listener (``host:port``) that serves only grpc.health.v1, for probes that
+    #: cannot speak TLS (Kubernetes' native gRPC probes); empty: none
+    gateway_health_address: str = ""
+    #: clients of the gateway (CLI, demo, probes) dial it with TLS, trusting ``gateway_tls_ca``
+    #: (a PEM bundle; empty: the system's roots); setting ``gateway_tls_ca`` alone also turns TLS on
+    gateway_tls: bool = False
+    gateway_tls_ca: str = ""
+    #: a client's own certificate and key, for a gateway that requires mutual TLS
+    gateway_tls_client_cert: str = ""
+    gateway_tls_client_key: str = ""
     data_dir: str = ".fleet"
 
     def __post_init__(self) -> None:
@@ -116,6 +135,18 @@ class Settings:
             raise ConfigurationError("FLEET_ACTOR_IDLE_SECONDS must be positive")
         if self.duplicate_window <= 0 or self.nats_timeout <= 0:
             raise ConfigurationError("FLEET_DUPLICATE_WINDOW and FLEET_NATS_TIMEOUT must be positive")
+        for first, second in (
+            ("gateway_tls_cert", "gateway_tls_key"),
+            ("gateway_tls_client_cert", "gateway_tls_client_key"),
+        ):
+            if bool(getattr(self, first)) != bool(getattr(self, second)):
+                raise ConfigurationError(
+                    f"FLEET_{first.upper()} and FLEET_{second.upper()} go together: set both or neither"
+                )
+        if self.gateway_tls_client_ca and not self.gateway_tls_cert:
+            raise ConfigurationError(
+                "FLEET_GATEWAY_TLS_CLIENT_CA (mutual TLS) needs FLEET_GATEWAY_TLS_CERT and FLEET_GATEWAY_TLS_KEY"
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -130,6 +161,18 @@ class Settings:
             values["ray_address"] = env["RAY_ADDRESS"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        """Every field, but no credential: URLs lose their user info, passwords and tokens show as ***."""
+        shown = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in _SECRET_FIELDS and value:
+                value = "***"
+            elif isinstance(value, str):
+                value = redact_url(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -146,6 +189,16 @@ class Settings:
         """Every stored event of one story. Stored subjects end in a partition token, hence ``>``:
         a ``*`` in its place would match nothing and silently disable the concurrency check."""
         return f"{self.subject_prefix}.{story_id}.>"
+
+    @property
+    def gateway_serves_tls(self) -> bool:
+        """The gateway listens with TLS (a certificate and key are configured)."""
+        return bool(self.gateway_tls_cert)
+
+    @property
+    def gateway_client_tls(self) -> bool:
+        """Clients dial the gateway with TLS."""
+        return self.gateway_tls or bool(self.gateway_tls_ca)
 
     @property
     def placement_tags(self) -> tuple[str, ...]:

@@ -63,6 +63,7 @@ from fleet_actors.devstack.ray_worker import RayWorkerNode, distinct_free_ports
 from fleet_actors.devstack.servers import ArcadeDBServer, ValkeyServer
 from fleet_actors.devstack.services import GatewayProcess
 from fleet_actors.settings import Settings
+from fleet_actors.urls import redact_url
 
 CLI = [sys.executable, "-m", "fleet_actors.cli.main"]
 #: how long one command may keep failing with retryable errors before it counts as failed
@@ -206,7 +207,7 @@ class Rehearsal:
             client_env = {**self.env(), "RAY_ADDRESS": f"ray://{LOOPBACK}:{self.head.client_server_port}"}
             self.gateway = GatewayProcess(client_env, f"{LOOPBACK}:0").start(timeout=300)
         log(
-            f"nats: {self.nats.url}; ray head {self.head.address}; second node {self.worker.node_id}; "
+            f"nats: {redact_url(self.nats.url)}; ray head {self.head.address}; second node {self.worker.node_id}; "
             f"gateway {self.gateway.address}"
         )
 

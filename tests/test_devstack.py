@@ -289,10 +289,14 @@ RAY_CLIENT = textwrap.dedent(
 
 
 async def test_dev_up_serves_until_sigterm(tmp_path: Path) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from fleet_actors.tls import gateway_aio_channel
+
     data_dir = tmp_path / "dev"
     env_file = data_dir / "fleet.env"
     cli = subprocess.Popen(
-        [sys.executable, "-m", "fleet_actors.cli.main", "dev", "up", "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "fleet_actors.cli.main", "dev", "up", "--data-dir", str(data_dir), "--tls"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -315,6 +319,10 @@ async def test_dev_up_serves_until_sigterm(tmp_path: Path) -> None:
             auth = (env["FLEET_NEO4J_USER"], env["FLEET_NEO4J_PASSWORD"])
             with neo4j.GraphDatabase.driver(env["FLEET_NEO4J_URI"], auth=auth) as driver:
                 driver.execute_query("RETURN 1", database_=env["FLEET_NEO4J_DATABASE"])
+            # the gateway, over TLS with what fleet.env gives a client
+            async with gateway_aio_channel(Settings.from_env(env), env["FLEET_GATEWAY_ADDRESS"]) as channel:
+                health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+                assert health.status == health_pb2.HealthCheckResponse.SERVING
 
             # as from a fresh shell that sourced fleet.env: none of this session's RAY_* settings
             shell_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | env
@@ -344,6 +352,51 @@ async def test_dev_up_serves_until_sigterm(tmp_path: Path) -> None:
     assert len(spawned) > 6
     assert not [pid for pid in spawned if pid_alive(pid)]
     assert not env_file.exists()
+
+
+def test_dev_up_tls_writes_a_private_pair_and_what_clients_need(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    from fleet_actors.tls import channel_credentials, server_credentials
+
+    data_dir = tmp_path / "dev"
+    env_file = data_dir / "fleet.env"
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "fleet_actors.cli.main", "dev", "up", "--data-dir", str(data_dir), "--no-ray", "--tls"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    env: dict[str, str] = {}
+    try:
+        deadline = time.monotonic() + 120
+        while not env_file.exists() and cli.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if env_file.exists():
+            env = load_env_file(env_file)
+            env_mode = env_file.stat().st_mode & 0o777
+    finally:
+        cli.send_signal(signal.SIGTERM)
+        try:
+            out, err = cli.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            cli.kill()
+            out, err = cli.communicate()
+    assert env, f"dev up --tls did not become ready (exit {cli.returncode}):\n{out}\n{err}"
+    assert cli.returncode == 0, err
+    assert env_mode == 0o600
+    assert env["FLEET_GATEWAY_TLS"] == "1"
+    cert, key = Path(env["FLEET_GATEWAY_TLS_CERT"]), Path(env["FLEET_GATEWAY_TLS_KEY"])
+    assert Path(env["FLEET_GATEWAY_TLS_CA"]) == cert  # self-signed: clients trust the certificate itself
+    assert cert.parent == (data_dir / "tls").resolve()
+    assert key.stat().st_mode & 0o777 == 0o600
+    names = x509.load_pem_x509_certificate(cert.read_bytes()).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    )
+    assert "127.0.0.1" in {str(ip) for ip in names.value.get_values_for_type(x509.IPAddress)}
+    assert key.read_text() not in out + err  # paths are printed, never the key
+    settings = Settings.from_env(env)
+    assert settings.gateway_client_tls and server_credentials(settings) and channel_credentials(settings)
 
 
 def test_a_port_is_handed_out_once_even_if_the_kernel_offers_it_again(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -131,8 +131,8 @@ class Archiver:
         if last_seq and first_seq > start and manifest.purged_through < first_seq - 1:
             raise ArchiveCorrupted(
                 f"stream {self.settings.stream_name} starts at sequence {first_seq}, but archive "
-                f"{self.archive.url} ends at {manifest.last_sequence}: events {start}..{first_seq - 1} were deleted "
-                "without being archived (a JetStream max_age, or a purge by hand)"
+                f"{self.archive.display_url} ends at {manifest.last_sequence}: events {start}..{first_seq - 1} "
+                "were deleted without being archived (a JetStream max_age, or a purge by hand)"
             )
         while start <= end:
             stop = min(start + self.segment_events - 1, end)

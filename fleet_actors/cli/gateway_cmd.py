@@ -7,6 +7,7 @@ import logging
 import sys
 
 from fleet_actors.cli.common import add_settings_arguments, settings_from
+from fleet_actors.urls import RedactingFormatter
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -16,7 +17,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="serve fleet.context.v1.ContextService over gRPC; run until SIGINT/SIGTERM",
         description="Connects to Ray, NATS, Valkey and the graph, then serves the agents' gRPC API. Prints "
         "FLEET_GATEWAY_ADDRESS=HOST:PORT and 'ready' once listening; on SIGINT or SIGTERM it reports "
-        "NOT_SERVING, lets in-flight calls finish for --grace seconds and exits.",
+        "NOT_SERVING, lets in-flight calls finish for --grace seconds and exits. TLS: FLEET_GATEWAY_TLS_CERT and "
+        "FLEET_GATEWAY_TLS_KEY (FLEET_GATEWAY_TLS_CLIENT_CA requires client certificates).",
     )
     add_settings_arguments(gateway)
     gateway.add_argument(
@@ -32,28 +34,49 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     gateway.add_argument(
         "--grace", type=float, default=10.0, help="seconds in-flight calls get to finish on shutdown (default 10)"
     )
+    gateway.add_argument(
+        "--check",
+        nargs="?",
+        const="",
+        metavar="SERVICE",
+        help="do not serve: ask the gateway at --address / FLEET_GATEWAY_ADDRESS for its health (of SERVICE, "
+        "default the server), over TLS when FLEET_GATEWAY_TLS / FLEET_GATEWAY_TLS_CA say so; print the status, "
+        "exit 0 if SERVING, 1 if not, 2 if it does not answer",
+    )
     gateway.set_defaults(func=_gateway)
 
 
 def _gateway(args: argparse.Namespace) -> int:
-    from fleet_actors.gateway import RunningGateway, run_gateway
-
     settings = settings_from(args)
     if args.address:
         settings = settings.replace(gateway_address=args.address)
+    if args.check is not None:
+        from fleet_actors.tls import gateway_health
+
+        status = gateway_health(settings, service=args.check)
+        print(status)
+        return 0 if status == "SERVING" else 1
+    from fleet_actors.gateway import RunningGateway, run_gateway  # imports Ray: not for --check
+
     if args.token is not None:
         settings = settings.replace(gateway_token=args.token)
     if not logging.getLogger().handlers:
-        # Unexpected errors are logged with a reference that callers see in their status message.
-        logging.basicConfig(
-            level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        # Unexpected errors are logged with a reference that callers see in their status message;
+        # no log line (message, arguments or traceback) carries a URL's credentials.
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.basicConfig(level=logging.INFO, handlers=[handler])
 
     def ready(gateway: RunningGateway) -> None:
         print(f"FLEET_GATEWAY_ADDRESS={gateway.address}")
         print("ready", flush=True)
         auth = "bearer token required" if settings.gateway_token else "no authentication"
-        print(f"gateway listening on {gateway.address} ({auth}); stop with SIGTERM", file=sys.stderr, flush=True)
+        health = f"; plaintext health on port {gateway.health_port}" if gateway.health_port else ""
+        print(
+            f"gateway listening on {gateway.address} ({gateway.tls}, {auth}{health}); stop with SIGTERM",
+            file=sys.stderr,
+            flush=True,
+        )
 
     run_gateway(settings, grace=args.grace, ready=ready)
     return 0

@@ -23,6 +23,7 @@ from fleet_actors.devstack import LocalStack
 from fleet_actors.devstack.services import GatewayProcess, start_projector_pool
 from fleet_actors.errors import StoryError
 from fleet_actors.settings import Settings
+from fleet_actors.urls import redact_url
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +74,12 @@ def _register_dev(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         help="where the servers keep their data (default: FLEET_DATA_DIR or .fleet)",
     )
     up.add_argument("--no-ray", dest="ray", action="store_false", help="do not start a Ray head")
+    up.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve the gateway with TLS: a self-signed certificate and key (0600) in DIR/tls, reused while "
+        "valid; fleet.env tells clients to dial with TLS and trust that certificate",
+    )
     up.add_argument("--ray-cpus", type=int, default=2, help="CPUs the Ray head offers (default: 2)")
     up.add_argument(
         "--nats-sync-interval",
@@ -168,6 +175,20 @@ def _raise_shutdown(signum: int, frame: FrameType | None) -> None:
     raise _Shutdown(signal.Signals(signum).name)
 
 
+def _gateway_tls_env(directory: Path) -> dict[str, str]:
+    """The gateway's self-signed pair (made once per data dir) as FLEET_* settings for it and its clients."""
+    from fleet_actors.tls import ensure_self_signed
+
+    pair = ensure_self_signed(directory)
+    return {
+        "FLEET_GATEWAY_TLS_CERT": str(pair.cert),
+        "FLEET_GATEWAY_TLS_KEY": str(pair.key),
+        # what a client needs: dial with TLS, trust the self-signed certificate (its own CA)
+        "FLEET_GATEWAY_TLS": "1",
+        "FLEET_GATEWAY_TLS_CA": str(pair.cert),
+    }
+
+
 def _dev_up(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir or Settings.from_env().data_path
     stack = LocalStack(data_dir, ray=args.ray, ray_cpus=args.ray_cpus, nats_sync_interval=args.nats_sync_interval)
@@ -181,15 +202,15 @@ def _dev_up(args: argparse.Namespace) -> int:
         started = time.monotonic()
         print(f"starting the local stack in {stack.data_dir} ...", file=sys.stderr, flush=True)
         stack.start()
-        services: dict[str, str] = {}
+        services: dict[str, str] = _gateway_tls_env(stack.data_dir / "tls") if args.tls else {}
         if args.ray:
             print("starting the projectors and the gRPC gateway ...", file=sys.stderr, flush=True)
             start_projector_pool(stack.env())
-            gateway = GatewayProcess(stack.env()).start()
+            gateway = GatewayProcess({**stack.env(), **services}).start()
             services["FLEET_GATEWAY_ADDRESS"] = gateway.address
         env_file = stack.write_env_file(extra=services)
         for key, value in {**stack.env(), **services}.items():
-            print(f"{key}={value}")
+            print(f"{key}={redact_url(value)}")  # the credentials are in fleet.env (0600), not in output
         print("ready", flush=True)
         print(
             f"up in {time.monotonic() - started:.1f} s; env in {env_file}; stop with Ctrl-C or SIGTERM",

@@ -22,6 +22,7 @@ from fleet_actors.devstack.process import LOOPBACK
 from fleet_actors.devstack.ray_worker import distinct_free_ports
 from fleet_actors.devstack.servers import NatsServer, _http_status
 from fleet_actors.errors import BackendUnavailable
+from fleet_actors.urls import redact_url
 
 
 class NatsClusterNode(NatsServer):
@@ -163,7 +164,7 @@ class NatsCluster:
         return self.node(str(self.stream_cluster(stream)["leader"]))
 
     def __repr__(self) -> str:
-        return f"NatsCluster({[n.server_name for n in self.nodes]!r}, url={self.url!r})"
+        return f"NatsCluster({[n.server_name for n in self.nodes]!r}, url={redact_url(self.url)!r})"
 
 
 def _stream_view(node: NatsClusterNode, stream: str) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import ClassVar, Self
 
 from fleet_actors.errors import BackendUnavailable, ConfigurationError
+from fleet_actors.urls import redact_url
 
 LOOPBACK = "127.0.0.1"
 INSTALL_HINT = "pip install -e '.[dev]'"
@@ -245,7 +246,7 @@ class ManagedServer(ABC):
         return BackendUnavailable(f"{self.name} on port {self.port} {what}{detail}")
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(url={self.url!r}, pid={self.pid}, data_dir={str(self.data_dir)!r})"
+        return f"{type(self).__name__}(url={redact_url(self.url)!r}, pid={self.pid}, data_dir={str(self.data_dir)!r})"
 
 
 def terminate_session(sid: int, timeout: float) -> None:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping
 
 from fleet_actors.errors import BackendUnavailable
+from fleet_actors.settings import Settings
 
 CLI = [sys.executable, "-m", "fleet_actors.cli.main"]
 
@@ -33,7 +34,8 @@ def start_projector_pool(stack_env: Mapping[str, str], timeout: float = 180) -> 
 
 
 class GatewayProcess:
-    """`fleet-actors gateway` as a child process; ``address`` once it printed ``ready``."""
+    """`fleet-actors gateway` as a child process; ``address`` once it printed ``ready`` and answered a
+    health check (over TLS when the stack's settings ask for it)."""
 
     def __init__(self, stack_env: Mapping[str, str], address: str = "127.0.0.1:0") -> None:
         self._env = _environment(stack_env)
@@ -66,7 +68,17 @@ class GatewayProcess:
             if self._process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise BackendUnavailable("the gRPC gateway did not start; see its log above")
+        try:
+            self._check_health()
+        except BaseException:
+            self.stop()
+            raise
         return self
+
+    def _check_health(self, timeout: float = 10) -> None:
+        from fleet_actors.tls import gateway_health
+
+        gateway_health(Settings.from_env(self._env), self.address, timeout=timeout)
 
     @property
     def pid(self) -> int | None:

@@ -28,6 +28,7 @@ from fleet_actors.gateway.scope_policy import ScopePolicy
 from fleet_actors.gateway.servicer import Backends, ContextServicer
 from fleet_actors.proto import context_service_pb2, context_service_pb2_grpc
 from fleet_actors.settings import Settings
+from fleet_actors.tls import server_credentials
 
 SERVICE_NAME = context_service_pb2.DESCRIPTOR.services_by_name["ContextService"].full_name
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -99,10 +100,19 @@ class RunningGateway:
         servicer: ContextServicer,
         health: health.aio.HealthServicer,
         backends: Backends,
+        *,
+        tls: str = "plaintext",
+        health_server: grpc.aio.Server | None = None,
+        health_port: int | None = None,
     ) -> None:
         self.server = server
         self.host = host
         self.port = port
+        #: "plaintext", "TLS" or "mutual TLS"
+        self.tls = tls
+        #: the plaintext health-only listener (``gateway_health_address``), if any
+        self.health_server = health_server
+        self.health_port = health_port
         self._servicer = servicer
         self._health = health
         self._backends = backends
@@ -151,6 +161,8 @@ class RunningGateway:
         await self._health.enter_graceful_shutdown()
         self._servicer.close()
         try:
+            if self.health_server is not None:
+                await self.health_server.stop(grace)
             await self.server.stop(grace)
         finally:
             await self._backends.close()
@@ -178,15 +190,22 @@ async def serve(
         policy: the scope policy (default: :meth:`ScopePolicy.load`).
         health_interval: seconds between the backend checks behind the ContextService's health.
 
+    TLS comes from the settings: ``gateway_tls_cert`` and ``gateway_tls_key`` (and, for mutual TLS,
+    ``gateway_tls_client_ca``); ``gateway_health_address`` adds a plaintext listener that serves
+    only the health service.
+
     Returns:
         The running gateway; call :meth:`RunningGateway.stop` to shut it down.
 
     Raises:
-        ConfigurationError: the address cannot be bound or the policy file is invalid.
+        ConfigurationError: the address cannot be bound, a TLS file is missing or invalid, or the
+            policy file is invalid.
         BackendUnavailable: a backend cannot be reached.
     """
     address = address or settings.gateway_address
     token = settings.gateway_token if token is None else token
+    credentials = server_credentials(settings)  # before connecting anything: a bad file fails at once
+    tls = "plaintext" if credentials is None else "mutual TLS" if settings.gateway_tls_client_ca else "TLS"
     policy = policy or ScopePolicy.load()
     host, _, _ = address.rpartition(":")
     connect_ray(settings)
@@ -208,19 +227,42 @@ async def serve(
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
         )
-        try:
-            port = server.add_insecure_port(address)
-        except RuntimeError as error:
-            raise ConfigurationError(f"the gateway cannot listen on {address}: {error}") from None
+        port = _listen(server, address, credentials)
+        health_server = health_port = None
+        if settings.gateway_health_address:
+            health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+            health_port = _listen(health_server, settings.gateway_health_address, None)
         await server.start()
+        if health_server is not None:
+            await health_server.start()
         for service in ("", SERVICE_NAME):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     except BaseException:
         await backends.close()
         raise
-    running = RunningGateway(server, host, port, servicer, health_servicer, backends)
+    running = RunningGateway(
+        server,
+        host,
+        port,
+        servicer,
+        health_servicer,
+        backends,
+        tls=tls,
+        health_server=health_server,
+        health_port=health_port,
+    )
     running.watch_backends(health_interval)
     return running
+
+
+def _listen(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    try:
+        if credentials is None:
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, credentials)
+    except RuntimeError as error:
+        raise ConfigurationError(f"the gateway cannot listen on {address}: {error}") from None
 
 
 @contextlib.contextmanager

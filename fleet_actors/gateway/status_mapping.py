@@ -4,11 +4,14 @@ Deliberate errors (:class:`~fleet_actors.errors.StoryError`) are answered with t
 class declares (``grpc_status``: the table is ``fleet_actors/errors.py``), with details that name
 the bad field; anything else is a bug or an outage we did not foresee: it is logged with its
 traceback under a reference the caller gets, and answered with INTERNAL (or UNAVAILABLE for Ray
-failures) -- never UNKNOWN with a traceback.
+failures) -- never UNKNOWN with a traceback. Whatever the details say, they never carry a URL's
+user info (:func:`~fleet_actors.urls.redact_urls_in`, the last line of defence behind the errors'
+own messages).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from dataclasses import dataclass
@@ -17,6 +20,7 @@ import grpc
 import ray.exceptions
 
 from fleet_actors.errors import StoryError
+from fleet_actors.urls import redact_urls_in
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +55,13 @@ def rpc_failure(error: BaseException) -> RpcFailure:
         error: what the handler raised (never ``asyncio.CancelledError``: that must propagate).
 
     Returns:
-        The status code, a message for the caller and the trailing metadata.
+        The status code, a message for the caller (no credentials in it) and the trailing metadata.
     """
+    failure = _failure(error)
+    return dataclasses.replace(failure, details=redact_urls_in(failure.details))
+
+
+def _failure(error: BaseException) -> RpcFailure:
     if isinstance(error, StoryError):
         # A deliberate error: its class names its status, and its message is safe to show.
         return RpcFailure(grpc.StatusCode[error.grpc_status], _details(error), error.code, error.field)

@@ -32,6 +32,7 @@ from fleet_actors.domain.events import Alternative
 from fleet_actors.domain.state import Phase, RelationType, SubtaskStatus
 from fleet_actors.errors import InvalidCommand
 from fleet_actors.migration.mapping import DEFAULT_MAPPING, LegacyMapping
+from fleet_actors.urls import redact_url
 
 DEFAULT_PAGE_SIZE = 100
 PHASES = frozenset(p.value for p in Phase)
@@ -531,7 +532,7 @@ class LegacyReader:
                 result = await session.run(cypher, parameters)
                 return [record async for record in result]
         except Exception as error:
-            raise translate_neo4j_error(error, f"reading the legacy graph at {self._source.uri}") from None
+            raise translate_neo4j_error(error, f"reading the legacy graph at {redact_url(self._source.uri)}") from None
 
     async def list_stories(self, *, story_prefix: str = "", since: dt.datetime | None = None) -> StoryListing:
         """Every readable story id (optionally only those starting with ``story_prefix``), sorted."""

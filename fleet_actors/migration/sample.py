@@ -42,6 +42,7 @@ from fleet_actors.migration.legacy_reader import (
     LegacySubtask,
 )
 from fleet_actors.migration.mapping import DEFAULT_MAPPING, LegacyMapping, load_mapping
+from fleet_actors.urls import redact_url
 
 DEFAULT_STORIES = 300
 WRITE_PAGE = 50
@@ -447,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"wrote {len(stories)} stories, {sum(len(s.subtasks) for s in stories)} subtasks, "
         f"{sum(len(s.decisions) for s in stories)} decisions, {sum(len(s.milestones) for s in stories)} milestones"
-        f"{f', {len(report.faults)} malformed nodes or edges' if report.faults else ''} to {args.uri}"
+        f"{f', {len(report.faults)} malformed nodes or edges' if report.faults else ''} to {redact_url(args.uri)}"
     )
     for story_id, fault in report.faults:
         print(f"  {story_id}: {fault}")

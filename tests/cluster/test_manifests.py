@@ -220,14 +220,37 @@ def test_gateway_probes_use_the_grpc_health_service() -> None:
     service = context_service_pb2.DESCRIPTOR.services_by_name["ContextService"].full_name
     gateway = by_kind("Deployment", "fleet-gateway")
     (container,) = gateway["spec"]["template"]["spec"]["containers"]
-    port = {p["name"]: p["containerPort"] for p in container["ports"]}["grpc"]
-    address = next(e["value"] for e in container["env"] if e["name"] == "FLEET_GATEWAY_ADDRESS")
-    assert address.endswith(f":{port}")
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["FLEET_GATEWAY_ADDRESS"].endswith(f":{ports['grpc']}")
+    # the API port serves TLS, which native gRPC probes cannot speak: they use the plaintext health-only port
+    assert env["FLEET_GATEWAY_HEALTH_ADDRESS"].endswith(f":{ports['health']}")
+    port = ports["health"]
     assert container["readinessProbe"]["grpc"] == {"port": port, "service": service}
     for probe in ("livenessProbe", "startupProbe"):
         assert container[probe]["grpc"]["port"] == port
+    service_ports = {p["targetPort"] for p in by_kind("Service", "fleet-gateway")["spec"]["ports"]}
+    assert service_ports == {"grpc"}, "only the TLS port is exposed"
     grace = float(container["command"][container["command"].index("--grace") + 1])
     assert gateway["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > grace
+
+
+def test_the_gateway_serves_tls_from_a_mounted_secret() -> None:
+    from fleet_actors.settings import Settings
+
+    pod = by_kind("Deployment", "fleet-gateway")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("FLEET_GATEWAY") and v})
+    assert settings.gateway_serves_tls
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (mount,) = [m for m in container["volumeMounts"] if volumes[m["name"]].get("secret")]
+    secret = volumes[mount["name"]]["secret"]
+    assert mount["readOnly"] and secret["secretName"] == "fleet-gateway-tls"
+    assert secret["defaultMode"] & 0o007 == 0, "the key is not world-readable"
+    for path in (settings.gateway_tls_cert, settings.gateway_tls_key):
+        assert path.startswith(mount["mountPath"] + "/") and path.rsplit("/", 1)[1] in ("tls.crt", "tls.key")
+    assert "secret tls fleet-gateway-tls" in SECRETS_SCRIPT.read_text()
 
 
 def test_every_container_has_resource_requests_and_a_memory_limit() -> None:

@@ -106,7 +106,7 @@ class ArchivedEventStore(EventStore):
                     self._manifest = await self.archive.manifest()
         if self._manifest.last_sequence < sequence:
             raise ArchiveCorrupted(
-                f"the stream has deleted events up to sequence {sequence} but archive {self.archive.url} "
+                f"the stream has deleted events up to sequence {sequence} but archive {self.archive.display_url} "
                 f"only covers {self._manifest.last_sequence}"
             )
         return self._manifest

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from fleet_actors.codec import decode_event
 from fleet_actors.errors import ArchiveCorrupted, ArchiveUnavailable, EventDecodeError
+from fleet_actors.urls import redact_url
 
 MANIFEST = "manifest.json"
 SEGMENTS = "segments"
@@ -162,11 +163,13 @@ class Archive:
         if not url:
             raise ArchiveUnavailable("no archive configured: set FLEET_ARCHIVE_URL")
         self.url = url.rstrip("/")
+        #: the URL as messages show it (no user info)
+        self.display_url = redact_url(self.url)
         self.stream = stream
         try:
             self.fs, self.root = fsspec.core.url_to_fs(self.url, **storage_options)
         except (ImportError, ValueError) as error:
-            raise ArchiveUnavailable(f"cannot open archive {url!r}: {error}") from None
+            raise ArchiveUnavailable(f"cannot open archive {self.display_url!r}: {error}") from None
         self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
         self._cache: OrderedDict[str, pa.Table] = OrderedDict()
 
@@ -182,7 +185,7 @@ class Archive:
         except FileNotFoundError:
             raise
         except Exception as error:
-            raise ArchiveUnavailable(f"cannot read {name} from archive {self.url}: {error}") from None
+            raise ArchiveUnavailable(f"cannot read {name} from archive {self.display_url}: {error}") from None
 
     def _write_atomic(self, name: str, data: bytes) -> None:
         """A reader sees the old file or the new one, never a part: a temp name then a rename on a
@@ -199,7 +202,7 @@ class Archive:
             else:
                 self.fs.pipe_file(self.path(name), data)
         except Exception as error:
-            raise ArchiveUnavailable(f"cannot write {name} to archive {self.url}: {error}") from None
+            raise ArchiveUnavailable(f"cannot write {name} to archive {self.display_url}: {error}") from None
 
     def load_manifest_sync(self) -> Manifest:
         try:
@@ -209,7 +212,7 @@ class Archive:
         manifest = Manifest.from_json(data)
         if manifest.stream != self.stream:
             raise ArchiveCorrupted(
-                f"archive {self.url} belongs to stream {manifest.stream}, not {self.stream}; "
+                f"archive {self.display_url} belongs to stream {manifest.stream}, not {self.stream}; "
                 "use another FLEET_ARCHIVE_URL"
             )
         return manifest
@@ -270,7 +273,7 @@ class Archive:
         try:
             data = self._read_bytes(info.name)
         except FileNotFoundError:
-            raise ArchiveCorrupted(f"archive segment {info.name} is missing from {self.url}") from None
+            raise ArchiveCorrupted(f"archive segment {info.name} is missing from {self.display_url}") from None
         if hashlib.sha256(data).hexdigest() != info.sha256:
             raise ArchiveCorrupted(f"archive segment {info.name} does not match its checksum")
         table = pq.read_table(io.BytesIO(data), columns=list(columns) if columns else None)
@@ -321,7 +324,7 @@ class Archive:
         except FileNotFoundError:
             pass
         except Exception as error:
-            raise ArchiveUnavailable(f"cannot delete {name} from archive {self.url}: {error}") from None
+            raise ArchiveUnavailable(f"cannot delete {name} from archive {self.display_url}: {error}") from None
 
     # --- async API ----------------------------------------------------------------------------
 

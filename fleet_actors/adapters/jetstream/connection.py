@@ -23,6 +23,7 @@ from nats.js.manager import JetStreamManager
 
 from fleet_actors.errors import BackendUnavailable, ConfigurationError, ConnectionInterrupted, ServerTooOld, StoryError
 from fleet_actors.settings import Settings
+from fleet_actors.urls import redact_url
 
 MIN_SERVER_VERSION = (2, 12, 0)
 
@@ -101,13 +102,13 @@ async def connect_nats(settings: Settings, *, name: str = "fleet-actors") -> Cli
             timeout=settings.nats_timeout * 2,
         )
     except Exception as error:
-        raise translate_nats_error(error, f"connecting to {settings.nats_url}") from None
+        raise translate_nats_error(error, f"connecting to {redact_url(settings.nats_url)}") from None
     version = nc.connected_server_version
     if (version.major, version.minor, version.patch) < MIN_SERVER_VERSION:
         with contextlib.suppress(Exception):
             await nc.close()
         raise ServerTooOld(
-            f"nats-server {version} at {settings.nats_url} is too old: fleet-actors needs 2.12 or newer "
+            f"nats-server {version} at {redact_url(settings.nats_url)} is too old: fleet-actors needs 2.12 or newer "
             "(older servers silently ignore the per-story concurrency header and atomic batches)"
         )
     return nc

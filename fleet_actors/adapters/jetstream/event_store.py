@@ -38,6 +38,7 @@ from fleet_actors.errors import (
 )
 from fleet_actors.ports.event_store import AppendResult, EventStore, StoredEvent
 from fleet_actors.settings import Settings
+from fleet_actors.urls import redact_url
 
 H_MSG_ID = "Nats-Msg-Id"
 H_EXPECTED_SEQ = "Nats-Expected-Last-Subject-Sequence"
@@ -163,7 +164,7 @@ class JetStreamEventStore(EventStore):
         cannot wait that long fails with a definite outcome (not after three timed-out attempts)."""
         if not await self._connected_within(self._settings.nats_timeout):
             raise BackendUnavailable(
-                f"cannot reach NATS at {self._settings.nats_url}: nothing was appended to story "
+                f"cannot reach NATS at {redact_url(self._settings.nats_url)}: nothing was appended to story "
                 f"{story_id!r}; retry the command"
             )
 

@@ -24,6 +24,7 @@ from fleet_actors.domain.state import StoryState
 from fleet_actors.errors import BackendError, BackendUnavailable, EventDecodeError, StoryError
 from fleet_actors.ports.read_models import ContextDocument, ContextDocuments
 from fleet_actors.settings import Settings
+from fleet_actors.urls import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ async def connect_valkey(settings: Settings) -> valkey_async.Valkey:
         await client.ping()
     except Exception as error:
         await client.aclose()
-        raise translate_valkey_error(error, f"connecting to {settings.valkey_url}") from None
+        raise translate_valkey_error(error, f"connecting to {redact_url(settings.valkey_url)}") from None
     return client
 
 
