@@ -8,8 +8,8 @@ import socket
 
 import grpc
 import pytest
-from fleet_actors.archive.segments import Archive
 
+from fleet_actors.adapters.archive.segments import Archive
 from fleet_actors.adapters.jetstream.connection import connect_nats, translate_nats_error
 from fleet_actors.adapters.neo4j.graph_store import translate_neo4j_error
 from fleet_actors.adapters.valkey.context_cache import ContextCache, translate_valkey_error
