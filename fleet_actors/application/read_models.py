@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from fleet_actors.domain import rules
@@ -67,3 +68,24 @@ class ReadModels:
                 raise ProjectionTimeout(f"story {story_id!r} not projected to version {version} in {timeout}s ({seen})")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
+
+    async def fresh_context(
+        self, story_id: str, head: Awaitable[int], timeout: float
+    ) -> tuple[ContextView | None, int]:
+        """The context document once it reflects the story's head (every write acknowledged before the
+        call), waiting at most ``timeout`` seconds; past it, what is there. Returns the view (None if
+        the story has no document yet) and the head it had to reach.
+
+        The head is read while the document is: a read model that is already caught up costs no more
+        than the slower of the two reads.
+        """
+        rules.check_id(story_id, "story_id")
+        document, target = await asyncio.gather(self.cache.get(story_id), head)
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while (document is None or document.version < target) and time.monotonic() < deadline:
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.1)
+            document = await self.cache.get(story_id)
+        view = None if document is None else ContextView(story_id, document.version, None, document.state)
+        return view, target

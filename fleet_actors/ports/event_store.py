@@ -52,6 +52,10 @@ class EventStore(ABC):
         """Sequence of the story's last event, 0 if it has none."""
 
     @abstractmethod
+    async def head_version(self, story_id: str) -> int:
+        """The version of the story's last event, 0 if it has none (what a fresh read must reflect)."""
+
+    @abstractmethod
     async def story_ids(self) -> list[str]:
         """Every story in the log (those with a creation event), sorted."""
 

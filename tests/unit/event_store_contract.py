@@ -32,7 +32,16 @@ class EventStoreContract:
 
     async def test_new_story_is_empty(self, store: EventStore, story_id):
         assert await store.last_sequence(story_id) == 0
+        assert await store.head_version(story_id) == 0
         assert await store.read_all(story_id) == []
+
+    async def test_head_version_and_story_listing(self, store: EventStore, story_id):
+        first = await store.append(story_id, 0, [envelope(story_id, 1, ContextCreated("t"))])
+        await store.append(story_id, first.last_sequence, [envelope(story_id, 2), envelope(story_id, 3)])
+        assert await store.head_version(story_id) == 3
+        assert story_id in await store.story_ids()
+        raw = [sequence async for sequence, _ in store.read_raw(story_id)]
+        assert raw == [e.sequence for e in await store.read_all(story_id)]
 
     async def test_append_then_read_in_order(self, store: EventStore, story_id):
         first = await store.append(story_id, 0, [envelope(story_id, 1, ContextCreated("t"))])

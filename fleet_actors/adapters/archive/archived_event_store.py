@@ -71,6 +71,9 @@ class ArchivedEventStore(EventStore):
         async for sequence, data in self.read_raw(story_id, after_sequence):
             yield StoredEvent(decode_event(data), sequence)
 
+    async def head_version(self, story_id: str) -> int:
+        return await self.stream.head_version(story_id)  # the archiver always keeps a story's head
+
     async def story_ids(self) -> list[str]:
         """The stream's stories and those whose creation is past the retention horizon (archive only)."""
         stories = set(await self.stream.story_ids())

@@ -224,6 +224,18 @@ class JetStreamEventStore(EventStore):
     async def last_sequence(self, story_id: str) -> int:
         return (await self._head(story_id))[0]
 
+    async def head_version(self, story_id: str) -> int:
+        # Any replica may answer: a fresh read needs what was acknowledged before it, and an append
+        # is acknowledged once a quorum stored it, which a direct get of the last message sees.
+        with nats_errors(f"reading the head of story {story_id}"):
+            try:
+                msg = await self._jsm.get_last_msg(
+                    self._settings.stream_name, self._settings.story_filter(story_id), direct=True
+                )
+            except nats.js.errors.NotFoundError:
+                return 0
+        return decode_event(msg.data or b"").version
+
     async def read(self, story_id: str, after_sequence: int = 0) -> AsyncIterator[StoredEvent]:
         async for sequence, data in self._read_raw(story_id, after_sequence):
             yield StoredEvent(decode_event(data), sequence)

@@ -43,6 +43,10 @@ class InMemoryEventStore(EventStore):
         async for event in self.read(story_id, after_sequence):
             yield event.sequence, encode_event(event.envelope)
 
+    async def head_version(self, story_id: str) -> int:
+        versions = [e.envelope.version for e in self._log if e.envelope.story_id == story_id]
+        return versions[-1] if versions else 0
+
     async def story_ids(self) -> list[str]:
         return sorted({e.envelope.story_id for e in self._log if e.envelope.version == 1})
 
