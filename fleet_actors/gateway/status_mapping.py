@@ -101,6 +101,9 @@ def rpc_failure(error: BaseException) -> RpcFailure:
 
 
 def _details(error: StoryError) -> str:
-    if error.field and error.field not in error.message:
-        return f"{error.field}: {error.message}"
-    return error.message
+    message = error.message
+    if isinstance(error, StoryNotFound) and "not found" not in message.lower():
+        message = f"{message} (not found)"  # callers of the Context Service look for these words
+    if error.field and error.field not in message:
+        return f"{error.field}: {message}"
+    return message
