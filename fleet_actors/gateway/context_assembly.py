@@ -429,6 +429,7 @@ def story_event(envelope: EventEnvelope) -> pb.StoryEvent:
         event_id=envelope.event_id,
         payload_json=json.dumps(dataclasses.asdict(envelope.payload), sort_keys=True),
         story_id=envelope.story_id,
+        redacted=envelope.redacted,
     )
     message.timestamp.FromDatetime(envelope.timestamp)
     return message

@@ -430,9 +430,11 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
         """Per-role packs from the context read model, the timeline from the log; optionally persisted."""
         r = request
         case_id = rules.check_id(r.case_id, "case_id")
+        requested: dict[str, tuple[str, str]] = {}  # pack key -> the role as sent, and its field
         for i, role in enumerate(r.roles):
-            self._policy.resolve(role, "", role_field=f"roles[{i}]")  # shape only
-        roles = list(dict.fromkeys(role.strip().upper() for role in r.roles)) or list(self._policy.agent_roles)
+            self._policy.resolve(role, "", role_field=f"roles[{i}]")  # shape only: unknown roles are answered
+            requested.setdefault(role.strip().upper(), (role, f"roles[{i}]"))
+        roles = list(requested) or list(self._policy.agent_roles)
         timeline_events = _non_negative(r.timeline_events, "timeline_events") or DEFAULT_TIMELINE_EVENTS
         timeline_events = min(timeline_events, MAX_TIMELINE_EVENTS)
         ttl = _non_negative(r.ttl_seconds, "ttl_seconds") or DEFAULT_BUNDLE_TTL
@@ -451,7 +453,8 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
             timeline = [self._shown(e) for e in timeline]
         packs, warnings = {}, []
         for role in roles:
-            scope, notes = self._policy.resolve(role, state.phase)
+            given, field = requested.get(role, (role, "role"))
+            scope, notes = self._policy.resolve(given, state.phase, role_field=field)
             warnings.extend(notes)
             packs[role] = role_pack(state, scope, include_summaries=r.include_summaries, timeline=timeline)
         response = pb.RehydrateSessionResponse(
