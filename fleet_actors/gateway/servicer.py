@@ -246,6 +246,11 @@ def _node_id(eid: str, props: Mapping[str, Any]) -> str:
     return str(props.get("uid") or props.get("story_id") or eid)
 
 
+def _is_key(name: str) -> bool:
+    """Graph properties that are ids (references, never redacted)."""
+    return name == "uid" or name.endswith("_id")
+
+
 # --- small request helpers ------------------------------------------------------------------
 
 
@@ -320,6 +325,15 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
         #: secret patterns redacted before appending (empty: off) and in responses (empty: off)
         self._append_redaction = patterns if settings.redact_on_append else ()
         self._response_redaction = patterns if settings.redact_responses else ()
+
+    def _shown_properties(self, props: Mapping[str, Any]) -> Mapping[str, Any]:
+        """A graph node's properties as responses carry them: text values with secrets redacted."""
+        if not self._response_redaction:
+            return props
+        return {
+            k: redact_value(v, self._response_redaction)[0] if isinstance(v, str) and not _is_key(k) else v
+            for k, v in props.items()
+        }
 
     def _shown(self, value: Any) -> Any:
         """``value`` (a state or an event envelope) as responses carry it: with secrets redacted."""
@@ -525,12 +539,13 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
                 f"more than {MAX_GRAPH_RELATIONSHIPS} relationships; the first {MAX_GRAPH_RELATIONSHIPS} shown"
             )
             rows = rows[:MAX_GRAPH_RELATIONSHIPS]
-        node = _graph_node(root["eid"], root["labels"], root["props"])
+        shown = self._shown_properties
+        node = _graph_node(root["eid"], root["labels"], shown(root["props"]))
         neighbours: dict[str, pb.GraphNode] = {}
         relationships = []
         for row in rows:
-            src = _graph_node(row["src"], row["src_labels"], row["src_props"])
-            dst = _graph_node(row["dst"], row["dst_labels"], row["dst_props"])
+            src = _graph_node(row["src"], row["src_labels"], shown(row["src_props"]))
+            dst = _graph_node(row["dst"], row["dst_labels"], shown(row["dst_props"]))
             for end in (src, dst):
                 if end.id != node.id:
                     neighbours.setdefault(end.id, end)

@@ -1,4 +1,5 @@
-"""Item 6: secrets are redacted before they are appended, and in every response carrying stored text."""
+"""Item 6: secrets are redacted before they are appended, and in every response carrying stored text
+(GetGraphRelationships included: its node properties are stored text too)."""
 
 from __future__ import annotations
 
@@ -74,6 +75,9 @@ async def test_every_response_with_stored_text_is_redacted(strict: Compat) -> No
                                    min_version=3)
     )  # fmt: skip
     history = await stub.GetStoryHistory(pb.GetStoryHistoryRequest(story_id=sid))
+    graph = await stub.GetGraphRelationships(pb.GetGraphRelationshipsRequest(node_id=sid, node_type="Story",
+                                                                            min_version=3))  # fmt: skip
+    assert "[REDACTED:connection_string]" in graph.node.properties["description"]
     watched = []
     call = stub.WatchStory(pb.WatchStoryRequest(story_id=sid, from_version=1))
     async for event in call:
@@ -83,7 +87,7 @@ async def test_every_response_with_stored_text_is_redacted(strict: Compat) -> No
     call.cancel()
     for response in (context, at_time, packs, history, *watched[1:2]):
         assert_redacted(text_of(response), operator=True)
-    for response in (context, at_time, packs, history, *watched):
+    for response in (context, at_time, packs, history, graph, *watched):
         text = text_of(response)
         assert "R3adOnly9" not in text and "s3cr3t!9" not in text
     for near_miss in ("reset your password before logging in", "we use sk-learn for the model"):
