@@ -175,7 +175,7 @@ async def serve(
             token (``gateway_token``).
         address: ``host:port`` to listen on; port 0 picks a free port.
         token: require this bearer token (empty: no authentication).
-        policy: the scope policy (default: :meth:`ScopePolicy.load`).
+        policy: the scope policy (default: :meth:`ScopePolicy.load` of ``settings.scope_policy_file``).
         health_interval: seconds between the backend checks behind the ContextService's health.
 
     Returns:
@@ -187,7 +187,7 @@ async def serve(
     """
     address = address or settings.gateway_address
     token = settings.gateway_token if token is None else token
-    policy = policy or ScopePolicy.load()
+    policy = policy or ScopePolicy.load(settings.scope_policy_file or None)
     host, _, _ = address.rpartition(":")
     connect_ray(settings)
     backends = await Backends.connect(settings)

@@ -57,6 +57,14 @@ async def test_each_caller_shape_becomes_events_and_keeps_every_key(compat: Comp
     assert state.decisions["D1"].status == "RESOLVED"
     assert {k: s.status for k, s in state.subtasks.items()} == {"T1": "DONE", "T2": "DONE"}
     assert (state.plan_id, state.plan_version, state.plan_status) == ("P-9", 2, "APPROVED")
+    graph = await compat.stub.GetGraphRelationships(
+        compat.pb.GetGraphRelationshipsRequest(node_id=f"{sid}/D1", node_type="Decision", min_version=response.version)
+    )
+    assert graph.node.properties["status"] == "RESOLVED"  # the read models follow the status events
+    context = await compat.stub.GetContext(
+        compat.pb.GetContextRequest(story_id=sid, role="qa", phase="TEST", min_version=response.version)
+    )
+    assert "[D1] Cache reads in Valkey (ARCHITECTURE, RESOLVED)" in context.context
 
 
 async def test_what_cannot_be_applied_is_skipped_and_the_rest_appended_together(compat: Compat) -> None:
