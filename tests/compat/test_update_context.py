@@ -65,6 +65,12 @@ async def test_each_caller_shape_becomes_events_and_keeps_every_key(compat: Comp
         compat.pb.GetContextRequest(story_id=sid, role="qa", phase="TEST", min_version=response.version)
     )
     assert "[D1] Cache reads in Valkey (ARCHITECTURE, RESOLVED)" in context.context
+    assert "Plan P-9 version 2, APPROVED" in context.context
+    packs = await compat.stub.RehydrateSession(
+        compat.pb.RehydrateSessionRequest(case_id=sid, roles=["qa"], min_version=response.version)
+    )
+    header = packs.packs["QA"].plan_header
+    assert (header.plan_id, header.version, header.status, header.completed_subtasks) == ("P-9", 2, "APPROVED", 2)
 
 
 async def test_what_cannot_be_applied_is_skipped_and_the_rest_appended_together(compat: Compat) -> None:
