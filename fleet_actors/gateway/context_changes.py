@@ -288,9 +288,7 @@ def _plan_one(
             f"operation {change.operation!r} is not supported; supported: CREATE, UPDATE", field=f"{where}.operation"
         )
     payload = _Payload(index, _parse_payload(change.payload, f"{where}.payload"))
-    c = _Change(
-        index, entity, _OPERATIONS[operation], change.entity_id.strip(), payload, change.reason, role, task_id
-    )
+    c = _Change(index, entity, _OPERATIONS[operation], change.entity_id.strip(), payload, change.reason, role, task_id)
     planned, notes = _PLANNERS[entity](c, story)
     return planned, [*notes, *payload.notes]
 
@@ -361,9 +359,7 @@ def _plan_decision(c: _Change, story: _Story) -> tuple[list[ChangeCommand], list
     if status or properties or not planned:
         if not status:
             status = story.decisions.get(decision_id, "ACCEPTED")
-        planned.append(
-            _command(c, ChangeDecisionStatus(decision_id, status, c.reason, properties), "decision_id")
-        )
+        planned.append(_command(c, ChangeDecisionStatus(decision_id, status, c.reason, properties), "decision_id"))
         story.decisions[decision_id] = status
     return planned, notes
 

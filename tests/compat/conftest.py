@@ -61,9 +61,7 @@ class Compat:
         request = self.pb.UpdateContextRequest(story_id=story_id, role=role, task_id=task_id, changes=list(changes))
         return await self.stub.UpdateContext(request)
 
-    def change(
-        self, operation: str, entity: str, payload: Any = None, entity_id: str = "", reason: str = ""
-    ) -> Any:
+    def change(self, operation: str, entity: str, payload: Any = None, entity_id: str = "", reason: str = "") -> Any:
         text = "" if payload is None else payload if isinstance(payload, str) else json.dumps(payload)
         return self.pb.ContextChange(
             operation=operation, entity_type=entity, entity_id=entity_id, payload=text, reason=reason
