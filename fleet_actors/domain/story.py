@@ -293,6 +293,9 @@ def _(command: UpdateSubtask, state: StoryState, ctx: DecideContext) -> Iterable
     if subtask is None:
         raise RuleViolation(f"subtask {subtask_id!r} does not exist in story {state.story_id!r}", field="subtask_id")
     current = SubtaskStatus(subtask.status)
+    if status == current and (note.strip() or properties):
+        # Not a move: a note (or caller keys) recorded on the subtask as it stands, final or not.
+        return [SubtaskUpdated(subtask_id=subtask_id, status=status.value, note=note, properties=properties)]
     if status not in SUBTASK_TRANSITIONS[current]:
         allowed = ", ".join(sorted(SUBTASK_TRANSITIONS[current])) or "nothing (final status)"
         raise RuleViolation(

@@ -445,41 +445,37 @@ def _plan_subtask(c: _Change, story: _Story) -> tuple[list[ChangeCommand], list[
             notes.append(f"subtask {subtask_id!r} exists already; recorded as an update")
         extra = {}
     note = p.text("note") or c.reason
+    current = SubtaskStatus(story.subtasks[subtask_id])
+    target = current
     if status_text:
         target = _status(status_text, f"{where}.payload.{p.renamed.get('status', 'status')}")
-        current = SubtaskStatus(story.subtasks[subtask_id])
-        if target == current and not planned:
-            raise InvalidCommand(f"subtask {subtask_id!r} is already {target.value}", field=f"{where}.payload")
-        steps = [] if target == current else _path(current, target)
-        if steps is None:
-            raise InvalidCommand(
-                f"subtask {subtask_id!r} cannot move from {current.value} to {target.value} (final status)",
-                field=f"{where}.payload",
-            )
-        if len(steps) > 1:
-            notes.append(
-                f"subtask {subtask_id!r} moved {' -> '.join([current.value, *(s.value for s in steps)])} "
-                "(the intermediate status is implied)"
-            )
-        for step in steps[:-1]:
-            planned.append(_command(c, UpdateSubtask(subtask_id, step.value, f"implied by {target.value}"), id_field))
-        properties = {**p.properties(), **extra}
-        if steps:
-            planned.append(_command(c, UpdateSubtask(subtask_id, target.value, note, properties), id_field))
-            story.subtasks[subtask_id] = target.value
-        elif properties:
-            planned[0] = _attach(planned[0], properties)
+    steps = _path(current, target) if target != current else []
+    if steps is None:
+        raise InvalidCommand(
+            f"subtask {subtask_id!r} cannot move from {current.value} to {target.value} ({current.value} is final)",
+            field=f"{where}.payload",
+        )
+    if len(steps) > 1:
+        notes.append(
+            f"subtask {subtask_id!r} moved {' -> '.join([current.value, *(s.value for s in steps)])} "
+            "(the intermediate status is implied)"
+        )
+    for step in steps[:-1]:
+        planned.append(_command(c, UpdateSubtask(subtask_id, step.value, f"implied by {target.value}"), id_field))
+    properties = {**p.properties(), **extra}
+    if steps:
+        planned.append(_command(c, UpdateSubtask(subtask_id, target.value, note, properties), id_field))
+        story.subtasks[subtask_id] = target.value
+    elif planned:  # just created, nothing to move: the keys go on the creation
+        planned[0] = _attach(planned[0], properties)
+    elif note.strip() or properties:
+        # No move: the note and keys are recorded on the subtask as it stands.
+        planned.append(_command(c, UpdateSubtask(subtask_id, current.value, note, properties), id_field))
     else:
-        properties = {**p.properties(), **extra}
-        if planned:
-            planned[0] = _attach(planned[0], properties)
-        else:
-            # The story records a subtask's moves; an update that moves nothing has no event.
-            keys = ", ".join(properties) or "none"
-            raise InvalidCommand(
-                f"an update of subtask {subtask_id!r} without a status records nothing (payload keys: {keys})",
-                field=f"{where}.payload",
-            )
+        raise InvalidCommand(
+            f"subtask {subtask_id!r} is already {current.value} and the change carries nothing else to record",
+            field=f"{where}.payload",
+        )
     return planned, notes
 
 

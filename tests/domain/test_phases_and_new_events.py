@@ -14,6 +14,7 @@ from fleet_actors.domain.commands import (
     CreateSubtask,
     RecordPlanVersion,
     TransitionPhase,
+    UpdateSubtask,
 )
 from fleet_actors.domain.events import (
     ContextCreated,
@@ -21,6 +22,8 @@ from fleet_actors.domain.events import (
     DecisionStatusChanged,
     PhaseTransitioned,
     PlanVersioned,
+    SubtaskCreated,
+    SubtaskUpdated,
 )
 from fleet_actors.domain.phases import PhaseRules
 from fleet_actors.domain.redaction import redact_value
@@ -111,3 +114,13 @@ def test_redacting_an_event_leaves_ids_and_reports_the_fields() -> None:
     assert redacted.metadata == {"dsn": "postgres://app:[REDACTED:connection_string]@db/x"}
     assert fields == ["rationale", "metadata.dsn"]
     assert redact_value(redacted) == (redacted, [])
+
+
+def test_a_note_on_a_subtask_is_recorded_without_a_move_even_when_final() -> None:
+    done = (SubtaskCreated("T1", "Form"), SubtaskUpdated("T1", "IN_PROGRESS"), SubtaskUpdated("T1", "DONE"))
+    state = given(CREATED, *done)
+    (event,) = decided(state, UpdateSubtask("T1", "DONE", "", {"pr": "#42"})).events
+    assert event == SubtaskUpdated("T1", "DONE", "", {"pr": "#42"})
+    assert then_apply(state, event).subtasks["T1"].status == "DONE"
+    bare = decided(state, UpdateSubtask("T1", "DONE"))
+    assert isinstance(bare, Rejected) and bare.error.field == "status"

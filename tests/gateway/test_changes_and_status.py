@@ -111,6 +111,14 @@ def test_the_callers_shapes_map_onto_our_events() -> None:
     ]
 
 
+def test_an_update_without_a_move_records_its_note_and_keys() -> None:
+    assert commands(change("UPDATE", "SUBTASK", {"progress": 50}, "T1", "half way")) == [
+        UpdateSubtask("T1", "PENDING", "half way", {"progress": "50"})
+    ]
+    nothing = plan(change("UPDATE", "SUBTASK", {"status": "PENDING"}, "T1"))
+    assert not nothing.commands and "already PENDING" in nothing.warnings[0]
+
+
 def test_an_unknown_subtask_is_created_then_updated_with_a_warning() -> None:
     result = plan(change("UPDATE", "SUBTASK", {"status": "IN_PROGRESS", "title": "Docs"}, "T7"))
     assert [c.command for c in result.commands] == [
