@@ -138,12 +138,16 @@ class _StoryApi(Generic[R]):
         expected_version: int | None = None,
         command_id: str | None = None,
         actor: str = "",
+        redaction: tuple[tuple[str, str], ...] = (),
     ) -> R:
-        """Send any command. The command id defaults to a fresh one, so transport retries are safe."""
+        """Send any command. The command id defaults to a fresh one, so transport retries are safe.
+
+        ``redaction``: secret patterns (domain/redaction.py) the story redacts from the events
+        before appending them; the gateway passes them when ``redact_on_append`` is on."""
         rules.check_id(story_id, "story_id")
         if expected_version is not None and (isinstance(expected_version, bool) or expected_version < 0):
             raise InvalidCommand("expected_version must be a non-negative integer", field="expected_version")
-        request = CommandRequest(story_id, command, command_id or new_id(), actor, expected_version)
+        request = CommandRequest(story_id, command, command_id or new_id(), actor, expected_version, tuple(redaction))
         return self._call(story_id, "execute", pack(request), may_create=may_create_story(command))
 
     def create_story(

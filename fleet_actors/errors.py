@@ -83,7 +83,7 @@ class StoryNotFound(NonRetryable):
     grpc_status = "NOT_FOUND"
 
     def __init__(self, story_id: str) -> None:
-        super().__init__(f"story {story_id!r} does not exist", field="story_id")
+        super().__init__(f"story {story_id!r} not found", field="story_id")
         self.story_id = story_id
 
 

@@ -91,6 +91,18 @@ class Settings:
     #: a client's own certificate and key, for a gateway that requires mutual TLS
     gateway_tls_client_cert: str = ""
     gateway_tls_client_key: str = ""
+    #: the policy file (roles, phases, scope table, the story's phase order); empty: the packaged one
+    scope_policy_file: str = ""
+    #: UpdateContext: false (the default) skips a change that cannot be applied, with a warning naming
+    #: it, and appends the rest as one batch (as the Context Service did); true refuses the whole request
+    update_context_all_or_nothing: bool = False
+    #: the gateway replaces secrets (passwords, API keys, bearer tokens, private keys, credentials in
+    #: connection strings) with a marker before appending them to the immutable log ...
+    redact_on_append: bool = True
+    #: ... and in every response that carries stored text
+    redact_responses: bool = True
+    #: more secret patterns, as a JSON object {"name": "regex", ...} added to the built-in ones
+    redact_patterns: str = ""
     data_dir: str = ".fleet"
 
     def __post_init__(self) -> None:
@@ -133,6 +145,10 @@ class Settings:
             raise ConfigurationError("FLEET_STORY_ACTOR_MEMORY_MB must be >= 0 (0 reserves nothing)")
         if self.actor_idle_seconds <= 0:
             raise ConfigurationError("FLEET_ACTOR_IDLE_SECONDS must be positive")
+        if self.redact_patterns.strip():
+            from fleet_actors.domain.redaction import parse_patterns
+
+            parse_patterns(self.redact_patterns)  # ConfigurationError naming the bad pattern
         if self.duplicate_window <= 0 or self.nats_timeout <= 0:
             raise ConfigurationError("FLEET_DUPLICATE_WINDOW and FLEET_NATS_TIMEOUT must be positive")
         for first, second in (

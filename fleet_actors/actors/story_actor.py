@@ -20,6 +20,7 @@ from fleet_actors.application.story_runtime import StoryRuntime
 from fleet_actors.domain.events import EventEnvelope
 from fleet_actors.domain.state import StoryState
 from fleet_actors.errors import StoryError, StoryNotFound
+from fleet_actors.policy_file import load_phase_rules
 from fleet_actors.ports.event_store import EventStore
 from fleet_actors.ports.snapshot_store import SnapshotStore
 from fleet_actors.settings import Settings
@@ -56,7 +57,11 @@ class StoryHost:
                 # call (it once left the actor without snapshots for the rest of its life).
                 self._store, self._snapshots = await _open_stores(self._settings)
             runtime = StoryRuntime(
-                self.story_id, self._store, snapshots=self._snapshots, snapshot_every=self._settings.snapshot_every
+                self.story_id,
+                self._store,
+                snapshots=self._snapshots,
+                snapshot_every=self._settings.snapshot_every,
+                phase_rules=load_phase_rules(self._settings.scope_policy_file),
             )
             await runtime.load()
             self._runtime = runtime

@@ -22,6 +22,9 @@ class CommandRequest:
     actor: str = ""
     #: optimistic concurrency from the caller's side: the story version they last saw
     expected_version: int | None = None
+    #: secret patterns to redact from the events before they are appended (empty: none); each
+    #: event's envelope lists the fields that were (domain/redaction.py)
+    redaction: tuple[tuple[str, str], ...] = ()
 
 
 def pack(message: Any) -> bytes:

@@ -13,6 +13,8 @@ from fleet_actors.application.ids import new_id
 from fleet_actors.application.messages import CommandRequest, CommandResult
 from fleet_actors.domain import rules
 from fleet_actors.domain.events import DecisionAdded, EventEnvelope
+from fleet_actors.domain.phases import DEFAULT_PHASE_RULES, PhaseRules
+from fleet_actors.domain.redaction import redact_value
 from fleet_actors.domain.state import StoryState
 from fleet_actors.domain.story import Accepted, DecideContext, StateBuilder, decide, evolve, ids_needed
 from fleet_actors.errors import (
@@ -51,7 +53,9 @@ class StoryRuntime:
         new_id: Callable[[], str] = new_id,
         snapshots: SnapshotStore | None = None,
         snapshot_every: int = 100,
+        phase_rules: PhaseRules = DEFAULT_PHASE_RULES,
     ) -> None:
+        self._phase_rules = phase_rules
         self.story_id = rules.check_id(story_id, "story_id")
         self._store = store
         self._clock = clock
@@ -188,7 +192,7 @@ class StoryRuntime:
                             actual=self.state.version,
                         )
                 fresh_ids = tuple(self._new_id() for _ in range(ids_needed(request.command)))
-                decision = decide(self.state, request.command, DecideContext(fresh_ids))
+                decision = decide(self.state, request.command, DecideContext(fresh_ids, self._phase_rules))
                 if not isinstance(decision, Accepted):
                     # Rejections are rare: before reporting one, make sure it was not decided on
                     # state that another writer has moved on from.
@@ -206,8 +210,12 @@ class StoryRuntime:
                         payload=event,
                         command_id=request.command_id,
                         actor=request.actor,
+                        redacted=tuple(redacted),
                     )
-                    for offset, event in enumerate(decision.events, start=1)
+                    for offset, (event, redacted) in enumerate(
+                        (redact_value(e, request.redaction) if request.redaction else (e, []) for e in decision.events),
+                        start=1,
+                    )
                 ]
                 try:
                     appended = await self._store.append(self.story_id, self.last_sequence, envelopes)

@@ -87,6 +87,7 @@ def encode_event(envelope: EventEnvelope) -> bytes:
         schema_version=envelope.schema_version,
         command_id=envelope.command_id,
         actor=envelope.actor,
+        redacted=envelope.redacted,
     )
     message.timestamp.FromDatetime(envelope.timestamp)
     payload = getattr(message, event.event_type)
@@ -149,6 +150,7 @@ def decode_event(data: bytes) -> EventEnvelope:
         command_id=message.command_id,
         actor=message.actor,
         schema_version=stored_version,
+        redacted=tuple(message.redacted),
     )
 
 

@@ -29,6 +29,8 @@ class CreateSubtask(Command):
     dependencies: tuple[str, ...] = ()
     priority: int = 3
     estimated_hours: int = 0
+    #: caller keys without a field of their own, kept on the event
+    properties: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class UpdateSubtask(Command):
     subtask_id: str
     status: str
     note: str = ""
+    properties: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,24 @@ class AddDecision(Command):
     alternatives: tuple[Alternative, ...] = ()
     decided_by: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
+    properties: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ChangeDecisionStatus(Command):
+    decision_id: str
+    status: str
+    note: str = ""
+    properties: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RecordPlanVersion(Command):
+    plan_id: str
+    plan_version: int
+    status: str = ""
+    note: str = ""
+    properties: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -76,6 +97,7 @@ class RecordMilestone(Command):
     kind: str
     description: str = ""
     milestone_id: str | None = None
+    properties: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

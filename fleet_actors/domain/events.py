@@ -69,6 +69,8 @@ class SubtaskCreated(Event):
     dependencies: tuple[str, ...] = ()
     priority: int = 3
     estimated_hours: int = 0
+    #: caller keys without a field of their own (UpdateContext payloads), kept as given
+    properties: Mapping[str, str] = field(default_factory=dict)
 
 
 @_register
@@ -81,6 +83,7 @@ class SubtaskUpdated(Event):
     subtask_id: str
     status: str
     note: str = ""
+    properties: Mapping[str, str] = field(default_factory=dict)
 
 
 @_register
@@ -97,6 +100,7 @@ class DecisionAdded(Event):
     alternatives: tuple[Alternative, ...] = ()
     decided_by: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
+    properties: Mapping[str, str] = field(default_factory=dict)
 
 
 @_register
@@ -123,6 +127,7 @@ class MilestoneRecorded(Event):
     milestone_id: str
     kind: str
     description: str = ""
+    properties: Mapping[str, str] = field(default_factory=dict)
 
 
 @_register
@@ -130,6 +135,31 @@ class MilestoneRecorded(Event):
 class SummaryRecorded(Event):
     event_type: ClassVar[str] = "summary_recorded"
     summary: str
+
+
+@_register
+@dataclass(frozen=True)
+class DecisionStatusChanged(Event):
+    """A decision's status as its callers name it (PROPOSED, ACCEPTED, RESOLVED, ...)."""
+
+    event_type: ClassVar[str] = "decision_status_changed"
+    decision_id: str
+    status: str
+    note: str = ""
+    properties: Mapping[str, str] = field(default_factory=dict)
+
+
+@_register
+@dataclass(frozen=True)
+class PlanVersioned(Event):
+    """A new version of the story's plan, numbered by the planning side."""
+
+    event_type: ClassVar[str] = "plan_versioned"
+    plan_id: str
+    plan_version: int
+    status: str = ""
+    note: str = ""
+    properties: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -145,6 +175,8 @@ class EventEnvelope:
     actor: str = ""
     #: the payload's shape as stored; 0 (the default) means the current shape of its type
     schema_version: int = 0
+    #: payload fields whose text was redacted before the event was appended (e.g. ``summary``)
+    redacted: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.schema_version:

@@ -23,6 +23,9 @@ MAX_SHORT = 64
 MAX_DEPENDENCIES = 100
 MAX_METADATA_ENTRIES = 32
 MAX_METADATA_VALUE = 1_000
+MAX_PROPERTIES = 64
+#: a caller's key kept as a property may be large (a decision's `data` of ~10 kB is common)
+MAX_PROPERTY_VALUE = 50_000
 MAX_BATCH = 100
 PRIORITY_RANGE = range(1, 6)
 MAX_ESTIMATED_HOURS = 10_000
@@ -102,4 +105,17 @@ def check_metadata(value: object, field: str = "metadata") -> dict[str, str]:
     for key, item in value.items():
         check_text(key, f"{field} key", MAX_SHORT, required=True)
         out[key] = check_text(item, f"{field}[{key}]", MAX_METADATA_VALUE)
+    return out
+
+
+def check_properties(value: object, field: str = "properties") -> dict[str, str]:
+    """Caller keys kept as they were sent: at most MAX_PROPERTIES, each value up to MAX_PROPERTY_VALUE."""
+    if not isinstance(value, Mapping):
+        raise InvalidCommand(f"{field} must be a mapping of strings", field=field)
+    if len(value) > MAX_PROPERTIES:
+        raise InvalidCommand(f"{field} has {len(value)} entries; the limit is {MAX_PROPERTIES}", field=field)
+    out = {}
+    for key, item in value.items():
+        check_text(key, f"{field} key", MAX_SHORT, required=True)
+        out[key] = check_text(item, f"{field}.{key}", MAX_PROPERTY_VALUE)
     return out

@@ -124,6 +124,10 @@ class StoryState:
     milestones: tuple[Milestone, ...] = ()
     phase_history: tuple[PhaseChange, ...] = ()
     last_summary: str = ""
+    #: the latest PlanVersioned; empty/0 until one is recorded (the subtasks are then the plan)
+    plan_id: str = ""
+    plan_version: int = 0
+    plan_status: str = ""
 
     @property
     def status(self) -> str:

@@ -6,6 +6,7 @@ value (:class:`Rejected`) carrying the typed error. New ids arrive in :class:`De
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -15,11 +16,13 @@ from fleet_actors.domain import rules
 from fleet_actors.domain.commands import (
     AddDecision,
     ApplyChanges,
+    ChangeDecisionStatus,
     Command,
     CreateStory,
     CreateSubtask,
     RecordImpact,
     RecordMilestone,
+    RecordPlanVersion,
     RecordSummary,
     RelateDecisions,
     TransitionPhase,
@@ -30,22 +33,23 @@ from fleet_actors.domain.events import (
     DecisionAdded,
     DecisionImpacted,
     DecisionRelated,
+    DecisionStatusChanged,
     Event,
     EventEnvelope,
     MilestoneRecorded,
     PhaseTransitioned,
+    PlanVersioned,
     SubtaskCreated,
     SubtaskUpdated,
     SummaryRecorded,
 )
+from fleet_actors.domain.phases import DEFAULT_PHASE_RULES, PhaseRules
 from fleet_actors.domain.state import (
-    PHASE_ORDER,
     SUBTASK_TRANSITIONS,
     Decision,
     DecisionRelation,
     Impact,
     Milestone,
-    Phase,
     PhaseChange,
     RelationType,
     StoryState,
@@ -63,9 +67,11 @@ from fleet_actors.errors import (
 
 @dataclass(frozen=True)
 class DecideContext:
-    """What the shell supplies to ``decide``: fresh ids for anything the command must name."""
+    """What the shell supplies to ``decide``: fresh ids for anything the command must name, and the
+    configured phases (the shell reads them from the policy file; the domain never does)."""
 
     new_ids: tuple[str, ...] = ()
+    phases: PhaseRules = dataclasses.field(default=DEFAULT_PHASE_RULES)
 
 
 @dataclass(frozen=True)
@@ -219,7 +225,7 @@ def _take_id(ctx: DecideContext, given: str | None, field: str) -> tuple[str, De
         return rules.check_id(given, field), ctx
     if not ctx.new_ids:
         raise InvalidCommand(f"{field} was not given and no id was supplied to assign", field=field)
-    return ctx.new_ids[0], DecideContext(ctx.new_ids[1:])
+    return ctx.new_ids[0], replace(ctx, new_ids=ctx.new_ids[1:])
 
 
 @_decide.register
@@ -227,12 +233,12 @@ def _(command: CreateStory, state: StoryState, ctx: DecideContext) -> Iterable[E
     rules.check_id(state.story_id, "story_id")
     if state.created:
         raise StoryAlreadyExists(state.story_id)
-    phase = rules.check_choice(command.initial_phase or Phase.DESIGN, "initial_phase", Phase)
+    phase = ctx.phases.canonical(command.initial_phase or ctx.phases.initial, "initial_phase")
     return [
         ContextCreated(
             title=rules.check_title(command.title),
             description=rules.check_text(command.description, "description"),
-            initial_phase=phase.value,
+            initial_phase=phase,
         )
     ]
 
@@ -245,6 +251,7 @@ def _(command: CreateSubtask, state: StoryState, ctx: DecideContext) -> Iterable
     role = rules.check_label(command.role, "role")
     description = rules.check_text(command.description, "description")
     priority = rules.check_int(command.priority, "priority", rules.PRIORITY_RANGE)
+    properties = rules.check_properties(command.properties)
     hours = rules.check_int(command.estimated_hours, "estimated_hours", range(rules.MAX_ESTIMATED_HOURS + 1))
     dependencies = tuple(command.dependencies)
     if len(dependencies) > rules.MAX_DEPENDENCIES:
@@ -270,6 +277,7 @@ def _(command: CreateSubtask, state: StoryState, ctx: DecideContext) -> Iterable
             dependencies=dependencies,
             priority=priority,
             estimated_hours=hours,
+            properties=properties,
         )
     ]
 
@@ -280,16 +288,20 @@ def _(command: UpdateSubtask, state: StoryState, ctx: DecideContext) -> Iterable
     subtask_id = rules.check_id(command.subtask_id, "subtask_id")
     status = rules.check_choice(command.status, "status", SubtaskStatus)
     note = rules.check_text(command.note, "note")
+    properties = rules.check_properties(command.properties)
     subtask = state.subtasks.get(subtask_id)
     if subtask is None:
         raise RuleViolation(f"subtask {subtask_id!r} does not exist in story {state.story_id!r}", field="subtask_id")
     current = SubtaskStatus(subtask.status)
+    if status == current and (note.strip() or properties):
+        # Not a move: a note (or caller keys) recorded on the subtask as it stands, final or not.
+        return [SubtaskUpdated(subtask_id=subtask_id, status=status.value, note=note, properties=properties)]
     if status not in SUBTASK_TRANSITIONS[current]:
         allowed = ", ".join(sorted(SUBTASK_TRANSITIONS[current])) or "nothing (final status)"
         raise RuleViolation(
             f"subtask {subtask_id!r} cannot move from {current} to {status}; allowed: {allowed}", field="status"
         )
-    return [SubtaskUpdated(subtask_id=subtask_id, status=status.value, note=note)]
+    return [SubtaskUpdated(subtask_id=subtask_id, status=status.value, note=note, properties=properties)]
 
 
 @_decide.register
@@ -307,6 +319,39 @@ def _(command: AddDecision, state: StoryState, ctx: DecideContext) -> Iterable[E
             alternatives=rules.check_alternatives(command.alternatives),
             decided_by=rules.check_text(command.decided_by, "decided_by", rules.MAX_SHORT),
             metadata=rules.check_metadata(command.metadata),
+            properties=rules.check_properties(command.properties),
+        )
+    ]
+
+
+@_decide.register
+def _(command: ChangeDecisionStatus, state: StoryState, ctx: DecideContext) -> Iterable[Event]:
+    _require_story(state)
+    decision_id = rules.check_id(command.decision_id, "decision_id")
+    status = rules.check_label(command.status, "status")
+    note = rules.check_text(command.note, "note")
+    properties = rules.check_properties(command.properties)
+    decision = state.decisions.get(decision_id)
+    if decision is None:
+        raise RuleViolation(f"decision {decision_id!r} does not exist in story {state.story_id!r}", field="decision_id")
+    if decision.status == status and not note and not properties:
+        raise RuleViolation(f"decision {decision_id!r} is already {status}", field="status")
+    return [DecisionStatusChanged(decision_id=decision_id, status=status, note=note, properties=properties)]
+
+
+@_decide.register
+def _(command: RecordPlanVersion, state: StoryState, ctx: DecideContext) -> Iterable[Event]:
+    _require_story(state)
+    plan_id = rules.check_text(command.plan_id, "plan_id", rules.MAX_SHORT, required=True).strip()
+    version = rules.check_int(command.plan_version, "plan_version", range(1, 2**31))
+    status = rules.check_label(command.status, "status") if command.status.strip() else ""
+    return [
+        PlanVersioned(
+            plan_id=plan_id,
+            plan_version=version,
+            status=status,
+            note=rules.check_text(command.note, "note"),
+            properties=rules.check_properties(command.properties),
         )
     ]
 
@@ -365,24 +410,15 @@ def _(command: RecordImpact, state: StoryState, ctx: DecideContext) -> Iterable[
 @_decide.register
 def _(command: TransitionPhase, state: StoryState, ctx: DecideContext) -> Iterable[Event]:
     _require_story(state)
-    target = rules.check_choice(command.to_phase, "to_phase", Phase)
+    target = ctx.phases.canonical(command.to_phase, "to_phase")
     rationale = rules.check_text(command.rationale, "rationale")
-    current = Phase(state.phase)
+    current = state.phase
     if command.from_phase:
-        expected = rules.check_choice(command.from_phase, "from_phase", Phase)
+        expected = ctx.phases.canonical(command.from_phase, "from_phase")
         if expected != current:
             raise RuleViolation(f"story is in phase {current}, not {expected}", field="from_phase")
-    step = PHASE_ORDER.index(target) - PHASE_ORDER.index(current)
-    if step == 0:
-        raise RuleViolation(f"story is already in phase {current}", field="to_phase")
-    if step > 1:
-        raise RuleViolation(
-            f"phases advance one at a time: {current} -> {PHASE_ORDER[PHASE_ORDER.index(current) + 1]}",
-            field="to_phase",
-        )
-    if step < 0 and not rationale.strip():
-        raise RuleViolation(f"moving back from {current} to {target} needs a rationale", field="rationale")
-    return [PhaseTransitioned(from_phase=current.value, to_phase=target.value, rationale=rationale)]
+    ctx.phases.check_move(current, target, rationale)
+    return [PhaseTransitioned(from_phase=current, to_phase=target, rationale=rationale)]
 
 
 @_decide.register
@@ -396,6 +432,7 @@ def _(command: RecordMilestone, state: StoryState, ctx: DecideContext) -> Iterab
             milestone_id=milestone_id,
             kind=rules.check_label(command.kind, "kind"),
             description=rules.check_text(command.description, "description"),
+            properties=rules.check_properties(command.properties),
         )
     ]
 
@@ -418,8 +455,8 @@ def _(command: ApplyChanges, state: StoryState, ctx: DecideContext) -> Iterable[
         if isinstance(sub, ApplyChanges):
             raise InvalidCommand("batches cannot be nested", field="changes")
         need = ids_needed(sub)
-        result = decide(scratch, sub, DecideContext(ctx.new_ids[:need]))
-        ctx = DecideContext(ctx.new_ids[need:])
+        result = decide(scratch, sub, replace(ctx, new_ids=ctx.new_ids[:need]))
+        ctx = replace(ctx, new_ids=ctx.new_ids[need:])
         if isinstance(result, Rejected):
             error = result.error
             error.message = f"change {index}: {error.message}"
@@ -455,7 +492,7 @@ def _(event: ContextCreated, state: StoryState, envelope: EventEnvelope) -> Chan
         "created": True,
         "title": event.title,
         "description": event.description,
-        "phase": event.initial_phase or Phase.DESIGN.value,
+        "phase": event.initial_phase or "DESIGN",
         "created_at": envelope.timestamp,
         "created_by": envelope.actor,
     }
@@ -532,3 +569,16 @@ def _(event: MilestoneRecorded, state: StoryState, envelope: EventEnvelope) -> C
 @_evolve.register
 def _(event: SummaryRecorded, state: StoryState, envelope: EventEnvelope) -> Changes:
     return {"last_summary": event.summary}
+
+
+@_evolve.register
+def _(event: DecisionStatusChanged, state: StoryState, envelope: EventEnvelope) -> Changes:
+    decision = state.decisions.get(event.decision_id)
+    if decision is None:
+        return {}
+    return {"decisions": _Put(event.decision_id, replace(decision, status=event.status))}
+
+
+@_evolve.register
+def _(event: PlanVersioned, state: StoryState, envelope: EventEnvelope) -> Changes:
+    return {"plan_id": event.plan_id, "plan_version": event.plan_version, "plan_status": event.status}

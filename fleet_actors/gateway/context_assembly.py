@@ -206,7 +206,10 @@ def _plan_header(view: _RoleView) -> str:
     s = view.state
     counts = Counter(subtask.status for subtask in s.subtasks.values())
     done = ", ".join(f"{n} {status.lower()}" for status, n in sorted(counts.items())) or "no subtasks yet"
-    return _section("Plan", [f"Plan {plan_status(s)}: {len(s.subtasks)} subtasks ({done})"])
+    lines = [f"Plan {plan_status(s)}: {len(s.subtasks)} subtasks ({done})"]
+    if s.plan_id:
+        lines.append(f"Plan {s.plan_id} version {s.plan_version}" + (f", {s.plan_status}" if s.plan_status else ""))
+    return _section("Plan", lines)
 
 
 def _decisions_global(view: _RoleView) -> str:
@@ -402,11 +405,12 @@ def case_header(state: StoryState) -> pb.CaseHeader:
 
 
 def plan_header(state: StoryState) -> pb.PlanHeader:
-    """The story's subtasks seen as its plan; the plan's version is the story's."""
+    """The story's subtasks seen as its plan. Its id, version and status are the planning side's once it
+    recorded a plan version (PlanVersioned); until then the story's id and version, and the subtasks' progress."""
     return pb.PlanHeader(
-        plan_id=state.story_id,
-        version=state.version,
-        status=plan_status(state),
+        plan_id=state.plan_id or state.story_id,
+        version=state.plan_version if state.plan_id else state.version,
+        status=(state.plan_status or plan_status(state)) if state.plan_id else plan_status(state),
         total_subtasks=len(state.subtasks),
         completed_subtasks=sum(1 for s in state.subtasks.values() if s.status == SubtaskStatus.DONE),
     )
@@ -429,6 +433,7 @@ def story_event(envelope: EventEnvelope) -> pb.StoryEvent:
         event_id=envelope.event_id,
         payload_json=json.dumps(dataclasses.asdict(envelope.payload), sort_keys=True),
         story_id=envelope.story_id,
+        redacted=envelope.redacted,
     )
     message.timestamp.FromDatetime(envelope.timestamp)
     return message

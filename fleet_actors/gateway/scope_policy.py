@@ -9,22 +9,21 @@ sections in prompt order. Inputs are case-insensitive. A malformed file is a
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from importlib import resources
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from fleet_actors.domain import rules
+from fleet_actors.domain.phases import DEFAULT_PHASE_RULES, PhaseRules
 from fleet_actors.errors import ConfigurationError, InvalidCommand, RuleViolation
+from fleet_actors.policy_file import POLICY_FILE_ENV, phase_rules_from, read_policy_document
 
 _Fail = Callable[[str], ConfigurationError]
 
-#: environment variable naming a policy file to use instead of the packaged one
-POLICY_FILE_ENV = "FLEET_SCOPE_POLICY_FILE"
+__all__ = ["POLICY_FILE_ENV", "RoleScope", "ScopeCheck", "ScopePolicy", "Section"]
 
 
 class Section(StrEnum):
@@ -81,7 +80,11 @@ class ScopePolicy:
         importance: tuple[Section, ...],
         rows: Mapping[str, Mapping[str, tuple[Section, ...]]],
         source: str,
+        minimum: tuple[Section, ...] = (Section.CASE_HEADER, Section.PLAN_HEADER),
+        story_phases: PhaseRules = DEFAULT_PHASE_RULES,
     ) -> None:
+        self.minimum = minimum
+        self.story_phases = story_phases
         self.roles = MappingProxyType(dict(roles))
         self.phases = MappingProxyType(dict(phases))
         self.importance = importance
@@ -90,26 +93,13 @@ class ScopePolicy:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None) -> ScopePolicy:
-        """Read the policy from ``path``, else ``$FLEET_SCOPE_POLICY_FILE``, else the packaged file.
+        """Read the policy from ``path``, else ``$FLEET_SCOPE_POLICY_FILE``, else the packaged file
+        (``path`` is usually ``Settings.scope_policy_file``; empty means the same as None).
 
         Raises:
             ConfigurationError: the file is missing, not JSON, or not a valid policy.
         """
-        chosen = path if path is not None else os.environ.get(POLICY_FILE_ENV) or None
-        if chosen is None:
-            source = "the packaged scope_policy.json"
-            text = (resources.files("fleet_actors") / "config" / "scope_policy.json").read_text(encoding="utf-8")
-        else:
-            source = str(Path(chosen))
-            try:
-                text = Path(chosen).read_text(encoding="utf-8")
-            except OSError as error:
-                raise ConfigurationError(f"scope policy {source} cannot be read: {error.strerror}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ConfigurationError(f"scope policy {source} is not valid JSON: {error}") from None
-        return cls.from_mapping(data, source)
+        return cls.from_mapping(*read_policy_document(path))
 
     @classmethod
     def from_mapping(cls, data: Any, source: str = "<mapping>") -> ScopePolicy:
@@ -147,7 +137,8 @@ class ScopePolicy:
         for role, column in roles.items():
             if column not in columns:
                 raise fail(f"role {role} points at column {column!r}, which no row of policy has")
-        return cls(roles, phases, importance, rows, source)
+        minimum = _sections(data.get("minimum", ["CASE_HEADER", "PLAN_HEADER"]), "minimum", fail)
+        return cls(roles, phases, importance, rows, source, minimum, phase_rules_from(data, source))
 
     @property
     def agent_roles(self) -> tuple[str, ...]:
@@ -177,9 +168,44 @@ class ScopePolicy:
         own = frozenset(r for r, c in self.roles.items() if c == column) | {column.upper()}
         return RoleScope(role, phase, sections, own, self.importance)
 
+    def resolve(self, role: str, phase: str, *, role_field: str = "role") -> tuple[RoleScope, tuple[str, ...]]:
+        """The sections ``role`` gets in ``phase``, never refusing a name it does not know.
+
+        A role or phase the policy does not know (or a pair it has no entry for) gets the
+        role-independent minimum (``minimum`` in the file: CASE_HEADER, PLAN_HEADER), never another
+        role's sections, and a warning saying so. Phases may also be named by their story-phase
+        aliases (DOC for DOCS).
+
+        Raises:
+            InvalidCommand: an empty or oversized role, or an oversized phase (naming ``role_field``/``phase``).
+        """
+        role_key = rules.check_text(role, role_field, rules.MAX_SHORT, required=True).strip().upper()
+        phase_key = rules.check_text(phase, "phase", rules.MAX_SHORT).strip().upper()
+        if phase_key not in self.phases and phase_key in self.story_phases.aliases:
+            phase_key = self.story_phases.aliases[phase_key]
+        warnings = []
+        if role_key not in self.roles:
+            warnings.append(f"{role_field} {role!r} is not in the scope policy (known: {', '.join(self.roles)})")
+        if phase_key not in self.phases:
+            warnings.append(f"phase {phase!r} is not in the scope policy (known: {', '.join(self.phases)})")
+        if not warnings:
+            column = self.roles[role_key]
+            sections = self.rows[self.phases[phase_key]].get(column)
+            if sections is not None:
+                own = frozenset(r for r, c in self.roles.items() if c == column) | {column.upper()}
+                return RoleScope(role_key, phase_key, sections, own, self.importance), ()
+            warnings.append(f"the scope policy gives role {role_key} nothing in phase {phase_key}")
+        minimum = ", ".join(s.value for s in self.minimum)
+        warnings.append(f"answered with the role-independent minimum: {minimum}")
+        own = frozenset({role_key, self.roles.get(role_key, role_key).upper()})
+        return RoleScope(role_key, phase_key, self.minimum, own, self.importance), tuple(warnings)
+
     def validate(self, role: str, phase: str, provided: Iterable[str]) -> ScopeCheck:
-        """Compare the scopes an agent uses with the policy's: allowed only if none is missing or extra."""
-        expected = self.scope(role, phase).sections
+        """Compare the scopes an agent uses with the policy's: allowed only if none is missing or extra.
+
+        An unknown role or phase is compared with the role-independent minimum; the reason says so."""
+        scope, warnings = self.resolve(role, phase)
+        expected = scope.sections
         given = {scope.strip().upper() for scope in provided if scope.strip()}
         missing = tuple(s.value for s in expected if s not in given)
         extra = tuple(sorted(given - set(expected)))
@@ -188,7 +214,7 @@ class ScopePolicy:
             reasons.append(f"missing required scopes: {', '.join(missing)}")
         if extra:
             reasons.append(f"scopes not allowed for {role.upper()} in {phase.upper()}: {', '.join(extra)}")
-        reason = "; ".join(reasons) or f"scopes match the policy for {role.upper()} in {phase.upper()}"
+        reason = "; ".join([*warnings, *reasons]) or f"scopes match the policy for {role.upper()} in {phase.upper()}"
         return ScopeCheck(not missing and not extra, missing, extra, reason)
 
 

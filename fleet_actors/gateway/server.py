@@ -187,7 +187,7 @@ async def serve(
             token (``gateway_token``).
         address: ``host:port`` to listen on; port 0 picks a free port.
         token: require this bearer token (empty: no authentication).
-        policy: the scope policy (default: :meth:`ScopePolicy.load`).
+        policy: the scope policy (default: :meth:`ScopePolicy.load` of ``settings.scope_policy_file``).
         health_interval: seconds between the backend checks behind the ContextService's health.
 
     TLS comes from the settings: ``gateway_tls_cert`` and ``gateway_tls_key`` (and, for mutual TLS,
@@ -206,7 +206,7 @@ async def serve(
     token = settings.gateway_token if token is None else token
     credentials = server_credentials(settings)  # before connecting anything: a bad file fails at once
     tls = "plaintext" if credentials is None else "mutual TLS" if settings.gateway_tls_client_ca else "TLS"
-    policy = policy or ScopePolicy.load()
+    policy = policy or ScopePolicy.load(settings.scope_policy_file or None)
     host, _, _ = address.rpartition(":")
     connect_ray(settings)
     backends = await Backends.connect(settings)

@@ -16,6 +16,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -32,12 +33,21 @@ from fleet_actors.application.read_models import ContextView, ReadModels
 from fleet_actors.client import AsyncFleetClient
 from fleet_actors.codec import decode_event
 from fleet_actors.domain import rules
-from fleet_actors.domain.commands import TransitionPhase
+from fleet_actors.domain.alternatives import alternatives_from
+from fleet_actors.domain.commands import AddDecision, ApplyChanges, CreateStory, CreateSubtask, TransitionPhase
 from fleet_actors.domain.events import EventEnvelope, PhaseTransitioned, SubtaskCreated
+from fleet_actors.domain.redaction import patterns_with, redact_value
 from fleet_actors.domain.state import StoryState, SubtaskStatus
-from fleet_actors.errors import InvalidCommand, StoryError, StoryNotFound
+from fleet_actors.errors import (
+    ConcurrencyConflict,
+    InvalidCommand,
+    RuleViolation,
+    StoryAlreadyExists,
+    StoryError,
+    StoryNotFound,
+)
 from fleet_actors.gateway.context_assembly import assemble_context, role_pack, story_event
-from fleet_actors.gateway.context_changes import TOOLS_TEXT, change_to_command, locate_change_error
+from fleet_actors.gateway.context_changes import TOOLS_TEXT, locate_change_error, plan_changes, settle
 from fleet_actors.gateway.scope_policy import ScopePolicy
 from fleet_actors.gateway.status_mapping import rpc_failure
 from fleet_actors.proto import context_service_pb2 as pb
@@ -47,6 +57,11 @@ from fleet_actors.settings import Settings
 #: request metadata: an idempotency key for commands, and who acts
 IDEMPOTENCY_KEY = "idempotency-key"
 ACTOR_KEY = "fleet-actor"
+#: UpdateContext plans against the story's state; another writer in between makes it plan again
+UPDATE_ATTEMPTS = 3
+#: AddProjectDecision metadata keys the fleet's callers use for the author and the author's role
+AUTHOR_KEYS = ("winner", "author", "decided_by")
+AUTHOR_ROLE_KEY = "role"
 #: read-your-writes waits never exceed this, whatever the deadline
 MAX_PROJECTION_WAIT = 10.0
 #: answer a little before the caller's deadline, so it gets our status rather than its own
@@ -177,6 +192,11 @@ def _node_id(eid: str, props: Mapping[str, Any]) -> str:
     return str(props.get("uid") or props.get("story_id") or eid)
 
 
+def _is_key(name: str) -> bool:
+    """Graph properties that are ids (references, never redacted)."""
+    return name == "uid" or name.endswith("_id")
+
+
 # --- small request helpers ------------------------------------------------------------------
 
 
@@ -247,6 +267,32 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
         self._policy = policy
         self._settings = settings
         self._closing = asyncio.Event()
+        patterns = self._patterns = patterns_with(settings.redact_patterns)
+        #: secret patterns redacted before appending (empty: off) and in responses (empty: off)
+        self._append_redaction = patterns if settings.redact_on_append else ()
+        self._response_redaction = patterns if settings.redact_responses else ()
+
+    def _shown_properties(self, props: Mapping[str, Any]) -> Mapping[str, Any]:
+        """A graph node's properties as responses carry them: text values with secrets redacted."""
+        if not self._response_redaction:
+            return props
+        return {
+            k: redact_value(v, self._response_redaction)[0] if isinstance(v, str) and not _is_key(k) else v
+            for k, v in props.items()
+        }
+
+    def _shown(self, value: Any) -> Any:
+        """``value`` (a state or an event envelope) as responses carry it: with secrets redacted."""
+        if not self._response_redaction:
+            return value
+        if isinstance(value, EventEnvelope):
+            payload, _ = redact_value(value.payload, self._response_redaction)
+            if payload is value.payload:
+                return value
+            copy = object.__new__(EventEnvelope)
+            copy.__dict__.update({**value.__dict__, "payload": payload})
+            return copy
+        return redact_value(value, self._response_redaction)[0]
 
     def close(self) -> None:
         """End every WatchStory stream (cleanly, with OK) so that a graceful stop does not wait for them."""
@@ -278,7 +324,15 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
     def _context_response(
         self, state: StoryState, role: str, phase: str, subtask_id: str, token_budget: int
     ) -> pb.GetContextResponse:
-        scope = self._policy.scope(role, phase)
+        scope, notes = self._policy.resolve(role, phase)
+        warnings = list(notes)
+        if subtask_id and subtask_id not in state.subtasks:
+            # The Context Service answers a focus it cannot find; so do we, without the focus.
+            warnings.append(
+                f"subtask_id {subtask_id!r} not found in story {state.story_id!r}; answered without a focus"
+            )
+            subtask_id = ""
+        state = self._shown(state)
         assembled = assemble_context(state, scope, subtask_id=subtask_id, token_budget=token_budget, tools=TOOLS_TEXT)
         return pb.GetContextResponse(
             context=assembled.context,
@@ -287,13 +341,12 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
             version=str(assembled.version),
             blocks=pb.PromptBlocks(system=assembled.system, context=assembled.context, tools=assembled.tools),
             trimmed_scopes=assembled.trimmed,
+            warnings=warnings,
         )
 
     def _check_context_request(self, story_id: str, role: str, phase: str, subtask_id: str, budget: int) -> None:
         rules.check_id(story_id, "story_id")
-        self._policy.role(role)
-        if phase:
-            self._policy.phase(phase)
+        self._policy.resolve(role, phase or "")  # shape only: unknown names are answered, not refused
         if subtask_id:
             rules.check_id(subtask_id, "subtask_id")
         _non_negative(budget, "token_budget")
@@ -337,8 +390,11 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
         """Per-role packs from the context read model, the timeline from the log; optionally persisted."""
         r = request
         case_id = rules.check_id(r.case_id, "case_id")
-        roles = list(dict.fromkeys(self._policy.role(role, f"roles[{i}]") for i, role in enumerate(r.roles)))
-        roles = roles or list(self._policy.agent_roles)
+        requested: dict[str, tuple[str, str]] = {}  # pack key -> the role as sent, and its field
+        for i, role in enumerate(r.roles):
+            self._policy.resolve(role, "", role_field=f"roles[{i}]")  # shape only: unknown roles are answered
+            requested.setdefault(role.strip().upper(), (role, f"roles[{i}]"))
+        roles = list(requested) or list(self._policy.agent_roles)
         timeline_events = _non_negative(r.timeline_events, "timeline_events") or DEFAULT_TIMELINE_EVENTS
         timeline_events = min(timeline_events, MAX_TIMELINE_EVENTS)
         ttl = _non_negative(r.ttl_seconds, "ttl_seconds") or DEFAULT_BUNDLE_TTL
@@ -352,12 +408,16 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
             # From the log, cut at the read model's version so the timeline matches the packs.
             start = max(1, state.version - timeline_events + 1)
             timeline = [e for e in await self._client.history(case_id, start) if e.version <= state.version]
-        packs = {
-            role: role_pack(
-                state, self._policy.scope(role, state.phase), include_summaries=r.include_summaries, timeline=timeline
-            )
-            for role in roles
-        }
+        state = self._shown(state)
+        if timeline is not None:
+            timeline = [self._shown(e) for e in timeline]
+        packs: dict[str, Any] = {}
+        warnings: list[str] = []
+        for role in roles:
+            given, field = requested.get(role, (role, "role"))
+            scope, notes = self._policy.resolve(given, state.phase, role_field=field)
+            warnings.extend(notes)
+            packs[role] = role_pack(state, scope, include_summaries=r.include_summaries, timeline=timeline)
         response = pb.RehydrateSessionResponse(
             case_id=case_id,
             generated_at_ms=int(time.time() * 1000),
@@ -370,6 +430,7 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
                 roles=roles,
             ),
             version=state.version,
+            warnings=list(dict.fromkeys(warnings)),
         )
         if r.persist_bundle:
             response.bundle_key = await self._bundles.put(case_id, response.SerializeToString(), ttl)
@@ -394,14 +455,19 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
         node_type = r.node_type.strip().lower()
         if node_type in _UNMODELLED_NODE_TYPES:
             raise NodeNotFound(
-                f"this service models stories, tasks and decisions; it has no {r.node_type} nodes", field="node_type"
+                f"{r.node_type} node {r.node_id!r} not found: this service models stories, tasks and decisions, "
+                f"not {r.node_type} nodes",
+                field="node_type",
             )
         if node_type not in _GRAPH_NODE_TYPES:
             raise InvalidCommand(
                 f"node_type must be Story, Task or Decision (or Project/Epic), got {r.node_type!r:.80}",
                 field="node_type",
             )
-        story_id = self._graph_story_id(node_type, r.node_id)
+        node_id = r.node_id
+        if node_type in ("task", "decision") and "/" not in node_id:
+            node_id = await self._qualified_node_id(node_type, node_id, r.node_type, r.min_version > 0, context)
+        story_id = self._graph_story_id(node_type, node_id)
         depth = _non_negative(r.depth, "depth") or DEFAULT_GRAPH_DEPTH
         notes = []
         if depth > MAX_GRAPH_DEPTH:
@@ -410,21 +476,22 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
         if r.min_version:
             await self._view(story_id, r.min_version, context)
         root, rows = await self._read_models.graph.neighbourhood(
-            node_type, r.node_id, depth, limit=MAX_GRAPH_RELATIONSHIPS + 1
+            node_type, node_id, depth, limit=MAX_GRAPH_RELATIONSHIPS + 1
         )
         if root is None:
-            raise NodeNotFound(f"no {r.node_type} node {r.node_id!r} in the graph")
+            raise NodeNotFound(f"{r.node_type} node {r.node_id!r} not found in the graph")
         if len(rows) > MAX_GRAPH_RELATIONSHIPS:
             notes.append(
                 f"more than {MAX_GRAPH_RELATIONSHIPS} relationships; the first {MAX_GRAPH_RELATIONSHIPS} shown"
             )
             rows = rows[:MAX_GRAPH_RELATIONSHIPS]
-        node = _graph_node(root["eid"], root["labels"], root["props"])
+        shown = self._shown_properties
+        node = _graph_node(root["eid"], root["labels"], shown(root["props"]))
         neighbours: dict[str, pb.GraphNode] = {}
         relationships = []
         for row in rows:
-            src = _graph_node(row["src"], row["src_labels"], row["src_props"])
-            dst = _graph_node(row["dst"], row["dst_labels"], row["dst_props"])
+            src = _graph_node(row["src"], row["src_labels"], shown(row["src_props"]))
+            dst = _graph_node(row["dst"], row["dst_labels"], shown(row["dst_props"]))
             for end in (src, dst):
                 if end.id != node.id:
                     neighbours.setdefault(end.id, end)
@@ -444,6 +511,33 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
             message="; ".join(notes),
             version=root["version"] or 0,
         )
+
+    async def _qualified_node_id(
+        self, node_type: str, plain_id: str, wire_type: str, wait: bool, context: grpc.aio.ServicerContext
+    ) -> str:
+        """``{story}/{id}`` for a Task or Decision named by its own id, if exactly one story has it.
+
+        With ``wait`` (the caller sent a ``min_version``, so it just wrote the node) a node the graph
+        does not hold yet is looked for again until the projection wait's bound.
+        """
+        rules.check_id(plain_id, "node_id")
+        uids = await self._read_models.graph.qualified_ids(node_type, plain_id, limit=11)
+        remaining = context.time_remaining()
+        budget = MAX_PROJECTION_WAIT if remaining is None else min(MAX_PROJECTION_WAIT, remaining - DEADLINE_MARGIN)
+        deadline, delay = time.monotonic() + budget, 0.01
+        while wait and not uids and time.monotonic() + delay < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+            uids = await self._read_models.graph.qualified_ids(node_type, plain_id, limit=11)
+        if not uids:
+            raise NodeNotFound(f"{wire_type} node {plain_id!r} not found in the graph")
+        if len(uids) > 1:
+            shown = ", ".join(uids[:10]) + (", ..." if len(uids) > 10 else "")
+            raise InvalidCommand(
+                f"{wire_type} id {plain_id!r} is in several stories; name one as {{story_id}}/{{id}}: {shown}",
+                field="node_id",
+            )
+        return uids[0]
 
     @staticmethod
     def _graph_story_id(node_type: str, node_id: str) -> str:
@@ -473,7 +567,7 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
         page = events[:limit]
         head = (await self._client.get_story(story_id)).version
         return pb.GetStoryHistoryResponse(
-            events=[story_event(e) for e in page],
+            events=[story_event(self._shown(e)) for e in page],
             next_page_token=_page_token(page[-1].version + 1) if len(events) > limit else "",
             story_version=head,
         )
@@ -494,7 +588,7 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
             while (data := await watch.next(self._closing)) is not None:
                 envelope = decode_event(data)
                 if envelope.version >= from_version:
-                    yield story_event(envelope)
+                    yield story_event(self._shown(envelope))
         finally:
             await watch.close()
 
@@ -503,16 +597,55 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
     async def _event_at(self, story_id: str, version: int) -> EventEnvelope:
         return (await self._client.history(story_id, version, 1))[0]
 
+    async def _submit(self, story_id: str, command: Any, context: grpc.aio.ServicerContext, **options: Any) -> Any:
+        """Send a command to its story actor, redacting secrets before they are appended (if on)."""
+        return await self._client.submit(
+            story_id, command, redaction=self._append_redaction, **{**_command_options(context), **options}
+        )
+
+    async def _create_story(
+        self, story_id: str, title: str, description: str, initial_phase: str, context: grpc.aio.ServicerContext
+    ) -> tuple[str, int]:
+        """Create the story; the same story again (same title, description, phase) is not an error.
+
+        Callers re-run with fixed ids (a demo, a retried workflow): a repeated CreateStory with the
+        same content answers OK and appends nothing; a different content is ALREADY_EXISTS.
+        Returns the story's phase and version."""
+        rules.check_id(story_id, "story_id")
+        phases = self._policy.story_phases
+        phase = phases.canonical(initial_phase or phases.initial, "initial_phase")
+        command = CreateStory(title, description, phase)
+        try:
+            result = await self._submit(story_id, command, context)
+        except StoryAlreadyExists:
+            state = await self._client.get_story(story_id)
+            # Compared as stored: the stored text may have had its secrets redacted on the way in.
+            asked = redact_value((title, description), self._patterns)[0]
+            if redact_value((state.title, state.description), self._patterns)[0] != asked or (
+                len(state.phase_history) == 0 and state.phase != phase
+            ):
+                raise
+            return state.phase, state.version
+        return phase, result.version
+
     @_unary
     async def CreateStory(
         self, request: pb.CreateStoryRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateStoryResponse:
-        """Create the story aggregate (ALREADY_EXISTS if it exists)."""
+        """Create the story aggregate (again with the same content: OK, nothing appended; else ALREADY_EXISTS)."""
         r = request
-        phase = r.initial_phase.strip().upper() or "DESIGN"
-        result = await self._client.create_story(r.story_id, r.title, r.description, phase, **_command_options(context))
-        return pb.CreateStoryResponse(
-            context_id=r.story_id, story_id=r.story_id, current_phase=phase, version=result.version
+        phase, version = await self._create_story(r.story_id, r.title, r.description, r.initial_phase, context)
+        return pb.CreateStoryResponse(context_id=r.story_id, story_id=r.story_id, current_phase=phase, version=version)
+
+    @_unary
+    async def InitializeProjectContext(
+        self, request: pb.InitializeProjectContextRequest, context: grpc.aio.ServicerContext
+    ) -> pb.InitializeProjectContextResponse:
+        """The interface's earlier name for CreateStory: same fields, same behaviour."""
+        r = request
+        phase, version = await self._create_story(r.story_id, r.title, r.description, r.initial_phase, context)
+        return pb.InitializeProjectContextResponse(
+            context_id=r.story_id, story_id=r.story_id, current_phase=phase, version=version
         )
 
     @_unary
@@ -522,18 +655,11 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
         """Create a subtask (its id is generated when ``task_id`` is empty)."""
         r = request
         task_id = r.task_id or new_id()
+        command = CreateSubtask(
+            task_id, r.title, r.role, r.description, tuple(r.dependencies), r.priority or 3, r.estimated_hours
+        )
         with _request_fields(subtask_id="task_id"):
-            result = await self._client.create_subtask(
-                r.story_id,
-                task_id,
-                r.title,
-                r.role,
-                r.description,
-                list(r.dependencies),
-                r.priority or 3,
-                r.estimated_hours,
-                **_command_options(context),
-            )
+            result = await self._submit(r.story_id, command, context)
         if result.duplicate and not r.task_id:
             # A retried request (same idempotency key) whose id we generated: report the first one's.
             event = await self._event_at(r.story_id, result.version)
@@ -547,20 +673,30 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
     async def AddProjectDecision(
         self, request: pb.AddProjectDecisionRequest, context: grpc.aio.ServicerContext
     ) -> pb.AddProjectDecisionResponse:
-        """Record a decision; ``fleet-actor`` metadata becomes its ``decided_by``."""
+        """Record a decision. Its author is ``metadata["winner"]`` (the fleet's deliberations name the
+        winning agent there), else ``fleet-actor`` request metadata; ``metadata["role"]`` is the role
+        the events are recorded under. The metadata is kept as sent."""
         r = request
         options = _command_options(context)
-        with _request_fields(alternatives="alternatives_considered", decided_by=ACTOR_KEY):
-            result = await self._client.add_decision(
-                r.story_id,
-                r.title,
-                r.rationale,
-                decision_type=r.decision_type or "ARCHITECTURE",
-                alternatives=r.alternatives_considered,
-                decided_by=options["actor"],
-                metadata=dict(r.metadata),
-                **options,
-            )
+        metadata = dict(r.metadata)
+        author = next((metadata[k].strip() for k in AUTHOR_KEYS if metadata.get(k, "").strip()), "")
+        role = metadata.get(AUTHOR_ROLE_KEY, "").strip()
+        if role and not options["actor"]:
+            options["actor"] = rules.check_text(role, "metadata.role", rules.MAX_SHORT)
+        decided_by = author or options["actor"]
+        if author and role:
+            decided_by = f"{author} ({role})"
+        command = AddDecision(
+            r.title,
+            r.rationale,
+            r.decision_type or "ARCHITECTURE",
+            None,
+            alternatives_from(r.alternatives_considered),
+            decided_by[: rules.MAX_SHORT],
+            metadata,
+        )
+        with _request_fields(alternatives="alternatives_considered", decided_by="metadata.winner"):
+            result = await self._submit(r.story_id, command, context, actor=options["actor"])
         return pb.AddProjectDecisionResponse(decision_id=result.decision_id or "", version=result.version)
 
     @_unary
@@ -570,7 +706,7 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
         """Move the story to another phase (``from_phase``, if given, must be its current one)."""
         r = request
         command = TransitionPhase(r.to_phase, r.rationale, from_phase=r.from_phase or None)
-        result = await self._client.submit(r.story_id, command, **_command_options(context))
+        result = await self._submit(r.story_id, command, context)
         event = await self._event_at(r.story_id, result.version)
         return pb.TransitionPhaseResponse(
             story_id=r.story_id,
@@ -583,11 +719,17 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
     async def UpdateContext(
         self, request: pb.UpdateContextRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpdateContextResponse:
-        """Apply the request's changes as one atomic batch: all of them or none."""
+        """Apply the request's changes as one atomic batch.
+
+        Each change is mapped onto the story's commands as the fleet's callers send it
+        (``context_changes.plan_changes``). A change that cannot be applied is skipped with a
+        warning naming ``changes[i]`` and why, and the others are appended together; with
+        ``update_context_all_or_nothing`` it fails the request instead (nothing appended)."""
         r = request
         story_id = rules.check_id(r.story_id, "story_id")
-        role = rules.check_label(r.role, "role")
+        role = rules.check_label(re.sub(r"[\s-]+", "_", r.role.strip()) or "AGENT", "role")
         task_id = rules.check_id(r.task_id, "task_id") if r.task_id else ""
+        strict = self._settings.update_context_all_or_nothing
         warnings = []
         if r.timestamp:
             skew = abs((datetime.now(UTC) - _parse_iso(r.timestamp, "timestamp")).total_seconds())
@@ -595,17 +737,35 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
                 warnings.append(
                     f"timestamp is {skew:.0f} s away from the server's clock; events carry the server's time"
                 )
-        if not r.changes:
-            raise InvalidCommand("changes must list at least one change", field="changes")
         if len(r.changes) > rules.MAX_BATCH:
             raise InvalidCommand(f"at most {rules.MAX_BATCH} changes in one request", field="changes")
-        changes = [change_to_command(i, change, role, task_id) for i, change in enumerate(r.changes)]
-        try:
-            result = await self._client.apply_changes(
-                story_id, [c.command for c in changes], **_command_options(context, default_actor=role)
-            )
-        except StoryError as error:
-            raise locate_change_error(error, changes) from None
+        if not r.changes and strict:
+            raise InvalidCommand("changes must list at least one change", field="changes")
+        options = _command_options(context, default_actor=role)
+        for attempt in range(UPDATE_ATTEMPTS):
+            state = await self._client.get_story(story_id)
+            plan = plan_changes(r.changes, state, role=role, task_id=task_id, strict=strict)
+            plan = settle(state, plan, phases=self._policy.story_phases, strict=strict)
+            if not plan.commands:
+                warnings.extend(plan.warnings)
+                warnings.append("nothing was appended: no change could be applied" if r.changes else "no changes given")
+                return pb.UpdateContextResponse(version=state.version, hash="", warnings=warnings)
+            try:
+                result = await self._client.submit(
+                    story_id,
+                    ApplyChanges(tuple(c.command for c in plan.commands)),
+                    expected_version=state.version,
+                    redaction=self._append_redaction,
+                    **options,
+                )
+            except ConcurrencyConflict:
+                if attempt + 1 == UPDATE_ATTEMPTS:
+                    raise
+                continue  # another writer moved the story between reading and appending: plan again
+            except (InvalidCommand, RuleViolation) as error:
+                raise locate_change_error(error, plan.commands) from None
+            warnings.extend(plan.warnings)
+            break
         if result.duplicate:
             warnings.append("these changes were already applied (same idempotency key); nothing new was appended")
         return pb.UpdateContextResponse(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import grpc
 import ray.exceptions
 
-from fleet_actors.errors import StoryError
+from fleet_actors.errors import StoryError, StoryNotFound
 from fleet_actors.urls import redact_urls_in
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,9 @@ def _failure(error: BaseException) -> RpcFailure:
 
 
 def _details(error: StoryError) -> str:
-    if error.field and error.field not in error.message:
-        return f"{error.field}: {error.message}"
-    return error.message
+    message = error.message
+    if isinstance(error, StoryNotFound) and "not found" not in message.lower():
+        message = f"{message} (not found)"  # callers of the Context Service look for these words
+    if error.field and error.field not in message:
+        return f"{error.field}: {message}"
+    return message

@@ -114,6 +114,10 @@ class GraphReadModel(ABC):
         """
 
     @abstractmethod
+    async def qualified_ids(self, node_type: str, plain_id: str, limit: int) -> list[str]:
+        """The ``{story}/{id}`` forms of a ``task`` or ``decision`` named by its own id (sorted, at most ``limit``)."""
+
+    @abstractmethod
     async def ping(self) -> None:
         """Raise BackendUnavailable unless the graph answers."""
 

@@ -85,6 +85,15 @@ class GraphReadModelContract:
         assert (await graph.applied_versions([kept]))[kept] == 2
         assert (await graph.story_rows(gone))["story"] == []
 
+    async def test_plain_task_ids_resolve_to_their_stories(self, graph: GraphReadModel):
+        one, other = new_story_id(), new_story_id()
+        for story_id in (one, other):
+            events = story_events(story_id, 2)
+            await graph.apply({story_id: events}, {story_id: fold(StoryState(story_id), events)})
+        found = await graph.qualified_ids("task", "T1", limit=1000)
+        assert f"{one}/T1" in found and f"{other}/T1" in found and found == sorted(found)
+        assert await graph.qualified_ids("task", f"missing{one}", limit=11) == []
+
     async def test_neighbourhood_of_a_missing_node_is_none(self, graph: GraphReadModel):
         node, relationships = await graph.neighbourhood("story", new_story_id(), 1, limit=10)
         assert node is None and relationships == []

@@ -10,13 +10,17 @@ import ray.exceptions
 
 from fleet_actors.domain.commands import (
     AddDecision,
+    ChangeDecisionStatus,
     CreateSubtask,
     RecordImpact,
     RecordMilestone,
+    RecordPlanVersion,
     RecordSummary,
     RelateDecisions,
     UpdateSubtask,
 )
+from fleet_actors.domain.events import ContextCreated, DecisionAdded, SubtaskCreated
+from fleet_actors.domain.state import StoryState
 from fleet_actors.errors import (
     AppendOutcomeUnknown,
     ArchiveCorrupted,
@@ -33,9 +37,10 @@ from fleet_actors.errors import (
     StoryError,
     StoryNotFound,
 )
-from fleet_actors.gateway.context_changes import CHANGE_KINDS, TOOLS_TEXT, change_to_command, locate_change_error
+from fleet_actors.gateway.context_changes import TOOLS_TEXT, locate_change_error, plan_changes, settle
 from fleet_actors.gateway.status_mapping import CODE_KEY, FIELD_KEY, rpc_failure
 from fleet_actors.proto import context_service_pb2 as pb
+from tests.domain.support import given
 
 
 def change(
@@ -45,74 +50,142 @@ def change(
     return pb.ContextChange(operation=operation, entity_type=entity, entity_id=entity_id, payload=text, reason=reason)
 
 
-def convert(c: pb.ContextChange, index: int = 0):
-    return change_to_command(index, c, "DEV", "T-current").command
+STORY_EVENTS = (
+    ContextCreated("Checkout", "", "BUILD"),
+    SubtaskCreated("T1", "Form", role="DEV"),
+    DecisionAdded("D1", "ARCHITECTURE", "JWT", "stateless"),
+)
+STORY = given(*STORY_EVENTS)
 
 
-def test_each_supported_change_becomes_its_command() -> None:
-    assert convert(change("create", "decision", {"title": "JWT", "metadata": {"k": "v"}}, "D1", "stateless")) == (
-        AddDecision("JWT", "stateless", "ARCHITECTURE", "D1", (), "DEV", {"k": "v"})
-    )
-    assert convert(change("CREATE", "DECISION", {"title": "JWT", "rationale": "r"})).decision_id is None
-    assert convert(change("UPDATE", "DECISION", {"relation_type": "SUPERSEDES", "dst_id": "D1"}, "D2")) == (
+def plan(*changes: pb.ContextChange, strict: bool = False, state=STORY):
+    return settle(state, plan_changes(changes, state, role="DEV", task_id="T-current", strict=strict), strict=strict)
+
+
+def commands(*changes: pb.ContextChange) -> list:
+    return [c.command for c in plan(*changes).commands]
+
+
+def test_the_supported_changes_become_their_commands() -> None:
+    assert commands(change("create", "decision", {"title": "JWT2", "metadata": {"k": "v"}}, "D2", "stateless")) == [
+        AddDecision("JWT2", "stateless", "ARCHITECTURE", "D2", (), "DEV", {"k": "v"})
+    ]
+    two = given(*STORY_EVENTS, DecisionAdded("D2", "ARCHITECTURE", "Paseto", "smaller"))
+    assert [c.command for c in plan(change("UPDATE", "DECISION", {"supersedes": "D1"}, "D2"), state=two).commands] == [
         RelateDecisions("D2", "D1", "SUPERSEDES")
+    ]
+    assert commands(change("Update", "Decision", {"subtask_id": "T1"}, "D1")) == [RecordImpact("D1", "T1")]
+    assert commands(change("CREATE", "SUBTASK", {"title": "API", "dependencies": ["T1"], "priority": 1}, "T2")) == [
+        CreateSubtask("T2", "API", "DEV", "", ("T1",), 1, 0)
+    ]
+    assert commands(change("UPDATE", "SUBTASK", {"status": "IN_PROGRESS"}, "T1", "started")) == [
+        UpdateSubtask("T1", "IN_PROGRESS", "started")
+    ]
+    assert commands(change("CREATE", "MILESTONE", {"kind": "DEMO"}, reason="shown")) == [
+        RecordMilestone("DEMO", "shown")
+    ]
+    assert commands(change("UPDATE", "SUMMARY", {"summary": "s"})) == [RecordSummary("s")]
+
+
+def test_the_callers_shapes_map_onto_our_events() -> None:
+    data = json.dumps({"votes": {"a": 2}, "text": "x" * 10_000})
+    decision = commands(change("CREATE", "DECISION", {"title": "Cache", "status": "PROPOSED", "data": data}, "D2"))
+    assert isinstance(decision[0], AddDecision) and decision[0].properties == {"data": data}
+    assert decision[1] == ChangeDecisionStatus("D2", "PROPOSED", "")
+    assert commands(change("UPDATE", "DECISION", {"status": "RESOLVED"}, "D1", "agreed")) == [
+        ChangeDecisionStatus("D1", "RESOLVED", "agreed")
+    ]
+    assert commands(change("CREATE", "MILESTONE", {"event": "story_created"})) == [RecordMilestone("STORY_CREATED", "")]
+    assert commands(change("CREATE", "MILESTONE", {"type": "review", "title": "passed"})) == [
+        RecordMilestone("REVIEW", "passed")
+    ]
+    created = commands(
+        change("CREATE", "SUBTASK", {"sub_id": "T9", "type": "backend", "plan_id": "P1", "last_status": "PENDING"})
     )
-    assert convert(change("Update", "Decision", {"subtask_id": "T1"}, "D2")) == RecordImpact("D2", "T1")
-    assert convert(change("CREATE", "SUBTASK", {"title": "Form", "dependencies": ["T0"], "priority": 1}, "T1")) == (
-        CreateSubtask("T1", "Form", "DEV", "", ("T0",), 1, 0)
+    assert created == [CreateSubtask("T9", "T9", "DEV", properties={"type": "backend", "plan_id": "P1"})]
+    done = plan(change("UPDATE", "SUBTASK", {"last_status": "COMPLETED"}, "T1"))
+    assert [c.command for c in done.commands] == [
+        UpdateSubtask("T1", "IN_PROGRESS", "implied by DONE"),
+        UpdateSubtask("T1", "DONE", ""),
+    ]
+    assert "PENDING -> IN_PROGRESS -> DONE" in done.warnings[0] and done.warnings[0].startswith("changes[0]")
+    assert commands(change("UPDATE", "PLAN", {"version": 3, "status": "approved", "owner": "po"}, "P1")) == [
+        RecordPlanVersion("P1", 3, "APPROVED", "", {"owner": "po"})
+    ]
+
+
+def test_an_update_without_a_move_records_its_note_and_keys() -> None:
+    assert commands(change("UPDATE", "SUBTASK", {"progress": 50}, "T1", "half way")) == [
+        UpdateSubtask("T1", "PENDING", "half way", {"progress": "50"})
+    ]
+    nothing = plan(change("UPDATE", "SUBTASK", {"status": "PENDING"}, "T1"))
+    assert not nothing.commands and "already PENDING" in nothing.warnings[0]
+
+
+def test_an_unknown_subtask_is_created_then_updated_with_a_warning() -> None:
+    result = plan(change("UPDATE", "SUBTASK", {"status": "IN_PROGRESS", "title": "Docs"}, "T7"))
+    assert [c.command for c in result.commands] == [
+        CreateSubtask("T7", "Docs", "DEV"),
+        UpdateSubtask("T7", "IN_PROGRESS", ""),
+    ]
+    assert result.warnings == ("changes[0]: subtask 'T7' did not exist; created it, then updated it",)
+
+
+def test_unapplicable_changes_are_skipped_with_a_warning_naming_them() -> None:
+    result = plan(
+        change("", ""),
+        change("DELETE", "DECISION", {}, "D1"),
+        change("CREATE", "EPIC", {}),
+        change("CREATE", "SUBTASK", "{not json", "T5"),
+        change("UPDATE", "SUBTASK", {"status": "REVIEWING"}, "T1"),
+        change("UPDATE", "DECISION", {"subtask_id": "T404"}, "D1"),
+        change("CREATE", "SUBTASK", {"title": "kept"}, "T6"),
     )
-    assert convert(change("UPDATE", "SUBTASK", {"status": "DONE"}, reason="merged")) == (
-        UpdateSubtask("T-current", "DONE", "merged")
-    )
-    assert convert(change("CREATE", "MILESTONE", {"kind": "DEMO"}, reason="shown")) == RecordMilestone("DEMO", "shown")
-    assert convert(change("CREATE", "SUMMARY", {"summary": "s"})) == RecordSummary("s")
-    assert convert(change("UPDATE", "SUMMARY", {"summary": "s"})) == RecordSummary("s")
+    assert [c.command for c in result.commands] == [CreateSubtask("T6", "kept", "DEV")]
+    assert [w.split(" skipped")[0] for w in result.warnings] == [
+        "changes[0]", "changes[1].operation", "changes[2].entity_type", "changes[3].payload",
+        "changes[4].payload.status", "changes[5].payload.subtask_id",
+    ]  # fmt: skip
+    assert "append-only" in result.warnings[1] and "T404" in result.warnings[5]
 
 
 @pytest.mark.parametrize(
     ("c", "field"),
     [
-        (change("DELETE", "DECISION", {}, "D1"), "changes[3].operation"),
-        (change("UPDATE", "MILESTONE", {"kind": "X"}, "M1"), "changes[3].operation"),
-        (change("CREATE", "EPIC", {}), "changes[3].entity_type"),
-        (change("CREATE", "", {}), "changes[3].entity_type"),
-        (change("CREATE", "SUBTASK", "{not json"), "changes[3].payload"),
-        (change("CREATE", "SUBTASK", "[1, 2]"), "changes[3].payload"),
-        (change("CREATE", "SUBTASK", {"title": "x", "colour": "red"}), "changes[3].payload.colour"),
-        (change("CREATE", "SUBTASK", {"title": 5}), "changes[3].payload.title"),
-        (change("CREATE", "SUBTASK", {"priority": True}), "changes[3].payload.priority"),
-        (change("CREATE", "SUBTASK", {"dependencies": "T1"}), "changes[3].payload.dependencies"),
-        (change("CREATE", "DECISION", {"metadata": {"k": 1}}), "changes[3].payload.metadata"),
-        (change("UPDATE", "DECISION", {"relation_type": "DEPENDS_ON"}, "D1"), "changes[3].payload"),
-        (change("UPDATE", "DECISION", {"dst_id": "D2", "subtask_id": "T1"}, "D1"), "changes[3].payload"),
+        (change("DELETE", "DECISION", {}, "D1"), "changes[0].operation"),
+        (change("CREATE", "EPIC", {}), "changes[0].entity_type"),
+        (change("CREATE", "SUBTASK", "[1, 2]"), "changes[0].payload"),
+        (change("UPDATE", "DECISION", {"subtask_id": "T404"}, "D1"), "changes[0].payload.subtask_id"),
+        (change("CREATE", "SUBTASK", {"title": "x" * 300}, "T5"), "changes[0].payload.title"),
     ],
 )
-def test_unsupported_or_malformed_changes_name_the_field(c: pb.ContextChange, field: str) -> None:
-    with pytest.raises(InvalidCommand) as caught:
-        change_to_command(3, c, "DEV", "")
+def test_all_or_nothing_raises_naming_the_field(c: pb.ContextChange, field: str) -> None:
+    with pytest.raises(StoryError) as caught:
+        plan(c, strict=True)
     assert caught.value.field == field
 
 
 def test_domain_rejections_point_back_at_the_request_field() -> None:
-    changes = [
-        change_to_command(0, change("CREATE", "SUBTASK", {"title": "x"}, "T1"), "DEV", ""),
-        change_to_command(1, change("UPDATE", "DECISION", {"subtask_id": "T1"}, "D9"), "DEV", ""),
-    ]
+    planned = plan_changes(
+        [change("CREATE", "SUBTASK", {"title": "x"}, "T1"), change("UPDATE", "DECISION", {"subtask_id": "T1"}, "D9")],
+        StoryState("S"),
+        role="DEV",
+        task_id="",
+        strict=True,
+    ).commands
     title = InvalidCommand("change 0: title must not be empty", field="title")
     title.change_index = 0
-    assert locate_change_error(title, changes).field == "changes[0].payload.title"
+    assert locate_change_error(title, planned).field == "changes[0].payload.title"
     missing = RuleViolation("change 1: decision 'D9' does not exist", field="decision_id")
     missing.change_index = 1
-    assert locate_change_error(missing, changes).field == "changes[1].entity_id"
-    story = locate_change_error(StoryNotFound("S1"), changes)
-    assert story.field == "story_id"
-    unprefixed = locate_change_error(InvalidCommand("batch too big", field="changes"), changes)
-    assert unprefixed.field == "changes"
+    located = locate_change_error(missing, planned)
+    assert located.field == "changes[1].entity_id" and located.message.startswith("changes[1]: ")
+    assert locate_change_error(StoryNotFound("S1"), planned).field == "story_id"
 
 
-def test_the_tools_block_lists_exactly_the_supported_changes() -> None:
-    listed = {tuple(line[2:].split(":")[0].split()) for line in TOOLS_TEXT.splitlines() if line.startswith("- ")}
-    assert listed == set(CHANGE_KINDS)
+def test_the_tools_block_names_every_entity_type() -> None:
+    for entity in ("DECISION", "SUBTASK", "MILESTONE", "PLAN", "SUMMARY"):
+        assert f"- {entity} " in TOOLS_TEXT
 
 
 @pytest.mark.parametrize(

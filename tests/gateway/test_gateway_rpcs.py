@@ -16,7 +16,7 @@ from fleet_actors.domain.events import Alternative
 from fleet_actors.gateway.context_changes import TOOLS_TEXT
 from fleet_actors.gateway.scope_policy import ScopePolicy
 from fleet_actors.proto import context_service_pb2 as pb
-from tests.gateway.conftest import Gateway, error_field, new_story, rpc_error
+from tests.gateway.conftest import Gateway, new_story, rpc_error
 
 
 def change(operation: str, entity: str, payload: dict, entity_id: str = "", reason: str = "") -> pb.ContextChange:
@@ -205,35 +205,23 @@ async def test_graph_relationships(gateway: Gateway, story: dict) -> None:
     assert "capped at 3" in capped.message and capped.node.type == "Decision"
 
 
-async def test_update_context_is_all_or_nothing(gateway: Gateway) -> None:
+async def test_update_context_skips_what_it_cannot_apply_and_appends_the_rest_as_one_batch(
+    gateway: Gateway,
+) -> None:
     sid = await new_story(gateway.stub)
     before = await version_of(gateway, sid)
-    rejected_in_the_story = [
-        change("CREATE", "SUBTASK", {"title": "Form"}, "T7"),
-        change("CREATE", "DECISION", {"title": "JWT", "rationale": "stateless"}),
-        change("UPDATE", "SUBTASK", {"status": "DONE"}, "T7"),  # PENDING -> DONE is not allowed
-    ]
-    error = await rpc_error(
-        gateway.stub.UpdateContext(pb.UpdateContextRequest(story_id=sid, role="DEV", changes=rejected_in_the_story))
-    )
-    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and error_field(error) == "changes[2].payload.status"
-    rejected_at_the_gate = [
+    changes = [
         change("CREATE", "SUBTASK", {"title": "Form"}, "T7"),
         change("DELETE", "DECISION", {}, "D1"),
+        change("UPDATE", "SUBTASK", {"status": "IN_PROGRESS"}, "T7"),  # later changes see the earlier ones
+        change("CREATE", "EPIC", {}),
     ]
-    error = await rpc_error(
-        gateway.stub.UpdateContext(pb.UpdateContextRequest(story_id=sid, role="DEV", changes=rejected_at_the_gate))
-    )
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error_field(error) == "changes[1].operation"
-    assert await version_of(gateway, sid) == before and "T7" not in (await gateway.client.get_story(sid)).subtasks
-
-    # later changes of a batch see the earlier ones
-    accepted = [
-        change("CREATE", "SUBTASK", {"title": "Form"}, "T7"),
-        change("UPDATE", "SUBTASK", {"status": "IN_PROGRESS"}, "T7"),
-    ]
-    response = await gateway.stub.UpdateContext(pb.UpdateContextRequest(story_id=sid, role="DEV", changes=accepted))
+    response = await gateway.stub.UpdateContext(pb.UpdateContextRequest(story_id=sid, role="DEV", changes=changes))
     assert response.version == before + 2
+    assert [w.split(" skipped")[0] for w in response.warnings] == ["changes[1].operation", "changes[3].entity_type"]
+    appended = await gateway.client.history(sid, before + 1)
+    assert [e.event_type for e in appended] == ["subtask_created", "subtask_updated"]
+    assert len({e.command_id for e in appended}) == 1  # one command: one atomic batch
 
 
 async def test_idempotency_key_and_clock_skew_warning(gateway: Gateway) -> None:

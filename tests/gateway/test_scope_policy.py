@@ -71,8 +71,40 @@ def test_unknown_role_or_phase_names_the_field(policy: ScopePolicy, role: str, p
     with pytest.raises(InvalidCommand) as caught:
         policy.scope(role, phase)
     assert caught.value.field == field
-    with pytest.raises(InvalidCommand):
-        policy.validate(role, phase, [])
+
+
+@pytest.mark.parametrize("role", ["architect", "developer", "devops", "qa", "data", "DEV", "QA", "ARCHITECT"])
+@pytest.mark.parametrize("phase", ["DESIGN", "BUILD", "TEST", "DOC", "DOCS", "doc"])
+def test_every_name_the_callers_send_resolves_without_warnings(policy: ScopePolicy, role: str, phase: str) -> None:
+    scope, warnings = policy.resolve(role, phase)
+    assert warnings == ()
+    assert scope.sections == policy.scope(role, "DOCS" if phase.upper() == "DOC" else phase).sections
+
+
+@pytest.mark.parametrize(("role", "phase", "unknown"), [("developer", "PLAN", "phase 'PLAN'"),
+                                                        ("qa", "VALIDATE", "phase 'VALIDATE'"),
+                                                        ("CHEF", "BUILD", "role 'CHEF'"),
+                                                        ("DEV", "", "phase ''")])  # fmt: skip
+def test_unknown_role_or_phase_gets_the_minimum_and_a_warning(
+    policy: ScopePolicy, role: str, phase: str, unknown: str
+) -> None:
+    scope, warnings = policy.resolve(role, phase)
+    assert names(scope.sections) == ["CASE_HEADER", "PLAN_HEADER"]
+    assert any(unknown in w for w in warnings) and any("minimum" in w for w in warnings)
+    check = policy.validate(role, phase, ["CASE_HEADER", "PLAN_HEADER"])
+    assert check.allowed and unknown in check.reason
+    with pytest.raises(InvalidCommand) as caught:
+        policy.resolve("", phase)
+    assert caught.value.field == "role"
+
+
+def test_the_story_phases_come_from_the_file(policy: ScopePolicy, tmp_path: Path) -> None:
+    phases = policy.story_phases
+    assert phases.order == ("PLAN", "DESIGN", "BUILD", "VALIDATE", "TEST", "DOCS")
+    assert phases.canonical("doc", "to_phase") == "DOCS" and phases.initial == "DESIGN"
+    path = write_policy(tmp_path, lambda d: d["story_phases"].update(optional=["SHIP"]))
+    with pytest.raises(ConfigurationError, match="story_phases"):
+        ScopePolicy.load(path)
 
 
 def test_validate_reports_missing_and_extra(policy: ScopePolicy) -> None:

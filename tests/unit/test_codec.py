@@ -15,9 +15,11 @@ from fleet_actors.domain.events import (
     DecisionAdded,
     DecisionImpacted,
     DecisionRelated,
+    DecisionStatusChanged,
     EventEnvelope,
     MilestoneRecorded,
     PhaseTransitioned,
+    PlanVersioned,
     SubtaskCreated,
     SubtaskUpdated,
     SummaryRecorded,
@@ -43,6 +45,9 @@ SAMPLES = [
     DecisionImpacted("D1", "T2"),
     MilestoneRecorded("M1", "DEPLOYED", "to staging"),
     SummaryRecorded("so far so good"),
+    SubtaskCreated("T3", "UI", role="DEV", properties={"plan_id": "P1", "type": "frontend"}),
+    DecisionStatusChanged("D1", "RESOLVED", "agreed", {"data": '{"votes": 3}'}),
+    PlanVersioned("P1", 2, "APPROVED", "second pass", {"owner": "po"}),
 ]
 AT = datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
 
@@ -96,3 +101,9 @@ def test_newer_schema_version_refused():
 def test_missing_upcaster_is_an_error_not_a_silent_pass():
     with pytest.raises(EventDecodeError, match="no upcaster"):
         upcast("summary_recorded", 1, 2, {"summary": "s"})
+
+
+def test_redacted_fields_survive_the_round_trip():
+    envelope = EventEnvelope("ev1", "S1", 1, AT, SummaryRecorded("[REDACTED:password]"), redacted=("summary",))
+    assert decode_event(encode_event(envelope)).redacted == ("summary",)
+    assert decode_event(encode_event(EventEnvelope("ev2", "S1", 2, AT, SummaryRecorded("s")))).redacted == ()

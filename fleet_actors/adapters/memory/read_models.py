@@ -75,6 +75,14 @@ class InMemoryGraph(GraphReadModel):
             return {"eid": node_id, "labels": ["Story"], "props": {"story_id": node_id}, "version": state.version}, []
         return None, []
 
+    async def qualified_ids(self, node_type: str, plain_id: str, limit: int) -> list[str]:
+        found = [
+            f"{story_id}/{plain_id}"
+            for story_id, state in self.states.items()
+            if plain_id in (state.subtasks if node_type == "task" else state.decisions)
+        ]
+        return sorted(found)[:limit]
+
     async def ping(self) -> None:
         pass
 

@@ -31,6 +31,7 @@ from fleet_actors.domain.events import (
     DecisionAdded,
     DecisionImpacted,
     DecisionRelated,
+    DecisionStatusChanged,
     EventEnvelope,
     MilestoneRecorded,
     PhaseTransitioned,
@@ -117,6 +118,11 @@ _UPDATE_SUBTASK = """
 UNWIND $rows AS r
 MATCH (t:Subtask {uid: r.uid})
 SET t.status = r.status, t.updated_at = r.at
+"""
+_DECISION_STATUS = """
+UNWIND $rows AS r
+MATCH (d:Decision {uid: r.uid})
+SET d.status = r.status
 """
 _TOUCH_SUBTASK = """
 UNWIND $rows AS r
@@ -230,6 +236,8 @@ def plan_graph_writes(events: Sequence[EventEnvelope], states: Iterable[StorySta
                         "metadata": json.dumps(dict(event.metadata), sort_keys=True),
                     },
                 )
+            case DecisionStatusChanged():
+                add(_DECISION_STATUS, {"uid": uid(sid, event.decision_id), "status": event.status})
             case DecisionRelated():
                 statement = _DECISION_SUPERSEDES if event.relation_type == "SUPERSEDES" else _DECISION_DEPENDS_ON
                 add(statement, {"src": uid(sid, event.src_id), "dst": uid(sid, event.dst_id)})
@@ -264,7 +272,7 @@ def plan_graph_writes(events: Sequence[EventEnvelope], states: Iterable[StorySta
                 pass  # an event type with no graph shape changes only the version
     ordered = [
         _CREATE_STORY, _CREATE_SUBTASK, _SUBTASK_DEPENDS_ON, _ADD_DECISION, _UPDATE_SUBTASK, _TOUCH_SUBTASK,
-        _DECISION_DEPENDS_ON, _DECISION_SUPERSEDES, _IMPACTS, _TRANSITION, _MILESTONE,
+        _DECISION_DEPENDS_ON, _DECISION_SUPERSEDES, _DECISION_STATUS, _IMPACTS, _TRANSITION, _MILESTONE,
     ]  # fmt: skip
     statements = [Statement(cypher, rows[cypher]) for cypher in ordered if cypher in rows]
     summaries = [

@@ -38,6 +38,11 @@ NODE_TYPES = {
     "task": ("Subtask", "uid"),
     "decision": ("Decision", "uid"),
 }
+#: a Task or Decision named by its own id alone: where it is
+PLAIN_ID_QUERIES = {
+    "task": "MATCH (n:Subtask {subtask_id: $id}) RETURN n.uid AS uid ORDER BY uid LIMIT $limit",
+    "decision": "MATCH (n:Decision {decision_id: $id}) RETURN n.uid AS uid ORDER BY uid LIMIT $limit",
+}
 MAX_DEPTH = 3
 ROOT_QUERIES = {
     kind: f"MATCH (n:{label} {{{key}: $id}}) OPTIONAL MATCH (s:Story {{story_id: n.story_id}}) "

@@ -23,6 +23,7 @@ from fleet_actors.adapters.neo4j.graph_mapping import (
 from fleet_actors.adapters.neo4j.graph_queries import (
     NEIGHBOURHOOD_QUERIES,
     NODE_TYPES,
+    PLAIN_ID_QUERIES,
     ROOT_QUERIES,
     STORY_PARTS,
     WIPE_STORIES,
@@ -158,6 +159,11 @@ class GraphStore(GraphReadModel):
         if not roots:
             return None, []
         return roots[0], await self.query(NEIGHBOURHOOD_QUERIES[node_type, depth], id=node_id, limit=limit)
+
+    async def qualified_ids(self, node_type: str, plain_id: str, limit: int) -> list[str]:
+        if node_type not in PLAIN_ID_QUERIES:
+            raise InvalidCommand(f"no plain-id lookup for a {node_type!r} node", field="node_type")
+        return [str(row["uid"]) for row in await self.query(PLAIN_ID_QUERIES[node_type], id=plain_id, limit=limit)]
 
     async def ping(self) -> None:
         """Raise BackendUnavailable unless the graph database answers a query."""

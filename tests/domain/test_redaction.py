@@ -1,0 +1,90 @@
+"""The pure redaction function: every kind of secret, and near-misses that must stay as they are."""
+
+from __future__ import annotations
+
+import pytest
+
+from fleet_actors.domain.redaction import BUILTIN_PATTERNS, parse_patterns, patterns_with, redact_text
+from fleet_actors.errors import ConfigurationError
+
+JWT = (
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4ifQ"
+    ".SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
+)
+PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAx7Hq\nq8o3PwKX\n-----END RSA PRIVATE KEY-----"
+
+#: (text, what must be gone, what must come back)
+SECRETS = [
+    ("db password=hunter2 now", "hunter2", "db password=[REDACTED:password] now"),
+    ('{"password": "hunter2"}', "hunter2", '{"password": "[REDACTED:password]"}'),
+    ("pwd: s3cr3t!", "s3cr3t!", "pwd: [REDACTED:password]"),
+    ("client_secret='abc123def'", "abc123def", "client_secret='[REDACTED:password]'"),
+    ("API_KEY=AKIAxyz12345", "AKIAxyz12345", "API_KEY=[REDACTED:password]"),
+    ("key sk-proj-Abcdefghijklmnop1234567890QRSTuv ok", "sk-proj-", "key [REDACTED:api_key] ok"),
+    ("sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123456789", "sk-ant", "[REDACTED:api_key]"),
+    (f"Authorization: Bearer {JWT}", JWT[:20], "Authorization: Bearer [REDACTED:bearer_token]"),
+    ("bearer 4f9c2a7b1e6d8c3a5f0b9e2d7c4a1f8e", "4f9c2a7b", "bearer [REDACTED:bearer_token]"),
+    (f"cookie {JWT}", JWT[:20], "cookie [REDACTED:jwt]"),
+    (f"the key:\n{PEM}\nend", "MIIEowIBAAKCAQEAx7Hq", "the key:\n[REDACTED:private_key]\nend"),
+    ("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADAN (cut off", "MIIEvQ", "[REDACTED:private_key]"),
+    ("postgres://app:Sup3rS3cret@db.internal:5432/orders", "Sup3rS3cret",
+     "postgres://app:[REDACTED:connection_string]@db.internal:5432/orders"),
+    ("MONGO=mongodb+srv://admin:p%40ss@cluster0.x.net/db", "p%40ss",
+     "MONGO=mongodb+srv://admin:[REDACTED:connection_string]@cluster0.x.net/db"),
+    ("redis://:onlypass9@cache:6379/0", "onlypass9", "redis://:onlypass9@cache:6379/0"),  # see below
+]  # fmt: skip
+
+NEAR_MISSES = [
+    "Password: must be at least 12 characters",
+    "reset your password before logging in",
+    "password policy = strict rules",
+    "we use sk-learn for the model",
+    "sk-learn-pipeline-2024-upgrade-notes",
+    "risk-assessment-for-2024-release-plan",
+    "the bearer of bad news",
+    "Bearer token authentication is used by the API",
+    "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----",
+    "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0B\n-----END PUBLIC KEY-----",
+    "postgres://db.example.com:5432/app",
+    "https://alice@example.com/profile",
+    "http://host:8080/path@x",
+    "token_budget=500 tokens",
+    "the secret sauce is caching",
+    "version 1.2.3 of eyJ-style tokens",
+    "password=[REDACTED:password]",
+]
+
+
+@pytest.mark.parametrize(("text", "gone", "expected"), SECRETS[:-1])
+def test_every_kind_of_secret_is_replaced_by_its_marker(text: str, gone: str, expected: str) -> None:
+    redacted, kinds = redact_text(text)
+    assert redacted == expected and gone not in redacted and kinds
+
+
+def test_a_url_with_an_empty_user_is_left_to_the_operator_patterns() -> None:
+    # ":password@" with no user is rare enough (and close enough to "host:port@") not to guess at
+    text, _, expected = SECRETS[-1]
+    assert redact_text(text) == (expected, ())
+
+
+@pytest.mark.parametrize("text", NEAR_MISSES)
+def test_near_misses_stay_untouched(text: str) -> None:
+    assert redact_text(text) == (text, ())
+
+
+def test_redacting_twice_changes_nothing_more() -> None:
+    once, _ = redact_text(" ".join(text for text, _, _ in SECRETS))
+    assert redact_text(once) == (once, ())
+
+
+def test_operators_extend_the_patterns() -> None:
+    patterns = patterns_with('{"ticket_secret": "\\\\bTKT-[0-9]{6}\\\\b", "vault": "vault:(?P<secret>\\\\S+)"}')
+    assert patterns[: len(BUILTIN_PATTERNS)] == BUILTIN_PATTERNS
+    assert redact_text("use TKT-123456 and vault:abc", patterns) == (
+        "use [REDACTED:ticket_secret] and vault:[REDACTED:vault]",
+        ("ticket_secret", "vault"),
+    )
+    assert redact_text("TKT-123456")[0] == "TKT-123456"  # not built in
+    for bad in ("[]", '{"x": "("}', '{"bad name": "x"}', "not json"):
+        with pytest.raises(ConfigurationError):
+            parse_patterns(bad)
