@@ -1,5 +1,7 @@
 """Through the gRPC gateway: GetContext and CreateTask requests/s and p50/p99 with concurrent clients;
-GetContextAtTime latency on a 10,000-event story with and without snapshots."""
+the cost of fresh reads (GetContext of caught-up stories with FLEET_FRESH_READ_TIMEOUT on and off, in
+alternating rounds, and a read right after a write); GetContextAtTime latency on a 10,000-event story
+with and without snapshots."""
 
 from __future__ import annotations
 
@@ -65,6 +67,41 @@ async def _big_story(settings, story_id: str, snapshots: bool) -> None:
     await store.close()
 
 
+def _fresh_read_cost(settings, fresh_address: str, stories: list[str], get_context) -> dict[str, Any]:
+    """GetContext of caught-up stories, fresh reads on (the default) against off, alternating rounds;
+    then UpdateContext followed at once by GetContext, with the version it served."""
+    rounds: dict[str, list[float]] = {"fresh": [], "off": []}
+    with gateway_in_thread(settings.replace(fresh_read_timeout=0.0)) as plain:
+        for _ in range(3):
+            for name, address in (("fresh", fresh_address), ("off", plain.address)):
+                _, latencies = asyncio.run(_load(address, get_context, CALLS // 4))
+                rounds[name].extend(latencies)
+    fresh, off = latency_summary(rounds["fresh"]), latency_summary(rounds["off"])
+    figures: dict[str, Any] = {f"get_context_fresh_{k}": v for k, v in fresh.items()}
+    figures.update({f"get_context_fresh_off_{k}": v for k, v in off.items()})
+    figures["fresh_read_p50_cost_ms"] = round(fresh["p50_ms"] - off["p50_ms"], 2)
+
+    async def write_then_read() -> tuple[list[float], int]:
+        latencies, stale = [], 0
+        async with grpc.aio.insecure_channel(fresh_address) as channel:
+            stub = pb_grpc.ContextServiceStub(channel)
+            for i in range(40):
+                story_id = stories[i % len(stories)]
+                change = pb.ContextChange(operation="CREATE", entity_type="MILESTONE", entity_id=f"m{i}",
+                                          payload='{"event": "benchmark"}')  # fmt: skip
+                written = await stub.UpdateContext(pb.UpdateContextRequest(story_id=story_id, changes=[change]))
+                started = time.perf_counter()
+                read = await stub.GetContext(pb.GetContextRequest(story_id=story_id, role="DEV", phase="BUILD"))
+                latencies.append(time.perf_counter() - started)
+                stale += int(read.version) < written.version
+        return latencies, stale
+
+    latencies, stale = asyncio.run(write_then_read())
+    figures.update({f"read_after_write_{k}": v for k, v in latency_summary(latencies).items()})
+    figures["read_after_write_stale"] = stale
+    return figures
+
+
 def run(ctx: BenchContext) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
     settings = ctx.settings.replace(stream_name=f"GW{tag.upper()}", subject_prefix=f"gw{tag}.events",
@@ -94,6 +131,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             seconds, latencies = asyncio.run(_load(gateway.address, call, CALLS))
             figures[f"{name}_per_s"] = round(CALLS / seconds, 1)
             figures.update({f"{name}_{k}": v for k, v in latency_summary(latencies).items()})
+        figures.update(_fresh_read_cost(settings, gateway.address, stories, get_context))
         versions = random.Random(7).sample(range(1, BIG + 1), TEMPORAL_QUERIES)
         for kind in ("snap", "plain"):
             story_id = f"big-{tag}-{kind}"

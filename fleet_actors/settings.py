@@ -58,6 +58,10 @@ class Settings:
     duplicate_window: float = 120.0
     #: seconds to wait for a JetStream API answer
     nats_timeout: float = 5.0
+    #: GetContext and RehydrateSession wait up to this many seconds for the read models to reflect
+    #: every write acknowledged before the call (the story's head); past it they answer with what is
+    #: there, and the response's version says which. 0 turns fresh reads off.
+    fresh_read_timeout: float = 2.0
 
     actor_idle_seconds: float = 300.0
     #: report every story actor call to Ray's task table (`ray list tasks`, the dashboard's task
@@ -149,6 +153,8 @@ class Settings:
             from fleet_actors.domain.redaction import parse_patterns
 
             parse_patterns(self.redact_patterns)  # ConfigurationError naming the bad pattern
+        if self.fresh_read_timeout < 0:
+            raise ConfigurationError("FLEET_FRESH_READ_TIMEOUT must be 0 (off) or positive")
         if self.duplicate_window <= 0 or self.nats_timeout <= 0:
             raise ConfigurationError("FLEET_DUPLICATE_WINDOW and FLEET_NATS_TIMEOUT must be positive")
         for first, second in (

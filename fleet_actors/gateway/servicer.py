@@ -16,6 +16,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import re
 import time
 from collections import OrderedDict
@@ -41,6 +42,7 @@ from fleet_actors.domain.state import StoryState, SubtaskStatus
 from fleet_actors.errors import (
     ConcurrencyConflict,
     InvalidCommand,
+    Retryable,
     RuleViolation,
     StoryAlreadyExists,
     StoryError,
@@ -53,6 +55,8 @@ from fleet_actors.gateway.status_mapping import rpc_failure
 from fleet_actors.proto import context_service_pb2 as pb
 from fleet_actors.proto import context_service_pb2_grpc as pb_grpc
 from fleet_actors.settings import Settings
+
+log = logging.getLogger(__name__)
 
 #: request metadata: an idempotency key for commands, and who acts
 IDEMPOTENCY_KEY = "idempotency-key"
@@ -300,26 +304,50 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
 
     # -- queries on the read models ----------------------------------------------------------
 
-    async def _view(self, story_id: str, min_version: int, context: grpc.aio.ServicerContext) -> ContextView:
-        """The story from the read models, at least at ``min_version`` (waiting within the deadline)."""
+    async def _view(
+        self, story_id: str, min_version: int, context: grpc.aio.ServicerContext, *, fresh: bool = False
+    ) -> ContextView:
+        """The story from the read models, at least at ``min_version`` (waiting within the deadline).
+
+        ``fresh`` (GetContext, RehydrateSession): without a ``min_version``, at least at the story's head
+        when the call came in, waiting up to FLEET_FRESH_READ_TIMEOUT; past it, what is there.
+        """
         _non_negative(min_version, "min_version")
-        if min_version == 0:
+        remaining = context.time_remaining()
+        budget = MAX_PROJECTION_WAIT if remaining is None else min(MAX_PROJECTION_WAIT, remaining)
+        budget = max(0.0, budget - DEADLINE_MARGIN)
+        if min_version == 0 and fresh and self._settings.fresh_read_timeout > 0:
+            found, head = await self._read_models.fresh_context(
+                story_id, self._head_version(story_id), min(budget, self._settings.fresh_read_timeout)
+            )
+            if found is not None and found.version < head:
+                log.info("fresh read of %s served v%s; the head is v%s", story_id, found.version, head)
+            view = found if found is not None else await self._from_actor(story_id)
+        elif min_version == 0:
             try:
                 view = await self._read_models.get_context(story_id)
             except StoryNotFound:
-                # Not projected yet is not "does not exist": a story created a moment ago must be
-                # found by the agent that created it. The story actor, the source of truth, decides.
-                state = await self._client.get_story(story_id)
-                return ContextView(story_id, state.version, 0, state)
+                view = await self._from_actor(story_id)
         else:
-            remaining = context.time_remaining()
-            budget = MAX_PROJECTION_WAIT if remaining is None else min(MAX_PROJECTION_WAIT, remaining)
-            view = await self._read_models.wait_for_projection(
-                story_id, min_version, max(0.0, budget - DEADLINE_MARGIN)
-            )
+            view = await self._read_models.wait_for_projection(story_id, min_version, budget)
         if not view.state.created:
             raise StoryNotFound(story_id)
         return view
+
+    async def _from_actor(self, story_id: str) -> ContextView:
+        # Not projected yet is not "does not exist": a story created a moment ago must be found by
+        # the agent that created it. The story actor, the source of truth, decides.
+        state = await self._client.get_story(story_id)
+        return ContextView(story_id, state.version, 0, state)
+
+    async def _head_version(self, story_id: str) -> int:
+        """The story's head, or 0 when the log cannot say now: a read then serves the read model as it
+        is (it does not depend on NATS being up), and its version says which one it served."""
+        try:
+            return await self._events.head_version(story_id)
+        except Retryable as error:
+            log.warning("fresh read of %s without the head: %s", story_id, error.message)
+            return 0
 
     def _context_response(
         self, state: StoryState, role: str, phase: str, subtask_id: str, token_budget: int
@@ -358,7 +386,7 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
         """The role/phase-scoped context from the context read model (waiting for ``min_version`` if given)."""
         r = request
         self._check_context_request(r.story_id, r.role, r.phase, r.subtask_id, r.token_budget)
-        state = (await self._view(r.story_id, r.min_version, context)).state
+        state = (await self._view(r.story_id, r.min_version, context, fresh=True)).state
         return self._context_response(state, r.role, r.phase or state.phase, r.subtask_id, r.token_budget)
 
     @_unary
@@ -399,7 +427,7 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
         timeline_events = min(timeline_events, MAX_TIMELINE_EVENTS)
         ttl = _non_negative(r.ttl_seconds, "ttl_seconds") or DEFAULT_BUNDLE_TTL
         try:
-            state = (await self._view(case_id, r.min_version, context)).state
+            state = (await self._view(case_id, r.min_version, context, fresh=True)).state
         except StoryNotFound as error:
             error.field = "case_id"
             raise
