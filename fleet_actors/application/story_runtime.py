@@ -27,9 +27,13 @@ from fleet_actors.errors import (
 from fleet_actors.ports.event_store import EventStore, StoredEvent
 from fleet_actors.ports.snapshot_store import Snapshot, SnapshotStore
 
-#: how many recent command ids a story remembers for idempotent retries
+#: how many recent command ids a story remembers for idempotent retries, across crashes and passivation
 COMMAND_ID_WINDOW = 10_000
-#: how many of them a snapshot carries (retries come soon after the first attempt)
+#: how many of them a snapshot carries with their results; activation reads the older ones of the
+#: window back from the log (the events carry their command ids), starting at the snapshot's
+#: ``window_start_sequence``: a whole window in every snapshot would be ~0.5 MB, written every
+#: ``snapshot_every`` events, while the read-back costs one pass over the window's events, and only on
+#: activating a story that has had more than this many commands
 SNAPSHOT_COMMANDS = 1_000
 
 log = logging.getLogger(__name__)
@@ -61,6 +65,9 @@ class StoryRuntime:
         self.last_sequence = 0
         self._loaded = False
         self._results: OrderedDict[str, CommandResult] = OrderedDict()
+        #: command id -> log sequence at or below its first event (0: from the story's start); where the
+        #: window starts once that command is the oldest one remembered
+        self._first_sequence: dict[str, int] = {}
         self._snapshots = snapshots
         self._snapshot_every = snapshot_every
         self._snapshot_version = 0
@@ -75,14 +82,21 @@ class StoryRuntime:
         """Rebuild the state: the newest readable snapshot, then the events after it."""
         self._reset()
         snapshot = await self._snapshots.latest(self.story_id) if (use_snapshot and self._snapshots) else None
+        recall_from: int | None = None
         if snapshot is not None:
             self.state, self.last_sequence = snapshot.state, snapshot.last_sequence
             self._snapshot_version = snapshot.version
-            for result in snapshot.recent_commands:
-                self._results[result.command_id] = result
+            if snapshot.window_start_sequence or len(snapshot.recent_commands) >= SNAPSHOT_COMMANDS:
+                # The snapshot carries only the newest part of the window (an older snapshot, no start:
+                # from the story's first event): read the whole window's command ids back from the log.
+                recall_from = max(snapshot.window_start_sequence - 1, 0)
+            else:
+                for result in snapshot.recent_commands:  # the whole window, back to the story's start
+                    self._results[result.command_id] = result
+                    self._first_sequence[result.command_id] = 0
         before = self.state.version
         try:
-            await self._catch_up()
+            await self._catch_up(recall_from)
         except EventDecodeError:
             if snapshot is None:
                 raise
@@ -99,6 +113,7 @@ class StoryRuntime:
         self.last_sequence = 0
         self._snapshot_version = 0
         self._results.clear()
+        self._first_sequence.clear()
 
     async def rebuild_state(self) -> StoryState:
         """Replay every event, ignoring snapshots, and take a fresh snapshot (operators' repair tool)."""
@@ -115,21 +130,28 @@ class StoryRuntime:
         if self._snapshots is None or not self.state.created:
             return
         recent = tuple(self._results.values())[-SNAPSHOT_COMMANDS:]
+        window_start = 0
+        if len(self._results) > len(recent):
+            window_start = max(self._first_sequence[next(iter(self._results))], 1)
         try:
-            await self._snapshots.save(Snapshot(self.state, self.last_sequence, recent))
+            await self._snapshots.save(Snapshot(self.state, self.last_sequence, recent, window_start))
             self._snapshot_version = self.state.version
         except StoryError as error:  # a missed snapshot costs replay time, never a command
             log.warning("story %s: snapshot v%s not saved: %s", self.story_id, self.state.version, error)
 
-    async def _catch_up(self) -> None:
-        """Fold the events appended since ``last_sequence`` (by us or by another writer)."""
+    async def _catch_up(self, recall_from: int | None = None) -> None:
+        """Fold the events appended since ``last_sequence`` (by us or by another writer). With
+        ``recall_from``, the events from that sequence up to ``last_sequence`` are read too, for their
+        command ids only (the idempotency window a snapshot does not carry)."""
         builder = StateBuilder(self.state)
+        folded_from = self.last_sequence
         try:
-            async for stored in self._store.read(self.story_id, self.last_sequence):
-                self._check_follows(stored.envelope, builder.version)
-                builder.add(stored.envelope)
-                self.last_sequence = stored.sequence
-                self._remember(stored.envelope)
+            async for stored in self._store.read(self.story_id, folded_from if recall_from is None else recall_from):
+                if stored.sequence > folded_from:
+                    self._check_follows(stored.envelope, builder.version)
+                    builder.add(stored.envelope)
+                    self.last_sequence = stored.sequence
+                self._remember(stored.envelope, stored.sequence)
         finally:
             self.state = builder.state()
 
@@ -144,10 +166,11 @@ class StoryRuntime:
         envelope = stored.envelope
         self._check_follows(envelope, self.state.version)
         self.state = evolve(self.state, envelope)
+        self._remember(envelope, stored.sequence)
         self.last_sequence = stored.sequence
-        self._remember(envelope)
 
-    def _remember(self, envelope: EventEnvelope) -> None:
+    def _remember(self, envelope: EventEnvelope, sequence: int) -> None:
+        """Record the event's part in its command's result; ``sequence`` is its log sequence or a lower bound."""
         if not envelope.command_id:
             return
         prior = self._results.get(envelope.command_id)
@@ -156,8 +179,10 @@ class StoryRuntime:
             self._results[envelope.command_id] = CommandResult(
                 self.story_id, envelope.version, (envelope.event_id,), envelope.command_id, decision_id
             )
+            self._first_sequence[envelope.command_id] = sequence
             if len(self._results) > COMMAND_ID_WINDOW:
-                self._results.popitem(last=False)
+                oldest, _ = self._results.popitem(last=False)
+                self._first_sequence.pop(oldest, None)
         else:
             self._results[envelope.command_id] = replace(
                 prior,
@@ -221,9 +246,10 @@ class StoryRuntime:
                     # The append may or may not have landed: forget the state, reload next time.
                     self._loaded = False
                     raise
+                first_sequence = self.last_sequence + 1  # a batch's events are stored together, after the head
                 for envelope in envelopes[:-1]:
                     self.state = evolve(self.state, envelope)
-                    self._remember(envelope)
+                    self._remember(envelope, first_sequence)
                 self._apply(StoredEvent(envelopes[-1], appended.last_sequence))
                 await self._maybe_snapshot()
                 return self._results[request.command_id]
