@@ -139,11 +139,16 @@ class _StoryApi(Generic[R]):
         command_id: str | None = None,
         actor: str = "",
     ) -> R:
-        """Send any command. The command id defaults to a fresh one, so transport retries are safe."""
+        """Send any command. The command id defaults to a fresh one, so transport retries are safe; one
+        that is given must be a valid id (an empty one is refused: it would never match a retry)."""
         rules.check_id(story_id, "story_id")
+        if command_id is not None:
+            rules.check_id(command_id, "command_id")
         if expected_version is not None and (isinstance(expected_version, bool) or expected_version < 0):
             raise StoryError("expected_version must be a non-negative integer", field="expected_version")
-        request = CommandRequest(story_id, command, command_id or new_id(), actor, expected_version)
+        request = CommandRequest(
+            story_id, command, new_id() if command_id is None else command_id, actor, expected_version
+        )
         return self._call(story_id, "execute", pack(request), may_create=may_create_story(command))
 
     def create_story(

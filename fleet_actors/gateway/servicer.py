@@ -252,7 +252,7 @@ def _command_options(context: grpc.aio.ServicerContext, default_actor: str = "")
         "actor": rules.check_text(metadata.get(ACTOR_KEY, default_actor), ACTOR_KEY, rules.MAX_SHORT)
     }
     key = metadata.get(IDEMPOTENCY_KEY)
-    if key:
+    if key is not None:  # sent but empty is refused, like any malformed key (absent: a fresh one)
         options["command_id"] = rules.check_id(key, IDEMPOTENCY_KEY)
     return options
 

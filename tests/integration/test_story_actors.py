@@ -108,6 +108,18 @@ def test_resent_command_id_appends_nothing(client, settings):
     assert asyncio.run(stored_versions(settings, sid)) == [1, 2]
 
 
+def test_an_empty_command_id_is_refused_not_taken_as_a_key_that_never_matches(client, settings):
+    sid = new_story()
+    client.create_story(sid, "t")
+    for _ in range(2):  # it appended twice: "" became a fresh id each time
+        with pytest.raises(InvalidCommand) as refused:
+            client.record_summary(sid, "note", command_id="")
+        assert refused.value.field == "command_id"
+        with pytest.raises(InvalidCommand):
+            asyncio.run(client.aio.record_summary(sid, "note", command_id=""))
+    assert asyncio.run(stored_versions(settings, sid)) == [1]
+
+
 def test_twenty_concurrent_writers_with_the_same_expected_version(client, settings):
     sid = new_story()
     client.create_story(sid, "t")
