@@ -196,6 +196,8 @@ class StoryRuntime:
         if request.story_id != self.story_id:
             raise InvalidCommand(f"request for story {request.story_id!r} sent to {self.story_id!r}")
         rules.check_id(request.command_id, "command_id")
+        rules.check_actor(request.actor)
+        rules.check_expected_version(request.expected_version)
         async with self._lock:
             if not self._loaded:
                 await self.load()

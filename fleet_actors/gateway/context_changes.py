@@ -191,6 +191,8 @@ def _parse_payload(text: str, schema: Mapping[str, type], field: str) -> dict[st
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise InvalidCommand(f"not valid JSON: {error.msg} at character {error.pos}", field=field) from None
+    except RecursionError:
+        raise InvalidCommand("nested too deeply to be a change's payload", field=field) from None
     if not isinstance(data, dict):
         raise InvalidCommand("must be a JSON object", field=field)
     for key, value in data.items():

@@ -16,7 +16,7 @@ from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
 from fleet_actors.adapters.jetstream.connection import declare_stream, nats_errors, stream_placement
 from fleet_actors.adapters.valkey import ContextCache, valkey_errors
-from fleet_actors.errors import InvalidCommand, StoryError
+from fleet_actors.errors import InvalidCommand
 from fleet_actors.settings import Settings
 
 HELD_KEY = "dlq:held"
@@ -96,7 +96,7 @@ class DeadLetters:
             raise InvalidCommand("action must be retry or skip", field="action")
         held = await self.held()
         if story_id not in held:
-            raise StoryError(f"story {story_id!r} has no parked event", field="story_id")
+            raise InvalidCommand(f"story {story_id!r} has no parked event", field="story_id")
         with valkey_errors("requesting a release"):
             await self._cache.client.hset(RELEASE_KEY, story_id, action)
         return held[story_id]

@@ -120,6 +120,59 @@ def test_an_empty_command_id_is_refused_not_taken_as_a_key_that_never_matches(cl
     assert asyncio.run(stored_versions(settings, sid)) == [1]
 
 
+def test_invalid_commands_start_no_story_actor(client, settings):
+    # 17 CreateStory calls with an empty title once left 17 live actors (~75 MB each) counting
+    # against the live cap: validation that needs no state runs before activation.
+    calls = [
+        lambda sid: client.create_story(sid, ""),
+        lambda sid: client.create_story(sid, "t", initial_phase="LAUNCH"),
+        lambda sid: client.create_story(sid, "t", description="x" * 10_001),
+        lambda sid: client.create_story(sid, "t", actor="a\x00b"),
+        lambda sid: client.create_story(sid, "t", expected_version=-1),
+        lambda sid: client.apply_changes(sid, [CreateStory("t"), CreateSubtask("a b", "x", "dev")]),
+        lambda sid: asyncio.run(client.aio.create_story(sid, " ")),
+    ]
+    stories = [new_story() for _ in calls]
+    for sid, call in zip(stories, calls, strict=True):
+        with pytest.raises(InvalidCommand):
+            call(sid)
+    assert set(stories).isdisjoint(live_story_ids(settings))
+    assert all(asyncio.run(stored_versions(settings, sid)) == [] for sid in stories)
+
+
+def test_the_actor_field_is_bounded_and_validated_like_every_other(client, settings):
+    sid = new_story()
+    client.create_story(sid, "t", actor="x" * 64)
+    # 2 MB once came back as BackendUnavailable (retryable: a client following the contract retried
+    # forever); 100,000 characters and NUL characters were stored.
+    for actor in ["x" * 2_000_000, "x" * 100_000, "x" * 65, "agent\x00", "tab\tbed"]:
+        with pytest.raises(InvalidCommand) as refused:
+            client.record_summary(sid, "note", actor=actor)
+        assert refused.value.field == "actor" and not refused.value.retryable
+    assert [e.actor for e in client.history(sid)] == ["x" * 64]
+
+
+def test_malformed_values_are_invalid_naming_the_field_and_append_nothing(client, settings):
+    sid = new_story()
+    client.create_story(sid, "t")
+    for call, field in [
+        (lambda: client.record_summary(sid, "x", expected_version=-1), "expected_version"),
+        (lambda: client.record_summary(sid, "x", expected_version=float("nan")), "expected_version"),
+        (lambda: client.record_summary(sid, "x", expected_version=1.5), "expected_version"),
+        (lambda: client.record_summary(sid, "x", expected_version="3"), "expected_version"),
+        (lambda: client.create_subtask(sid, "T1", "bad \ud800 title", "dev"), "title"),
+        (lambda: client.add_decision(sid, "t", "r", metadata={"k": "\udfff"}), "metadata[k]"),
+        (lambda: client.create_subtask(sid, "T1", "x", "dev", dependencies="abc"), "dependencies"),
+        (lambda: client.create_subtask(sid, "T1", "x", "dev", dependencies=7), "dependencies"),
+        (lambda: client.create_subtask(sid, "T1", "x", "dev", priority=1.5), "priority"),
+        (lambda: client.add_decision(sid, "t", "r", metadata="abc"), "metadata"),
+    ]:
+        with pytest.raises(InvalidCommand) as refused:
+            call()
+        assert refused.value.field == field
+    assert asyncio.run(stored_versions(settings, sid)) == [1]
+
+
 def test_twenty_concurrent_writers_with_the_same_expected_version(client, settings):
     sid = new_story()
     client.create_story(sid, "t")

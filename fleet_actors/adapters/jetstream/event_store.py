@@ -28,7 +28,13 @@ from fleet_actors.adapters.jetstream.connection import (
 from fleet_actors.adapters.jetstream.direct_get import read_by_subject
 from fleet_actors.codec import decode_event, encode_event
 from fleet_actors.domain.events import EventEnvelope
-from fleet_actors.errors import AppendOutcomeUnknown, BackendUnavailable, ConcurrencyConflict, StoryError
+from fleet_actors.errors import (
+    AppendOutcomeUnknown,
+    BackendUnavailable,
+    ConcurrencyConflict,
+    InvalidCommand,
+    StoryError,
+)
 from fleet_actors.ports.event_store import AppendResult, EventStore, StoredEvent
 from fleet_actors.settings import Settings
 
@@ -82,7 +88,7 @@ class JetStreamEventStore(EventStore):
         if not events:
             return AppendResult(expected_sequence)
         if len(events) > MAX_BATCH:
-            raise StoryError(f"at most {MAX_BATCH} events can be appended at once")
+            raise InvalidCommand(f"at most {MAX_BATCH} events can be appended at once", field="changes")
         messages = [(self._settings.story_subject(story_id, e.event_type), encode_event(e), e.event_id) for e in events]
         if not self._nc.is_connected:
             await self._wait_for_connection(story_id)
