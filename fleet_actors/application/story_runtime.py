@@ -108,6 +108,16 @@ class StoryRuntime:
         self.replayed_on_load = self.state.version - before
         self._loaded = True
 
+    async def refresh(self) -> StoryState:
+        """The state, caught up with the log as it is now: another writer (the importer, a second
+        actor during a fail-over) may have appended since. One head lookup when nothing changed."""
+        async with self._lock:
+            if not self._loaded:
+                await self.load()
+            elif await self._store.last_sequence(self.story_id) != self.last_sequence:
+                await self._catch_up()
+            return self.state
+
     def _reset(self) -> None:
         self.state = StoryState(self.story_id)
         self.last_sequence = 0

@@ -15,8 +15,10 @@ from fleet_actors import ConcurrencyConflict, FleetClient, InvalidCommand, RuleV
 from fleet_actors.actors.naming import live_story_ids, story_actor_name
 from fleet_actors.actors.story_actor import registry_handle
 from fleet_actors.adapters.jetstream import JetStreamEventStore
+from fleet_actors.application.messages import CommandRequest
+from fleet_actors.application.story_runtime import StoryRuntime
 from fleet_actors.devstack import NatsServer
-from fleet_actors.domain.commands import CreateStory, CreateSubtask
+from fleet_actors.domain.commands import CreateStory, CreateSubtask, RecordSummary
 from fleet_actors.errors import Retryable
 from fleet_actors.settings import Settings
 
@@ -171,6 +173,29 @@ def test_malformed_values_are_invalid_naming_the_field_and_append_nothing(client
             call()
         assert refused.value.field == field
     assert asyncio.run(stored_versions(settings, sid)) == [1]
+
+
+def test_get_story_is_not_older_than_the_log_after_another_writer_appended(client, settings):
+    # The importer writes through the store, not the actor: the actor answered version 14 while the
+    # log was at 54, until its next command.
+    sid = new_story()
+    client.create_story(sid, "t")
+    assert client.get_story(sid).version == 1
+
+    async def another_writer():
+        store = await JetStreamEventStore.connect(settings)
+        try:
+            writer = StoryRuntime(sid, store)
+            for i in range(40):
+                await writer.execute(CommandRequest(sid, RecordSummary(f"imported {i}"), f"import-{i}"))
+        finally:
+            await store.close()
+
+    asyncio.run(another_writer())
+    state = client.get_story(sid)
+    assert (state.version, state.last_summary) == (41, "imported 39")
+    assert asyncio.run(client.aio.get_story(sid)).version == 41
+    assert client.record_summary(sid, "after", expected_version=41).version == 42
 
 
 def test_twenty_concurrent_writers_with_the_same_expected_version(client, settings):
