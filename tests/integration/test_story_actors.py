@@ -225,6 +225,25 @@ def test_killed_actor_comes_back_with_the_same_state(client, settings):
     assert client.update_subtask(sid, "T1", "IN_PROGRESS").version == 3
 
 
+@pytest.mark.slow
+def test_a_killed_actor_still_recognises_a_command_id_older_than_its_snapshot_carries(client, settings):
+    # The fault campaign's case: after 1,150 command ids, c5 was appended again once the story's
+    # worker had been killed (its snapshot carried the last 1,000 results only).
+    sid = new_story()
+    client.create_story(sid, "t")
+
+    async def send_all():
+        for i in range(1150):
+            await client.aio.record_summary(sid, f"s{i}", command_id=f"c{i}")
+
+    asyncio.run(send_all())
+    assert client.record_summary(sid, "s5", command_id="c5").duplicate
+    ray.kill(ray.get_actor(story_actor_name(sid), namespace=settings.ray_namespace))
+    again = client.record_summary(sid, "s5", command_id="c5")
+    assert again.duplicate and again.version == 7
+    assert len(asyncio.run(stored_versions(settings, sid))) == 1151
+
+
 def test_passivated_actor_comes_back_with_the_same_state(client, settings):
     sid = new_story()
     client.create_story(sid, "t")
