@@ -29,11 +29,11 @@ from fleet_actors.ports.snapshot_store import Snapshot, SnapshotStore
 
 #: how many recent command ids a story remembers for idempotent retries, across crashes and passivation
 COMMAND_ID_WINDOW = 10_000
-#: how many of them a snapshot carries with their results; activation reads the older ones of the
-#: window back from the log (the events carry their command ids), starting at the snapshot's
-#: ``window_start_sequence``: a whole window in every snapshot would be ~0.5 MB, written every
-#: ``snapshot_every`` events, while the read-back costs one pass over the window's events, and only on
-#: activating a story that has had more than this many commands
+#: how many of them a snapshot carries with their results. The older ones of the window are read back
+#: from the log (the events carry their command ids) from the snapshot's ``window_start_sequence``,
+#: once, by the first command after activation whose id is not among those carried: a whole window in
+#: every snapshot would be ~0.5 MB, written every ``snapshot_every`` events, while the read-back costs
+#: one pass over the window's events, and only for a story that has had more than this many commands
 SNAPSHOT_COMMANDS = 1_000
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,8 @@ class StoryRuntime:
         #: command id -> log sequence at or below its first event (0: from the story's start); where the
         #: window starts once that command is the oldest one remembered
         self._first_sequence: dict[str, int] = {}
+        #: (after, up to) log sequences of the window's part that the snapshot did not carry, until read back
+        self._recall: tuple[int, int] | None = None
         self._snapshots = snapshots
         self._snapshot_every = snapshot_every
         self._snapshot_version = 0
@@ -82,21 +84,20 @@ class StoryRuntime:
         """Rebuild the state: the newest readable snapshot, then the events after it."""
         self._reset()
         snapshot = await self._snapshots.latest(self.story_id) if (use_snapshot and self._snapshots) else None
-        recall_from: int | None = None
         if snapshot is not None:
             self.state, self.last_sequence = snapshot.state, snapshot.last_sequence
             self._snapshot_version = snapshot.version
+            for result in snapshot.recent_commands:
+                self._results[result.command_id] = result
+                self._first_sequence[result.command_id] = 0  # a lower bound: the story's start
             if snapshot.window_start_sequence or len(snapshot.recent_commands) >= SNAPSHOT_COMMANDS:
-                # The snapshot carries only the newest part of the window (an older snapshot, no start:
-                # from the story's first event): read the whole window's command ids back from the log.
-                recall_from = max(snapshot.window_start_sequence - 1, 0)
-            else:
-                for result in snapshot.recent_commands:  # the whole window, back to the story's start
-                    self._results[result.command_id] = result
-                    self._first_sequence[result.command_id] = 0
+                # Only the newest part of the window is carried (a snapshot from before window starts
+                # were kept: from the story's first event). The rest stays in the log until a command
+                # needs it (_recall_window): reads and retries of recent command ids do not.
+                self._recall = (max(snapshot.window_start_sequence - 1, 0), snapshot.last_sequence)
         before = self.state.version
         try:
-            await self._catch_up(recall_from)
+            await self._catch_up()
         except EventDecodeError:
             if snapshot is None:
                 raise
@@ -124,6 +125,31 @@ class StoryRuntime:
         self._snapshot_version = 0
         self._results.clear()
         self._first_sequence.clear()
+        self._recall = None
+
+    async def _recall_window(self) -> None:
+        """Read back the command ids of the window that the snapshot this story loaded did not carry.
+        Runs under the lock; if the read fails, the next command tries again."""
+        assert self._recall is not None
+        after, up_to = self._recall
+        newer, newer_first = self._results, self._first_sequence
+        self._results, self._first_sequence = OrderedDict(), {}
+        try:
+            async for stored in self._store.read(self.story_id, after):
+                if stored.sequence > up_to:
+                    break
+                self._remember(stored.envelope, stored.sequence)
+        except BaseException:
+            self._results, self._first_sequence = newer, newer_first
+            raise
+        for command_id, result in newer.items():  # the carried ones again (now with their sequences), then later
+            if command_id not in self._results:
+                self._results[command_id] = result
+                self._first_sequence[command_id] = newer_first[command_id]
+        while len(self._results) > COMMAND_ID_WINDOW:
+            oldest, _ = self._results.popitem(last=False)
+            self._first_sequence.pop(oldest, None)
+        self._recall = None
 
     async def rebuild_state(self) -> StoryState:
         """Replay every event, ignoring snapshots, and take a fresh snapshot (operators' repair tool)."""
@@ -141,7 +167,9 @@ class StoryRuntime:
             return
         recent = tuple(self._results.values())[-SNAPSHOT_COMMANDS:]
         window_start = 0
-        if len(self._results) > len(recent):
+        if self._recall is not None:  # not read back yet: the window still starts where it did
+            window_start = self._recall[0] + 1
+        elif len(self._results) > len(recent):
             window_start = max(self._first_sequence[next(iter(self._results))], 1)
         try:
             await self._snapshots.save(Snapshot(self.state, self.last_sequence, recent, window_start))
@@ -149,18 +177,14 @@ class StoryRuntime:
         except StoryError as error:  # a missed snapshot costs replay time, never a command
             log.warning("story %s: snapshot v%s not saved: %s", self.story_id, self.state.version, error)
 
-    async def _catch_up(self, recall_from: int | None = None) -> None:
-        """Fold the events appended since ``last_sequence`` (by us or by another writer). With
-        ``recall_from``, the events from that sequence up to ``last_sequence`` are read too, for their
-        command ids only (the idempotency window a snapshot does not carry)."""
+    async def _catch_up(self) -> None:
+        """Fold the events appended since ``last_sequence`` (by us or by another writer)."""
         builder = StateBuilder(self.state)
-        folded_from = self.last_sequence
         try:
-            async for stored in self._store.read(self.story_id, folded_from if recall_from is None else recall_from):
-                if stored.sequence > folded_from:
-                    self._check_follows(stored.envelope, builder.version)
-                    builder.add(stored.envelope)
-                    self.last_sequence = stored.sequence
+            async for stored in self._store.read(self.story_id, self.last_sequence):
+                self._check_follows(stored.envelope, builder.version)
+                builder.add(stored.envelope)
+                self.last_sequence = stored.sequence
                 self._remember(stored.envelope, stored.sequence)
         finally:
             self.state = builder.state()
@@ -211,6 +235,8 @@ class StoryRuntime:
         async with self._lock:
             if not self._loaded:
                 await self.load()
+            if self._recall is not None and request.command_id not in self._results:
+                await self._recall_window()
             for attempt in range(2):
                 prior = self._results.get(request.command_id)
                 if prior is not None:
