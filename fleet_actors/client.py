@@ -41,6 +41,7 @@ from fleet_actors.domain.commands import (
 from fleet_actors.domain.events import Alternative, EventEnvelope
 from fleet_actors.domain.state import StoryState
 from fleet_actors.domain.story import may_create_story
+from fleet_actors.domain.validation import check_request
 from fleet_actors.errors import BackendUnavailable, InvalidCommand, StoryError, StoryNotFound
 from fleet_actors.settings import Settings
 
@@ -140,14 +141,19 @@ class _StoryApi(Generic[R]):
         actor: str = "",
         redaction: tuple[tuple[str, str], ...] = (),
     ) -> R:
-        """Send any command. The command id defaults to a fresh one, so transport retries are safe.
+        """Send any command. The command id defaults to a fresh one, so transport retries are safe; one
+        that is given must be a valid id (an empty one is refused: it would never match a retry).
 
         ``redaction``: secret patterns (domain/redaction.py) the story redacts from the events
         before appending them; the gateway passes them when ``redact_on_append`` is on."""
         rules.check_id(story_id, "story_id")
-        if expected_version is not None and (isinstance(expected_version, bool) or expected_version < 0):
-            raise InvalidCommand("expected_version must be a non-negative integer", field="expected_version")
-        request = CommandRequest(story_id, command, command_id or new_id(), actor, expected_version, tuple(redaction))
+        # Everything that needs no story state is judged here, before a story actor is activated:
+        # a malformed command must not cost a worker process (nor count against the live cap).
+        check_request(command, command_id, actor, expected_version)
+        request = CommandRequest(
+            story_id, command, new_id() if command_id is None else command_id, actor, expected_version,
+            tuple(redaction),
+        )  # fmt: skip
         return self._call(story_id, "execute", pack(request), may_create=may_create_story(command))
 
     def create_story(
@@ -184,7 +190,9 @@ class _StoryApi(Generic[R]):
         command_id: str | None = None,
         actor: str = "",
     ) -> R:
-        command = CreateSubtask(subtask_id, title, role, description, tuple(dependencies), priority, estimated_hours)
+        command = CreateSubtask(
+            subtask_id, title, role, description, _as_tuple(dependencies), priority, estimated_hours
+        )
         return self.submit(story_id, command, expected_version=expected_version, command_id=command_id, actor=actor)
 
     def update_subtask(
@@ -223,7 +231,7 @@ class _StoryApi(Generic[R]):
             decision_id,
             alternatives_from(alternatives),
             decided_by,
-            dict(metadata or {}),
+            dict(metadata) if isinstance(metadata, Mapping) else ({} if metadata is None else metadata),
         )
         return self.submit(story_id, command, expected_version=expected_version, command_id=command_id, actor=actor)
 
@@ -304,7 +312,7 @@ class _StoryApi(Generic[R]):
         actor: str = "",
     ) -> R:
         """Several commands as one atomic append: all are applied or none."""
-        command = ApplyChanges(tuple(commands))
+        command = ApplyChanges(_as_tuple(commands))
         return self.submit(story_id, command, expected_version=expected_version, command_id=command_id, actor=actor)
 
     def get_story(self, story_id: str) -> R:
@@ -340,6 +348,14 @@ class _StoryApi(Generic[R]):
         """Wait until both read models include ``version``; raises ProjectionTimeout."""
         rules.check_id(story_id, "story_id")
         return self._query("wait_for_projection", story_id, version, timeout)
+
+
+def _as_tuple(value: Any) -> Any:
+    """An iterable as a tuple; a string, or a value that is not iterable, as it is: validation refuses
+    it naming the field (``tuple("abc")`` would have been three one-letter ids)."""
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        return value
+    return tuple(value)
 
 
 def _unwrap(value: Any) -> Any:

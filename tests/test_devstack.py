@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,7 @@ from nats.js.api import StreamConfig
 
 from fleet_actors.cli.main import main
 from fleet_actors.devstack import LocalStack, ManagedServer, NatsServer, ValkeyServer, pid_alive, process
+from fleet_actors.devstack.stack import ServerSupervisor
 from fleet_actors.errors import BackendUnavailable, ConfigurationError
 from fleet_actors.settings import Settings, load_env_file
 
@@ -404,3 +406,141 @@ def test_a_port_is_handed_out_once_even_if_the_kernel_offers_it_again(monkeypatc
     monkeypatch.setattr(process, "_unused_port", lambda: next(offered))
     monkeypatch.setattr(process, "_HANDED_OUT", set())
     assert [process.free_port(), process.free_port()] == [41001, 41002]
+
+
+async def test_a_supervised_server_that_dies_is_restarted_with_its_data_on_its_port(tmp_path: Path) -> None:
+    # dev up once kept running with a dead server behind a fleet.env that still pointed at it.
+    nats_server = NatsServer(tmp_path / "nats").start()
+    valkey_server = ValkeyServer(tmp_path / "valkey").start()
+    lines: list[str] = []
+    stopping = threading.Event()
+    supervisor = ServerSupervisor([nats_server, valkey_server], backoff=(0.0, 0.2), log=lines.append)
+    watcher = threading.Thread(target=supervisor.run, args=(stopping, 0.05), daemon=True)
+    try:
+        nats_server.wait_ready()
+        valkey_server.wait_ready()
+        watcher.start()
+        nc = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+        client = valkey_asyncio.from_url(valkey_server.url)
+        try:
+            js = nc.jetstream(timeout=1.0)
+            await js.add_stream(StreamConfig(name=PROBE_STREAM, subjects=["devstack.>"]))
+            await js.publish("devstack.probe", b"acknowledged")
+            await client.set("probe", "acknowledged")
+            for server in (nats_server, valkey_server):
+                port, pid = server.port, server.pid
+                assert pid is not None
+                os.kill(pid, signal.SIGKILL)  # from outside, as a crash would
+                restarts = len(lines) + 1
+                deadline = time.monotonic() + 30
+                while len(lines) < restarts and time.monotonic() < deadline:  # logged once it is ready
+                    await asyncio.sleep(0.05)
+                assert server.port == port and server.pid not in (pid, None) and server.running
+            message = await _eventually(lambda: js.get_last_msg(PROBE_STREAM, "devstack.probe"))
+            assert message.data == b"acknowledged"
+            assert await _eventually(lambda: client.get("probe")) == b"acknowledged"
+        finally:
+            await client.aclose()
+            await nc.close()
+        assert len(lines) == 2 and "nats-server" in lines[0] and "valkey-server" in lines[1]
+        assert all("restarted as pid" in line and "same data" in line for line in lines)
+    finally:
+        stopping.set()
+        if watcher.is_alive():
+            watcher.join(10)
+        nats_server.stop()
+        valkey_server.stop()
+
+
+def test_a_server_that_cannot_be_kept_running_gives_up_so_the_stack_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = ValkeyServer(tmp_path / "valkey").start().wait_ready()
+    lines: list[str] = []
+    supervisor = ServerSupervisor([server], backoff=(0.0, 0.0, 0.1), log=lines.append)
+    try:
+        supervisor.check()  # alive: nothing to do
+        monkeypatch.setattr(server, "_command", lambda: ["sh", "-c", "echo no luck; exit 3"])
+        pid = server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        server._proc.wait()  # type: ignore[union-attr]
+        with pytest.raises(BackendUnavailable) as gave_up:
+            supervisor.check()
+        assert "could not be kept running (3 restarts" in gave_up.value.message
+        assert lines == [] and not server.running
+    finally:
+        server.stop()
+
+
+def test_a_dead_fatal_server_gives_up_at_once(tmp_path: Path) -> None:
+    server = ValkeyServer(tmp_path / "valkey").start().wait_ready()
+    try:
+        os.kill(server.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        server._proc.wait()  # type: ignore[union-attr]
+        with pytest.raises(BackendUnavailable, match="not restarted"):
+            ServerSupervisor([], [server]).check()
+    finally:
+        server.stop()
+
+
+def _server_pid(cli_pid: int, name: str) -> int | None:
+    for pid in _descendants(cli_pid):
+        try:
+            command = Path(f"/proc/{pid}/comm").read_text().strip()  # valkey rewrites its cmdline
+        except OSError:
+            continue
+        if command == name:
+            return pid
+    return None
+
+
+def test_dev_up_restarts_a_dead_server_and_exits_non_zero_when_one_cannot_be_kept_running(tmp_path: Path) -> None:
+    data_dir = tmp_path / "dev"
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "fleet_actors.cli.main", "dev", "up", "--no-ray", "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    spawned: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while not (data_dir / "fleet.env").exists() and cli.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        spawned = _descendants(cli.pid)
+        nats_pid = _server_pid(cli.pid, "nats-server")
+        assert nats_pid is not None, "dev up did not start"
+        os.kill(nats_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while _server_pid(cli.pid, "nats-server") in (None, nats_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _server_pid(cli.pid, "nats-server") not in (None, nats_pid) and cli.poll() is None
+        spawned |= _descendants(cli.pid)
+        # Valkey dies and its port is taken meanwhile: every restart fails, so the stack stops.
+        port = json.loads((data_dir / "ports.json").read_text())["valkey"]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            pid = _server_pid(cli.pid, "valkey-server")
+            if pid is not None:
+                spawned.add(pid)
+                os.kill(pid, signal.SIGKILL)
+            try:
+                holder.bind(("127.0.0.1", port))
+                holder.listen()
+                break
+            except OSError:
+                time.sleep(0.01)
+        cli.wait(90)  # 5 restarts fail over the backoff's ~15 s
+    finally:
+        if cli.poll() is None:
+            cli.send_signal(signal.SIGTERM)
+        _, err = cli.communicate(timeout=60)
+        holder.close()
+    assert cli.returncode == 1, err
+    restarted = [line for line in err.splitlines() if "restarted as pid" in line]
+    assert len(restarted) == 1 and "nats-server" in restarted[0]
+    assert "valkey-server" in err and "could not be kept running" in err
+    assert not [pid for pid in spawned if pid_alive(pid)]
+    assert not (data_dir / "fleet.env").exists()

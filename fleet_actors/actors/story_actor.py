@@ -72,13 +72,13 @@ class StoryHost:
         return await (await self.runtime()).execute(request)
 
     async def get_state(self) -> StoryState:
+        """Never older than the log's head at the time of the call (another writer may have appended)."""
+        fresh = self._runtime is None
         runtime = await self.runtime()
-        if not runtime.state.created:
-            async with runtime.lock:
-                await runtime.load()  # maybe created by another writer since
-        if not runtime.state.created:
+        state = runtime.state if fresh else await runtime.refresh()  # just loaded: nothing to check
+        if not state.created:
             raise StoryNotFound(self.story_id)
-        return runtime.state
+        return state
 
     async def history(self, from_version: int, limit: int | None) -> list[EventEnvelope]:
         runtime = await self.runtime()

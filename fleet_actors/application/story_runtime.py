@@ -29,9 +29,13 @@ from fleet_actors.errors import (
 from fleet_actors.ports.event_store import EventStore, StoredEvent
 from fleet_actors.ports.snapshot_store import Snapshot, SnapshotStore
 
-#: how many recent command ids a story remembers for idempotent retries
+#: how many recent command ids a story remembers for idempotent retries, across crashes and passivation
 COMMAND_ID_WINDOW = 10_000
-#: how many of them a snapshot carries (retries come soon after the first attempt)
+#: how many of them a snapshot carries with their results. The older ones of the window are read back
+#: from the log (the events carry their command ids) from the snapshot's ``window_start_sequence``,
+#: once, by the first command after activation whose id is not among those carried: a whole window in
+#: every snapshot would be ~0.5 MB, written every ``snapshot_every`` events, while the read-back costs
+#: one pass over the window's events, and only for a story that has had more than this many commands
 SNAPSHOT_COMMANDS = 1_000
 
 log = logging.getLogger(__name__)
@@ -65,6 +69,11 @@ class StoryRuntime:
         self.last_sequence = 0
         self._loaded = False
         self._results: OrderedDict[str, CommandResult] = OrderedDict()
+        #: command id -> log sequence at or below its first event (0: from the story's start); where the
+        #: window starts once that command is the oldest one remembered
+        self._first_sequence: dict[str, int] = {}
+        #: (after, up to) log sequences of the window's part that the snapshot did not carry, until read back
+        self._recall: tuple[int, int] | None = None
         self._snapshots = snapshots
         self._snapshot_every = snapshot_every
         self._snapshot_version = 0
@@ -84,6 +93,12 @@ class StoryRuntime:
             self._snapshot_version = snapshot.version
             for result in snapshot.recent_commands:
                 self._results[result.command_id] = result
+                self._first_sequence[result.command_id] = 0  # a lower bound: the story's start
+            if snapshot.window_start_sequence or len(snapshot.recent_commands) >= SNAPSHOT_COMMANDS:
+                # Only the newest part of the window is carried (a snapshot from before window starts
+                # were kept: from the story's first event). The rest stays in the log until a command
+                # needs it (_recall_window): reads and retries of recent command ids do not.
+                self._recall = (max(snapshot.window_start_sequence - 1, 0), snapshot.last_sequence)
         before = self.state.version
         try:
             await self._catch_up()
@@ -98,11 +113,47 @@ class StoryRuntime:
         self.replayed_on_load = self.state.version - before
         self._loaded = True
 
+    async def refresh(self) -> StoryState:
+        """The state, caught up with the log as it is now: another writer (the importer, a second
+        actor during a fail-over) may have appended since. One head lookup when nothing changed."""
+        async with self._lock:
+            if not self._loaded:
+                await self.load()
+            elif await self._store.last_sequence(self.story_id) != self.last_sequence:
+                await self._catch_up()
+            return self.state
+
     def _reset(self) -> None:
         self.state = StoryState(self.story_id)
         self.last_sequence = 0
         self._snapshot_version = 0
         self._results.clear()
+        self._first_sequence.clear()
+        self._recall = None
+
+    async def _recall_window(self) -> None:
+        """Read back the command ids of the window that the snapshot this story loaded did not carry.
+        Runs under the lock; if the read fails, the next command tries again."""
+        assert self._recall is not None
+        after, up_to = self._recall
+        newer, newer_first = self._results, self._first_sequence
+        self._results, self._first_sequence = OrderedDict(), {}
+        try:
+            async for stored in self._store.read(self.story_id, after):
+                if stored.sequence > up_to:
+                    break
+                self._remember(stored.envelope, stored.sequence)
+        except BaseException:
+            self._results, self._first_sequence = newer, newer_first
+            raise
+        for command_id, result in newer.items():  # the carried ones again (now with their sequences), then later
+            if command_id not in self._results:
+                self._results[command_id] = result
+                self._first_sequence[command_id] = newer_first[command_id]
+        while len(self._results) > COMMAND_ID_WINDOW:
+            oldest, _ = self._results.popitem(last=False)
+            self._first_sequence.pop(oldest, None)
+        self._recall = None
 
     async def rebuild_state(self) -> StoryState:
         """Replay every event, ignoring snapshots, and take a fresh snapshot (operators' repair tool)."""
@@ -119,8 +170,13 @@ class StoryRuntime:
         if self._snapshots is None or not self.state.created:
             return
         recent = tuple(self._results.values())[-SNAPSHOT_COMMANDS:]
+        window_start = 0
+        if self._recall is not None:  # not read back yet: the window still starts where it did
+            window_start = self._recall[0] + 1
+        elif len(self._results) > len(recent):
+            window_start = max(self._first_sequence[next(iter(self._results))], 1)
         try:
-            await self._snapshots.save(Snapshot(self.state, self.last_sequence, recent))
+            await self._snapshots.save(Snapshot(self.state, self.last_sequence, recent, window_start))
             self._snapshot_version = self.state.version
         except StoryError as error:  # a missed snapshot costs replay time, never a command
             log.warning("story %s: snapshot v%s not saved: %s", self.story_id, self.state.version, error)
@@ -133,7 +189,7 @@ class StoryRuntime:
                 self._check_follows(stored.envelope, builder.version)
                 builder.add(stored.envelope)
                 self.last_sequence = stored.sequence
-                self._remember(stored.envelope)
+                self._remember(stored.envelope, stored.sequence)
         finally:
             self.state = builder.state()
 
@@ -148,10 +204,11 @@ class StoryRuntime:
         envelope = stored.envelope
         self._check_follows(envelope, self.state.version)
         self.state = evolve(self.state, envelope)
+        self._remember(envelope, stored.sequence)
         self.last_sequence = stored.sequence
-        self._remember(envelope)
 
-    def _remember(self, envelope: EventEnvelope) -> None:
+    def _remember(self, envelope: EventEnvelope, sequence: int) -> None:
+        """Record the event's part in its command's result; ``sequence`` is its log sequence or a lower bound."""
         if not envelope.command_id:
             return
         prior = self._results.get(envelope.command_id)
@@ -160,8 +217,10 @@ class StoryRuntime:
             self._results[envelope.command_id] = CommandResult(
                 self.story_id, envelope.version, (envelope.event_id,), envelope.command_id, decision_id
             )
+            self._first_sequence[envelope.command_id] = sequence
             if len(self._results) > COMMAND_ID_WINDOW:
-                self._results.popitem(last=False)
+                oldest, _ = self._results.popitem(last=False)
+                self._first_sequence.pop(oldest, None)
         else:
             self._results[envelope.command_id] = replace(
                 prior,
@@ -175,9 +234,13 @@ class StoryRuntime:
         if request.story_id != self.story_id:
             raise InvalidCommand(f"request for story {request.story_id!r} sent to {self.story_id!r}")
         rules.check_id(request.command_id, "command_id")
+        rules.check_actor(request.actor)
+        rules.check_expected_version(request.expected_version)
         async with self._lock:
             if not self._loaded:
                 await self.load()
+            if self._recall is not None and request.command_id not in self._results:
+                await self._recall_window()
             for attempt in range(2):
                 prior = self._results.get(request.command_id)
                 if prior is not None:
@@ -229,9 +292,10 @@ class StoryRuntime:
                     # The append may or may not have landed: forget the state, reload next time.
                     self._loaded = False
                     raise
+                first_sequence = self.last_sequence + 1  # a batch's events are stored together, after the head
                 for envelope in envelopes[:-1]:
                     self.state = evolve(self.state, envelope)
-                    self._remember(envelope)
+                    self._remember(envelope, first_sequence)
                 self._apply(StoredEvent(envelopes[-1], appended.last_sequence))
                 await self._maybe_snapshot()
                 return self._results[request.command_id]

@@ -21,7 +21,7 @@ from fleet_actors.cli import archive_cmd, events_cmd, gateway_cmd, migrate_cmd, 
 from fleet_actors.cli.common import add_settings_arguments, run, settings_from
 from fleet_actors.devstack import LocalStack
 from fleet_actors.devstack.services import GatewayProcess, start_projector_pool
-from fleet_actors.errors import StoryError
+from fleet_actors.errors import BackendUnavailable, StoryError
 from fleet_actors.settings import Settings
 from fleet_actors.urls import redact_url
 
@@ -65,7 +65,10 @@ def _register_dev(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         "up",
         help="start NATS, Valkey, ArcadeDB and a Ray head; run until SIGINT/SIGTERM",
         description="Starts the local stack, writes DIR/fleet.env, prints its KEY=VALUE lines and "
-        "'ready', then runs until SIGINT or SIGTERM and stops every server it started.",
+        "'ready', then runs until SIGINT or SIGTERM and stops every server it started. A NATS, Valkey or "
+        "ArcadeDB server that dies is restarted on its port with its data (one line on stderr); one that "
+        "cannot be kept running (5 restarts within 2 minutes), or a dead Ray head, stops the whole stack "
+        "with exit status 1.",
     )
     up.add_argument(
         "--data-dir",
@@ -198,6 +201,7 @@ def _dev_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _raise_shutdown)
     signal.signal(signal.SIGTERM, _raise_shutdown)
     gateway = None
+    exit_code = 0
     try:
         started = time.monotonic()
         print(f"starting the local stack in {stack.data_dir} ...", file=sys.stderr, flush=True)
@@ -217,15 +221,19 @@ def _dev_up(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-        while True:
-            signal.pause()
+        try:
+            # A dead server is restarted with its data; one that cannot be kept running stops it all.
+            stack.supervise()
+        except BackendUnavailable as error:
+            print(f"dev up: {error.message}; stopping the local stack", file=sys.stderr, flush=True)
+            exit_code = 1
     except _Shutdown as why:
         print(f"{why}: stopping the local stack", file=sys.stderr, flush=True)
     finally:
         if gateway is not None:
             gateway.stop()
         stack.stop()  # also removes fleet.env
-    return 0
+    return exit_code
 
 
 if __name__ == "__main__":

@@ -37,9 +37,14 @@ _NESTED = {
 
 
 def state_to_proto(
-    state: StoryState, last_sequence: int = 0, recent_commands: Iterable[CommandResult] = ()
+    state: StoryState,
+    last_sequence: int = 0,
+    recent_commands: Iterable[CommandResult] = (),
+    window_start_sequence: int = 0,
 ) -> state_pb2.StoryStateSnapshot:
-    message = state_pb2.StoryStateSnapshot(schema_version=STATE_SCHEMA_VERSION, last_sequence=last_sequence)
+    message = state_pb2.StoryStateSnapshot(
+        schema_version=STATE_SCHEMA_VERSION, last_sequence=last_sequence, window_start_sequence=window_start_sequence
+    )
     for field in dataclasses.fields(StoryState):
         value = getattr(state, field.name)
         if field.name in _NESTED:
@@ -79,12 +84,19 @@ def recent_commands(message: state_pb2.StoryStateSnapshot) -> list[CommandResult
     ]
 
 
-def encode_state(state: StoryState, last_sequence: int = 0, commands: Iterable[CommandResult] = ()) -> bytes:
-    data: bytes = state_to_proto(state, last_sequence, commands).SerializeToString()
+def encode_state(
+    state: StoryState, last_sequence: int = 0, commands: Iterable[CommandResult] = (), window_start_sequence: int = 0
+) -> bytes:
+    data: bytes = state_to_proto(state, last_sequence, commands, window_start_sequence).SerializeToString()
     return data
 
 
 def decode_state(data: bytes) -> tuple[StoryState, int, list[CommandResult]]:
+    return decode_snapshot(data)[:3]
+
+
+def decode_snapshot(data: bytes) -> tuple[StoryState, int, list[CommandResult], int]:
+    """A snapshot's state, last sequence, carried command results and idempotency window start."""
     message = state_pb2.StoryStateSnapshot()
     try:
         message.ParseFromString(data)
@@ -94,7 +106,7 @@ def decode_state(data: bytes) -> tuple[StoryState, int, list[CommandResult]]:
         message = _upcast_message(message)
     if not message.story_id:
         raise EventDecodeError("stored story state has no story id")
-    return proto_to_state(message), message.last_sequence, recent_commands(message)
+    return proto_to_state(message), message.last_sequence, recent_commands(message), message.window_start_sequence
 
 
 def state_to_json(state: StoryState) -> dict[str, Any]:

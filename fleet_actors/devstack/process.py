@@ -159,6 +159,13 @@ class ManagedServer(ABC):
         proc = self._proc
         return proc is not None and proc.poll() is None
 
+    @property
+    def exit_code(self) -> int | None:
+        """How the process ended if it exited by itself (crash, SIGKILL from outside); None while it
+        runs, and after :meth:`stop` or :meth:`kill`."""
+        proc = self._proc
+        return None if proc is None else proc.poll()
+
     def start(self) -> Self:
         if self.running:
             raise ConfigurationError(f"{self.name} is already running (pid {self.pid})")

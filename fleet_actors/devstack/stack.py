@@ -7,7 +7,10 @@ import fcntl
 import json
 import os
 import socket
-from collections.abc import Iterable, Mapping
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from types import TracebackType
@@ -16,8 +19,15 @@ from typing import IO, Self
 from fleet_actors.devstack.process import LOOPBACK, ManagedServer, port_is_free
 from fleet_actors.devstack.ray_head import RayHead
 from fleet_actors.devstack.servers import ArcadeDBServer, NatsServer, ValkeyServer
-from fleet_actors.errors import ConfigurationError
+from fleet_actors.errors import BackendUnavailable, ConfigurationError, StoryError
 from fleet_actors.settings import Settings
+
+#: seconds between two looks at the servers of a supervised stack
+SUPERVISE_INTERVAL = 0.5
+#: pauses before the restarts of one server within RESTART_WINDOW seconds; when they are used up
+#: (the server keeps dying, or will not start), the supervisor gives up and the stack stops
+RESTART_BACKOFF: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)
+RESTART_WINDOW = 120.0
 
 _DATA_PORTS = ("nats", "nats_monitor", "valkey", "arcadedb_bolt", "arcadedb_http")
 _RAY_PORTS = ("ray_gcs", "ray_dashboard", "ray_client_server", "ray_dashboard_agent")
@@ -42,6 +52,83 @@ def _choose_ports(names: Iterable[str], saved: dict[str, int]) -> dict[str, int]
         for sock in holders:
             sock.close()
     return chosen
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class ServerSupervisor:
+    """Restarts a server that died, with the same data directory and port (so ``fleet.env`` stays
+    true), after a bounded backoff, logging one line per restart. A server that cannot be kept
+    running (``len(backoff)`` restarts within ``window`` seconds), or a ``fatal`` one that died (the
+    Ray head: its actors are gone with it), raises BackendUnavailable: the caller stops the stack."""
+
+    def __init__(
+        self,
+        restartable: Sequence[ManagedServer],
+        fatal: Sequence[ManagedServer] = (),
+        *,
+        backoff: Sequence[float] = RESTART_BACKOFF,
+        window: float = RESTART_WINDOW,
+        log: Callable[[str], None] = _stderr,
+    ) -> None:
+        self._restartable = list(restartable)
+        self._fatal = list(fatal)
+        self._backoff = tuple(backoff)
+        self._window = window
+        self._log = log
+        self._restarts: dict[str, list[float]] = {}
+
+    def check(self) -> None:
+        """One look at every server: restart those that died; raises BackendUnavailable to give up."""
+        for server in self._fatal:
+            code = server.exit_code
+            if code is not None:
+                raise BackendUnavailable(
+                    f"{server.name} (pid {server.pid}) exited with code {code}; it is not restarted"
+                )
+        for server in self._restartable:
+            code = server.exit_code
+            if code is not None:
+                self._restart(server, code)
+
+    def run(self, stopping: threading.Event | None = None, interval: float = SUPERVISE_INTERVAL) -> None:
+        """Check every ``interval`` seconds until ``stopping`` is set (forever without one)."""
+        stopping = stopping or threading.Event()
+        while not stopping.is_set():
+            self.check()
+            stopping.wait(interval)
+
+    def _restart(self, server: ManagedServer, code: int) -> None:
+        pid = server.pid
+        server.stop()  # already gone: reap it
+        recent = self._restarts.setdefault(server.name, [])
+        failure: StoryError | None = None
+        while True:
+            now = time.monotonic()
+            recent[:] = [t for t in recent if now - t < self._window]
+            if len(recent) >= len(self._backoff):
+                why = f": {failure.message.splitlines()[0]}" if failure is not None else ""
+                raise BackendUnavailable(
+                    f"{server.name} (pid {pid}) exited with code {code} and could not be kept running "
+                    f"({len(recent)} restarts in {self._window:.0f} s){why}; see {server.log_path}"
+                )
+            time.sleep(self._backoff[len(recent)])
+            recent.append(time.monotonic())
+            started = time.monotonic()
+            try:
+                server.start().wait_ready()
+            except StoryError as error:  # did not come up (port taken, crashed at once): back off, retry
+                failure = error
+                with contextlib.suppress(Exception):
+                    server.stop()
+                continue
+            self._log(
+                f"dev up: {server.name} (pid {pid}) exited with code {code}; restarted as pid {server.pid} "
+                f"on port {server.port} with the same data in {time.monotonic() - started:.1f} s"
+            )
+            return
 
 
 class LocalStack:
@@ -138,6 +225,13 @@ class LocalStack:
             if self._lock is not None:
                 self.env_path.unlink(missing_ok=True)
             self._release_lock()
+
+    def supervise(self, stopping: threading.Event | None = None, **options: object) -> None:
+        """Keep the stack running until ``stopping`` is set: NATS, Valkey and the graph server are
+        restarted when they die (ServerSupervisor); raises BackendUnavailable when one cannot be kept
+        running or the Ray head died, and the caller stops the whole stack."""
+        fatal = [] if self.ray is None else [self.ray]
+        ServerSupervisor([self.nats, self.valkey, self.arcadedb], fatal, **options).run(stopping)  # type: ignore[arg-type]
 
     def __enter__(self) -> Self:
         return self.start()

@@ -53,7 +53,43 @@ def check_text(value: object, field: str, limit: int = MAX_TEXT, *, required: bo
         raise InvalidCommand(f"{field} is {len(value)} characters long; the limit is {limit}", field=field)
     if required and not value.strip():
         raise InvalidCommand(f"{field} must not be empty", field=field)
+    if not value.isascii():
+        try:
+            value.encode("utf-8")  # events are protobuf: their strings must be UTF-8
+        except UnicodeEncodeError as error:
+            raise InvalidCommand(
+                f"{field} is not valid Unicode text (a lone surrogate at character {error.start})", field=field
+            ) from None
     return value
+
+
+def check_actor(value: object, field: str = "actor") -> str:
+    """Who acts, recorded on every event of the command: short text without control characters."""
+    text = check_text(value, field, MAX_SHORT)
+    if _CONTROL.search(text):
+        raise InvalidCommand(f"{field} must not contain control characters such as NUL", field=field)
+    return text
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_expected_version(value: object, field: str = "expected_version") -> int | None:
+    """None (no check) or the story version the caller last saw: a non-negative integer."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidCommand(f"{field} must be a non-negative integer, got {value!r:.80}", field=field)
+    return value
+
+
+def check_ids(value: object, field: str, limit: int) -> tuple[str, ...]:
+    """A list (or tuple) of ids; a lone string is refused, not taken as its characters."""
+    if not isinstance(value, tuple | list):
+        raise InvalidCommand(f"{field} must be a list of ids, got {type(value).__name__}", field=field)
+    if len(value) > limit:
+        raise InvalidCommand(f"{field} has {len(value)} entries; the limit is {limit}", field=field)
+    return tuple(check_id(item, field) for item in value)
 
 
 def check_choice(value: object, field: str, choices: type[E]) -> E:

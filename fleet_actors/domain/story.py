@@ -56,6 +56,7 @@ from fleet_actors.domain.state import (
     Subtask,
     SubtaskStatus,
 )
+from fleet_actors.domain.validation import check_command, in_batch
 from fleet_actors.errors import (
     InvalidCommand,
     RuleViolation,
@@ -105,6 +106,7 @@ def may_create_story(command: Command) -> bool:
 
 def decide(state: StoryState, command: Command, ctx: DecideContext = DecideContext()) -> DecisionResult:
     try:
+        check_command(command)  # what needs no state first: the same checks the client runs before activating
         return Accepted(tuple(_decide(command, state, ctx)))
     except StoryError as error:
         return Rejected(error)
@@ -253,11 +255,7 @@ def _(command: CreateSubtask, state: StoryState, ctx: DecideContext) -> Iterable
     priority = rules.check_int(command.priority, "priority", rules.PRIORITY_RANGE)
     properties = rules.check_properties(command.properties)
     hours = rules.check_int(command.estimated_hours, "estimated_hours", range(rules.MAX_ESTIMATED_HOURS + 1))
-    dependencies = tuple(command.dependencies)
-    if len(dependencies) > rules.MAX_DEPENDENCIES:
-        raise InvalidCommand(f"at most {rules.MAX_DEPENDENCIES} dependencies", field="dependencies")
-    for dep in dependencies:
-        rules.check_id(dep, "dependencies")
+    dependencies = rules.check_ids(command.dependencies, "dependencies", rules.MAX_DEPENDENCIES)
     if subtask_id in state.subtasks:
         raise RuleViolation(f"subtask {subtask_id!r} already exists in story {state.story_id!r}", field="subtask_id")
     if len(set(dependencies)) != len(dependencies):
@@ -458,11 +456,7 @@ def _(command: ApplyChanges, state: StoryState, ctx: DecideContext) -> Iterable[
         result = decide(scratch, sub, replace(ctx, new_ids=ctx.new_ids[:need]))
         ctx = replace(ctx, new_ids=ctx.new_ids[need:])
         if isinstance(result, Rejected):
-            error = result.error
-            error.message = f"change {index}: {error.message}"
-            error.args = (error.message,)
-            error.change_index = index
-            raise error
+            raise in_batch(result.error, index)
         for event in result.events:
             # Later changes in the batch must see the earlier ones (e.g. a subtask then its impact).
             scratch = evolve(

@@ -300,6 +300,8 @@ def _parse_payload(text: str, where: str) -> dict[str, Any]:
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise InvalidCommand(f"not valid JSON: {error.msg} at character {error.pos}", field=where) from None
+    except RecursionError:
+        raise InvalidCommand("nested too deeply to be a change's payload", field=where) from None
     if not isinstance(data, dict):
         raise InvalidCommand("must be a JSON object", field=where)
     return data

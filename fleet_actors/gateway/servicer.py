@@ -223,11 +223,9 @@ def _request_fields(**renames: str) -> Iterator[None]:
 
 def _command_options(context: grpc.aio.ServicerContext, default_actor: str = "") -> dict[str, Any]:
     metadata = dict(context.invocation_metadata() or ())
-    options: dict[str, Any] = {
-        "actor": rules.check_text(metadata.get(ACTOR_KEY, default_actor), ACTOR_KEY, rules.MAX_SHORT)
-    }
+    options: dict[str, Any] = {"actor": rules.check_actor(metadata.get(ACTOR_KEY, default_actor), ACTOR_KEY)}
     key = metadata.get(IDEMPOTENCY_KEY)
-    if key:
+    if key is not None:  # sent but empty is refused, like any malformed key (absent: a fresh one)
         options["command_id"] = rules.check_id(key, IDEMPOTENCY_KEY)
     return options
 

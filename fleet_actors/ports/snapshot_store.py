@@ -17,6 +17,9 @@ class Snapshot:
     last_sequence: int
     #: recent command results, so idempotent retries keep working after activation from a snapshot
     recent_commands: tuple[CommandResult, ...] = ()
+    #: 0 when ``recent_commands`` is the story's whole idempotency window; else the log sequence from
+    #: which the rest of the window (older command ids, not carried) is read back on activation
+    window_start_sequence: int = 0
 
     @property
     def story_id(self) -> str:

@@ -27,8 +27,10 @@ from fleet_actors.domain.events import (
     SubtaskUpdated,
     SummaryRecorded,
 )
+from fleet_actors.domain.rules import check_actor, check_expected_version
 from fleet_actors.domain.state import StoryState
 from fleet_actors.domain.story import Accepted, DecideContext, decide, may_create_story
+from fleet_actors.domain.validation import check_command
 from fleet_actors.errors import InvalidCommand, RuleViolation, StoryAlreadyExists, StoryNotFound
 from tests.domain.support import given, rejected, then_apply, when
 
@@ -291,3 +293,65 @@ def test_only_commands_that_may_create_a_story_are_accepted_before_it_exists(com
     # The client activates an actor for a story the log lacks only when may_create_story says so.
     accepted = isinstance(decide(StoryState("S1"), command, DecideContext(("id-1", "id-2"))), Accepted)
     assert accepted == may_create_story(command)
+
+
+class TestValidationWithoutState:
+    """check_command judges what needs no story state; the client runs it before activating an actor."""
+
+    @pytest.mark.parametrize(
+        ("command", "field"),
+        [
+            (CreateStory(""), "title"),
+            (CreateStory("bad \ud800 title"), "title"),  # a lone surrogate cannot be encoded
+            (CreateStory("t", "fine", "LAUNCH NOW"), "initial_phase"),  # the phase set is configuration
+            (CreateSubtask("T1", "x", "DEV", dependencies="abc"), "dependencies"),  # not ('a', 'b', 'c')
+            (CreateSubtask("T1", "x", "DEV", dependencies=("a b",)), "dependencies"),
+            (CreateSubtask("T1", "x", "DEV", priority=1.5), "priority"),
+            (CreateSubtask("T1", "x", "DEV", priority=float("nan")), "priority"),
+            (CreateSubtask("T1", "x", "DEV", priority="3"), "priority"),
+            (AddDecision("t", "r", metadata={"k": "\udfff"}), "metadata[k]"),
+            (AddDecision("t", "r", decided_by="x" * 65), "decided_by"),
+            (RecordSummary(""), "summary"),
+            (ApplyChanges((CreateStory("t"), CreateSubtask("T1", "", "DEV"))), "title"),
+        ],
+    )
+    def test_malformed_commands_are_invalid_naming_the_field(self, command, field):
+        with pytest.raises(InvalidCommand) as error:
+            check_command(command)
+        assert error.value.field == field
+        # decide says the same, whatever the state
+        for state in (StoryState("S1"), story_with_two_subtasks_and_decisions()):
+            assert (rejected(state, command).field, type(rejected(state, command))) == (field, InvalidCommand)
+
+    def test_a_change_in_a_batch_is_named_by_its_index(self):
+        with pytest.raises(InvalidCommand) as error:
+            check_command(ApplyChanges((CreateStory("t"), RecordSummary(""))))
+        assert error.value.change_index == 1 and error.value.message.startswith("change 1:")
+
+    @pytest.mark.parametrize(
+        ("actor", "accepted"), [("", True), ("agent-7 (DEV)", True), ("x" * 64, True), ("x" * 65, False),
+                                ("x" * 2_000_000, False), ("a\x00b", False), ("a\nb", False), ("\ud800", False)],
+    )  # fmt: skip
+    def test_the_actor_is_short_text_without_control_characters(self, actor, accepted):
+        if accepted:
+            assert check_actor(actor) == actor
+        else:
+            with pytest.raises(InvalidCommand) as error:
+                check_actor(actor)
+            assert error.value.field == "actor"
+
+    @pytest.mark.parametrize("value", [-1, float("nan"), 1.5, "3", True, [1]])
+    def test_expected_version_is_a_non_negative_integer(self, value):
+        with pytest.raises(InvalidCommand) as error:
+            check_expected_version(value)
+        assert error.value.field == "expected_version"
+
+
+def test_every_command_has_its_state_free_checks():
+    """A command check_command does not know is refused as unknown: each new command needs its checks."""
+    from fleet_actors.domain import commands
+
+    kinds = [c for c in vars(commands).values() if isinstance(c, type) and issubclass(c, commands.Command)]
+    unknown = check_command.dispatch(object)
+    missing = [c.__name__ for c in kinds if c is not commands.Command and check_command.dispatch(c) is unknown]
+    assert not missing, f"no check_command for {missing}"

@@ -144,6 +144,7 @@ CASES: list[tuple[str, Call, grpc.StatusCode, str]] = [
     ("task-dependency", create_task(dependencies=["T404"]), PRECONDITION, "dependencies"),
     ("task-exists", create_task(task_id="T1"), PRECONDITION, "task_id"),
     ("task-idempotency-key", create_task(metadata=(("idempotency-key", "a b"),)), INVALID, "idempotency-key"),
+    ("task-empty-idempotency-key", create_task(metadata=(("idempotency-key", ""),)), INVALID, "idempotency-key"),
     ("task-actor", create_task(metadata=(("fleet-actor", "x" * 65),)), INVALID, "fleet-actor"),
     ("task-missing", create_task(MISSING), NOT_FOUND, "story_id"),
     ("decision-title", decide(title=""), INVALID, "title"),

@@ -15,8 +15,10 @@ from fleet_actors import ConcurrencyConflict, FleetClient, InvalidCommand, RuleV
 from fleet_actors.actors.naming import live_story_ids, story_actor_name
 from fleet_actors.actors.story_actor import registry_handle
 from fleet_actors.adapters.jetstream import JetStreamEventStore
+from fleet_actors.application.messages import CommandRequest
+from fleet_actors.application.story_runtime import StoryRuntime
 from fleet_actors.devstack import NatsServer
-from fleet_actors.domain.commands import CreateStory, CreateSubtask
+from fleet_actors.domain.commands import CreateStory, CreateSubtask, RecordSummary
 from fleet_actors.errors import Retryable
 from fleet_actors.settings import Settings
 
@@ -108,6 +110,94 @@ def test_resent_command_id_appends_nothing(client, settings):
     assert asyncio.run(stored_versions(settings, sid)) == [1, 2]
 
 
+def test_an_empty_command_id_is_refused_not_taken_as_a_key_that_never_matches(client, settings):
+    sid = new_story()
+    client.create_story(sid, "t")
+    for _ in range(2):  # it appended twice: "" became a fresh id each time
+        with pytest.raises(InvalidCommand) as refused:
+            client.record_summary(sid, "note", command_id="")
+        assert refused.value.field == "command_id"
+        with pytest.raises(InvalidCommand):
+            asyncio.run(client.aio.record_summary(sid, "note", command_id=""))
+    assert asyncio.run(stored_versions(settings, sid)) == [1]
+
+
+def test_invalid_commands_start_no_story_actor(client, settings):
+    # 17 CreateStory calls with an empty title once left 17 live actors (~75 MB each) counting
+    # against the live cap: validation that needs no state runs before activation.
+    calls = [
+        lambda sid: client.create_story(sid, ""),
+        lambda sid: client.create_story(sid, "t", initial_phase="LAUNCH"),
+        lambda sid: client.create_story(sid, "t", description="x" * 10_001),
+        lambda sid: client.create_story(sid, "t", actor="a\x00b"),
+        lambda sid: client.create_story(sid, "t", expected_version=-1),
+        lambda sid: client.apply_changes(sid, [CreateStory("t"), CreateSubtask("a b", "x", "dev")]),
+        lambda sid: asyncio.run(client.aio.create_story(sid, " ")),
+    ]
+    stories = [new_story() for _ in calls]
+    for sid, call in zip(stories, calls, strict=True):
+        with pytest.raises(InvalidCommand):
+            call(sid)
+    assert set(stories).isdisjoint(live_story_ids(settings))
+    assert all(asyncio.run(stored_versions(settings, sid)) == [] for sid in stories)
+
+
+def test_the_actor_field_is_bounded_and_validated_like_every_other(client, settings):
+    sid = new_story()
+    client.create_story(sid, "t", actor="x" * 64)
+    # 2 MB once came back as BackendUnavailable (retryable: a client following the contract retried
+    # forever); 100,000 characters and NUL characters were stored.
+    for actor in ["x" * 2_000_000, "x" * 100_000, "x" * 65, "agent\x00", "tab\tbed"]:
+        with pytest.raises(InvalidCommand) as refused:
+            client.record_summary(sid, "note", actor=actor)
+        assert refused.value.field == "actor" and not refused.value.retryable
+    assert [e.actor for e in client.history(sid)] == ["x" * 64]
+
+
+def test_malformed_values_are_invalid_naming_the_field_and_append_nothing(client, settings):
+    sid = new_story()
+    client.create_story(sid, "t")
+    for call, field in [
+        (lambda: client.record_summary(sid, "x", expected_version=-1), "expected_version"),
+        (lambda: client.record_summary(sid, "x", expected_version=float("nan")), "expected_version"),
+        (lambda: client.record_summary(sid, "x", expected_version=1.5), "expected_version"),
+        (lambda: client.record_summary(sid, "x", expected_version="3"), "expected_version"),
+        (lambda: client.create_subtask(sid, "T1", "bad \ud800 title", "dev"), "title"),
+        (lambda: client.add_decision(sid, "t", "r", metadata={"k": "\udfff"}), "metadata[k]"),
+        (lambda: client.create_subtask(sid, "T1", "x", "dev", dependencies="abc"), "dependencies"),
+        (lambda: client.create_subtask(sid, "T1", "x", "dev", dependencies=7), "dependencies"),
+        (lambda: client.create_subtask(sid, "T1", "x", "dev", priority=1.5), "priority"),
+        (lambda: client.add_decision(sid, "t", "r", metadata="abc"), "metadata"),
+    ]:
+        with pytest.raises(InvalidCommand) as refused:
+            call()
+        assert refused.value.field == field
+    assert asyncio.run(stored_versions(settings, sid)) == [1]
+
+
+def test_get_story_is_not_older_than_the_log_after_another_writer_appended(client, settings):
+    # The importer writes through the store, not the actor: the actor answered version 14 while the
+    # log was at 54, until its next command.
+    sid = new_story()
+    client.create_story(sid, "t")
+    assert client.get_story(sid).version == 1
+
+    async def another_writer():
+        store = await JetStreamEventStore.connect(settings)
+        try:
+            writer = StoryRuntime(sid, store)
+            for i in range(40):
+                await writer.execute(CommandRequest(sid, RecordSummary(f"imported {i}"), f"import-{i}"))
+        finally:
+            await store.close()
+
+    asyncio.run(another_writer())
+    state = client.get_story(sid)
+    assert (state.version, state.last_summary) == (41, "imported 39")
+    assert asyncio.run(client.aio.get_story(sid)).version == 41
+    assert client.record_summary(sid, "after", expected_version=41).version == 42
+
+
 def test_twenty_concurrent_writers_with_the_same_expected_version(client, settings):
     sid = new_story()
     client.create_story(sid, "t")
@@ -133,6 +223,25 @@ def test_killed_actor_comes_back_with_the_same_state(client, settings):
     after = client.get_story(sid)
     assert after == before
     assert client.update_subtask(sid, "T1", "IN_PROGRESS").version == 3
+
+
+@pytest.mark.slow
+def test_a_killed_actor_still_recognises_a_command_id_older_than_its_snapshot_carries(client, settings):
+    # The fault campaign's case: after 1,150 command ids, c5 was appended again once the story's
+    # worker had been killed (its snapshot carried the last 1,000 results only).
+    sid = new_story()
+    client.create_story(sid, "t")
+
+    async def send_all():
+        for i in range(1150):
+            await client.aio.record_summary(sid, f"s{i}", command_id=f"c{i}")
+
+    asyncio.run(send_all())
+    assert client.record_summary(sid, "s5", command_id="c5").duplicate
+    ray.kill(ray.get_actor(story_actor_name(sid), namespace=settings.ray_namespace))
+    again = client.record_summary(sid, "s5", command_id="c5")
+    assert again.duplicate and again.version == 7
+    assert len(asyncio.run(stored_versions(settings, sid))) == 1151
 
 
 def test_passivated_actor_comes_back_with_the_same_state(client, settings):

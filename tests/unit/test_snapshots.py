@@ -13,10 +13,12 @@ from hypothesis import strategies as st
 
 from fleet_actors.adapters.memory.event_store import InMemoryEventStore
 from fleet_actors.adapters.memory.snapshot_store import InMemorySnapshotStore
+from fleet_actors.application import story_runtime
 from fleet_actors.application.messages import CommandRequest
 from fleet_actors.application.story_runtime import StoryRuntime
 from fleet_actors.domain.commands import (
     AddDecision,
+    ApplyChanges,
     CreateStory,
     CreateSubtask,
     RecordImpact,
@@ -33,11 +35,11 @@ from fleet_actors.errors import BackendUnavailable, StoryError
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
 
 
-def make_runtime(store, snapshots, every=5):
+def make_runtime(store, snapshots, every=5, story_id="S1"):
     ticks = itertools.count()
     ids = itertools.count()
     return StoryRuntime(
-        "S1",
+        story_id,
         store,
         clock=lambda: T0 + timedelta(seconds=next(ticks)),
         new_id=lambda: f"id{next(ids)}",
@@ -101,6 +103,70 @@ async def test_retried_command_is_recognised_after_activation_from_snapshot():
     reader = make_runtime(store, snapshots, every=2)
     again = await reader.execute(CommandRequest("S1", RecordSummary("a"), "cmd1"))
     assert again.duplicate and again.version == 2
+
+
+async def test_the_whole_idempotency_window_survives_reactivation_from_a_snapshot():
+    # The fault campaign's case: 1,150 command ids; snapshots carried the last 1,000 results only, so
+    # after a crash the story re-activated from its snapshot applied c5 a second time.
+    store, snapshots = InMemoryEventStore(), InMemorySnapshotStore()
+    writer = make_runtime(store, snapshots, every=100)
+    await writer.execute(CommandRequest("S1", CreateStory("Story"), "create"))
+    for i in range(1150):
+        await writer.execute(CommandRequest("S1", RecordSummary(f"s{i}"), f"c{i}"))
+    assert (await writer.execute(CommandRequest("S1", RecordSummary("s5"), "c5"))).duplicate
+    crashed = make_runtime(store, snapshots, every=100)  # a new actor: after SIGKILL, or passivated
+    for i in (5, 0, 149, 150, 1149):
+        again = await crashed.execute(CommandRequest("S1", RecordSummary(f"s{i}"), f"c{i}"))
+        assert again.duplicate and again.version == i + 2
+    assert len(await store.read_all("S1")) == 1151
+
+
+class CountingStore(InMemoryEventStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def read(self, story_id, after_sequence=0):
+        async for stored in super().read(story_id, after_sequence):
+            self.reads += 1
+            yield stored
+
+
+@pytest.mark.parametrize("total", [8, 25, 61, 140])
+async def test_the_idempotency_window_is_the_same_after_every_reactivation(monkeypatch, total):
+    # A small window: 20 command ids, 4 carried in a snapshot. Commands of one and of two events,
+    # another story's events in between, and an actor that is re-activated every few commands.
+    monkeypatch.setattr(story_runtime, "COMMAND_ID_WINDOW", 20)
+    monkeypatch.setattr(story_runtime, "SNAPSHOT_COMMANDS", 4)
+    store, snapshots = CountingStore(), InMemorySnapshotStore()
+    other = make_runtime(store, None, story_id="S2")
+    await other.execute(CommandRequest("S2", CreateStory("Other"), "o-create"))
+    runtime = make_runtime(store, snapshots, every=3)
+    await runtime.execute(CommandRequest("S1", CreateStory("Story"), "create"))
+    versions = {}
+    for i in range(total):
+        if i % 7 == 6:
+            runtime = make_runtime(store, snapshots, every=3)
+        command = ApplyChanges((RecordSummary("a"), RecordSummary("b"))) if i % 3 == 0 else RecordSummary("c")
+        versions[f"c{i}"] = (await runtime.execute(CommandRequest("S1", command, f"c{i}"))).version
+        await other.execute(CommandRequest("S2", RecordSummary("x"), f"o{i}"))
+    appended = len(await store.read_all("S1"))
+    store.reads = 0
+    fresh = make_runtime(store, snapshots, every=3)
+    await fresh.load()
+    newest = list(versions)[-1]  # a retry of a recent command id: among those the snapshot carries
+    assert (await fresh.execute(CommandRequest("S1", RecordSummary("c"), newest))).duplicate
+    assert store.reads <= 3  # only the events after the snapshot: no read-back for reads or recent retries
+    store.reads = 0
+    remembered = list(versions)[-20:]
+    for command_id in remembered:
+        again = await fresh.execute(CommandRequest("S1", RecordSummary("c"), command_id))
+        assert again.duplicate and again.version == versions[command_id]
+    # one read-back, of the window's events (at most two per command), not of the whole story
+    assert store.reads <= 2 * 20 + 3
+    assert len(await store.read_all("S1")) == appended
+    if total > 20:  # the window is 20 ids: the one before them is new again
+        assert not (await fresh.execute(CommandRequest("S1", RecordSummary("c"), f"c{total - 21}"))).duplicate
 
 
 async def test_corrupt_snapshot_falls_back_to_an_older_one_then_to_replay():

@@ -179,3 +179,34 @@ async def test_state_at_version_and_time_boundaries(store):
     for bad in ({}, {"version": 0}, {"at": datetime(2026, 1, 1)}, {"version": 1, "at": NOW}):
         with pytest.raises(InvalidCommand):
             await story.state_at(**bad)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("expected_version", -1),
+        ("expected_version", float("nan")),
+        ("expected_version", 1.5),
+        ("expected_version", "3"),
+        ("actor", "x" * 2_000_000),
+        ("actor", "x" * 65),
+        ("actor", "agent\x00"),
+    ],
+)
+async def test_a_malformed_request_is_invalid_naming_the_field_and_appends_nothing(store, field, value):
+    story = runtime(store)
+    await story.execute(request(CreateStory("Login"), "c1"))
+    fields = {"expected_version": None, "actor": "tester", field: value}
+    with pytest.raises(InvalidCommand) as error:
+        await story.execute(CommandRequest("S1", RecordSummary("x"), "c2", fields["actor"], fields["expected_version"]))
+    assert error.value.field == field
+    assert len(await store.read_all("S1")) == 1
+
+
+async def test_text_that_is_not_unicode_is_invalid_not_an_encoding_crash(store):
+    story = runtime(store)
+    await story.execute(request(CreateStory("Login"), "c1"))
+    with pytest.raises(InvalidCommand) as error:
+        await story.execute(request(CreateSubtask("T1", "bad \ud800", "DEV"), "c2"))
+    assert error.value.field == "title"
+    assert len(await store.read_all("S1")) == 1

@@ -98,7 +98,7 @@ class JetStreamEventStore(EventStore):
         if not events:
             return AppendResult(expected_sequence)
         if len(events) > MAX_BATCH:
-            raise InvalidCommand(f"at most {MAX_BATCH} events can be appended at once")
+            raise InvalidCommand(f"at most {MAX_BATCH} events can be appended at once", field="changes")
         messages = [(self._settings.story_subject(story_id, e.event_type), encode_event(e), e.event_id) for e in events]
         if not self._nc.is_connected:
             await self._wait_for_connection(story_id)

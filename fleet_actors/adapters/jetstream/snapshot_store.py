@@ -20,7 +20,7 @@ from nats.js.api import (
 from nats.js.client import JetStreamContext
 
 from fleet_actors.adapters.jetstream.connection import declare_stream, nats_errors, stream_placement
-from fleet_actors.codec.state import decode_state, encode_state
+from fleet_actors.codec.state import decode_snapshot, encode_state
 from fleet_actors.errors import EventDecodeError
 from fleet_actors.ports.snapshot_store import Snapshot, SnapshotRef, SnapshotStore
 from fleet_actors.settings import Settings
@@ -72,7 +72,9 @@ class JetStreamSnapshotStore(SnapshotStore):
         )
 
     async def save(self, snapshot: Snapshot) -> None:
-        data = encode_state(snapshot.state, snapshot.last_sequence, snapshot.recent_commands)
+        data = encode_state(
+            snapshot.state, snapshot.last_sequence, snapshot.recent_commands, snapshot.window_start_sequence
+        )
         at = snapshot.state.updated_at.isoformat() if snapshot.state.updated_at else ""
         headers = {H_VERSION: str(snapshot.version), H_AT: at, "Nats-Msg-Id": f"{snapshot.story_id}@{snapshot.version}"}
         with nats_errors(f"saving a snapshot of story {snapshot.story_id}"):
@@ -124,9 +126,9 @@ class JetStreamSnapshotStore(SnapshotStore):
                 except nats.js.errors.NotFoundError:
                     return None
             try:
-                state, last_sequence, commands = decode_state(msg.data or b"")
+                state, last_sequence, commands, window_start = decode_snapshot(msg.data or b"")
                 if state.story_id == story_id:
-                    return Snapshot(state, last_sequence, tuple(commands))
+                    return Snapshot(state, last_sequence, tuple(commands), window_start)
             except EventDecodeError:
                 pass  # fall back to the older ones
         return await super().latest(story_id, max_version=max_version, at=at)
@@ -137,7 +139,7 @@ class JetStreamSnapshotStore(SnapshotStore):
                 msg = await self._jsm.get_msg(snapshot_stream(self._settings), seq=ref.position, direct=True)
             except nats.js.errors.NotFoundError:
                 raise EventDecodeError(f"snapshot {ref.position} of story {ref.story_id} is gone") from None
-        state, last_sequence, commands = decode_state(msg.data or b"")
+        state, last_sequence, commands, window_start = decode_snapshot(msg.data or b"")
         if state.story_id != ref.story_id or state.version != ref.version:
             raise EventDecodeError(f"snapshot {ref.position} does not hold story {ref.story_id} v{ref.version}")
-        return Snapshot(state, last_sequence, tuple(commands))
+        return Snapshot(state, last_sequence, tuple(commands), window_start)

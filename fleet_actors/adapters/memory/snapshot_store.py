@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fleet_actors.codec.state import decode_state, encode_state
+from fleet_actors.codec.state import decode_snapshot, encode_state
 from fleet_actors.ports.snapshot_store import Snapshot, SnapshotRef, SnapshotStore
 
 
@@ -13,7 +13,9 @@ class InMemorySnapshotStore(SnapshotStore):
 
     async def save(self, snapshot: Snapshot) -> None:
         position = len(self.blobs) + 1
-        self.blobs[position] = encode_state(snapshot.state, snapshot.last_sequence, snapshot.recent_commands)
+        self.blobs[position] = encode_state(
+            snapshot.state, snapshot.last_sequence, snapshot.recent_commands, snapshot.window_start_sequence
+        )
         ref = SnapshotRef(snapshot.story_id, snapshot.version, snapshot.state.updated_at, position)
         self._refs.setdefault(snapshot.story_id, []).append(ref)
 
@@ -21,5 +23,5 @@ class InMemorySnapshotStore(SnapshotStore):
         return list(self._refs.get(story_id, []))
 
     async def load(self, ref: SnapshotRef) -> Snapshot:
-        state, last_sequence, commands = decode_state(self.blobs[ref.position])
-        return Snapshot(state, last_sequence, tuple(commands))
+        state, last_sequence, commands, window_start = decode_snapshot(self.blobs[ref.position])
+        return Snapshot(state, last_sequence, tuple(commands), window_start)
