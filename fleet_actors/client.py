@@ -43,6 +43,7 @@ from fleet_actors.domain.state import StoryState
 from fleet_actors.domain.story import may_create_story
 from fleet_actors.domain.validation import check_request
 from fleet_actors.errors import BackendUnavailable, InvalidCommand, StoryError, StoryNotFound
+from fleet_actors.policy_file import phase_rules
 from fleet_actors.settings import Settings
 
 R = TypeVar("R")
@@ -149,7 +150,7 @@ class _StoryApi(Generic[R]):
         rules.check_id(story_id, "story_id")
         # Everything that needs no story state is judged here, before a story actor is activated:
         # a malformed command must not cost a worker process (nor count against the live cap).
-        check_request(command, command_id, actor, expected_version)
+        check_request(command, command_id, actor, expected_version, phase_rules(self.settings.scope_policy_file))
         request = CommandRequest(
             story_id, command, new_id() if command_id is None else command_id, actor, expected_version,
             tuple(redaction),

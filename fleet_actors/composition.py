@@ -143,7 +143,7 @@ async def open_read_side(settings: Settings) -> ReadSide:
         graph=graph,
         documents=ContextCache(client),
         control=ValkeyProjectionControl(client, settings.stream_name),
-        dead_letter_index=ValkeyDeadLetterIndex(client),
+        dead_letter_index=ValkeyDeadLetterIndex(client, settings),
     )
 
 

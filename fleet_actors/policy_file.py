@@ -8,6 +8,7 @@ phase the gateway accepts is one the story accepts.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from importlib import resources
@@ -72,3 +73,9 @@ def phase_rules_from(document: Any, source: str = "<mapping>") -> PhaseRules:
 def load_phase_rules(path: str | os.PathLike[str] | None = None) -> PhaseRules:
     """The story phases of the policy file (see :func:`read_policy_document` for which file)."""
     return phase_rules_from(*read_policy_document(path))
+
+
+@functools.lru_cache(maxsize=8)
+def phase_rules(path: str = "") -> PhaseRules:
+    """:func:`load_phase_rules`, read once per file: the client checks phase names before every command."""
+    return load_phase_rules(path or None)

@@ -26,6 +26,7 @@ from fleet_actors.domain.commands import (
     TransitionPhase,
     UpdateSubtask,
 )
+from fleet_actors.domain.phases import PhaseRules
 from fleet_actors.domain.state import RelationType, SubtaskStatus
 from fleet_actors.errors import InvalidCommand, StoryError
 
@@ -133,13 +134,34 @@ def in_batch(error: E, index: int) -> E:
     return error
 
 
-def check_request(command: Command, command_id: object, actor: object, expected_version: object) -> None:
-    """Everything of a request that can be judged without the story (its id is checked by the caller)."""
+def check_request(
+    command: Command, command_id: object, actor: object, expected_version: object, phases: PhaseRules | None = None
+) -> None:
+    """Everything of a request that can be judged without the story (its id is checked by the caller);
+    with ``phases`` (the configured phase set), the phases it names too."""
     if command_id is not None:
         rules.check_id(command_id, "command_id")
     rules.check_actor(actor)
     rules.check_expected_version(expected_version)
     check_command(command)
+    if phases is not None:
+        check_phase_names(command, phases)
+
+
+def check_phase_names(command: Command, phases: PhaseRules) -> None:
+    """The phases a command names are phases of the configured set (moves between them need state)."""
+    if isinstance(command, ApplyChanges):
+        for index, sub in enumerate(command.commands):
+            try:
+                check_phase_names(sub, phases)
+            except InvalidCommand as error:
+                raise in_batch(error, index) from None
+    elif isinstance(command, CreateStory) and command.initial_phase:
+        phases.canonical(command.initial_phase, "initial_phase")
+    elif isinstance(command, TransitionPhase):
+        phases.canonical(command.to_phase, "to_phase")
+        if command.from_phase:
+            phases.canonical(command.from_phase, "from_phase")
 
 
 @check_command.register

@@ -5,19 +5,24 @@ from __future__ import annotations
 import valkey.asyncio as valkey_async
 
 from fleet_actors.adapters.valkey.context_cache import connect_valkey, valkey_errors
-from fleet_actors.adapters.valkey.keys import HELD_KEY, RELEASE_KEY
+from fleet_actors.adapters.valkey.keys import LEGACY_HELD_KEY, held_key, release_key
 from fleet_actors.ports.read_models import DeadLetterIndex, ParkedEvent
 from fleet_actors.settings import Settings
 
 
 class ValkeyDeadLetterIndex(DeadLetterIndex):
-    def __init__(self, client: valkey_async.Valkey, *, owns_client: bool = False) -> None:
+    """Keys per stream, so that projectors of two streams sharing a Valkey never release each other's
+    stories; stories held under the older key of one deployment (``dlq:held``) are still read."""
+
+    def __init__(self, client: valkey_async.Valkey, settings: Settings, *, owns_client: bool = False) -> None:
         self._client = client
         self._owns_client = owns_client
+        self._held, self._release = held_key(settings.stream_name), release_key(settings.stream_name)
+        self._subject_prefix = f"{settings.subject_prefix}."
 
     @classmethod
     async def connect(cls, settings: Settings) -> ValkeyDeadLetterIndex:
-        return cls(await connect_valkey(settings), owns_client=True)
+        return cls(await connect_valkey(settings), settings, owns_client=True)
 
     async def close(self) -> None:
         if self._owns_client:
@@ -25,29 +30,36 @@ class ValkeyDeadLetterIndex(DeadLetterIndex):
 
     async def hold(self, parked: ParkedEvent) -> None:
         with valkey_errors("holding a parked event's story"):
-            await self._client.hset(HELD_KEY, parked.story_id, parked.to_json())  # type: ignore[misc]  # valkey-py stubs: Awaitable[T] | T
+            await self._client.hset(self._held, parked.story_id, parked.to_json())  # type: ignore[misc]  # valkey-py stubs: Awaitable[T] | T
 
     async def held(self) -> dict[str, ParkedEvent]:
         with valkey_errors("reading the stories held for parked events"):
-            raw = await self._client.hgetall(HELD_KEY)  # type: ignore[misc]  # valkey-py stubs: Awaitable[T] | T
-        return {k.decode(): ParkedEvent.from_json(v) for k, v in raw.items()}
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.hgetall(LEGACY_HELD_KEY)
+                pipe.hgetall(self._held)
+                legacy, raw = await pipe.execute()
+        held = {k.decode(): ParkedEvent.from_json(v) for k, v in legacy.items()}
+        held = {k: p for k, p in held.items() if p.subject.startswith(self._subject_prefix)}
+        held.update({k.decode(): ParkedEvent.from_json(v) for k, v in raw.items()})
+        return held
 
     async def request_release(self, story_id: str, action: str) -> None:
         with valkey_errors("requesting a release"):
-            await self._client.hset(RELEASE_KEY, story_id, action)  # type: ignore[misc]  # valkey-py stubs: Awaitable[T] | T
+            await self._client.hset(self._release, story_id, action)  # type: ignore[misc]  # valkey-py stubs: Awaitable[T] | T
 
     async def pending_releases(self) -> dict[str, str]:
         with valkey_errors("reading release requests"):
-            raw = await self._client.hgetall(RELEASE_KEY)  # type: ignore[misc]  # valkey-py stubs: Awaitable[T] | T
+            raw = await self._client.hgetall(self._release)  # type: ignore[misc]  # valkey-py stubs: Awaitable[T] | T
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     async def drop_release(self, story_id: str) -> None:
         with valkey_errors("dropping a release request"):
-            await self._client.hdel(RELEASE_KEY, story_id)  # type: ignore[misc]  # valkey-py stubs: Awaitable[T] | T
+            await self._client.hdel(self._release, story_id)  # type: ignore[misc]  # valkey-py stubs: Awaitable[T] | T
 
     async def released(self, story_id: str) -> None:
         with valkey_errors("releasing a held story"):
             async with self._client.pipeline(transaction=True) as pipe:
-                pipe.hdel(HELD_KEY, story_id)
-                pipe.hdel(RELEASE_KEY, story_id)
+                pipe.hdel(self._held, story_id)
+                pipe.hdel(LEGACY_HELD_KEY, story_id)
+                pipe.hdel(self._release, story_id)
                 await pipe.execute()

@@ -56,11 +56,11 @@ class ValkeyProjectionControl(ProjectionControl):
 
     async def publish_status(self, projector: str, status: Mapping[str, Any]) -> None:
         with valkey_errors("publishing the projector's status"):
-            await self._client.set(status_key(projector), json.dumps(dict(status)))
+            await self._client.set(status_key(self._stream, projector), json.dumps(dict(status)))
 
     async def status(self, projector: str) -> dict[str, Any]:
         with valkey_errors("reading a projector's status"):
-            raw = await self._client.get(status_key(projector))
+            raw = await self._client.get(status_key(self._stream, projector))
         return json.loads(raw) if raw else {}
 
     async def job_progress(self, job_id: str) -> dict[str, str]:
