@@ -96,3 +96,18 @@ async def test_resizing_the_pool_keeps_the_consumers_and_stops_the_old_actors(po
         assert (await client.wait_for_projection(story_id, result.version, timeout=30)).consistent_version == 1
     finally:
         await nc.close()
+
+
+def test_demo_on_a_running_cluster_leaves_its_projector_pool_running(pool_settings, event_store):
+    """Issue #21 (1): the demo stopped the cluster's projectors; a tool stops only what it started."""
+    from fleet_actors.actors.projector_actor import running_projectors
+    from fleet_actors.demo import run_demo
+
+    start_projectors(pool_settings)
+    before = running_projectors(pool_settings)
+    assert len(before) == pool_settings.projectors
+    assert run_demo(pool_settings) == 0
+    assert ray.is_initialized()  # the demo leaves a Ray connection it did not make
+    assert running_projectors(pool_settings) == before
+    handles = [ray.get_actor(name, namespace=pool_settings.ray_namespace) for name in before]
+    assert all(status["ready"] for status in ray.get([h.status.remote() for h in handles], timeout=30))
