@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -23,6 +24,18 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--nats-url", help="NATS server (FLEET_NATS_URL)")
     parser.add_argument("--stream", dest="stream_name", help="event stream name (FLEET_STREAM_NAME)")
+    add_json_argument(parser)
+
+
+def add_json_argument(parser: argparse.ArgumentParser) -> None:
+    if not any("--json" in action.option_strings for action in parser._actions):
+        parser.add_argument(
+            "--json", dest="json_output", action="store_true", help="print tables and records as JSON (for scripts)"
+        )
+
+
+#: set by the CLI's main from --json: tables and records are printed as JSON
+JSON_OUTPUT = False
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -46,7 +59,21 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coroutine)
 
 
+def print_record(record: dict[str, Any]) -> None:
+    """One record: ``key  value`` lines, or a JSON object with --json."""
+    if JSON_OUTPUT:
+        print(json.dumps(record, default=str, indent=2))
+        return
+    width = max((len(k) for k in record), default=0)
+    for key, value in record.items():
+        print(f"{key.ljust(width)}  {value}")
+
+
 def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    """Rows under upper-case column headers, or a JSON list of the rows (every field) with --json."""
+    if JSON_OUTPUT:
+        print(json.dumps(list(rows), default=str, indent=2))
+        return
     if not rows:
         print("(none)")
         return

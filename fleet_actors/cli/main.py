@@ -46,7 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from fleet_actors.cli import common
+
     args = build_parser().parse_args(argv)
+    common.JSON_OUTPUT = bool(getattr(args, "json_output", False))
     try:
         return int(args.func(args))
     except StoryError as err:

@@ -237,4 +237,8 @@ class ProjectionControl(ABC):
     async def record_job_progress(self, job_id: str, **fields: str) -> None: ...
 
     @abstractmethod
+    async def rebuild_jobs(self) -> dict[str, dict[str, str]]:
+        """Every rebuild job recorded for this stream: job id -> its progress record."""
+
+    @abstractmethod
     async def close(self) -> None: ...

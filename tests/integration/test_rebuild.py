@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import json
 
 import pytest
 
@@ -128,4 +129,86 @@ def test_a_rebuild_that_cannot_reach_nats_fails_typed_and_says_how_to_resume(str
     with pytest.raises(BackendUnavailable) as caught:
         rebuild_job.execute(args, unreachable)
     assert "nats://127.0.0.1:9" in caught.value.message
-    assert "run the same command again (--job-id nats-down)" in caught.value.message
+    resume = "Resume it with:\n  fleet-actors rebuild --job-id nats-down --replay-actors 1 --in-process"
+    assert resume in caught.value.message
+
+
+def _cli_args(*argv: str) -> argparse.Namespace:
+    from fleet_actors.cli.main import build_parser
+
+    return build_parser().parse_args(["rebuild", *argv])
+
+
+async def test_each_rebuild_is_a_new_job_and_a_finished_one_is_never_resumed(
+    stream_settings, execute, unique_id, capsys
+):
+    """Issue #21 (2): a second default rebuild 'resumed' the finished job `full` and did nothing."""
+    from fleet_actors.cli import common
+    from fleet_actors.errors import InvalidCommand
+
+    story = unique_id("J")
+    await write_story(execute, story)
+    for _ in range(2):
+        assert await asyncio.to_thread(rebuild_job.execute, _cli_args("--in-process"), stream_settings) == 0
+        out = capsys.readouterr().out
+        assert "done:" in out and "(resumed)" not in out and " 0 events" not in out
+    common.JSON_OUTPUT = True
+    try:
+        await asyncio.to_thread(rebuild_job.execute, _cli_args("list"), stream_settings)
+        jobs = json.loads(capsys.readouterr().out)
+        assert len(jobs) == 2 and {j["state"] for j in jobs} == {"done"} and jobs[0]["job"] != jobs[1]["job"]
+        finished = jobs[0]["job"]
+        await asyncio.to_thread(rebuild_job.execute, _cli_args("status"), stream_settings)
+        assert json.loads(capsys.readouterr().out)["job"] == finished  # the newest
+    finally:
+        common.JSON_OUTPUT = False
+    with pytest.raises(InvalidCommand, match="never run again"):
+        await asyncio.to_thread(rebuild_job.execute, _cli_args("--in-process", "--job-id", finished), stream_settings)
+    with pytest.raises(InvalidCommand, match="already done"):
+        await asyncio.to_thread(rebuild_job.execute, _cli_args("cancel", finished), stream_settings)
+
+
+async def test_a_stopped_job_is_cancelled_and_blocks_other_jobs_until_then(stream_settings):
+    from fleet_actors.composition import open_projection_control
+    from fleet_actors.errors import RuleViolation
+
+    await seed(stream_settings, 30, 60, prefix="c")
+    job = RebuildJob(stream_settings, "to-cancel", RebuildScope(), workers=2)
+    progressed = asyncio.Event()
+    task = asyncio.create_task(
+        job.run(functools.partial(run_in_process, stream_settings), lambda done, total, s: done and progressed.set())
+    )
+    await asyncio.wait_for(progressed.wait(), 60)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    with pytest.raises(RuleViolation, match="rebuild to-cancel is unfinished"):
+        await asyncio.to_thread(rebuild_job.execute, _cli_args("--in-process"), stream_settings)
+    assert await asyncio.to_thread(rebuild_job.execute, _cli_args("cancel", "to-cancel"), stream_settings) == 0
+    control = await open_projection_control(stream_settings)
+    try:
+        assert await control.pausing_job() is None
+        assert (await control.job_progress("to-cancel"))["phase"] == "cancelled"
+    finally:
+        await control.close()
+
+
+def test_rebuild_refuses_unknown_stories_and_impossible_worker_counts(stream_settings, unique_id):
+    """Issue #21 (6): `--story no-such-story` paused the projectors and reported done; 0 became 2; 100 raised."""
+    from fleet_actors.composition import open_projection_control
+    from fleet_actors.errors import InvalidCommand, StoryNotFound
+
+    asyncio.run(seed(stream_settings, 1, 5, prefix=unique_id("one")))
+    with pytest.raises(StoryNotFound):
+        rebuild_job.execute(_cli_args("--in-process", "--story", unique_id("missing")), stream_settings)
+
+    async def pausing():
+        control = await open_projection_control(stream_settings)
+        try:
+            return await control.pausing_job()
+        finally:
+            await control.close()
+
+    assert asyncio.run(pausing()) is None
+    for count in ("0", "100"):
+        with pytest.raises(InvalidCommand, match="--replay-actors must be between 1 and"):
+            rebuild_job.execute(_cli_args("--in-process", "--replay-actors", count), stream_settings)

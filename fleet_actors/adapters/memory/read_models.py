@@ -190,5 +190,8 @@ class InMemoryProjectionControl(ProjectionControl):
     async def record_job_progress(self, job_id: str, **fields: str) -> None:
         self._progress.setdefault(job_id, {}).update(fields)
 
+    async def rebuild_jobs(self) -> dict[str, dict[str, str]]:
+        return {job: dict(fields) for job, fields in self._progress.items()}
+
     async def close(self) -> None:
         pass
