@@ -157,6 +157,11 @@ async def open_dead_letters(settings: Settings, nc: Client) -> tuple[DeadLetters
     return DeadLetters(DeadLetterStream(nc, settings), index), index
 
 
+async def open_dead_letter_index(settings: Settings) -> ValkeyDeadLetterIndex:
+    """Which stories are held for a parked event (operator tools); close it when done."""
+    return await ValkeyDeadLetterIndex.connect(settings)
+
+
 async def open_projection_control(settings: Settings) -> ProjectionControl:
     return await ValkeyProjectionControl.connect(settings)
 

@@ -40,11 +40,19 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _status(args: argparse.Namespace) -> int:
-    from fleet_actors.jobs.status import projection_status
+    from fleet_actors.cli import common
+    from fleet_actors.jobs.status import pausing_rebuild, projection_status
 
-    rows = [dataclasses.asdict(s) for s in run(projection_status(settings_from(args)))]
-    print_table(rows, ["consumer", "projector", "pending", "ack_pending", "ack_floor", "lag_events", "lag_seconds",
-                       "applied", "parked", "commit_lag_p99_ms", "last_error"])  # fmt: skip
+    settings = settings_from(args)
+    rows = [dataclasses.asdict(s) for s in run(projection_status(settings))]
+    paused_by = rows[0]["paused_by"] if rows else run(pausing_rebuild(settings))
+    if paused_by and not common.JSON_OUTPUT:
+        print(
+            f"live projectors paused by rebuild {paused_by}: resume it (`fleet-actors rebuild --job-id {paused_by}` "
+            f"with its options; `fleet-actors rebuild status {paused_by}`) or `fleet-actors rebuild cancel {paused_by}`"
+        )
+    print_table(rows, ["consumer", "projector", "state", "pending", "ack_pending", "ack_floor", "lag_events",
+                       "lag_seconds", "applied", "parked", "last_error_at", "last_error"])  # fmt: skip
     return 0
 
 

@@ -6,6 +6,10 @@ import argparse
 import asyncio
 import functools
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -212,3 +216,76 @@ def test_rebuild_refuses_unknown_stories_and_impossible_worker_counts(stream_set
     for count in ("0", "100"):
         with pytest.raises(InvalidCommand, match="--replay-actors must be between 1 and"):
             rebuild_job.execute(_cli_args("--in-process", "--replay-actors", count), stream_settings)
+
+
+def _cli_env(local_stack, settings, tmp_path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_") and k != "RAY_ADDRESS"}
+    env.update(local_stack.env())
+    env.update(
+        FLEET_STREAM_NAME=settings.stream_name,
+        FLEET_SUBJECT_PREFIX=settings.subject_prefix,
+        FLEET_DATA_DIR=str(tmp_path),  # no fleet.env of a running `dev up` is picked up
+    )
+    return env
+
+
+def _cli(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "fleet_actors.cli.main", *argv]
+
+
+def test_sigint_stops_a_rebuild_cleanly_with_the_resume_command(local_stack, stream_settings, tmp_path):
+    """Issue #21 (3): Ctrl-C printed a traceback, no resume hint, and the pause was visible nowhere."""
+    asyncio.run(seed(stream_settings, 60, 100, prefix="int"))  # 6,000 events: seconds of replay
+    env = _cli_env(local_stack, stream_settings, tmp_path)
+    job = subprocess.Popen(
+        _cli("rebuild", "--in-process", "--replay-actors", "2"),
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        job_id = job.stdout.readline().split()[1].rstrip(":")  # "rebuild <id>: the whole graph ..."
+        seen = [job.stderr.readline()]  # the first progress line comes once replay runs
+        while seen[-1] and "events" not in seen[-1]:
+            seen.append(job.stderr.readline())
+        assert "events" in seen[-1], seen
+        job.send_signal(signal.SIGINT)
+        _out, err = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 130, err
+    assert "Traceback" not in err
+    assert f"SIGINT: rebuild {job_id} stopped" in err
+    assert f"fleet-actors rebuild --job-id {job_id} --replay-actors 2 --in-process" in err
+    status = subprocess.run(_cli("projections", "status"), env=env, capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert f"paused by rebuild {job_id}" in status.stdout
+    listed = subprocess.run(_cli("rebuild", "list", "--json"), env=env, capture_output=True, text=True, timeout=60)
+    assert [(j["job"], j["state"]) for j in json.loads(listed.stdout)] == [(job_id, "stopped")]
+    resumed = subprocess.run(
+        _cli("rebuild", "--in-process", "--replay-actors", "2", "--job-id", job_id),
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert "(resumed)" in resumed.stdout
+
+
+async def test_a_resumed_ray_job_takes_over_what_the_killed_run_held_at_once(ray_runtime, stream_settings):
+    """Issue #21 (3): the resume of a killed job sat still for the replay consumers' ack wait (120 s)."""
+    from fleet_actors.actors.replay_actor import run_with_ray_actors
+
+    await seed(stream_settings, 60, 100, prefix="rk")
+    runner = functools.partial(run_with_ray_actors, stream_settings)
+    progressed = asyncio.Event()
+    task = asyncio.create_task(
+        RebuildJob(stream_settings, "ray-killed", RebuildScope(), workers=2).run(
+            runner, lambda done, total, seconds: done and progressed.set()
+        )
+    )
+    await asyncio.wait_for(progressed.wait(), 120)
+    task.cancel()  # the replay actors are killed with events in hand
+    await asyncio.gather(task, return_exceptions=True)
+    started = asyncio.get_running_loop().time()
+    report = await RebuildJob(stream_settings, "ray-killed", RebuildScope(), workers=2).run(runner)
+    assert report.resumed
+    assert asyncio.get_running_loop().time() - started < 60  # REPLAY_POLICY.ack_wait is 120 s
+    assert (await verify(stream_settings, documents=False)).ok
