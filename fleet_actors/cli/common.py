@@ -10,6 +10,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from fleet_actors.errors import ConfigurationError
 from fleet_actors.settings import Settings, load_env_file
 
 T = TypeVar("T")
@@ -36,6 +37,21 @@ def add_json_argument(parser: argparse.ArgumentParser) -> None:
 
 #: set by the CLI's main from --json: tables and records are printed as JSON
 JSON_OUTPUT = False
+#: the fleet.env the settings came from (None: FLEET_* variables and defaults only)
+LOADED_ENV_FILE: Path | None = None
+
+
+def connection_hint() -> str:
+    """What to check when a server cannot be reached, given where the settings came from."""
+    if LOADED_ENV_FILE is not None:
+        return f"is the `fleet-actors dev up` that wrote {LOADED_ENV_FILE} still running?"
+    if any(key.startswith("FLEET_") and key.endswith(("_URL", "_URI")) for key in os.environ):
+        return "check the FLEET_* server settings in your environment; is that stack running?"
+    data_dir = Settings.from_env().data_dir
+    return (
+        f"no fleet.env loaded: is `fleet-actors dev up` running? load its settings with "
+        f"`set -a; . {data_dir}/fleet.env; set +a` or pass --env-file"
+    )
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -43,7 +59,13 @@ def settings_from(args: argparse.Namespace) -> Settings:
     env_file = getattr(args, "env_file", None)
     if env_file is None and (Path(Settings.from_env().data_dir) / "fleet.env").exists():
         env_file = Path(Settings.from_env().data_dir) / "fleet.env"
+    global LOADED_ENV_FILE
     if env_file is not None:
+        if not Path(env_file).is_file():
+            raise ConfigurationError(
+                f"--env-file {env_file}: no such file (`fleet-actors dev up` writes DIR/fleet.env)", field="env_file"
+            )
+        LOADED_ENV_FILE = Path(env_file)
         env = {**load_env_file(env_file), **env}
         if "RAY_ADDRESS" not in os.environ and "RAY_ADDRESS" in env:
             os.environ["RAY_ADDRESS"] = env["RAY_ADDRESS"]

@@ -10,6 +10,7 @@ declares (``exit_code``: 2 for every error today).
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import time
@@ -21,7 +22,7 @@ from fleet_actors.cli import archive_cmd, events_cmd, gateway_cmd, migrate_cmd, 
 from fleet_actors.cli.common import add_settings_arguments, run, settings_from
 from fleet_actors.devstack import LocalStack
 from fleet_actors.devstack.services import GatewayProcess, start_projector_pool
-from fleet_actors.errors import StoryError
+from fleet_actors.errors import BackendUnavailable, StoryError
 from fleet_actors.settings import Settings
 from fleet_actors.urls import redact_url
 
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fleet-actors",
         description="Event-sourced story context on Ray actors, NATS JetStream, a graph and Valkey.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _register_demo(commands)
     _register_dev(commands)
@@ -45,15 +47,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fleet-actors")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from fleet_actors.cli import common
 
     args = build_parser().parse_args(argv)
     common.JSON_OUTPUT = bool(getattr(args, "json_output", False))
+    if args.command not in ("dev", "gateway"):
+        # A short command reports a connection failure as its one error line: no reconnect chatter.
+        logging.getLogger("fleet_actors.adapters.jetstream.connection").setLevel(logging.ERROR)
     try:
         return int(args.func(args))
     except StoryError as err:
-        print(f"error: {err.message}", file=sys.stderr)
+        message = err.message
+        if isinstance(err, BackendUnavailable):
+            message = f"{message} ({common.connection_hint()})"
+        print(f"error: {message}", file=sys.stderr)
         return err.exit_code
 
 

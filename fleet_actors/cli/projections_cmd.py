@@ -61,7 +61,7 @@ def _start(args: argparse.Namespace) -> int:
     from fleet_actors.client import connect_ray
 
     settings = settings_from(args)
-    connect_ray(settings)
+    connect_ray(settings, start_local=False)
     handles = start_projectors(settings)
     print(f"{len(handles)} projectors running in namespace {settings.ray_namespace}")
     return 0

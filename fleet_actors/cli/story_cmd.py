@@ -35,7 +35,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def _run(args: argparse.Namespace) -> int:
     from fleet_actors.client import FleetClient
 
-    client = FleetClient.connect(settings=settings_from(args))
+    client = FleetClient.connect(settings=settings_from(args), start_local=False)
     if args.action == "history":
         events = client.history(args.story_id, args.from_version, args.limit)
         print_table(

@@ -160,7 +160,7 @@ def execute(args: argparse.Namespace, settings: Settings) -> int:
         from fleet_actors.actors.replay_actor import run_with_ray_actors as runner
         from fleet_actors.client import connect_ray
 
-        connect_ray(settings)  # before our signal handlers: ray.init installs its own for SIGTERM
+        connect_ray(settings, start_local=False)  # before our signal handlers: ray.init installs its own for SIGTERM
     print(f"rebuild {job_id}: {scope.describe()} with {workers} replay workers", flush=True)
     job = RebuildJob(settings, job_id, scope, workers)
     how_to_go_on = (
