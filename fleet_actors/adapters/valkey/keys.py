@@ -1,14 +1,14 @@
 """Every Valkey key fleet-actors uses, in one place.
 
-context:{story_id}                       hash {version, doc}: a story's context document
-processed:{event_id}                     an event id already projected (TTL)
-consumer:{name}:offset                   the last stream sequence a consumer committed
-projection:pause:{stream}                the rebuild job that asked the live projectors to pause
-projection:paused:{stream}:{consumer}    a consumer's acknowledgement of that pause (TTL)
-projector:{name}:status                  a projector's published status (JSON)
-rebuild:{stream}:{job_id}                hash: a rebuild job's end sequence and phase
-dlq:held / dlq:release                   hashes: stories held for a parked event / release requests
-rehydration:{case_id}                    a persisted RehydrateSession bundle (TTL)
+    context:{story_id}                       hash {version, doc}: a story's context document
+    processed:{event_id}                     an event id already projected (TTL)
+    consumer:{name}:offset                   the last stream sequence a consumer committed
+    projection:pause:{stream}                the rebuild job that asked the live projectors to pause
+    projection:paused:{stream}:{consumer}    a consumer's acknowledgement of that pause (TTL)
+    projector:{name}:status                  a projector's published status (JSON)
+    rebuild:{stream}:{job_id}                hash: a rebuild job's end sequence and phase
+    dlq:held / dlq:release                   hashes: stories held for a parked event / release requests
+    rehydration:{case_id}                    a persisted RehydrateSession bundle (TTL)
 """
 
 from __future__ import annotations
