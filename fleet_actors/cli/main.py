@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
@@ -22,7 +23,7 @@ from fleet_actors.cli import archive_cmd, events_cmd, gateway_cmd, migrate_cmd, 
 from fleet_actors.cli.common import add_settings_arguments, run, settings_from
 from fleet_actors.devstack import LocalStack
 from fleet_actors.devstack.services import GatewayProcess, start_projector_pool
-from fleet_actors.errors import BackendUnavailable, StoryError
+from fleet_actors.errors import BackendUnavailable, ConfigurationError, StoryError
 from fleet_actors.settings import Settings
 from fleet_actors.urls import redact_url
 
@@ -61,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     common.JSON_OUTPUT = bool(getattr(args, "json_output", False))
-    if args.command not in ("dev", "gateway"):
+    if getattr(args, "command", None) not in ("dev", "gateway"):
         # A short command reports a connection failure as its one error line: no reconnect chatter.
         logging.getLogger("fleet_actors.adapters.jetstream.connection").setLevel(logging.ERROR)
     try:
@@ -129,10 +130,20 @@ def _dev_seed(args: argparse.Namespace) -> int:
         rate = done / seconds if seconds else 0.0
         print(f"\r{done:,}/{total:,} events  {rate:,.0f}/s", end="", file=sys.stderr, flush=True)
 
-    report = run(
-        seed(settings_from(args), args.stories, args.events, prefix=args.prefix, seed_value=args.seed_value,
-             progress=progress)
-    )  # fmt: skip
+    # Ctrl-C and SIGTERM end the seeding with a line, not a traceback (also when started in the
+    # background of a script, which leaves SIGINT ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        report = run(
+            seed(settings_from(args), args.stories, args.events, prefix=args.prefix, seed_value=args.seed_value,
+                 progress=progress)
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        # Each story is appended in atomic batches: the stories written so far are whole, the one
+        # being written is whole or absent only if it fit one batch (1,000 events).
+        print(f"\ninterrupted: the stories written so far stay in the log (prefix {args.prefix})", file=sys.stderr)
+        return 130
     print(file=sys.stderr)
     print(f"seeded {report.stories:,} stories, {report.events:,} events in {report.seconds:.1f} s "
           f"({report.rate:,.0f} events/s)")  # fmt: skip
@@ -175,8 +186,6 @@ def _register_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import os
-
     from fleet_actors.demo import run_demo
 
     configured = args.env_file is not None or "FLEET_NATS_URL" in os.environ
@@ -209,8 +218,23 @@ def _gateway_tls_env(directory: Path) -> dict[str, str]:
     }
 
 
+def _usable_data_dir(data_dir: Path) -> Path:
+    """The data folder, created if missing; a file or an unwritable place is a usage error."""
+    if data_dir.exists() and not data_dir.is_dir():
+        raise ConfigurationError(f"--data-dir {data_dir} is a file, not a folder", field="data_dir")
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigurationError(
+            f"--data-dir {data_dir} cannot be created: {error.strerror or error}", field="data_dir"
+        ) from None
+    if not os.access(data_dir, os.W_OK | os.X_OK):
+        raise ConfigurationError(f"--data-dir {data_dir} is not writable", field="data_dir")
+    return data_dir
+
+
 def _dev_up(args: argparse.Namespace) -> int:
-    data_dir: Path = args.data_dir or Settings.from_env().data_path
+    data_dir: Path = _usable_data_dir(args.data_dir or Settings.from_env().data_path)
     stack = LocalStack(data_dir, ray=args.ray, ray_cpus=args.ray_cpus, nats_sync_interval=args.nats_sync_interval)
     # Handlers for both, installed before start-up so that a signal then still stops what has
     # started. Setting SIGINT explicitly also undoes the SIG_IGN that a background job of a

@@ -25,6 +25,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     add_settings_arguments(verify)
     verify.add_argument("--story", action="append", metavar="ID", help="only this story (repeatable)")
     verify.add_argument("--graph-only", action="store_true", help="skip the Valkey context documents")
+    verify.add_argument(
+        "--no-census",
+        action="store_true",
+        help="skip the whole-graph counts and orphans (a graph database shared with other streams)",
+    )
     verify.set_defaults(func=_verify)
 
     dlq = commands.add_parser("dlq", help="events parked by the projectors (poison events)")
@@ -68,9 +73,28 @@ def _start(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from fleet_actors.cli import common
     from fleet_actors.jobs.verify import verify
 
-    report = run(verify(settings_from(args), args.story, documents=not args.graph_only))
+    interactive = sys.stderr.isatty()
+
+    def progress(done: int, total: int, seconds: float) -> None:
+        rate = done / seconds if seconds else 0.0
+        eta = (total - done) / rate if rate else 0.0
+        line = f"  {done:,}/{total:,} stories  {rate:,.0f}/s  ETA {eta:,.0f} s"
+        print(f"\r{line}" if interactive else line, end="" if interactive else "\n", file=sys.stderr, flush=True)
+
+    census = not args.story and not args.no_census
+    report = run(
+        verify(settings_from(args), args.story, documents=not args.graph_only, census=census, progress=progress)
+    )
+    if interactive:
+        print(file=sys.stderr)
+    if common.JSON_OUTPUT:
+        common.print_record(
+            {"ok": report.ok, "stories": len(report.stories), "differences": report.differences, "census": census}
+        )
+        return 0 if report.ok else 1
     for difference in report.differences:
         print(difference)
     print(f"{len(report.stories)} stories checked, {len(report.differences)} differences")

@@ -35,7 +35,8 @@ async def projection_status(settings: Settings, now: float | None = None) -> lis
         paused_by = await control.pausing_job() or ""
         parked_of: dict[str, int] = {}
         for parked in (await index.held()).values():
-            parked_of[parked.consumer] = parked_of.get(parked.consumer, 0) + 1
+            if parked.subject.startswith(f"{settings.subject_prefix}."):  # this stream's (the index is shared)
+                parked_of[parked.consumer] = parked_of.get(parked.consumer, 0) + 1
         now = time.time() if now is None else now
         partition_of = {partition_consumer_name(LIVE_CONSUMERS, p): p for p in range(settings.partitions)}
         lags = await consumer_lags(settings, set(partition_of))

@@ -82,3 +82,42 @@ def test_a_missing_env_file_is_a_usage_error(down_env: dict[str, str], tmp_path:
 def test_version(down_env: dict[str, str]) -> None:
     done, _ = _cli(down_env, "--version")
     assert done.returncode == 0 and done.stdout.startswith("fleet-actors ")
+
+
+def test_dev_up_refuses_a_data_dir_that_is_a_file_or_cannot_be_made(tmp_path: Path, capsys) -> None:
+    """Issue #21 (6): these raised tracebacks."""
+    from fleet_actors.cli.main import main
+
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert main(["dev", "up", "--no-ray", "--data-dir", str(a_file)]) == 2
+    assert main(["dev", "up", "--no-ray", "--data-dir", str(a_file / "below")]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and "cannot be created" in err and "Traceback" not in err
+
+
+def test_ctrl_c_in_dev_seed_is_one_line(local_stack, settings, tmp_path: Path, unique_id) -> None:
+    import signal
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_") and k != "RAY_ADDRESS"}
+    env.update(local_stack.env(), FLEET_DATA_DIR=str(tmp_path), FLEET_STREAM_NAME="SEEDINT",
+               FLEET_SUBJECT_PREFIX="seedint.events")  # fmt: skip
+    seed = subprocess.Popen(
+        [sys.executable, "-m", "fleet_actors.cli.main", "dev", "seed", "--stories", "5000", "--events", "50",
+         "--prefix", unique_id("int")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert seed.stderr is not None
+        text = ""
+        while "events" not in text:  # progress has started
+            char = seed.stderr.read(1)
+            assert char, "seed ended before it made progress"
+            text += char
+        seed.send_signal(signal.SIGINT)
+        _, err = seed.communicate(timeout=60)
+    finally:
+        if seed.poll() is None:
+            seed.kill()
+    assert seed.returncode == 130
+    assert "interrupted" in err and "Traceback" not in err

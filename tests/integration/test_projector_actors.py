@@ -111,3 +111,16 @@ def test_demo_on_a_running_cluster_leaves_its_projector_pool_running(pool_settin
     assert running_projectors(pool_settings) == before
     handles = [ray.get_actor(name, namespace=pool_settings.ray_namespace) for name in before]
     assert all(status["ready"] for status in ray.get([h.status.remote() for h in handles], timeout=30))
+
+
+def test_story_at_a_version_beyond_the_story_is_refused(pool_settings, event_store, unique_id, monkeypatch, capsys):
+    """Issue #21 (6): `story at --version 999` on a story at version 1 answered version 1."""
+    from fleet_actors.cli import story_cmd
+    from fleet_actors.cli.main import main
+
+    story_id = unique_id("AT")
+    FleetClient(pool_settings).create_story(story_id, "at a version")
+    monkeypatch.setattr(story_cmd, "settings_from", lambda args: pool_settings)
+    assert main(["story", "at", story_id, "--version", "1"]) == 0
+    assert main(["story", "at", story_id, "--version", "999"]) == 2
+    assert "is at version 1; --version 999 is beyond it" in capsys.readouterr().err

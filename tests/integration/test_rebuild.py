@@ -289,3 +289,13 @@ async def test_a_resumed_ray_job_takes_over_what_the_killed_run_held_at_once(ray
     assert report.resumed
     assert asyncio.get_running_loop().time() - started < 60  # REPLAY_POLICY.ack_wait is 120 s
     assert (await verify(stream_settings, documents=False)).ok
+
+
+async def test_seeding_an_existing_prefix_says_it_exists(stream_settings, unique_id):
+    """Issue #21 (6): it said 'changed by another writer'."""
+    from fleet_actors.errors import StoryAlreadyExists
+
+    prefix = unique_id("again")
+    await seed(stream_settings, 2, 5, prefix=prefix)
+    with pytest.raises(StoryAlreadyExists, match="already exists: seed with another --prefix"):
+        await seed(stream_settings, 2, 5, prefix=prefix)

@@ -94,6 +94,7 @@ class _ConnectionLog:
     def __init__(self, name: str, url: str) -> None:
         self.name, self.url = name, url
         self.last_error: BaseException | None = None
+        self.client: Client | None = None
         self._reported = ""
         self._connected = False
 
@@ -109,6 +110,8 @@ class _ConnectionLog:
             log.warning("%s: NATS at %s: %s", self.name, self.url, text)
 
     async def disconnected(self) -> None:
+        if self.client is not None and self.client.is_closed:
+            return  # closed on purpose
         if self._connected:
             self._connected = False
             log.warning("%s: disconnected from NATS at %s; reconnecting", self.name, self.url)
@@ -187,7 +190,7 @@ async def connect_nats(settings: Settings, *, name: str = "fleet-actors") -> Cli
         else:
             reason = _describe(cause)
         raise BackendUnavailable(f"cannot reach NATS at {url}: {reason}") from None
-    events._connected = True
+    events._connected, events.client = True, nc
     version = nc.connected_server_version
     if (version.major, version.minor, version.patch) < MIN_SERVER_VERSION:
         with contextlib.suppress(Exception):
