@@ -247,6 +247,10 @@ def _dev_up(args: argparse.Namespace) -> int:
         print(f"starting the local stack in {stack.data_dir} ...", file=sys.stderr, flush=True)
         stack.start()
         services: dict[str, str] = _gateway_tls_env(stack.data_dir / "tls") if args.tls else {}
+        # A local event archive, so `archive run|status|verify` and `events export` work as the README says
+        archive = stack.data_dir / "archive"
+        archive.mkdir(exist_ok=True)
+        services.setdefault("FLEET_ARCHIVE_URL", os.environ.get("FLEET_ARCHIVE_URL") or str(archive))
         if args.ray:
             print("starting the projectors and the gRPC gateway ...", file=sys.stderr, flush=True)
             start_projector_pool(stack.env())
