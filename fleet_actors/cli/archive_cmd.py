@@ -12,7 +12,7 @@ import contextlib
 import signal
 from datetime import datetime
 
-from fleet_actors.cli.common import add_settings_arguments, print_table, run, settings_from
+from fleet_actors.cli.common import add_settings_arguments, print_record, print_table, run, settings_from
 from fleet_actors.errors import ConfigurationError, InvalidCommand
 from fleet_actors.settings import Settings
 
@@ -134,7 +134,7 @@ def _status(args: argparse.Namespace) -> int:
         return summary
 
     summary = run(main())
-    print_table([{"key": k, "value": v} for k, v in summary.items()], ["key", "value"])
+    print_record(summary)
     return 0
 
 

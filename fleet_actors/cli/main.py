@@ -19,7 +19,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from fleet_actors.cli import archive_cmd, events_cmd, gateway_cmd, migrate_cmd, projections_cmd, story_cmd
+from fleet_actors.cli import (
+    archive_cmd,
+    check_cmd,
+    events_cmd,
+    gateway_cmd,
+    migrate_cmd,
+    projections_cmd,
+    story_cmd,
+)
 from fleet_actors.cli.common import add_settings_arguments, run, settings_from
 from fleet_actors.devstack import LocalStack
 from fleet_actors.devstack.services import GatewayProcess, start_projector_pool
@@ -44,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     archive_cmd.register(commands)
     migrate_cmd.register(commands)
     _register_rebuild(commands)
+    check_cmd.register(commands)
     # Each further subcommand: a `register(commands)` that adds its parser and sets `func(args) -> int`.
     return parser
 
