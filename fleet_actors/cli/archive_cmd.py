@@ -12,7 +12,14 @@ import contextlib
 import signal
 from datetime import datetime
 
-from fleet_actors.cli.common import add_settings_arguments, print_record, print_table, run, settings_from
+from fleet_actors.cli.common import (
+    ProgressLine,
+    add_settings_arguments,
+    print_record,
+    print_table,
+    run,
+    settings_from,
+)
 from fleet_actors.errors import ConfigurationError, InvalidCommand
 from fleet_actors.settings import Settings
 
@@ -80,7 +87,9 @@ def _run(args: argparse.Namespace) -> int:
         archiver = await open_archiver(settings, segment_events=args.segment_events)
         try:
             if args.every is None:
-                archived = await archiver.archive_once(progress=_progress)
+                progress = ProgressLine("sequences archived")
+                archived = await archiver.archive_once(progress=progress)
+                progress.end()
                 print(
                     f"archived {archived.events:,} events in {archived.segments} segments "
                     f"({archived.rate:,.0f} events/s); archived through {archived.archived_through}"
@@ -103,10 +112,6 @@ def _run(args: argparse.Namespace) -> int:
             await archiver.close()
 
     return run(main())
-
-
-def _progress(done: int, total: int, seconds: float) -> None:
-    print(f"  archived through sequence {done:,} of {total:,} ({seconds:.1f} s)", flush=True)
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -103,3 +103,41 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
     print("  ".join(c.upper().ljust(widths[c]) for c in columns))
     for row in rows:
         print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+class ProgressLine:
+    """The one progress display of the CLI: ``done/total unit  rate/s  ETA`` on stderr, redrawn in
+    place on a terminal, a line every few seconds otherwise (logs, CI). Call it with
+    ``(done, total[, seconds])``; ``end()`` closes the line."""
+
+    def __init__(self, unit: str, *, every: float = 5.0) -> None:
+        import sys
+        import time
+
+        self.unit, self.every = unit, every
+        self._stream = sys.stderr
+        self._tty = self._stream.isatty()
+        self._clock = time.monotonic
+        self._started = self._clock()
+        self._last = float("-inf")
+        self._drawn = False
+
+    def __call__(self, done: int, total: int, seconds: float | None = None) -> None:
+        now = self._clock()
+        if not self._tty and now - self._last < self.every and done < total:
+            return
+        self._last = now
+        elapsed = seconds if seconds is not None else now - self._started
+        rate = done / elapsed if elapsed else 0.0
+        eta = f"  ETA {(total - done) / rate:,.0f} s" if rate and total > done else ""
+        line = f"  {done:,}/{total:,} {self.unit}  {rate:,.0f}/s{eta}"
+        if self._tty:
+            print(f"\r{line}\x1b[K", end="", file=self._stream, flush=True)
+            self._drawn = True
+        else:
+            print(line, file=self._stream, flush=True)
+
+    def end(self) -> None:
+        if self._drawn:
+            print(file=self._stream, flush=True)
+            self._drawn = False

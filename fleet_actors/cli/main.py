@@ -133,11 +133,10 @@ def _register_dev(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _dev_seed(args: argparse.Namespace) -> int:
+    from fleet_actors.cli import common
     from fleet_actors.loadgen.seed import seed
 
-    def progress(done: int, total: int, seconds: float) -> None:
-        rate = done / seconds if seconds else 0.0
-        print(f"\r{done:,}/{total:,} events  {rate:,.0f}/s", end="", file=sys.stderr, flush=True)
+    progress = common.ProgressLine("events")
 
     # Ctrl-C and SIGTERM end the seeding with a line, not a traceback (also when started in the
     # background of a script, which leaves SIGINT ignored)
@@ -151,9 +150,10 @@ def _dev_seed(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         # Each story is appended in atomic batches: the stories written so far are whole, the one
         # being written is whole or absent only if it fit one batch (1,000 events).
-        print(f"\ninterrupted: the stories written so far stay in the log (prefix {args.prefix})", file=sys.stderr)
+        progress.end()
+        print(f"interrupted: the stories written so far stay in the log (prefix {args.prefix})", file=sys.stderr)
         return 130
-    print(file=sys.stderr)
+    progress.end()
     print(f"seeded {report.stories:,} stories, {report.events:,} events in {report.seconds:.1f} s "
           f"({report.rate:,.0f} events/s)")  # fmt: skip
     return 0

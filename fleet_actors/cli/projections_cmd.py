@@ -76,20 +76,12 @@ def _verify(args: argparse.Namespace) -> int:
     from fleet_actors.cli import common
     from fleet_actors.jobs.verify import verify
 
-    interactive = sys.stderr.isatty()
-
-    def progress(done: int, total: int, seconds: float) -> None:
-        rate = done / seconds if seconds else 0.0
-        eta = (total - done) / rate if rate else 0.0
-        line = f"  {done:,}/{total:,} stories  {rate:,.0f}/s  ETA {eta:,.0f} s"
-        print(f"\r{line}" if interactive else line, end="" if interactive else "\n", file=sys.stderr, flush=True)
-
+    progress = common.ProgressLine("stories")
     census = not args.story and not args.no_census
     report = run(
         verify(settings_from(args), args.story, documents=not args.graph_only, census=census, progress=progress)
     )
-    if interactive:
-        print(file=sys.stderr)
+    progress.end()
     if common.JSON_OUTPUT:
         common.print_record(
             {"ok": report.ok, "stories": len(report.stories), "differences": report.differences, "census": census}

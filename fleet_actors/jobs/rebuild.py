@@ -146,13 +146,9 @@ def execute(args: argparse.Namespace, settings: Settings) -> int:
     scope = RebuildScope(tuple(args.story or ()), since)
     job_id = args.job_id or default_job_id(args.story, since)
     rules.check_id(job_id, "job_id")
-    interactive = sys.stderr.isatty()
+    from fleet_actors.cli.common import ProgressLine
 
-    def progress(done: int, total: int, seconds: float) -> None:
-        rate = done / seconds if seconds else 0.0
-        eta = (total - done) / rate if rate and total > done else 0.0
-        line = f"  {done:,}/{total:,} events  {rate:,.0f}/s  ETA {eta:,.0f} s"
-        print(f"\r{line}" if interactive else line, end="" if interactive else "\n", file=sys.stderr, flush=True)
+    progress = ProgressLine("events")
 
     if args.in_process:
         from fleet_actors.actors.replay_actor import run_in_process as runner
@@ -171,16 +167,15 @@ def execute(args: argparse.Namespace, settings: Settings) -> int:
     try:
         report = asyncio.run(_run_until_signal(job.run(functools.partial(runner, settings), progress)))
     except Interrupted as stop:
-        if interactive:
-            print(file=sys.stderr)
+        progress.end()
         print(f"{stop.signal_name}: {how_to_go_on}", file=sys.stderr, flush=True)
         return 128 + signal.Signals[stop.signal_name].value
     except Retryable as error:
+        progress.end()
         # The message is what an operator sees; the job's progress is in Valkey, so say how to go on.
         error.message = f"{error.message}\n{how_to_go_on}"
         raise
-    if interactive:
-        print(file=sys.stderr)
+    progress.end()
     if report.end_sequence == 0 and report.events == 0:
         print(f"nothing to rebuild: {scope.describe()} is empty; nothing was paused", flush=True)
         return 0
