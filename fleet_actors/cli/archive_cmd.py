@@ -176,7 +176,9 @@ def _export(args: argparse.Namespace) -> int:
             since = datetime.fromisoformat(args.since.replace("Z", "+00:00"))
         except ValueError:
             raise InvalidCommand(f"--since {args.since!r} is not an ISO time", field="since") from None
-    report = run(export_events(settings, args.out, since=since))
+    progress = ProgressLine("events read")
+    report = run(export_events(settings, args.out, since=since, progress=progress))
+    progress.end()
     print(
         f"exported {report.events:,} events ({report.from_archive:,} from the archive, "
         f"{report.from_stream:,} from the stream) to {args.out}: {report.bytes:,} bytes"

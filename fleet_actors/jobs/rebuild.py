@@ -49,8 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     cancel.add_argument("job", metavar="JOB_ID")
     for sub in (status, actions.choices["list"], cancel):
-        sub.add_argument("--env-file", type=Path, help="read connection settings from a fleet.env")
-        sub.add_argument("--json", dest="json_output", action="store_true", help="print as JSON")
+        # SUPPRESS: given before the action (`rebuild --env-file F status`), the value is kept
+        sub.add_argument("--env-file", type=Path, default=argparse.SUPPRESS, help="read settings from a fleet.env")
+        sub.add_argument(
+            "--json", dest="json_output", action="store_true", default=argparse.SUPPRESS, help="print as JSON"
+        )
 
 
 def parse_since(raw: str | None) -> datetime | None:

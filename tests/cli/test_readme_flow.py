@@ -36,7 +36,8 @@ def test_dev_up_configures_a_local_archive_that_archive_commands_use(tmp_path: P
         assert Path(env["FLEET_ARCHIVE_URL"]) == (data_dir / "archive").resolve()
         shell = {**base, **env, "FLEET_DATA_DIR": str(data_dir)}  # as after `set -a; . .fleet/fleet.env`
         steps = [("dev", "seed", "--stories", "3", "--events", "20"), ("archive", "run"), ("archive", "status")]
-        for argv in [*steps, ("archive", "verify")]:
+        export = ("events", "export", "--since", "2026-01-01T00:00:00Z", "--format", "parquet", "--out")
+        for argv in [*steps, ("archive", "verify"), (*export, str(tmp_path / "events.parquet"))]:
             done = _cli(*argv, env=shell)
             assert done.returncode == 0, (argv, done.stdout, done.stderr)
     finally:
