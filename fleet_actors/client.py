@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Iterable, Mapping
@@ -57,11 +58,15 @@ _READ_MODELS_KEY = ":read-models"
 _REGISTRY_KEY = ":registry"
 
 
-def connect_ray(settings: Settings, address: str | None = None) -> None:
-    """Join the configured Ray cluster, or start a local runtime when none is configured."""
+def connect_ray(settings: Settings, address: str | None = None, *, start_local: bool = True) -> None:
+    """Join the configured Ray cluster, or start a local runtime when none is configured (unless
+    ``start_local`` is False: operator tools work on a cluster and never start one of their own)."""
     if ray.is_initialized():
         return
     target = address or settings.ray_address or "local"
+    if target == "local" and not start_local:
+        raise BackendUnavailable("no Ray cluster is configured (RAY_ADDRESS or FLEET_RAY_ADDRESS)")
+    _probe_ray(target, settings.nats_timeout)
     options: dict[str, Any] = {
         "namespace": settings.ray_namespace,
         "logging_level": "ERROR",
@@ -74,6 +79,20 @@ def connect_ray(settings: Settings, address: str | None = None) -> None:
         ray.init(address=target, **options)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise BackendUnavailable(f"cannot connect to Ray at {target}: {error}") from None
+
+
+def _probe_ray(target: str, timeout: float) -> None:
+    """Fail in ``timeout`` seconds when a cluster's host:port does not accept connections (ray.init
+    would retry for about a minute)."""
+    host_port = target.removeprefix("ray://")
+    host, _, port = host_port.rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto", "local" or a form Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as error:
+        reason = "connection refused" if isinstance(error, ConnectionRefusedError) else str(error) or "no answer"
+        raise BackendUnavailable(f"cannot reach Ray at {target}: {reason}") from None
 
 
 class _StoryApi(Generic[R]):
@@ -373,9 +392,11 @@ class FleetClient(_StoryApi[Any]):
         self.aio = AsyncFleetClient(settings, self._handles)
 
     @classmethod
-    def connect(cls, address: str | None = None, *, settings: Settings | None = None) -> FleetClient:
+    def connect(
+        cls, address: str | None = None, *, settings: Settings | None = None, start_local: bool = True
+    ) -> FleetClient:
         settings = settings or Settings.from_env()
-        connect_ray(settings, address)
+        connect_ray(settings, address, start_local=start_local)
         return cls(settings)
 
     def _call(self, story_id: str, method: str, *args: Any, may_create: bool = False) -> Any:

@@ -157,6 +157,11 @@ async def open_dead_letters(settings: Settings, nc: Client) -> tuple[DeadLetters
     return DeadLetters(DeadLetterStream(nc, settings), index), index
 
 
+async def open_dead_letter_index(settings: Settings) -> ValkeyDeadLetterIndex:
+    """Which stories are held for a parked event (operator tools); close it when done."""
+    return await ValkeyDeadLetterIndex.connect(settings)
+
+
 async def open_projection_control(settings: Settings) -> ProjectionControl:
     return await ValkeyProjectionControl.connect(settings)
 
@@ -272,12 +277,18 @@ async def archiver_on(
     )
 
 
-async def export_events(settings: Settings, out: str, *, since: datetime | None = None) -> ExportReport:
+async def export_events(
+    settings: Settings,
+    out: str,
+    *,
+    since: datetime | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> ExportReport:
     """Export the events since ``since`` (the archive's first, then the stream's) to one Parquet file."""
     check_since(since)
     archive = Archive(settings.archive_url, settings.stream_name) if settings.archive_url else None
     retention = StreamRetention(await connect_nats(settings, name="fleet-export"), settings)
     try:
-        return await export_stream(retention, archive, settings.stream_name, out, since=since)
+        return await export_stream(retention, archive, settings.stream_name, out, since=since, progress=progress)
     finally:
         await retention.close()

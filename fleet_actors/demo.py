@@ -92,18 +92,23 @@ def show_gateway(settings: Settings, story_id: str) -> None:
 
 
 def run_demo(settings: Settings | None = None) -> int:
-    from fleet_actors.actors.projector_actor import start_projectors
+    from fleet_actors.actors.projector_actor import ensure_projectors, stop_projectors
     from fleet_actors.jobs.verify import verify
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     with demo_stack(settings) as active:
-        connect_ray(active)
         import ray
 
+        joined = not ray.is_initialized()
+        connect_ray(active)
+        started_pool = False
         try:
             client = FleetClient(active)
             print(f"starting {active.projectors} projectors ...", flush=True)
-            start_projectors(active)
+            # A tool stops only what it started: the projector pool of a running cluster stays up.
+            started_pool = ensure_projectors(active)
+            if not started_pool:
+                print("  (using the cluster's running projector pool)", flush=True)
             run_id = uuid.uuid4().hex[:6]
             versions = {}
             for number, (title, description) in enumerate(STORIES, start=1):
@@ -134,7 +139,7 @@ def run_demo(settings: Settings | None = None) -> int:
                 print(f"  {difference}")
             return 0 if report.ok else 1
         finally:
-            from fleet_actors.actors.projector_actor import stop_projectors
-
-            stop_projectors(active)
-            ray.shutdown()
+            if started_pool:
+                stop_projectors(active)
+            if joined:
+                ray.shutdown()

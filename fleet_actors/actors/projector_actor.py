@@ -150,6 +150,24 @@ def _stop_other_pool_sizes(settings: Settings) -> None:
             ray.get(ray.get_actor(name, namespace=settings.ray_namespace).stop.remote())
 
 
+def running_projectors(settings: Settings) -> list[str]:
+    """Names of this pool's projector actors alive now (any pool size) in the settings' namespace."""
+    return sorted(
+        entry["name"]
+        for entry in ray.util.list_named_actors(all_namespaces=True)
+        if entry["namespace"] == settings.ray_namespace and entry["name"].startswith(PROJECTOR_PREFIX)
+    )
+
+
+def ensure_projectors(settings: Settings, policy: ProjectorPolicy = DEFAULT_POLICY, timeout: float = 120) -> bool:
+    """Start the pool unless one already runs in the namespace. True if this call started it: a tool
+    stops only what it started, so a pool that was running (a `dev up` cluster's) is left alone."""
+    if running_projectors(settings):
+        return False
+    start_projectors(settings, policy, timeout)
+    return True
+
+
 def stop_projectors(settings: Settings) -> None:
     handles = [find_live(projector_actor_name(i, settings.projectors), settings) for i in range(settings.projectors)]
     for handle in filter(None, handles):

@@ -104,7 +104,19 @@ async def run_in_process(
             jobs = [r.replay_stories(part, end) for r, part in zip(replayers, split(story_ids, workers), strict=True)]
         else:
             jobs = [r.replay_until(end) for r in replayers]
-        return sum(await asyncio.gather(*jobs))
+        work = asyncio.ensure_future(asyncio.gather(*jobs))
+        started = time.monotonic()
+        try:
+            while not work.done():
+                await asyncio.wait([work], timeout=1.0)
+                if progress:
+                    progress(sum(r.done_events for r in replayers), total, time.monotonic() - started)
+        except BaseException:
+            work.cancel()
+            with contextlib.suppress(BaseException):
+                await work
+            raise
+        return sum(work.result())
     finally:
         for replayer in replayers:
             await replayer.close()

@@ -12,7 +12,14 @@ import contextlib
 import signal
 from datetime import datetime
 
-from fleet_actors.cli.common import add_settings_arguments, print_table, run, settings_from
+from fleet_actors.cli.common import (
+    ProgressLine,
+    add_settings_arguments,
+    print_record,
+    print_table,
+    run,
+    settings_from,
+)
 from fleet_actors.errors import ConfigurationError, InvalidCommand
 from fleet_actors.settings import Settings
 
@@ -80,7 +87,9 @@ def _run(args: argparse.Namespace) -> int:
         archiver = await open_archiver(settings, segment_events=args.segment_events)
         try:
             if args.every is None:
-                archived = await archiver.archive_once(progress=_progress)
+                progress = ProgressLine("sequences archived")
+                archived = await archiver.archive_once(progress=progress)
+                progress.end()
                 print(
                     f"archived {archived.events:,} events in {archived.segments} segments "
                     f"({archived.rate:,.0f} events/s); archived through {archived.archived_through}"
@@ -103,10 +112,6 @@ def _run(args: argparse.Namespace) -> int:
             await archiver.close()
 
     return run(main())
-
-
-def _progress(done: int, total: int, seconds: float) -> None:
-    print(f"  archived through sequence {done:,} of {total:,} ({seconds:.1f} s)", flush=True)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -134,7 +139,7 @@ def _status(args: argparse.Namespace) -> int:
         return summary
 
     summary = run(main())
-    print_table([{"key": k, "value": v} for k, v in summary.items()], ["key", "value"])
+    print_record(summary)
     return 0
 
 
@@ -171,7 +176,9 @@ def _export(args: argparse.Namespace) -> int:
             since = datetime.fromisoformat(args.since.replace("Z", "+00:00"))
         except ValueError:
             raise InvalidCommand(f"--since {args.since!r} is not an ISO time", field="since") from None
-    report = run(export_events(settings, args.out, since=since))
+    progress = ProgressLine("events read")
+    report = run(export_events(settings, args.out, since=since, progress=progress))
+    progress.end()
     print(
         f"exported {report.events:,} events ({report.from_archive:,} from the archive, "
         f"{report.from_stream:,} from the stream) to {args.out}: {report.bytes:,} bytes"

@@ -56,6 +56,7 @@ def _gateway(args: argparse.Namespace) -> int:
         status = gateway_health(settings, service=args.check)
         print(status)
         return 0 if status == "SERVING" else 1
+    _refuse_an_address_in_use(settings.gateway_address, given=bool(args.address))
     from fleet_actors.gateway import RunningGateway, run_gateway  # imports Ray: not for --check
 
     if args.token is not None:
@@ -80,3 +81,24 @@ def _gateway(args: argparse.Namespace) -> int:
 
     run_gateway(settings, grace=args.grace, ready=ready)
     return 0
+
+
+def _refuse_an_address_in_use(address: str, *, given: bool) -> None:
+    """One clear line instead of a bind failure, typically fleet.env's own gateway (``dev up``)."""
+    import socket
+
+    from fleet_actors.errors import ConfigurationError
+
+    host, _, port = address.rpartition(":")
+    if not port.isdigit() or int(port) == 0:
+        return
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=1.0).close()
+    except OSError:
+        return  # nothing answers there: free to bind
+    where = "--address" if given else "FLEET_GATEWAY_ADDRESS"
+    raise ConfigurationError(
+        f"{where} {address} is in use: a gateway already serves there (the `dev up` of fleet.env starts one; "
+        "`fleet-actors gateway --check` asks it). To run another one pass --address HOST:PORT (port 0: any free port)",
+        field="gateway_address",
+    )

@@ -10,6 +10,8 @@ declares (``exit_code``: 2 for every error today).
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import signal
 import sys
 import time
@@ -17,11 +19,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from fleet_actors.cli import archive_cmd, events_cmd, gateway_cmd, migrate_cmd, projections_cmd, story_cmd
+from fleet_actors.cli import (
+    archive_cmd,
+    check_cmd,
+    events_cmd,
+    gateway_cmd,
+    migrate_cmd,
+    projections_cmd,
+    story_cmd,
+)
 from fleet_actors.cli.common import add_settings_arguments, run, settings_from
 from fleet_actors.devstack import LocalStack
 from fleet_actors.devstack.services import GatewayProcess, start_projector_pool
-from fleet_actors.errors import BackendUnavailable, StoryError
+from fleet_actors.errors import BackendUnavailable, ConfigurationError, StoryError
 from fleet_actors.settings import Settings
 from fleet_actors.urls import redact_url
 
@@ -31,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fleet-actors",
         description="Event-sourced story context on Ray actors, NATS JetStream, a graph and Valkey.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _register_demo(commands)
     _register_dev(commands)
@@ -41,16 +52,35 @@ def build_parser() -> argparse.ArgumentParser:
     archive_cmd.register(commands)
     migrate_cmd.register(commands)
     _register_rebuild(commands)
+    check_cmd.register(commands)
     # Each further subcommand: a `register(commands)` that adds its parser and sets `func(args) -> int`.
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fleet-actors")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from fleet_actors.cli import common
+
     args = build_parser().parse_args(argv)
+    common.JSON_OUTPUT = bool(getattr(args, "json_output", False))
+    if getattr(args, "command", None) not in ("dev", "gateway"):
+        # A short command reports a connection failure as its one error line: no reconnect chatter.
+        logging.getLogger("fleet_actors.adapters.jetstream.connection").setLevel(logging.ERROR)
     try:
         return int(args.func(args))
     except StoryError as err:
-        print(f"error: {err.message}", file=sys.stderr)
+        message = err.message
+        if isinstance(err, BackendUnavailable):
+            message = f"{message} ({common.connection_hint()})"
+        print(f"error: {message}", file=sys.stderr)
         return err.exit_code
 
 
@@ -106,17 +136,27 @@ def _register_dev(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _dev_seed(args: argparse.Namespace) -> int:
+    from fleet_actors.cli import common
     from fleet_actors.loadgen.seed import seed
 
-    def progress(done: int, total: int, seconds: float) -> None:
-        rate = done / seconds if seconds else 0.0
-        print(f"\r{done:,}/{total:,} events  {rate:,.0f}/s", end="", file=sys.stderr, flush=True)
+    progress = common.ProgressLine("events")
 
-    report = run(
-        seed(settings_from(args), args.stories, args.events, prefix=args.prefix, seed_value=args.seed_value,
-             progress=progress)
-    )  # fmt: skip
-    print(file=sys.stderr)
+    # Ctrl-C and SIGTERM end the seeding with a line, not a traceback (also when started in the
+    # background of a script, which leaves SIGINT ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        report = run(
+            seed(settings_from(args), args.stories, args.events, prefix=args.prefix, seed_value=args.seed_value,
+                 progress=progress)
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        # Each story is appended in atomic batches: the stories written so far are whole, the one
+        # being written is whole or absent only if it fit one batch (1,000 events).
+        progress.end()
+        print(f"interrupted: the stories written so far stay in the log (prefix {args.prefix})", file=sys.stderr)
+        return 130
+    progress.end()
     print(f"seeded {report.stories:,} stories, {report.events:,} events in {report.seconds:.1f} s "
           f"({report.rate:,.0f} events/s)")  # fmt: skip
     return 0
@@ -158,8 +198,6 @@ def _register_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import os
-
     from fleet_actors.demo import run_demo
 
     configured = args.env_file is not None or "FLEET_NATS_URL" in os.environ
@@ -192,8 +230,23 @@ def _gateway_tls_env(directory: Path) -> dict[str, str]:
     }
 
 
+def _usable_data_dir(data_dir: Path) -> Path:
+    """The data folder, created if missing; a file or an unwritable place is a usage error."""
+    if data_dir.exists() and not data_dir.is_dir():
+        raise ConfigurationError(f"--data-dir {data_dir} is a file, not a folder", field="data_dir")
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigurationError(
+            f"--data-dir {data_dir} cannot be created: {error.strerror or error}", field="data_dir"
+        ) from None
+    if not os.access(data_dir, os.W_OK | os.X_OK):
+        raise ConfigurationError(f"--data-dir {data_dir} is not writable", field="data_dir")
+    return data_dir
+
+
 def _dev_up(args: argparse.Namespace) -> int:
-    data_dir: Path = args.data_dir or Settings.from_env().data_path
+    data_dir: Path = _usable_data_dir(args.data_dir or Settings.from_env().data_path)
     stack = LocalStack(data_dir, ray=args.ray, ray_cpus=args.ray_cpus, nats_sync_interval=args.nats_sync_interval)
     # Handlers for both, installed before start-up so that a signal then still stops what has
     # started. Setting SIGINT explicitly also undoes the SIG_IGN that a background job of a
@@ -207,6 +260,10 @@ def _dev_up(args: argparse.Namespace) -> int:
         print(f"starting the local stack in {stack.data_dir} ...", file=sys.stderr, flush=True)
         stack.start()
         services: dict[str, str] = _gateway_tls_env(stack.data_dir / "tls") if args.tls else {}
+        # A local event archive, so `archive run|status|verify` and `events export` work as the README says
+        archive = stack.data_dir / "archive"
+        archive.mkdir(exist_ok=True)
+        services.setdefault("FLEET_ARCHIVE_URL", os.environ.get("FLEET_ARCHIVE_URL") or str(archive))
         if args.ray:
             print("starting the projectors and the gRPC gateway ...", file=sys.stderr, flush=True)
             start_projector_pool(stack.env())

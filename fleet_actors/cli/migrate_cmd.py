@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from fleet_actors.cli.common import add_settings_arguments, print_table, run, settings_from
+from fleet_actors.cli.common import ProgressLine, add_settings_arguments, print_table, run, settings_from
 
 if TYPE_CHECKING:
     from fleet_actors.migration.compare import CompareReport
@@ -123,8 +122,7 @@ def _import(args: argparse.Namespace) -> int:
     source, mapping = _reader_parts(args)
     settings = settings_from(args)
 
-    def progress(done: int, total: int) -> None:
-        print(f"\r{done:,}/{total:,} stories", end="", file=sys.stderr, flush=True)
+    progress = ProgressLine("stories")
 
     async def importing() -> ImportReport:
         reader = await LegacyReader.connect(source, mapping)
@@ -146,7 +144,7 @@ def _import(args: argparse.Namespace) -> int:
             await reader.close()
 
     report = run(importing())
-    print(file=sys.stderr)
+    progress.end()
     if report.dry_run:
         print("dry run: nothing was written")
     rows = [

@@ -25,6 +25,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     add_settings_arguments(verify)
     verify.add_argument("--story", action="append", metavar="ID", help="only this story (repeatable)")
     verify.add_argument("--graph-only", action="store_true", help="skip the Valkey context documents")
+    verify.add_argument(
+        "--no-census",
+        action="store_true",
+        help="skip the whole-graph counts and orphans (a graph database shared with other streams)",
+    )
     verify.set_defaults(func=_verify)
 
     dlq = commands.add_parser("dlq", help="events parked by the projectors (poison events)")
@@ -40,11 +45,19 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _status(args: argparse.Namespace) -> int:
-    from fleet_actors.jobs.status import projection_status
+    from fleet_actors.cli import common
+    from fleet_actors.jobs.status import pausing_rebuild, projection_status
 
-    rows = [dataclasses.asdict(s) for s in run(projection_status(settings_from(args)))]
-    print_table(rows, ["consumer", "projector", "pending", "ack_pending", "ack_floor", "lag_events", "lag_seconds",
-                       "applied", "parked", "commit_lag_p99_ms", "last_error"])  # fmt: skip
+    settings = settings_from(args)
+    rows = [dataclasses.asdict(s) for s in run(projection_status(settings))]
+    paused_by = rows[0]["paused_by"] if rows else run(pausing_rebuild(settings))
+    if paused_by and not common.JSON_OUTPUT:
+        print(
+            f"live projectors paused by rebuild {paused_by}: resume it (`fleet-actors rebuild --job-id {paused_by}` "
+            f"with its options; `fleet-actors rebuild status {paused_by}`) or `fleet-actors rebuild cancel {paused_by}`"
+        )
+    print_table(rows, ["consumer", "projector", "state", "pending", "ack_pending", "ack_floor", "lag_events",
+                       "lag_seconds", "applied", "parked", "last_error_at", "last_error"])  # fmt: skip
     return 0
 
 
@@ -53,16 +66,27 @@ def _start(args: argparse.Namespace) -> int:
     from fleet_actors.client import connect_ray
 
     settings = settings_from(args)
-    connect_ray(settings)
+    connect_ray(settings, start_local=False)
     handles = start_projectors(settings)
     print(f"{len(handles)} projectors running in namespace {settings.ray_namespace}")
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from fleet_actors.cli import common
     from fleet_actors.jobs.verify import verify
 
-    report = run(verify(settings_from(args), args.story, documents=not args.graph_only))
+    progress = common.ProgressLine("stories")
+    census = not args.story and not args.no_census
+    report = run(
+        verify(settings_from(args), args.story, documents=not args.graph_only, census=census, progress=progress)
+    )
+    progress.end()
+    if common.JSON_OUTPUT:
+        common.print_record(
+            {"ok": report.ok, "stories": len(report.stories), "differences": report.differences, "census": census}
+        )
+        return 0 if report.ok else 1
     for difference in report.differences:
         print(difference)
     print(f"{len(report.stories)} stories checked, {len(report.differences)} differences")

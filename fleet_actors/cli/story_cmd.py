@@ -35,7 +35,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def _run(args: argparse.Namespace) -> int:
     from fleet_actors.client import FleetClient
 
-    client = FleetClient.connect(settings=settings_from(args))
+    client = FleetClient.connect(settings=settings_from(args), start_local=False)
     if args.action == "history":
         events = client.history(args.story_id, args.from_version, args.limit)
         print_table(
@@ -56,7 +56,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.action == "rebuild-state":
         state = client.rebuild_state(args.story_id)
     elif args.action == "at":
-        state = client.get_story_at(args.story_id, _point(args))
+        point = _point(args)
+        state = client.get_story_at(args.story_id, point)
+        if isinstance(point, int) and state.version < point:
+            raise InvalidCommand(
+                f"story {args.story_id!r} is at version {state.version}; --version {point} is beyond it",
+                field="version",
+            )
     else:
         state = client.get_story(args.story_id)
     from fleet_actors.codec.state import state_to_json
@@ -67,6 +73,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _point(args: argparse.Namespace) -> datetime | int:
     if args.version is not None:
+        if args.version < 1:
+            raise InvalidCommand(f"--version must be 1 or more, not {args.version}", field="version")
         return args.version
     try:
         at = datetime.fromisoformat(args.time)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 from fleet_actors.adapters.jetstream import JetStreamEventStore
 from fleet_actors.adapters.jetstream.event_store import MAX_BATCH
-from fleet_actors.errors import InvalidCommand
+from fleet_actors.errors import ConcurrencyConflict, InvalidCommand, StoryAlreadyExists
 from fleet_actors.loadgen.histories import story_history
 from fleet_actors.settings import Settings
 
@@ -60,4 +60,18 @@ async def _append_story(store: JetStreamEventStore, history) -> None:
     sequence = 0
     story_id = history[0].story_id
     for start in range(0, len(history), MAX_BATCH):
-        sequence = (await store.append(story_id, sequence, history[start : start + MAX_BATCH])).last_sequence
+        try:
+            result = await store.append(story_id, sequence, history[start : start + MAX_BATCH])
+        except ConcurrencyConflict:
+            if start:
+                raise
+            result = None
+        # The first batch expects a new story: a conflict, or the same events found at its head (a
+        # re-run with the same seed), means it exists already.
+        if start == 0 and (result is None or result.already_stored):
+            exists = StoryAlreadyExists(story_id)
+            exists.message = f"{exists.message}: seed with another --prefix"
+            exists.args = (exists.message,)
+            raise exists
+        assert result is not None
+        sequence = result.last_sequence

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,20 @@ class SnapshotLink:
     version: int
     #: ISO time the snapshot covers ("" when unknown)
     at: str
+
+
+@dataclass(frozen=True)
+class GraphCensus:
+    """The whole graph's counts, for ``verify``: Story nodes, the nodes hanging off them (subtasks,
+    decisions, transitions, milestones; snapshots aside), their relationships, and orphans (story
+    nodes no Story points at)."""
+
+    stories: int
+    nodes: int
+    edges: int
+    #: up to a limit, "Label uid" of each orphan
+    orphans: list[str] = field(default_factory=list)
+    orphan_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,74 @@ def plan_apply(
     return result, to_apply, touched
 
 
+#: the columns ``story_rows`` answers for each part, in the order of :func:`expected_graph`'s tuples
+STORY_PART_COLUMNS: dict[str, tuple[str, ...]] = {
+    "story": ("title", "description", "phase", "status", "version", "last_summary", "created_by", "created_at",
+              "updated_at"),
+    "subtasks": ("id", "title", "description", "role", "status", "priority", "estimated_hours", "created_at",
+                 "updated_at"),
+    "subtask_dependencies": ("src", "dst"),
+    "decisions": ("id", "decision_type", "title", "rationale", "alternatives", "decided_by", "decided_at", "metadata",
+                  "status"),
+    "decision_relations": ("src", "type", "dst"),
+    "impacts": ("decision", "subtask"),
+    "milestones": ("id", "kind", "description", "at", "actor"),
+    "transitions": ("src", "dst", "rationale", "at", "actor"),
+}  # fmt: skip
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def expected_graph(state: StoryState) -> dict[str, Counter[tuple[Any, ...]]]:
+    """What a graph read model must hold for a story in this state, by part: every property the graph
+    mapping writes (multisets: duplicates count). ``story_rows`` answers in the same column order."""
+    story = (
+        [(state.title, state.description, state.phase, state.status, state.version, state.last_summary,
+          state.created_by, _iso(state.created_at), _iso(state.updated_at))]
+        if state.created else []
+    )  # fmt: skip
+    return {
+        "story": Counter(story),
+        "subtasks": Counter(
+            (
+                s.subtask_id,
+                s.title,
+                s.description,
+                s.role,
+                s.status,
+                s.priority,
+                s.estimated_hours,
+                _iso(s.created_at),
+                _iso(s.updated_at),
+            )
+            for s in state.subtasks.values()
+        ),
+        "subtask_dependencies": Counter((s.subtask_id, d) for s in state.subtasks.values() for d in s.dependencies),
+        "decisions": Counter(
+            (
+                d.decision_id,
+                d.decision_type,
+                d.title,
+                d.rationale,
+                json.dumps([a.__dict__ for a in d.alternatives]),
+                d.decided_by,
+                _iso(d.decided_at),
+                json.dumps(dict(d.metadata), sort_keys=True),
+                d.status,
+            )
+            for d in state.decisions.values()
+        ),
+        "decision_relations": Counter((r.src_id, r.relation_type, r.dst_id) for r in state.relations),
+        "impacts": Counter((i.decision_id, i.subtask_id) for i in state.impacts),
+        "milestones": Counter((m.milestone_id, m.kind, m.description, _iso(m.at), m.actor) for m in state.milestones),
+        "transitions": Counter(
+            (p.from_phase, p.to_phase, p.rationale, _iso(p.at), p.actor) for p in state.phase_history
+        ),
+    }
+
+
 class GraphReadModel(ABC):
     """The decision graph: each story's events applied exactly once, in order."""
 
@@ -100,7 +183,12 @@ class GraphReadModel(ABC):
 
     @abstractmethod
     async def story_rows(self, story_id: str) -> dict[str, list[dict[str, Any]]]:
-        """What the graph holds for one story, by part (story, subtasks, decisions, ...), for ``verify``."""
+        """What the graph holds for one story, by part (story, subtasks, decisions, ...), for ``verify``:
+        every property the graph mapping writes, in the column order of ``projections.verify.expected_graph``."""
+
+    @abstractmethod
+    async def census(self, orphan_limit: int = 20) -> GraphCensus:
+        """Whole-graph counts and orphans (see :class:`GraphCensus`)."""
 
     @abstractmethod
     async def neighbourhood(
@@ -239,6 +327,10 @@ class ProjectionControl(ABC):
 
     @abstractmethod
     async def record_job_progress(self, job_id: str, **fields: str) -> None: ...
+
+    @abstractmethod
+    async def rebuild_jobs(self) -> dict[str, dict[str, str]]:
+        """Every rebuild job recorded for this stream: job id -> its progress record."""
 
     @abstractmethod
     async def close(self) -> None: ...

@@ -67,13 +67,21 @@ class ProjectorStats:
     parked: int = 0
     last_error: str = ""
     last_error_at: str = ""
+    #: when the last error was cleared by a round that went through (empty while it lasts)
+    last_error_cleared_at: str = ""
     last_sequence: int = 0
+    #: unix time of the last published status: liveness for `projections status`
+    heartbeat: float = 0.0
+    #: the rebuild job this projector stays off the graph for ("" when not paused)
+    paused_by: str = ""
     #: seconds from an event being stored to its projection committing (recent events)
     lag_p50_ms: float = 0.0
     lag_p99_ms: float = 0.0
 
 
 PAUSE_POLL_SECONDS = 0.2
+#: a projector publishes its status at least this often, busy, idle or paused (its heartbeat)
+HEARTBEAT_SECONDS = 1.0
 LAG_SAMPLES = 5000
 PAUSE_ACK_TTL = 5
 #: states kept per projector (LRU); beyond it a story's document is decoded again
@@ -181,6 +189,7 @@ class Projector:
         """Pull, project, acknowledge; until ``stop`` is set. Outages are waited out, never skipped."""
         while not stop.is_set():
             try:
+                await self._beat()
                 if await self._paused():
                     await asyncio.sleep(PAUSE_POLL_SECONDS)
                     continue
@@ -190,12 +199,14 @@ class Projector:
                     msgs = await self.feed.next_batch(self.policy.batch_size, self.policy.fetch_timeout)
                 except TimeoutError:
                     await self.project_snapshots()
+                    self._recovered()
                     continue
                 await self._process_until_done(msgs, stop)
-                await self._publish_stats()
                 if time.monotonic() >= self._next_snapshot_poll:
                     self._next_snapshot_poll = time.monotonic() + 1.0
                     await self.project_snapshots()
+                self._recovered()
+                await self._publish_stats()
             except ConnectionInterrupted as error:  # the client reconnects by itself: look again soon
                 self._record_error(error)
                 await asyncio.sleep(self.policy.backoff_initial)
@@ -229,6 +240,7 @@ class Projector:
     async def _paused(self) -> bool:
         """A rebuild owns the graph: stay off it, and say so (see projections/rebuild.py)."""
         job = await self._control.pausing_job()
+        self.stats.paused_by = job or ""
         if job is None:
             return False
         await self._control.acknowledge_pause(job, self.feed.names if self.feed else [], PAUSE_ACK_TTL)
@@ -236,12 +248,26 @@ class Projector:
 
     async def _publish_stats(self) -> None:
         """For `fleet-actors projections status`, which reads it without going through Ray."""
+        self.stats.heartbeat = time.time()
+        self._last_beat = time.monotonic()
         with contextlib.suppress(StoryError):
             await self._control.publish_status(self.name, dataclasses.asdict(self.stats))
+
+    async def _beat(self) -> None:
+        """Publish the status when it is older than the heartbeat: an idle or paused pool stays visible."""
+        if time.monotonic() - getattr(self, "_last_beat", 0.0) >= HEARTBEAT_SECONDS:
+            await self._publish_stats()
+
+    def _recovered(self) -> None:
+        """A round went through: an error recorded before it is over (unless an event still fails)."""
+        if self.stats.last_error and not self._failures:
+            self.stats.last_error = ""
+            self.stats.last_error_cleared_at = now_iso()
 
     def _record_error(self, error: BaseException) -> None:
         self.stats.last_error = str(error)[:500]
         self.stats.last_error_at = now_iso()
+        self.stats.last_error_cleared_at = ""
         log.warning("projector %s: %s", self.name, error)
 
     # --- one batch --------------------------------------------------------------------------

@@ -22,3 +22,10 @@ class ConsumerStatus:
     parked: int
     commit_lag_p99_ms: float
     last_error: str
+    #: running, idle, "paused by rebuild <id>", or down (no heartbeat from its projector)
+    state: str = ""
+    #: seconds since its projector last published its status (None: never)
+    heartbeat_age_s: float | None = None
+    #: the rebuild job that keeps the live projectors off the graph ("" when none)
+    paused_by: str = ""
+    last_error_at: str = ""

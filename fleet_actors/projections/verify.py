@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from fleet_actors.domain.state import StoryState
 from fleet_actors.domain.story import fold
+from fleet_actors.errors import EventDecodeError
 from fleet_actors.ports.event_store import EventStore
-from fleet_actors.ports.read_models import ContextDocument, ContextDocuments, GraphReadModel
-
-
-def expected_graph(state: StoryState) -> dict[str, Any]:
-    """What the graph must hold for a story in this state (multisets: duplicates count)."""
-    return {
-        "story": Counter([(state.title, state.phase, state.status, state.version)] if state.created else []),
-        "subtasks": Counter((s.subtask_id, s.status) for s in state.subtasks.values()),
-        "subtask_dependencies": Counter((s.subtask_id, d) for s in state.subtasks.values() for d in s.dependencies),
-        "decisions": Counter((d.decision_id, d.status) for d in state.decisions.values()),
-        "decision_relations": Counter((r.src_id, r.relation_type, r.dst_id) for r in state.relations),
-        "impacts": Counter((i.decision_id, i.subtask_id) for i in state.impacts),
-        "milestones": Counter((m.milestone_id,) for m in state.milestones),
-        "transitions": Counter((p.from_phase, p.to_phase) for p in state.phase_history),
-    }
+from fleet_actors.ports.read_models import ContextDocument, ContextDocuments, GraphReadModel, expected_graph
 
 
 async def actual_graph(graph: GraphReadModel, story_id: str) -> dict[str, Any]:
@@ -36,36 +25,53 @@ class StoryReport:
     story_id: str
     version: int
     differences: list[str] = field(default_factory=list)
+    #: the story's nodes and relationships in the graph, as the log makes them (for the census)
+    nodes: int = 0
+    edges: int = 0
 
 
 @dataclass
 class VerifyReport:
     stories: list[StoryReport] = field(default_factory=list)
+    #: whole-graph differences (counts, orphans), with a census
+    graph: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return all(not s.differences for s in self.stories)
+        return not self.graph and all(not s.differences for s in self.stories)
 
     @property
     def differences(self) -> list[str]:
-        return [f"{s.story_id}: {d}" for s in self.stories for d in s.differences]
+        return [f"{s.story_id}: {d}" for s in self.stories for d in s.differences] + [f"graph: {d}" for d in self.graph]
 
 
 async def verify_story(
-    store: EventStore, cache: ContextDocuments | None, graph: GraphReadModel, story_id: str
+    store: EventStore, cache: ContextDocuments | None, graph: GraphReadModel, story_id: str, *, named: bool = False
 ) -> StoryReport:
-    """Differences between the log and the read models for one story (no cache: the graph only)."""
-    expected = fold(StoryState(story_id), [s.envelope for s in await store.read_all(story_id)])
+    """Differences between the log and the read models for one story (no cache: the graph only).
+
+    An event that cannot be decoded is a difference of its story (the others are still checked);
+    a story the log lacks is one when it was ``named`` by the caller."""
+    try:
+        envelopes = [s.envelope for s in await store.read_all(story_id)]
+    except EventDecodeError as error:
+        return StoryReport(story_id, 0, [f"undecodable event in the log: {error.message}"])
+    if not envelopes and named:
+        return StoryReport(story_id, 0, ["not in the event log"])
+    expected = fold(StoryState(story_id), envelopes)
     report = StoryReport(story_id, expected.version)
+    wanted = expected_graph(expected)
+    own_nodes = sum(wanted[p].total() for p in ("subtasks", "decisions", "milestones", "transitions"))
+    links = sum(wanted[p].total() for p in ("subtask_dependencies", "decision_relations", "impacts"))
+    report.nodes, report.edges = own_nodes, own_nodes + links
     if cache is not None:
         report.differences.extend(_document_differences(await cache.get(story_id), expected))
-    want, have = expected_graph(expected), await actual_graph(graph, story_id)
+    want, have = wanted, await actual_graph(graph, story_id)
     for name in want:
         missing, extra = want[name] - have[name], have[name] - want[name]
         if missing or extra:
-            report.differences.append(
-                f"graph {name}: missing {sorted(missing.elements())} extra {sorted(extra.elements())}"
-            )
+            lacking, surplus = sorted(missing.elements(), key=repr), sorted(extra.elements(), key=repr)
+            report.differences.append(f"graph {name}: missing {lacking} extra {surplus}")
     return report
 
 
@@ -80,15 +86,50 @@ def _document_differences(document: ContextDocument | None, expected: StoryState
     return [f"context document v{document.version} differs from the log v{expected.version} in: {', '.join(fields)}"]
 
 
+Progress = Callable[[int, int, float], None]
+
+
 async def verify_all(
     store: EventStore,
     documents: ContextDocuments | None,
     graph: GraphReadModel,
     story_ids: list[str] | None = None,
+    *,
+    census: bool = False,
+    progress: Progress | None = None,
 ) -> VerifyReport:
-    """Compare the graph (and the context documents, if given) with the log, for these stories or all."""
+    """Compare the graph (and the context documents, if given) with the log, for these stories or all.
+
+    With ``census`` (a whole-graph check of a graph that holds this log only), the graph's total
+    Story nodes, story nodes and relationships are compared with the log's, and orphans reported."""
+    named = story_ids is not None
     ids = story_ids if story_ids is not None else await store.story_ids()
     report = VerifyReport()
-    for story_id in ids:
-        report.stories.append(await verify_story(store, documents, graph, story_id))
+    started = last = time.monotonic()
+    for number, story_id in enumerate(ids, start=1):
+        report.stories.append(await verify_story(store, documents, graph, story_id, named=named))
+        if progress and (time.monotonic() - last >= 1.0 or number == len(ids)):
+            last = time.monotonic()
+            progress(number, len(ids), last - started)
+    if census:
+        report.graph = await _census_differences(graph, report)
     return report
+
+
+async def _census_differences(graph: GraphReadModel, report: VerifyReport) -> list[str]:
+    found = await graph.census()
+    states = [s for s in report.stories if s.version]
+    want_stories = len(states)
+    want_nodes = sum(s.nodes for s in states)
+    want_edges = sum(s.edges for s in states)
+    out = []
+    if found.orphan_count:
+        out.append(f"{found.orphan_count} orphan nodes no Story points at: {', '.join(found.orphans)}")
+    if found.stories != want_stories:
+        out.append(f"the graph has {found.stories} Story nodes, the log {want_stories} stories")
+    if found.nodes != want_nodes:
+        out.append(f"the graph has {found.nodes} story nodes (subtasks, decisions, transitions, milestones), "
+                   f"the log makes {want_nodes}")  # fmt: skip
+    if found.edges != want_edges:
+        out.append(f"the graph has {found.edges} relationships, the log makes {want_edges}")
+    return out

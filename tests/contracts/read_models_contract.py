@@ -171,3 +171,11 @@ class ProjectionControlContract:
         await control.record_job_progress(job, end_sequence="10", phase="pause")
         await control.record_job_progress(job, phase="replay")
         assert await control.job_progress(job) == {"end_sequence": "10", "phase": "replay"}
+
+    async def test_rebuild_jobs_lists_every_job_of_the_stream(self, control: ProjectionControl):
+        first, second = f"job-{uuid.uuid4().hex[:8]}", f"job-{uuid.uuid4().hex[:8]}"
+        await control.record_job_progress(first, phase="done")
+        await control.record_job_progress(second, phase="replay", end_sequence="7")
+        jobs = await control.rebuild_jobs()
+        assert jobs[first] == {"phase": "done"}
+        assert jobs[second] == {"phase": "replay", "end_sequence": "7"}

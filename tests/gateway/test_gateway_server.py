@@ -193,3 +193,47 @@ def test_the_cli_serves_until_sigterm(gateway: Gateway, tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+async def test_the_gateway_recovers_its_nats_connection_after_a_stall(
+    settings: Settings, ray_runtime: str, tmp_path: Path
+) -> None:
+    """Issue #21 (4): after `kill -STOP`/`-CONT` of nats-server for 2 s or more, the gateway's NATS
+    connection was gone for good while health said SERVING. It must be NOT_SERVING while NATS is
+    stalled and recover by itself."""
+    from fleet_actors.devstack import NatsServer
+
+    nats_server = NatsServer(tmp_path / "nats").start().wait_ready()
+    try:
+        own = gateway_settings(settings).replace(nats_url=nats_server.url, nats_timeout=1.0)
+        running = await serve(own, address="127.0.0.1:0", health_interval=0.2)
+        try:
+            async with grpc.aio.insecure_channel(running.address) as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+
+                async def reaches(status: int, within: float = 20) -> None:
+                    deadline = time.monotonic() + within
+                    while (await stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME))).status != status:
+                        assert time.monotonic() < deadline, f"never reached {status}"
+                        await asyncio.sleep(0.1)
+
+                await reaches(health_pb2.HealthCheckResponse.SERVING)
+                assert nats_server.pid is not None
+                os.kill(nats_server.pid, signal.SIGSTOP)
+                try:
+                    await reaches(health_pb2.HealthCheckResponse.NOT_SERVING, within=5)
+                    await asyncio.sleep(3)  # a stall of several seconds, pings and PONGs late
+                finally:
+                    os.kill(nats_server.pid, signal.SIGCONT)
+                await reaches(health_pb2.HealthCheckResponse.SERVING)
+                await asyncio.sleep(2)  # late PONGs and replies have arrived by now
+                await reaches(health_pb2.HealthCheckResponse.SERVING, within=5)
+                # a round trip through the gateway's own connection (its read loop must be alive)
+                events = running._backends.events
+                await asyncio.wait_for(events.connection.jsm().account_info(), 5)
+        finally:
+            await running.stop(grace=1.0)
+    finally:
+        if nats_server.pid:
+            os.kill(nats_server.pid, signal.SIGCONT)
+        nats_server.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import nats
 import pytest
@@ -120,9 +121,14 @@ async def test_poison_event_is_parked_and_holds_only_its_story(projectors, execu
         assert info.state.messages >= 1
         assert (await projectors.graph.applied_versions([poisoned]))[poisoned] == 10  # before the poison
         # The operator skips it: the story catches up past it, in order.
+        # Issue #21 (7): PARKED counts the held stories of each consumer, and drops after the release
+        rows = await projection_status(stream_settings)
+        assert [r.parked for r in rows if r.consumer == parked.consumer] == [1]
+        assert sum(r.parked for r in rows) == 1
         await dead_letters.request_release(poisoned, "skip")
         await wait_until(lambda: _released(dead_letters, poisoned))
         assert (await projectors.graph.applied_versions([poisoned]))[poisoned] == 11
+        assert sum(r.parked for r in await projection_status(stream_settings)) == 0
     finally:
         await nc.close()
 
@@ -219,6 +225,42 @@ async def test_graph_outage_is_waited_out(local_stack, projectors, execute, stre
     await wait_until(lambda: projected(projectors, versions), timeout=60)
     report = await verify(stream_settings)
     assert report.ok, report.differences
+
+    # Issue #21 (7): the error had a time while it lasted and is cleared on recovery; the pool is alive
+    async def error_cleared() -> bool:
+        rows = await projection_status(stream_settings)
+        return all(not r.last_error and r.state in ("idle", "running") for r in rows)
+
+    await wait_until(error_cleared, timeout=30)
+    rows = await projection_status(stream_settings)
+    assert all(r.heartbeat_age_s is not None and r.heartbeat_age_s < 10 for r in rows)
+    assert all(p.stats.last_error_cleared_at for p in projectors.projectors if p.stats.last_error_at)
+
+
+async def test_status_shows_a_stopped_pool_as_down_and_a_paused_one_as_paused(stream_settings, execute, unique_id):
+    """Issue #21 (7): a dead or paused pool looked idle."""
+    from fleet_actors.composition import open_projection_control
+
+    await write_story(execute, unique_id("S"))
+    running = await RunningProjectors(stream_settings, 1).start()
+    control = await open_projection_control(stream_settings)
+    try:
+        await wait_until(lambda: _states_are(stream_settings, {"idle"}))
+        await control.pause("job-x")
+        await wait_until(lambda: _states_are(stream_settings, {"paused by rebuild job-x"}))
+        await control.resume()
+        await wait_until(lambda: _states_are(stream_settings, {"idle"}))
+        await running.stop()
+        # seen 30 s later: no heartbeat since
+        rows = await projection_status(stream_settings, now=time.time() + 30)
+        assert {r.state.split(" for ")[0] for r in rows} == {"down (no heartbeat"}
+    finally:
+        await control.close()
+        await running.stop()
+
+
+async def _states_are(settings, states: set[str]) -> bool:
+    return {r.state for r in await projection_status(settings)} == states
 
 
 async def test_lost_context_documents_are_rebuilt_from_the_log(projectors, execute, stream_settings, unique_id):

@@ -96,3 +96,31 @@ async def test_resizing_the_pool_keeps_the_consumers_and_stops_the_old_actors(po
         assert (await client.wait_for_projection(story_id, result.version, timeout=30)).consistent_version == 1
     finally:
         await nc.close()
+
+
+def test_demo_on_a_running_cluster_leaves_its_projector_pool_running(pool_settings, event_store):
+    """Issue #21 (1): the demo stopped the cluster's projectors; a tool stops only what it started."""
+    from fleet_actors.actors.projector_actor import running_projectors
+    from fleet_actors.demo import run_demo
+
+    start_projectors(pool_settings)
+    before = running_projectors(pool_settings)
+    assert len(before) == pool_settings.projectors
+    assert run_demo(pool_settings) == 0
+    assert ray.is_initialized()  # the demo leaves a Ray connection it did not make
+    assert running_projectors(pool_settings) == before
+    handles = [ray.get_actor(name, namespace=pool_settings.ray_namespace) for name in before]
+    assert all(status["ready"] for status in ray.get([h.status.remote() for h in handles], timeout=30))
+
+
+def test_story_at_a_version_beyond_the_story_is_refused(pool_settings, event_store, unique_id, monkeypatch, capsys):
+    """Issue #21 (6): `story at --version 999` on a story at version 1 answered version 1."""
+    from fleet_actors.cli import story_cmd
+    from fleet_actors.cli.main import main
+
+    story_id = unique_id("AT")
+    FleetClient(pool_settings).create_story(story_id, "at a version")
+    monkeypatch.setattr(story_cmd, "settings_from", lambda args: pool_settings)
+    assert main(["story", "at", story_id, "--version", "1"]) == 0
+    assert main(["story", "at", story_id, "--version", "999"]) == 2
+    assert "is at version 1; --version 999 is beyond it" in capsys.readouterr().err

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+import logging
+from collections.abc import Awaitable, Iterator
+from typing import Any
 
 import nats
 import nats.errors
@@ -24,6 +26,8 @@ from nats.js.manager import JetStreamManager
 from fleet_actors.errors import BackendUnavailable, ConfigurationError, ConnectionInterrupted, ServerTooOld, StoryError
 from fleet_actors.settings import Settings
 from fleet_actors.urls import redact_url
+
+log = logging.getLogger(__name__)
 
 MIN_SERVER_VERSION = (2, 12, 0)
 
@@ -83,26 +87,110 @@ async def declare_stream(
             await jsm.update_stream(config)
 
 
+class _ConnectionLog:
+    """nats-py's callbacks: one log line per change of state (disconnected, reconnected, a new kind
+    of error), instead of the traceback nats-py logs for every failed attempt without an error_cb."""
+
+    def __init__(self, name: str, url: str) -> None:
+        self.name, self.url = name, url
+        self.last_error: BaseException | None = None
+        self.client: Client | None = None
+        self._reported = ""
+        self._connected = False
+
+    refused: asyncio.Event | None = None
+
+    async def error(self, error: Exception) -> None:
+        self.last_error = error
+        if self.refused is not None and not self._connected and isinstance(error, ConnectionRefusedError):
+            self.refused.set()
+        text = _describe(error)
+        if text != self._reported:
+            self._reported = text
+            log.warning("%s: NATS at %s: %s", self.name, self.url, text)
+
+    async def disconnected(self) -> None:
+        if self.client is not None and self.client.is_closed:
+            return  # closed on purpose
+        if self._connected:
+            self._connected = False
+            log.warning("%s: disconnected from NATS at %s; reconnecting", self.name, self.url)
+
+    async def reconnected(self) -> None:
+        self._connected, self._reported, self.last_error = True, "", None
+        log.warning("%s: reconnected to NATS at %s", self.name, self.url)
+
+    async def closed(self) -> None:
+        self._connected = False
+
+
+async def _first_connect(events: _ConnectionLog, timeout: float, connecting: Awaitable[Client]) -> Client:
+    """The connection, or the first refusal (one server), or TimeoutError after ``timeout``."""
+    task = asyncio.ensure_future(connecting)
+    waiters: set[asyncio.Future[Any]] = {task}
+    refused = asyncio.ensure_future(events.refused.wait()) if events.refused is not None else None
+    if refused is not None:
+        waiters.add(refused)
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if refused is not None:
+            refused.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    raise events.last_error if events.last_error is not None else TimeoutError()
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, asyncio.TimeoutError | nats.errors.TimeoutError):
+        return "no answer in time"
+    return str(error) or type(error).__name__
+
+
 async def connect_nats(settings: Settings, *, name: str = "fleet-actors") -> Client:
-    """Connect with unlimited reconnects, then refuse servers too old for our concurrency headers."""
+    """Connect with unlimited reconnects, then refuse servers too old for our concurrency headers.
+
+    The first connection is bounded by ``FLEET_NATS_TIMEOUT``; a server that refuses or does not
+    answer is one ``BackendUnavailable`` saying which, and state changes are logged one line each."""
+    url = redact_url(settings.nats_url)
+    servers = [u.strip() for u in settings.nats_url.split(",") if u.strip()]
+    events = _ConnectionLog(name, url)
+    # With one server, a refused first connection is final: say so now rather than at the timeout.
+    events.refused = asyncio.Event() if len(servers) == 1 else None
     try:
         # Unlimited reconnects keep a live connection through server restarts, but nats-py applies
         # them to the first connect too, which would then wait forever for a server that is down.
-        nc = await asyncio.wait_for(
+        nc = await _first_connect(
+            events,
+            settings.nats_timeout,
             nats.connect(
                 # a comma-separated list seeds the connection with several cluster members; the client
                 # also learns the others from the server it reaches and fails over between them
-                [url.strip() for url in settings.nats_url.split(",") if url.strip()],
+                servers,
                 name=name,
                 connect_timeout=settings.nats_timeout,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.25,
                 allow_reconnect=True,
+                error_cb=events.error,
+                disconnected_cb=events.disconnected,
+                reconnected_cb=events.reconnected,
+                closed_cb=events.closed,
             ),
-            timeout=settings.nats_timeout * 2,
         )
     except Exception as error:
-        raise translate_nats_error(error, f"connecting to {redact_url(settings.nats_url)}") from None
+        cause = events.last_error or error
+        if isinstance(cause, asyncio.TimeoutError | nats.errors.TimeoutError):
+            reason = f"no answer within {settings.nats_timeout:g} s (FLEET_NATS_TIMEOUT)"
+        else:
+            reason = _describe(cause)
+        raise BackendUnavailable(f"cannot reach NATS at {url}: {reason}") from None
+    events._connected, events.client = True, nc
     version = nc.connected_server_version
     if (version.major, version.minor, version.patch) < MIN_SERVER_VERSION:
         with contextlib.suppress(Exception):

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import os
 import random
 import time
@@ -33,6 +34,7 @@ from fleet_actors.errors import (
     AppendOutcomeUnknown,
     BackendUnavailable,
     ConcurrencyConflict,
+    ConnectionInterrupted,
     InvalidCommand,
     StoryError,
 )
@@ -46,6 +48,8 @@ H_EXPECTED_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 H_BATCH_ID = "Nats-Batch-Id"
 H_BATCH_SEQ = "Nats-Batch-Sequence"
 H_BATCH_COMMIT = "Nats-Batch-Commit"
+
+log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
 #: reads that a replica behind the leader ended early: how often to read on, and the first pause
@@ -81,8 +85,29 @@ class JetStreamEventStore(EventStore):
         return self._nc
 
     async def ping(self, timeout: float) -> None:
-        """Raise unless the server answers within ``timeout`` seconds."""
-        await self._nc.flush(timeout)  # type: ignore[arg-type]  # nats-py accepts seconds as a float
+        """Raise unless JetStream answers within ``timeout`` seconds.
+
+        Not ``flush(timeout)``: a flush that times out leaves its PONG future queued, and the late
+        PONG after a stall ends nats-py's read loop for good (no reconnect). A request's late reply is
+        simply dropped. A connection that nats-py closed anyway is opened again here (when this store
+        owns it), so a long-running reader such as the gateway recovers by itself."""
+        reading = getattr(self._nc, "_reading_task", None)  # nats-py has no public word for it
+        if self._owns_connection and not self._nc.is_closed and reading is not None and reading.done():
+            # The read loop ended without nats-py closing or reconnecting (its status still says
+            # connected, and its flush() then 'succeeds' without a round trip): start afresh.
+            log.warning("the NATS connection's read loop has ended; connecting again")
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+        if self._nc.is_closed and self._owns_connection:
+            log.warning("the NATS connection was closed under us; connecting again")
+            nc = await connect_nats(self._settings)
+            self._nc, self._js, self._jsm = nc, nc.jetstream(timeout=self._settings.nats_timeout), nc.jsm(
+                timeout=self._settings.nats_timeout
+            )
+        if not self._nc.is_connected:
+            raise ConnectionInterrupted("the NATS connection is down (reconnecting)")
+        with nats_errors("checking that JetStream answers"):
+            await self._nc.request("$JS.API.INFO", b"", timeout=timeout)
 
     async def watch(self, story_id: str, *, from_start: bool) -> StoryWatch:
         """The story's events as they are appended (from its first event with ``from_start``)."""

@@ -73,3 +73,27 @@ class StreamQueries:
         for stream in (self._settings.stream_name, snapshot_stream(self._settings)):
             names = [c.name for c in await consumers(self._nc, stream) if c.name.startswith(prefix)]
             await delete_consumers(self._nc, stream, names)
+
+    async def hand_back_consumers(self, prefix: str) -> list[str]:
+        """Make the events a stopped job's consumers had in hand deliverable at once.
+
+        A killed reader never acknowledges or hands back what it took: JetStream would redeliver it
+        only after the ack wait. Each such consumer is re-created at its ack floor (nothing before it
+        is lost, what follows is delivered again, and the graph's version guard skips what was applied).
+        Returns the names re-created."""
+        restarted = []
+        for stream in (self._settings.stream_name, snapshot_stream(self._settings)):
+            for info in await consumers(self._nc, stream):
+                if not info.name.startswith(prefix) or not info.num_ack_pending:
+                    continue
+                config = info.config
+                floor = info.ack_floor.stream_seq if info.ack_floor else 0
+                if floor:
+                    config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+                    config.opt_start_seq = floor + 1
+                    config.opt_start_time = None
+                with nats_errors(f"handing back the events consumer {info.name} held"):
+                    await delete_consumers(self._nc, stream, [info.name])
+                    await self._nc.jsm().add_consumer(stream, config)
+                restarted.append(info.name)
+        return restarted

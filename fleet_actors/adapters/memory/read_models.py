@@ -9,14 +9,17 @@ from typing import Any
 from fleet_actors.domain.events import EventEnvelope
 from fleet_actors.domain.state import StoryState
 from fleet_actors.ports.read_models import (
+    STORY_PART_COLUMNS,
     ContextDocument,
     ContextDocuments,
     DeadLetterIndex,
     GraphApplyResult,
+    GraphCensus,
     GraphReadModel,
     ParkedEvent,
     ProjectionControl,
     SnapshotLink,
+    expected_graph,
     plan_apply,
 )
 
@@ -52,20 +55,19 @@ class InMemoryGraph(GraphReadModel):
         state = self.states.get(story_id)
         if state is None:
             return {part: [] for part in _PARTS}
+        # rows keyed by column position, in the order verify compares them
         return {
-            "story": [{"title": state.title, "phase": state.phase, "status": state.status, "version": state.version}],
-            "subtasks": [{"id": s.subtask_id, "status": s.status} for s in state.subtasks.values()],
-            "subtask_dependencies": [
-                {"src": s.subtask_id, "dst": d} for s in state.subtasks.values() for d in s.dependencies
-            ],
-            "decisions": [{"id": d.decision_id, "status": d.status} for d in state.decisions.values()],
-            "decision_relations": [
-                {"src": r.src_id, "type": r.relation_type, "dst": r.dst_id} for r in state.relations
-            ],
-            "impacts": [{"decision": i.decision_id, "subtask": i.subtask_id} for i in state.impacts],
-            "milestones": [{"id": m.milestone_id} for m in state.milestones],
-            "transitions": [{"src": p.from_phase, "dst": p.to_phase} for p in state.phase_history],
+            part: [dict(zip(STORY_PART_COLUMNS[part], row, strict=True)) for row in rows.elements()]
+            for part, rows in expected_graph(state).items()
         }
+
+    async def census(self, orphan_limit: int = 20) -> GraphCensus:
+        states = list(self.states.values())
+        nodes = sum(len(s.subtasks) + len(s.decisions) + len(s.phase_history) + len(s.milestones) for s in states)
+        edges = nodes + sum(
+            sum(len(t.dependencies) for t in s.subtasks.values()) + len(s.relations) + len(s.impacts) for s in states
+        )
+        return GraphCensus(len(states), nodes, edges)
 
     async def neighbourhood(
         self, node_type: str, node_id: str, depth: int, limit: int
@@ -197,6 +199,9 @@ class InMemoryProjectionControl(ProjectionControl):
 
     async def record_job_progress(self, job_id: str, **fields: str) -> None:
         self._progress.setdefault(job_id, {}).update(fields)
+
+    async def rebuild_jobs(self) -> dict[str, dict[str, str]]:
+        return {job: dict(fields) for job, fields in self._progress.items()}
 
     async def close(self) -> None:
         pass

@@ -114,20 +114,17 @@ SET d.story_id = r.story_id, d.decision_id = r.decision_id, d.decision_type = r.
     d.metadata = r.metadata, d.status = 'ACCEPTED'
 MERGE (s)-[:HAS_DECISION]->(d)
 """
+#: one statement for status changes and touches (status null), so rows keep event order: with two
+#: statements a touch of an earlier event overwrote a later update's time (found by `verify`)
 _UPDATE_SUBTASK = """
 UNWIND $rows AS r
 MATCH (t:Subtask {uid: r.uid})
-SET t.status = r.status, t.updated_at = r.at
+SET t.status = coalesce(r.status, t.status), t.updated_at = r.at
 """
 _DECISION_STATUS = """
 UNWIND $rows AS r
 MATCH (d:Decision {uid: r.uid})
 SET d.status = r.status
-"""
-_TOUCH_SUBTASK = """
-UNWIND $rows AS r
-MATCH (t:Subtask {uid: r.uid})
-SET t.updated_at = r.at
 """
 # Relationship types cannot be parameters in Cypher; one fixed statement per type keeps user input out.
 _DECISION_DEPENDS_ON = """
@@ -219,8 +216,7 @@ def plan_graph_writes(events: Sequence[EventEnvelope], states: Iterable[StorySta
                     add(_SUBTASK_DEPENDS_ON, {"src": uid(sid, event.subtask_id), "dst": uid(sid, dependency)})
             case SubtaskUpdated():
                 # An unrecognised v1 status upcasts to "": the status stays, only the time moves.
-                row = {**base, "uid": uid(sid, event.subtask_id), "status": event.status}
-                add(_UPDATE_SUBTASK if event.status else _TOUCH_SUBTASK, row)
+                add(_UPDATE_SUBTASK, {**base, "uid": uid(sid, event.subtask_id), "status": event.status or None})
             case DecisionAdded():
                 add(
                     _ADD_DECISION,
@@ -271,7 +267,7 @@ def plan_graph_writes(events: Sequence[EventEnvelope], states: Iterable[StorySta
             case _:
                 pass  # an event type with no graph shape changes only the version
     ordered = [
-        _CREATE_STORY, _CREATE_SUBTASK, _SUBTASK_DEPENDS_ON, _ADD_DECISION, _UPDATE_SUBTASK, _TOUCH_SUBTASK,
+        _CREATE_STORY, _CREATE_SUBTASK, _SUBTASK_DEPENDS_ON, _ADD_DECISION, _UPDATE_SUBTASK,
         _DECISION_DEPENDS_ON, _DECISION_SUPERSEDES, _DECISION_STATUS, _IMPACTS, _TRANSITION, _MILESTONE,
     ]  # fmt: skip
     statements = [Statement(cypher, rows[cypher]) for cypher in ordered if cypher in rows]

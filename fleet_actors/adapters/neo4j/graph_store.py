@@ -21,8 +21,11 @@ from fleet_actors.adapters.neo4j.graph_mapping import (
     snapshot_row,
 )
 from fleet_actors.adapters.neo4j.graph_queries import (
+    CENSUS_QUERIES,
     NEIGHBOURHOOD_QUERIES,
     NODE_TYPES,
+    ORPHAN_COUNT,
+    ORPHANS,
     PLAIN_ID_QUERIES,
     ROOT_QUERIES,
     STORY_PARTS,
@@ -31,7 +34,7 @@ from fleet_actors.adapters.neo4j.graph_queries import (
 from fleet_actors.domain.events import EventEnvelope
 from fleet_actors.domain.state import StoryState
 from fleet_actors.errors import BackendError, BackendUnavailable, InvalidCommand, StoryError
-from fleet_actors.ports.read_models import GraphApplyResult, GraphReadModel, SnapshotLink, plan_apply
+from fleet_actors.ports.read_models import GraphApplyResult, GraphCensus, GraphReadModel, SnapshotLink, plan_apply
 from fleet_actors.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -149,6 +152,12 @@ class GraphStore(GraphReadModel):
 
     async def story_rows(self, story_id: str) -> dict[str, list[dict[str, Any]]]:
         return {part: await self.query(cypher, id=story_id) for part, cypher in STORY_PARTS.items()}
+
+    async def census(self, orphan_limit: int = 20) -> GraphCensus:
+        counts = {name: (await self.query(cypher))[0]["n"] for name, cypher in CENSUS_QUERIES.items()}
+        orphans = [f"{row['label']} {row['uid']}" for row in await self.query(ORPHANS, limit=orphan_limit)]
+        orphan_count = (await self.query(ORPHAN_COUNT))[0]["n"] if orphans else 0
+        return GraphCensus(counts["stories"], counts["nodes"], counts["edges"], orphans, orphan_count)
 
     async def neighbourhood(
         self, node_type: str, node_id: str, depth: int, limit: int

@@ -71,3 +71,13 @@ class ValkeyProjectionControl(ProjectionControl):
     async def record_job_progress(self, job_id: str, **fields: str) -> None:
         with valkey_errors("recording the rebuild's progress"):
             await self._client.hset(job_key(self._stream, job_id), mapping=fields)  # type: ignore[misc]  # valkey-py stubs: Awaitable[T] | T
+
+    async def rebuild_jobs(self) -> dict[str, dict[str, str]]:
+        prefix = job_key(self._stream, "")
+        with valkey_errors("listing the rebuild jobs"):
+            keys = [key async for key in self._client.scan_iter(match=f"{prefix}*", count=500)]
+            jobs: dict[str, dict[str, str]] = {}
+            for key in keys:
+                raw = await self._client.hgetall(key)  # type: ignore[misc]  # valkey-py stubs: Awaitable[T] | T
+                jobs[key.decode()[len(prefix) :]] = {k.decode(): v.decode() for k, v in raw.items()}
+        return jobs
