@@ -241,6 +241,7 @@ async def test_status_shows_a_stopped_pool_as_down_and_a_paused_one_as_paused(st
     """Issue #21 (7): a dead or paused pool looked idle."""
     from fleet_actors.composition import open_projection_control
 
+    stream_settings = stream_settings.replace(projectors=1)  # the pool status names: projector-0-of-1
     await write_story(execute, unique_id("S"))
     running = await RunningProjectors(stream_settings, 1).start()
     control = await open_projection_control(stream_settings)
