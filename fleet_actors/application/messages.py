@@ -22,6 +22,8 @@ class CommandRequest:
     actor: str = ""
     #: optimistic concurrency from the caller's side: the story version they last saw
     expected_version: int | None = None
+    #: the caller's trace context (W3C ``traceparent``/``tracestate``) when tracing is on, else None
+    trace: dict[str, str] | None = None
 
 
 def pack(message: Any) -> bytes:

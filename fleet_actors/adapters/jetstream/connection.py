@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 from collections.abc import Iterator
 
 import nats
@@ -22,10 +24,13 @@ from nats.js.api import (
 from nats.js.manager import JetStreamManager
 
 from fleet_actors.errors import BackendUnavailable, ConfigurationError, ConnectionInterrupted, ServerTooOld, StoryError
+from fleet_actors.observability.metrics import metrics
 from fleet_actors.settings import Settings
 from fleet_actors.urls import redact_url
 
 MIN_SERVER_VERSION = (2, 12, 0)
+
+log = logging.getLogger(__name__)
 
 #: JetStream API error codes we act on
 ERR_WRONG_LAST_SEQUENCE = 10071
@@ -83,8 +88,61 @@ async def declare_stream(
             await jsm.update_stream(config)
 
 
+class ConnectionLog:
+    """nats-py's callbacks as one log line per change of the connection's state.
+
+    Without an ``error_cb`` nats-py logs a traceback for every failed reconnect attempt (four a second
+    while a server is down); here the first failure of an outage is logged, the attempts after it
+    only counted, and the recovery logged once with how long it took and how many attempts failed.
+    """
+
+    def __init__(self, name: str, url: str) -> None:
+        self._name, self._url = name, redact_url(url)
+        self._down_since: float | None = None
+        self._failed_attempts = 0
+        self._last_error = ""
+        #: the connection, once made: a disconnect while it closes on purpose is not an outage
+        self.client: Client | None = None
+
+    async def error(self, error: Exception) -> None:
+        text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        self._failed_attempts += 1  # counted, and reported on recovery
+        if text == self._last_error:
+            return  # the same failure again (the next reconnect attempt): no new line
+        self._last_error = text
+        metrics().nats_connection_events.inc("error")
+        log.warning("NATS connection %s to %s: %s", self._name, self._url, text)
+
+    async def disconnected(self) -> None:
+        if self.client is not None and self.client.is_closed:
+            return  # closed on purpose (the callback runs on close too)
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            self._failed_attempts = 0
+            metrics().nats_connection_events.inc("disconnected")
+            log.warning("NATS connection %s to %s lost; reconnecting", self._name, self._url)
+
+    async def reconnected(self) -> None:
+        down = time.monotonic() - self._down_since if self._down_since is not None else 0.0
+        metrics().nats_connection_events.inc("reconnected")
+        log.warning(
+            "NATS connection %s to %s restored after %.1f s (%d failed attempts)",
+            self._name,
+            self._url,
+            down,
+            self._failed_attempts,
+        )
+        self._down_since, self._failed_attempts, self._last_error = None, 0, ""
+
+    async def closed(self) -> None:
+        log.debug("NATS connection %s to %s closed", self._name, self._url)
+
+
 async def connect_nats(settings: Settings, *, name: str = "fleet-actors") -> Client:
-    """Connect with unlimited reconnects, then refuse servers too old for our concurrency headers."""
+    """Connect with unlimited reconnects, then refuse servers too old for our concurrency headers.
+
+    Connection state changes are logged one line each (:class:`ConnectionLog`)."""
+    events = ConnectionLog(name, settings.nats_url)
     try:
         # Unlimited reconnects keep a live connection through server restarts, but nats-py applies
         # them to the first connect too, which would then wait forever for a server that is down.
@@ -98,11 +156,16 @@ async def connect_nats(settings: Settings, *, name: str = "fleet-actors") -> Cli
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.25,
                 allow_reconnect=True,
+                error_cb=events.error,
+                disconnected_cb=events.disconnected,
+                reconnected_cb=events.reconnected,
+                closed_cb=events.closed,
             ),
             timeout=settings.nats_timeout * 2,
         )
     except Exception as error:
         raise translate_nats_error(error, f"connecting to {redact_url(settings.nats_url)}") from None
+    events.client = nc
     version = nc.connected_server_version
     if (version.major, version.minor, version.patch) < MIN_SERVER_VERSION:
         with contextlib.suppress(Exception):
