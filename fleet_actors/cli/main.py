@@ -20,6 +20,7 @@ from types import FrameType
 from fleet_actors.cli import archive_cmd, events_cmd, gateway_cmd, migrate_cmd, projections_cmd, story_cmd
 from fleet_actors.cli.common import add_settings_arguments, run, settings_from
 from fleet_actors.devstack import LocalStack
+from fleet_actors.devstack.observability import scrape_targets
 from fleet_actors.devstack.services import GatewayProcess, start_projector_pool
 from fleet_actors.errors import StoryError
 from fleet_actors.settings import Settings
@@ -206,8 +207,10 @@ def _dev_up(args: argparse.Namespace) -> int:
         if args.ray:
             print("starting the projectors and the gRPC gateway ...", file=sys.stderr, flush=True)
             start_projector_pool(stack.env())
-            gateway = GatewayProcess({**stack.env(), **services}).start()
+            metrics_address = {"FLEET_METRICS_ADDRESS": stack.gateway_metrics_address}
+            gateway = GatewayProcess({**stack.env(), **services, **metrics_address}).start()
             services["FLEET_GATEWAY_ADDRESS"] = gateway.address
+            services.update(scrape_targets(stack))
         env_file = stack.write_env_file(extra=services)
         for key, value in {**stack.env(), **services}.items():
             print(f"{key}={redact_url(value)}")  # the credentials are in fleet.env (0600), not in output

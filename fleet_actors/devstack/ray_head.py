@@ -65,6 +65,7 @@ class RayHead(RaySessionServer):
         dashboard_port: int | None = None,
         client_server_port: int | None = None,
         dashboard_agent_port: int | None = None,
+        metrics_export_port: int | None = None,
     ) -> None:
         super().__init__(data_dir, port)
         self.num_cpus = num_cpus
@@ -72,6 +73,8 @@ class RayHead(RaySessionServer):
         # Both default to fixed ports (10001, 52365): a second cluster on the machine would clash.
         self.client_server_port = client_server_port or free_port()
         self.dashboard_agent_port = dashboard_agent_port or free_port()
+        #: where the node serves Prometheus metrics: Ray's own and the actors' ray.util.metrics
+        self.metrics_export_port = metrics_export_port or free_port()
         self._tmp_dir: Path | None = None
         self._sid: int | None = None
 
@@ -100,7 +103,13 @@ class RayHead(RaySessionServer):
             "RAY_AUTH_TOKEN_PATH": str(self.token_path),
             "RAY_API_SERVER_ADDRESS": self.dashboard_url,
             "FLEET_RAY_DASHBOARD_URL": self.dashboard_url,
+            "FLEET_RAY_METRICS_URL": self.metrics_url,
         }
+
+    @property
+    def metrics_url(self) -> str:
+        """The node's Prometheus endpoint (story actors, projectors, replay actors: ``ray_fleet_*``)."""
+        return f"http://{LOOPBACK}:{self.metrics_export_port}/metrics"
 
     def _prepare(self) -> None:
         super()._prepare()
@@ -146,6 +155,7 @@ class RayHead(RaySessionServer):
             "--dashboard-port", str(self.dashboard_port),
             "--dashboard-agent-listen-port", str(self.dashboard_agent_port),
             "--ray-client-server-port", str(self.client_server_port),
+            "--metrics-export-port", str(self.metrics_export_port),
         ]  # fmt: skip
 
     def start(self) -> Self:
