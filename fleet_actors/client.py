@@ -44,6 +44,7 @@ from fleet_actors.domain.state import StoryState
 from fleet_actors.domain.story import may_create_story
 from fleet_actors.errors import BackendUnavailable, InvalidCommand, StoryError, StoryNotFound
 from fleet_actors.observability import tracing
+from fleet_actors.observability.logs import ray_logging_config
 from fleet_actors.observability.metrics import command_outcome, metrics
 from fleet_actors.settings import Settings
 
@@ -70,6 +71,8 @@ def connect_ray(settings: Settings, address: str | None = None) -> None:
     }
     if target == "local":
         options["include_dashboard"] = False
+    if (logging_config := ray_logging_config(settings.log_format)) is not None:
+        options["logging_config"] = logging_config  # JSON lines from the actors this driver creates
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         ray.init(address=target, **options)

@@ -359,6 +359,15 @@ async def test_dev_up_serves_until_sigterm(tmp_path: Path) -> None:
     assert len(spawned) > 6
     assert not [pid for pid in spawned if pid_alive(pid)]
     assert not env_file.exists()
+    # logs under the data dir: the gateway's JSON lines, and Ray's (the actors' workers) kept on stop
+    gateway_lines = [
+        json.loads(line)
+        for line in (data_dir / "logs" / "gateway.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
+    assert any(line["message"].startswith("metrics on http://") for line in gateway_lines)
+    ray_logs = data_dir / "ray" / "logs"
+    assert ray_logs.is_dir() and not ray_logs.is_symlink() and list(ray_logs.glob("worker-*"))
 
 
 def _scrape_until(url: str, needle: str, timeout: float = 60) -> str:

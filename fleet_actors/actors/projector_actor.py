@@ -22,7 +22,7 @@ from fleet_actors.actors.naming import find_live, get_or_create
 from fleet_actors.adapters.jetstream.consumers import prepare_partition_consumers
 from fleet_actors.composition import open_projector
 from fleet_actors.errors import BackendUnavailable
-from fleet_actors.observability import tracing
+from fleet_actors.observability import logs, tracing
 from fleet_actors.observability.metrics import metrics
 from fleet_actors.projections.policy import (
     DEFAULT_POLICY,
@@ -51,6 +51,7 @@ class ProjectorActor:
         self._policy = policy
         self._start_sequence = start_sequence
         tracing.configure(settings)
+        logs.install_record_context()
         self._stop = asyncio.Event()
         self._projector: Projector | None = None
         self._ready = asyncio.Event()

@@ -20,7 +20,7 @@ from fleet_actors.application.story_runtime import StoryRuntime
 from fleet_actors.domain.events import EventEnvelope
 from fleet_actors.domain.state import StoryState
 from fleet_actors.errors import StoryError, StoryNotFound
-from fleet_actors.observability import tracing
+from fleet_actors.observability import logs, tracing
 from fleet_actors.observability.metrics import command_outcome, metrics
 from fleet_actors.ports.event_store import EventStore
 from fleet_actors.ports.snapshot_store import SnapshotStore
@@ -71,7 +71,7 @@ class StoryHost:
         started = time.perf_counter()
         error: BaseException | None = None
         result: CommandResult | None = None
-        with tracing.command_span(request):
+        with tracing.command_span(request), logs.bind(story_id=request.story_id, command_id=request.command_id):
             try:
                 result = await (await self.runtime()).execute(request)
                 return result
@@ -149,6 +149,7 @@ class StoryActor:
 
     def __init__(self, story_id: str, settings: Settings, store: EventStore | None = None) -> None:
         tracing.configure(settings)
+        logs.install_record_context()
         self._host = StoryHost(story_id, settings, store)
         self._settings = settings
         self._idle_seconds = settings.actor_idle_seconds

@@ -13,6 +13,7 @@ Ray reads RAY_AUTH_MODE once, when ``ray`` is imported: set it before the import
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -47,8 +48,33 @@ class RaySessionServer(ManagedServer):
             terminate_session(self._sid, timeout=10.0)
             self._sid = None
         if self._tmp_dir is not None:
+            self._keep_logs()
             shutil.rmtree(self._tmp_dir, ignore_errors=True)
             self._tmp_dir = None
+
+    @property
+    def logs_path(self) -> Path:
+        """DATA_DIR/logs: the node's Ray logs (every actor's worker-*.out/err, raylet, GCS). While the
+        node runs it links to the session's logs in Ray's temp dir; on stop they are copied here."""
+        return self.data_dir / "logs"
+
+    def _link_logs(self) -> None:
+        assert self._tmp_dir is not None
+        with contextlib.suppress(OSError):
+            if self.logs_path.is_symlink():
+                self.logs_path.unlink()
+            elif self.logs_path.exists():
+                shutil.rmtree(self.logs_path, ignore_errors=True)  # the copy of an earlier run
+            self.logs_path.symlink_to(self._tmp_dir / "ray" / "session_latest" / "logs", target_is_directory=True)
+
+    def _keep_logs(self) -> None:
+        assert self._tmp_dir is not None
+        with contextlib.suppress(OSError):
+            live = (self._tmp_dir / "ray" / "session_latest" / "logs").resolve()
+            if self.logs_path.is_symlink():
+                self.logs_path.unlink()
+            if live.is_dir():
+                shutil.copytree(live, self.logs_path, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.sock"))
 
 
 class RayHead(RaySessionServer):
@@ -162,6 +188,7 @@ class RayHead(RaySessionServer):
         super().start()
         assert self._proc is not None
         self._sid = self._proc.pid  # start_new_session: the head leads its own session
+        self._link_logs()
         return self
 
     def _get(self, path: str) -> tuple[int, bytes] | str:

@@ -409,6 +409,14 @@ class Projector:
         )
         self._failures.pop(sequence, None)
         self.stats.parked += 1
+        log.warning(
+            "projector %s: parked the event at stream sequence %s after %s deliveries: %s",
+            self.name,
+            sequence,
+            attempts,
+            error,
+            extra={"story_id": story_id},
+        )
         metrics().parked_total.inc(self.metrics_label)
         ack.append(msg)
 
