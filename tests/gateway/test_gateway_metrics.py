@@ -71,3 +71,25 @@ async def test_an_unauthenticated_call_is_counted_with_its_code(settings, ray_ru
         after = await asyncio.to_thread(scrape, port)
     key = {"method": SERVICE + "GetContext", "code": "UNAUTHENTICATED"}
     assert value(after, "fleet_gateway_rpcs_total", **key) - value(before, "fleet_gateway_rpcs_total", **key) == 1
+
+
+async def test_an_rpc_continues_the_callers_trace_into_the_command(gateway: Gateway) -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from fleet_actors.observability import tracing
+
+    exporter = InMemorySpanExporter()
+    tracing.use_exporter(exporter)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    try:
+        await gateway.stub.CreateStory(
+            pb.CreateStoryRequest(story_id=unique_id("gwt"), title="traced"),
+            metadata=(("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"),),
+        )
+    finally:
+        tracing.disable()
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    rpc, command = spans[f"grpc {SERVICE}CreateStory"], spans["fleet.command"]
+    assert format(rpc.context.trace_id, "032x") == trace_id
+    assert command.context.trace_id == rpc.context.trace_id
+    assert command.parent is not None and command.parent.span_id == rpc.context.span_id
