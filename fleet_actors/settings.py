@@ -96,7 +96,10 @@ class Settings:
     #: ``/metrics``; port 0 picks a free one; empty: not served). Ray actors' metrics are on each Ray
     #: node's own metrics endpoint instead (docs/operations.md).
     metrics_address: str = ""
-    #: OpenTelemetry traces: "" (off), "console" (stderr) or "otlp" (OTEL_EXPORTER_OTLP_ENDPOINT)
+    #: record metrics at all (0: every metric call does nothing; docs/benchmarks.md has their cost)
+    metrics_enabled: bool = True
+    #: OpenTelemetry traces: "" (off), "console" (stderr) or "otlp" (OTEL_EXPORTER_OTLP_ENDPOINT);
+    #: "discard" makes every span and drops it (to measure the cost of tracing)
     traces_exporter: str = ""
     #: log lines: "text" or "json" (one JSON object a line, with story_id, command_id, trace_id when known)
     log_format: str = "text"
@@ -137,9 +140,9 @@ class Settings:
                 f"FLEET_PROJECTORS={self.projectors} exceeds FLEET_PARTITIONS={self.partitions}: "
                 "each projector owns at least one partition"
             )
-        if self.traces_exporter not in ("", "none", "console", "otlp"):
+        if self.traces_exporter not in ("", "none", "console", "otlp", "discard"):
             raise ConfigurationError(
-                f"FLEET_TRACES_EXPORTER={self.traces_exporter!r} must be empty, 'none', 'console' or 'otlp'"
+                f"FLEET_TRACES_EXPORTER={self.traces_exporter!r} must be empty, 'none', 'console', 'otlp' or 'discard'"
             )
         if self.log_format not in ("text", "json"):
             raise ConfigurationError(f"FLEET_LOG_FORMAT={self.log_format!r} must be 'text' or 'json'")

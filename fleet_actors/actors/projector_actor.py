@@ -23,6 +23,7 @@ from fleet_actors.adapters.jetstream.consumers import prepare_partition_consumer
 from fleet_actors.composition import open_projector
 from fleet_actors.errors import BackendUnavailable
 from fleet_actors.observability import logs, tracing
+from fleet_actors.observability.metrics import configure as metrics_configure
 from fleet_actors.observability.metrics import metrics
 from fleet_actors.projections.policy import (
     DEFAULT_POLICY,
@@ -51,6 +52,7 @@ class ProjectorActor:
         self._policy = policy
         self._start_sequence = start_sequence
         tracing.configure(settings)
+        metrics_configure(settings)
         logs.install_record_context()
         self._stop = asyncio.Event()
         self._projector: Projector | None = None

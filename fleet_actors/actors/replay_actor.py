@@ -14,6 +14,7 @@ import ray
 from fleet_actors.composition import open_replayer
 from fleet_actors.errors import BackendUnavailable
 from fleet_actors.observability import tracing
+from fleet_actors.observability.metrics import configure as metrics_configure
 from fleet_actors.observability.metrics import metrics
 from fleet_actors.projections.rebuild import Progress, Replayer, split
 from fleet_actors.settings import Settings
@@ -25,6 +26,7 @@ class ReplayActor:
     def __init__(self, settings: Settings, job_id: str, index: int, count: int) -> None:
         self._settings, self._job_id, self._index, self._count = settings, job_id, index, count
         tracing.configure(settings)
+        metrics_configure(settings)
         self._replayer: Replayer | None = None
 
     async def _open(self) -> Replayer:

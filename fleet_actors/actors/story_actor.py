@@ -22,6 +22,8 @@ from fleet_actors.domain.state import StoryState
 from fleet_actors.errors import StoryError, StoryNotFound
 from fleet_actors.observability import logs, tracing
 from fleet_actors.observability.metrics import command_outcome, metrics
+from fleet_actors.observability.metrics import configure as metrics_configure
+from fleet_actors.observability.metrics import set_enabled as set_metrics_enabled
 from fleet_actors.ports.event_store import EventStore
 from fleet_actors.ports.snapshot_store import SnapshotStore
 from fleet_actors.settings import Settings
@@ -149,6 +151,7 @@ class StoryActor:
 
     def __init__(self, story_id: str, settings: Settings, store: EventStore | None = None) -> None:
         tracing.configure(settings)
+        metrics_configure(settings)
         logs.install_record_context()
         self._host = StoryHost(story_id, settings, store)
         self._settings = settings
@@ -189,6 +192,12 @@ class StoryActor:
     def state_at(self, version: int | None = None, at: datetime | None = None) -> bytes:
         return self._reply(lambda: self._host.state_at(version, at))
 
+    def configure_observability(self, metrics_enabled: bool, traces_exporter: str) -> None:
+        """Metrics and traces on or off in this actor's process from now on (benchmarks measure their cost)."""
+        set_metrics_enabled(metrics_enabled)
+        tracing.disable()
+        tracing.configure(self._settings.replace(traces_exporter=traces_exporter))
+
     def last_used(self) -> float:
         """Seconds since the last call (the registry evicts the least recently used)."""
         return time.monotonic() - self._last_used
@@ -201,7 +210,6 @@ class StoryActor:
             return  # used again since the watcher asked
         with self._loop_lock:
             self._loop.run_until_complete(self._host.close())
-        metrics().passivations.inc("idle" if only_if_idle else "evicted")
         ray.actor.exit_actor()
 
     def _watch_idle(self) -> None:
@@ -276,7 +284,9 @@ class StoryRegistry:
             await self._evict(excess, keep=story_id)
 
     def deactivated(self, story_id: str) -> None:
-        self._live.pop(story_id, None)
+        # Counted here: the passivating actor's process exits before Ray would export its metrics.
+        if self._live.pop(story_id, None) is not None:
+            metrics().passivations.inc("evicted" if story_id in self._evicting else "idle")
         self._evicting.discard(story_id)
         self._report_live()
 

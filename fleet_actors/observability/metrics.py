@@ -23,9 +23,12 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleet_actors.errors import ConcurrencyConflict, ConfigurationError, Retryable, StoryError
+
+if TYPE_CHECKING:
+    from fleet_actors.settings import Settings
 
 #: request latencies, seconds (a command takes ~1 ms on a quiet stack, seconds during an outage)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -120,6 +123,34 @@ class _Family:
         self.child(*values).observe(value)
 
 
+class _NullChild:
+    __slots__ = ()
+
+    def inc(self, amount: float = 1.0) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+    def observe(self, value: float) -> None:
+        pass
+
+
+_NULL_CHILD = _NullChild()
+
+
+class _NullFamily(_Family):
+    """A metric that records nothing (FLEET_METRICS_ENABLED=0)."""
+
+    def __init__(
+        self, kind: str, name: str, doc: str, labels: Sequence[str] = (), buckets: Sequence[float] = ()
+    ) -> None:
+        self.kind, self.name, self.labels = kind, name, tuple(labels)
+
+    def child(self, *values: str) -> Any:
+        return _NULL_CHILD
+
+
 class _RayChild:
     """The prometheus_client child interface over a ray.util.metrics object and fixed tags."""
 
@@ -141,31 +172,32 @@ class _RayChild:
 class FleetMetrics:
     """The metric objects of one process (see :func:`metrics`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
         c, g, h = "counter", "gauge", "histogram"
+        make = _Family if enabled else _NullFamily
         # --- commands: story actors (and the client's view of them) ---
-        self.commands = _Family(
+        self.commands = make(
             c,
             "fleet_commands_total",
             "Commands handled by story actors, by command type, outcome (accepted, duplicate, rejected, conflict, "
             "unavailable) and reason (the error code; empty when accepted)",
             ("command", "outcome", "reason"),
         )
-        self.command_duration = _Family(
+        self.command_duration = make(
             h,
             "fleet_command_duration_seconds",
             "Time a story actor spends on a command (load if needed, decide, append), by command type and outcome",
             ("command", "outcome"),
             LATENCY_BUCKETS,
         )
-        self.client_command_duration = _Family(
+        self.client_command_duration = make(
             h,
             "fleet_client_command_duration_seconds",
             "Command latency as FleetClient sees it (Ray round trip and retries included), by command type and outcome",
             ("command", "outcome"),
             LATENCY_BUCKETS,
         )
-        self.append_duration = _Family(
+        self.append_duration = make(
             h,
             "fleet_append_duration_seconds",
             "Time to append one command's events to the JetStream log, by outcome (ok, conflict, error)",
@@ -173,110 +205,108 @@ class FleetMetrics:
             LATENCY_BUCKETS,
         )
         # --- story actor lifecycle ---
-        self.activations = _Family(c, "fleet_story_activations_total", "Story actors activated (state loaded)")
-        self.activation_duration = _Family(
+        self.activations = make(c, "fleet_story_activations_total", "Story actors activated (state loaded)")
+        self.activation_duration = make(
             h,
             "fleet_story_activation_duration_seconds",
             "Time to activate a story actor: open connections, load the snapshot, replay the events after it",
             (),
             ACTIVATION_BUCKETS,
         )
-        self.passivations = _Family(
+        self.passivations = make(
             c,
             "fleet_story_passivations_total",
             "Story actors passivated, by reason (idle: unused for FLEET_ACTOR_IDLE_SECONDS; evicted: beyond the cap)",
             ("reason",),
         )
-        self.live_stories = _Family(g, "fleet_live_stories", "Story actors live, as the story registry counts them")
-        self.live_stories_cap = _Family(g, "fleet_live_stories_cap", "FLEET_MAX_LIVE_STORIES: the cap on live actors")
+        self.live_stories = make(g, "fleet_live_stories", "Story actors live, as the story registry counts them")
+        self.live_stories_cap = make(g, "fleet_live_stories_cap", "FLEET_MAX_LIVE_STORIES: the cap on live actors")
         # --- projectors ---
-        self.projector_up = _Family(
+        self.projector_up = make(
             g, "fleet_projector_up", "1 while the projector's loop runs, 0 once it stopped or failed", ("projector",)
         )
-        self.projector_heartbeat = _Family(
+        self.projector_heartbeat = make(
             g,
             "fleet_projector_heartbeat_timestamp_seconds",
             "Unix time of the projector loop's last turn (a batch, an idle poll or a pause check)",
             ("projector",),
         )
-        self.projector_paused = _Family(
+        self.projector_paused = make(
             g,
             "fleet_projector_paused",
             "1 while the projector stays off the graph for a rebuild, with the rebuild's job id; 0 otherwise",
             ("projector", "rebuild"),
         )
-        self.lag_events = _Family(
+        self.lag_events = make(
             g,
             "fleet_projection_lag_events",
             "Events stored but not yet delivered to the projector, per partition (the consumer's pending count)",
             ("partition",),
         )
-        self.lag_seconds = _Family(
+        self.lag_seconds = make(
             g,
             "fleet_projection_lag_seconds",
             "Age of the last event a partition's projector committed, at commit time (0 when it is idle)",
             ("partition",),
         )
-        self.batch_size = _Family(
+        self.batch_size = make(
             h, "fleet_projection_batch_events", "Events per projector batch", ("projector",), BATCH_BUCKETS
         )
-        self.apply_duration = _Family(
+        self.apply_duration = make(
             h,
             "fleet_projection_apply_duration_seconds",
             "Time to apply one batch to the graph and the context documents and acknowledge it",
             ("projector",),
             LATENCY_BUCKETS,
         )
-        self.projected_events = _Family(
+        self.projected_events = make(
             c,
             "fleet_projection_events_total",
             "Events handled by projectors, by result (applied, duplicate: skipped by the version guard, "
             "healed: read back from the log, held: behind a parked event)",
             ("projector", "result"),
         )
-        self.redeliveries = _Family(
+        self.redeliveries = make(
             c,
             "fleet_projection_redeliveries_total",
             "Events JetStream delivered again (not acknowledged in time, or handed back)",
             ("projector",),
         )
-        self.parked_total = _Family(
+        self.parked_total = make(
             c, "fleet_events_parked_total", "Events parked in the dead-letter stream", ("projector",)
         )
-        self.parked = _Family(
+        self.parked = make(
             g,
             "fleet_parked_events",
             "Events parked now (one per held story) as a projector last saw the dead-letter index",
             ("projector",),
         )
-        self.projection_errors = _Family(
+        self.projection_errors = make(
             c, "fleet_projection_errors_total", "Errors a projector recorded (and retried)", ("projector",)
         )
         # --- rebuilds ---
-        self.rebuild_events = _Family(
-            c, "fleet_rebuild_events_total", "Events replayed by rebuild workers", ("worker",)
-        )
-        self.rebuild_progress = _Family(
+        self.rebuild_events = make(c, "fleet_rebuild_events_total", "Events replayed by rebuild workers", ("worker",))
+        self.rebuild_progress = make(
             g, "fleet_rebuild_progress_ratio", "Share of a running rebuild's events replayed (0..1)", ()
         )
         # --- gateway ---
-        self.rpcs = _Family(
+        self.rpcs = make(
             c, "fleet_gateway_rpcs_total", "Gateway RPCs finished, by method and gRPC status code", ("method", "code")
         )
-        self.rpc_duration = _Family(
+        self.rpc_duration = make(
             h,
             "fleet_gateway_rpc_duration_seconds",
             "Gateway RPC latency (streams: their whole life), by method and gRPC status code",
             ("method", "code"),
             LATENCY_BUCKETS,
         )
-        self.gateway_serving = _Family(
+        self.gateway_serving = make(
             g, "fleet_gateway_serving", "1 while the gateway's ContextService reports SERVING, else 0"
         )
-        self.backend_up = _Family(
+        self.backend_up = make(
             g, "fleet_gateway_backend_up", "1 while the gateway reaches a backend, 0 while it does not", ("backend",)
         )
-        self.fresh_read_waits = _Family(
+        self.fresh_read_waits = make(
             h,
             "fleet_fresh_read_wait_seconds",
             "Time spent waiting for the read models to reach a version before answering, by outcome (ok, timeout)",
@@ -284,7 +314,7 @@ class FleetMetrics:
             LATENCY_BUCKETS,
         )
         # --- connections ---
-        self.nats_connection_events = _Family(
+        self.nats_connection_events = make(
             c,
             "fleet_nats_connection_events_total",
             "NATS connection state changes (disconnected, reconnected, error)",
@@ -292,10 +322,31 @@ class FleetMetrics:
         )
 
 
-@functools.cache
+_active: FleetMetrics | None = None
+_made: dict[bool, FleetMetrics] = {}
+
+
 def metrics() -> FleetMetrics:
     """This process's metric objects, created on first use."""
-    return FleetMetrics()
+    return _active or set_enabled(True)
+
+
+def set_enabled(enabled: bool) -> FleetMetrics:
+    """Record metrics in this process from now on, or not (benchmarks measure the difference)."""
+    global _active
+    with _made_lock:
+        if enabled not in _made:
+            _made[enabled] = FleetMetrics(enabled)
+        _active = _made[enabled]
+    return _active
+
+
+def configure(settings: Settings) -> None:
+    """Follow ``FLEET_METRICS_ENABLED`` (actors call this before recording anything)."""
+    set_enabled(settings.metrics_enabled)
+
+
+_made_lock = threading.Lock()
 
 
 _servers: dict[str, Any] = {}

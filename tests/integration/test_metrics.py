@@ -4,6 +4,7 @@ projector kill; the counters, histograms and gauges moved as they should."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import urllib.request
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fleet_actors import ConcurrencyConflict, FleetClient, RuleViolation
 from fleet_actors.actors.projector_actor import projector_actor_name, start_projectors, stop_projectors
+from fleet_actors.actors.story_actor import live_story_handle
 from fleet_actors.observability.metrics import metrics
 from tests.integration.conftest import TEST_POLICY
 
@@ -154,4 +156,12 @@ async def test_metrics_move_on_the_real_stack(pool_settings, event_store, unique
             for n, labels, v in samples
         )
 
-    await eventually(restarted, url)
+    samples = await eventually(restarted, url)
+
+    # a passivation, counted by the registry (the actor's own process exits before Ray exports)
+    passivated_before = total(samples, "ray_fleet_story_passivations_total")
+    handle = live_story_handle(poisoned, pool_settings)
+    assert handle is not None
+    with contextlib.suppress(ray.exceptions.RayActorError):
+        await handle.passivate.remote()
+    await eventually(lambda s: total(s, "ray_fleet_story_passivations_total") > passivated_before, url)
