@@ -160,7 +160,8 @@ class _RayChild:
         self._metric, self._tags = metric, tags
 
     def inc(self, amount: float = 1.0) -> None:
-        self._metric.inc(amount, self._tags)
+        if amount > 0:  # Ray refuses an increment of 0 (prometheus_client takes it)
+            self._metric.inc(amount, self._tags)
 
     def set(self, value: float) -> None:
         self._metric.set(value, self._tags)

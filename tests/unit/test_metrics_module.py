@@ -60,3 +60,19 @@ def test_settings_of_observability() -> None:
         Settings(traces_exporter="jaeger")
     with pytest.raises(ConfigurationError):
         Settings(log_format="xml")
+
+
+def test_a_zero_increment_never_reaches_ray() -> None:
+    """ray.util.metrics.Counter.inc(0) raises: a batch of only duplicates must not fail a projector."""
+    calls: list[float] = []
+
+    class FakeRayCounter:
+        def inc(self, value: float, tags: object) -> None:
+            if value <= 0:
+                raise ValueError(f"value must be >0, got {value}")
+            calls.append(value)
+
+    child = metrics_module._RayChild(FakeRayCounter(), {"projector": "p"})
+    child.inc(0)
+    child.inc(3)
+    assert calls == [3]
