@@ -6,7 +6,11 @@ The no-op call is measured against one actor, as an async actor (the issue's bas
 an async actor) and as a synchronous one (what the story actors are now, and Ray's cheapest call), and
 spread over 50 actors (the commands' topology: one process per story, with the story actors' options).
 A composite baseline spreads over 50 actors a call that does nothing but one conditional js.publish with
-the story store's headers: what a per-story actor costs before any of our code runs."""
+the story store's headers: what a per-story actor costs before any of our code runs.
+
+The same commands also run with metrics off (FLEET_METRICS_ENABLED=0, in the story actors and this
+driver) and with tracing on (spans made and batched, then dropped), in the same interleaved rounds:
+``metrics_overhead`` and ``tracing_overhead`` are the share of the command rate they cost."""
 
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ from fleet_actors import FleetClient
 from fleet_actors.actors.naming import story_actor_name
 from fleet_actors.actors.story_actor import live_story_handle, story_actor_options
 from fleet_actors.adapters.jetstream.event_store import H_EXPECTED_SEQ, H_EXPECTED_SUBJECT, H_MSG_ID
+from fleet_actors.observability import tracing
+from fleet_actors.observability.metrics import set_enabled as set_metrics_enabled
 
 STORIES = 50
 SUBMITTERS = 8
@@ -69,8 +75,54 @@ class Publisher:
         return ack.seq
 
 
+@ray.remote(num_cpus=0)
+class InstrumentationCost:
+    """What the story actor records per command, alone, in an actor (ray.util.metrics), repeated."""
+
+    def measure(self, repeats: int, traced: bool) -> float:
+        return _instrumentation_us(repeats, traced)
+
+
+def _instrumentation_us(repeats: int, traced: bool) -> float:
+    """Microseconds per command of the metrics (and with ``traced`` the spans) of one command's path:
+    the client's histogram, the actor's counter and histograms, the log context, the spans."""
+    from fleet_actors.actors.story_actor import _observe_command
+    from fleet_actors.application.messages import CommandRequest
+    from fleet_actors.client import _observe_client, _traced
+    from fleet_actors.domain.commands import RecordSummary
+    from fleet_actors.domain.results import CommandResult
+    from fleet_actors.observability import logs
+    from fleet_actors.observability.metrics import metrics
+
+    if traced:
+        tracing.use_exporter(tracing._discarding_exporter(), batch=True)
+    request = CommandRequest("bench-story", RecordSummary("note"), "command-1")
+    result = CommandResult("bench-story", 2, ("e",), "command-1")
+    m = metrics()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        with tracing.client_span("bench-story", "RecordSummary"):
+            sent = _traced(request)
+            with tracing.command_span(sent), logs.bind(story_id=sent.story_id, command_id=sent.command_id):
+                with tracing.span("jetstream.append"):
+                    tracing.inject_headers({})
+                    m.append_duration.observe(0.001, "ok")
+                _observe_command(sent, result, None, 0.002)
+            _observe_client(sent, result, None, started)
+    seconds = time.perf_counter() - started
+    if traced:
+        tracing.disable()
+    return seconds / repeats * 1e6
+
+
 async def _jetstream(nats_url: str) -> Any:
     return (await nats.connect(nats_url)).jetstream()
+
+
+def _overhead_by_round(without: list[float], with_: list[float]) -> str:
+    """min / median / max over the rounds of 1 - (time without) / (time with)."""
+    ratios = sorted(1 - w / c for w, c in zip(without, with_, strict=True))
+    return " / ".join(f"{r:.3f}" for r in (ratios[0], statistics.median(ratios), ratios[-1]))
 
 
 async def _drive(submit, total: int, submitters: int) -> tuple[float, list[float]]:
@@ -110,6 +162,20 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     async def raw_publish(rng: random.Random, i: int) -> None:
         await js.publish(f"rawbench.{rng.randrange(STORIES)}", b"x" * 90)
 
+    handles = [live_story_handle(story_id, ctx.settings) for story_id in stories]
+    observing: dict[str, Any] = {"kind": None}
+
+    def observe(kind: str) -> None:
+        """Metrics and traces as ``kind`` measures them, in the story actors and in this driver."""
+        wanted = {"command_no_metrics": (False, ""), "command_traced": (True, "discard")}.get(kind, (True, ""))
+        if observing["kind"] == wanted:
+            return
+        observing["kind"] = wanted
+        ray.get([h.configure_observability.remote(*wanted) for h in handles if h is not None])
+        set_metrics_enabled(wanted[0])
+        tracing.disable()
+        tracing.configure(ctx.settings.replace(traces_exporter=wanted[1]))
+
     noop, sync_noop = NoOp.remote(), SyncNoOp.remote()
     ray.get([noop.call.remote(None), sync_noop.call.remote(None)])
 
@@ -118,8 +184,17 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         nc = await nats.connect(ctx.settings.nats_url)
         js = nc.jetstream()
         await js.add_stream(name="RAWBENCH", subjects=["rawbench.>"])
-        kinds = {"command": command, "raw_ray": raw_ray, "raw_ray_sync": raw_ray_sync, "raw_publish": raw_publish}
-        for submit in kinds.values():
+        kinds = {
+            "command": command,
+            "raw_ray": raw_ray,
+            "raw_ray_sync": raw_ray_sync,
+            "raw_publish": raw_publish,
+            # the same commands without metrics, and with tracing on (spans made, batched, dropped)
+            "command_no_metrics": command,
+            "command_traced": command,
+        }
+        for kind, submit in kinds.items():
+            observe(kind)
             await _drive(submit, 200, SUBMITTERS)  # warm-up
         # Interleaved rounds: this host's speed drifts by a quarter within minutes, so the commands
         # and their baselines take turns and each sees the same drift.
@@ -127,11 +202,13 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         latencies: dict[str, list[float]] = {kind: [] for kind in kinds}
         for _ in range(ROUNDS):
             for kind, submit in kinds.items():
+                observe(kind)
                 elapsed, samples = await _drive(submit, COMMANDS // ROUNDS, SUBMITTERS)
                 seconds[kind].append(elapsed)
                 latencies[kind].extend(samples)
         await nc.close()
-        cmd, ray_, ray_sync, pub = (sum(seconds[kind]) for kind in kinds)
+        observe("command")
+        cmd, ray_, ray_sync, pub, cmd_bare, cmd_traced = (sum(seconds[kind]) for kind in kinds)
         round_ratios = sorted(r / c for r, c in zip(seconds["raw_ray"], seconds["command"], strict=True))
         return {
             "commands_per_s": round(COMMANDS / cmd, 1),
@@ -148,11 +225,29 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             ),
             "ratio_to_raw_ray_sync_call": round(ray_sync / cmd, 3),
             "ratio_to_raw_js_publish": round(pub / cmd, 3),
+            "commands_no_metrics_per_s": round(COMMANDS / cmd_bare, 1),
+            "commands_traced_per_s": round(COMMANDS / cmd_traced, 1),
+            # the share of the command rate that metrics cost (on vs off), and tracing on top of them
+            "metrics_overhead": round(1 - cmd_bare / cmd, 3),
+            "metrics_overhead_by_round": _overhead_by_round(seconds["command_no_metrics"], seconds["command"]),
+            "tracing_overhead": round(1 - cmd / cmd_traced, 3),
+            "tracing_overhead_by_round": _overhead_by_round(seconds["command"], seconds["command_traced"]),
         }
 
     js = None
     figures = {"stories": STORIES, "submitters": SUBMITTERS, "commands": COMMANDS}
     figures.update(asyncio.run(measure()))
+    # The instrumentation alone, without the noise of a shared host: its cost per command against the
+    # CPU a command takes here (both cores' time divided by the command rate).
+    cost = InstrumentationCost.remote()
+    metrics_us = min(ray.get([cost.measure.remote(20_000, False) for _ in range(3)]))
+    traced_us = min(ray.get([cost.measure.remote(5_000, True) for _ in range(3)]))
+    ray.kill(cost)
+    cpu_per_command_us = 2 * 1e6 / figures["commands_per_s"]
+    figures["metrics_us_per_command"] = round(metrics_us, 1)
+    figures["metrics_share_of_command_cpu"] = round(metrics_us / cpu_per_command_us, 4)
+    figures["tracing_us_per_command"] = round(traced_us - metrics_us, 1)
+    figures["tracing_share_of_command_cpu"] = round((traced_us - metrics_us) / cpu_per_command_us, 4)
 
     # A cold story: its actor passivated, the next call re-creates it and replays the log.
     cold = stories[0]

@@ -10,6 +10,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import ray
+
 from benchmarks.harness import BenchContext
 from benchmarks.raw_graph import raw_unwind_merge_rate
 from fleet_actors.actors.projector_actor import projector_status, start_projectors, stop_projectors
@@ -67,6 +69,46 @@ async def _steady_load(settings, rate: int, seconds: int) -> int:
     return sent
 
 
+@ray.remote(num_cpus=0)
+class InstrumentationCost:
+    def measure(self, batches: int, events: int, partitions: int) -> float:
+        """Microseconds per event of a projector batch's metrics (Projector._observe_batch and the
+        gauges and counters process() sets), through ray.util.metrics as in a projector actor."""
+        from types import SimpleNamespace
+
+        from fleet_actors.observability.metrics import metrics
+        from fleet_actors.projections.projector import Projector
+
+        now = datetime.now(UTC)
+        msgs = [
+            SimpleNamespace(
+                subject=f"p.events.s{n}.summary_recorded.{n % partitions}",
+                metadata=SimpleNamespace(num_delivered=1, num_pending=10, timestamp=now),
+            )
+            for n in range(events)
+        ]
+        fake = SimpleNamespace(metrics_label="projector-0-of-2")
+        m = metrics()
+        started = time.perf_counter()
+        for _ in range(batches):
+            m.parked.set(0, fake.metrics_label)
+            m.projected_events.inc(fake.metrics_label, "applied", amount=events)
+            Projector._observe_batch(fake, msgs, msgs, started)  # type: ignore[arg-type]
+            m.projector_heartbeat.set(time.time(), fake.metrics_label)
+        return (time.perf_counter() - started) / (batches * events) * 1e6
+
+
+def _projection_seconds(settings, total: int) -> float:
+    asyncio.run(seed(settings, STORIES, EVENTS, prefix="p"))
+    started = time.perf_counter()
+    start_projectors(settings)
+    while not asyncio.run(_caught_up(settings)):
+        time.sleep(0.2)
+    seconds = time.perf_counter() - started
+    stop_projectors(settings)
+    return seconds
+
+
 def run(ctx: BenchContext) -> dict[str, Any]:
     settings = _settings(ctx)
     total = STORIES * EVENTS
@@ -87,6 +129,21 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "note": "projection time includes projector start-up (actor creation, consumer binding)",
     }
     stop_projectors(settings)
+    if os.environ.get("BENCH_PROJECTION_OBSERVABILITY", "1") != "0":
+        # The same projection with metrics off in the projectors (FLEET_METRICS_ENABLED=0), then on
+        # again, each on a fresh stream: the host drifts, so the "on" figure is the mean of both runs.
+        bare = _projection_seconds(_settings(ctx).replace(metrics_enabled=False), total)
+        again = _projection_seconds(_settings(ctx), total)
+        figures["projection_no_metrics_events_per_s"] = round(total / bare, 1)
+        figures["projection_metrics_on_again_events_per_s"] = round(total / again, 1)
+        figures["metrics_overhead"] = round(1 - bare / ((seconds + again) / 2), 3)
+        # The instrumentation alone: a batch's metric calls in a projector-like actor, per event,
+        # against the CPU an event takes here (both cores' time divided by the projection rate).
+        cost = InstrumentationCost.remote()
+        per_event_us = min(ray.get([cost.measure.remote(5_000, 100, settings.partitions // 2) for _ in range(3)]))
+        ray.kill(cost)
+        figures["metrics_us_per_event"] = round(per_event_us, 2)
+        figures["metrics_share_of_event_cpu"] = round(per_event_us / (2 * 1e6 * seconds / total), 4)
     # Lag on a fresh stream with fresh projectors, so no backlog from the phase above is in the samples.
     steady = _settings(ctx)
     asyncio.run(seed(steady, 1, 1, prefix="warm"))

@@ -8,6 +8,7 @@ version, or raises a typed :class:`~fleet_actors.errors.StoryError`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import socket
 import time
@@ -44,6 +45,9 @@ from fleet_actors.domain.state import StoryState
 from fleet_actors.domain.story import may_create_story
 from fleet_actors.domain.validation import check_request
 from fleet_actors.errors import BackendUnavailable, InvalidCommand, StoryError, StoryNotFound
+from fleet_actors.observability import tracing
+from fleet_actors.observability.logs import ray_logging_config
+from fleet_actors.observability.metrics import command_outcome, metrics
 from fleet_actors.policy_file import phase_rules
 from fleet_actors.settings import Settings
 
@@ -74,6 +78,8 @@ def connect_ray(settings: Settings, address: str | None = None, *, start_local: 
     }
     if target == "local":
         options["include_dashboard"] = False
+    if (logging_config := ray_logging_config(settings.log_format)) is not None:
+        options["logging_config"] = logging_config  # JSON lines from the actors this driver creates
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         ray.init(address=target, **options)
@@ -174,7 +180,11 @@ class _StoryApi(Generic[R]):
             story_id, command, new_id() if command_id is None else command_id, actor, expected_version,
             tuple(redaction),
         )  # fmt: skip
-        return self._call(story_id, "execute", pack(request), may_create=may_create_story(command))
+        return self._command(request)
+
+    def _command(self, request: CommandRequest) -> R:
+        """Send a command to its story actor (timed and traced by the subclasses)."""
+        raise NotImplementedError
 
     def create_story(
         self,
@@ -389,6 +399,7 @@ class FleetClient(_StoryApi[Any]):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings, OrderedDict())
+        tracing.configure(settings)
         self.aio = AsyncFleetClient(settings, self._handles)
 
     @classmethod
@@ -415,6 +426,21 @@ class FleetClient(_StoryApi[Any]):
                 time.sleep(_backoff(attempt))
         raise BackendUnavailable(f"the actor of story {story_id!r} kept dying; see the Ray logs")
 
+    def _command(self, request: CommandRequest) -> Any:
+        started, result, error = time.perf_counter(), None, None
+        with tracing.client_span(request.story_id, type(request.command).__name__):
+            request = _traced(request)
+            try:
+                result = self._call(
+                    request.story_id, "execute", pack(request), may_create=may_create_story(request.command)
+                )
+                return result
+            except BaseException as failure:
+                error = failure
+                raise
+            finally:
+                _observe_client(request, result, error, started)
+
     def _query(self, method: str, *args: Any) -> Any:
         return _unwrap(ray.get(getattr(self._read_models(), method).remote(*args)))
 
@@ -431,6 +457,24 @@ class AsyncFleetClient(_StoryApi[Awaitable[Any]]):
     def _query(self, method: str, *args: Any) -> Awaitable[Any]:
         return self._query_async(method, *args)
 
+    def _command(self, request: CommandRequest) -> Awaitable[Any]:
+        return self._command_async(request)
+
+    async def _command_async(self, request: CommandRequest) -> Any:
+        started, result, error = time.perf_counter(), None, None
+        with tracing.client_span(request.story_id, type(request.command).__name__):
+            request = _traced(request)
+            try:
+                result = await self._call_async(
+                    request.story_id, "execute", pack(request), may_create=may_create_story(request.command)
+                )
+                return result
+            except BaseException as failure:
+                error = failure
+                raise
+            finally:
+                _observe_client(request, result, error, started)
+
     async def _query_async(self, method: str, *args: Any) -> Any:
         return _unwrap(await getattr(self._read_models(), method).remote(*args))
 
@@ -446,6 +490,17 @@ class AsyncFleetClient(_StoryApi[Awaitable[Any]]):
                 self._forget(story_id)
                 await asyncio.sleep(_backoff(attempt))
         raise BackendUnavailable(f"the actor of story {story_id!r} kept dying; see the Ray logs")
+
+
+def _traced(request: CommandRequest) -> CommandRequest:
+    """The request with the current trace context (unchanged with tracing off)."""
+    trace = tracing.inject()
+    return request if trace is None else dataclasses.replace(request, trace=trace)
+
+
+def _observe_client(request: CommandRequest, result: Any, error: BaseException | None, started: float) -> None:
+    outcome, _ = command_outcome(error, isinstance(result, CommandResult) and result.duplicate)
+    metrics().client_command_duration.observe(time.perf_counter() - started, type(request.command).__name__, outcome)
 
 
 def _backoff(attempt: int) -> float:

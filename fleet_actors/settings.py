@@ -108,6 +108,17 @@ class Settings:
     #: more secret patterns, as a JSON object {"name": "regex", ...} added to the built-in ones
     redact_patterns: str = ""
     data_dir: str = ".fleet"
+    #: where the gateway and long-running CLI commands serve Prometheus metrics (``host:port``,
+    #: ``/metrics``; port 0 picks a free one; empty: not served). Ray actors' metrics are on each Ray
+    #: node's own metrics endpoint instead (docs/operations.md).
+    metrics_address: str = ""
+    #: record metrics at all (0: every metric call does nothing; docs/benchmarks.md has their cost)
+    metrics_enabled: bool = True
+    #: OpenTelemetry traces: "" (off), "console" (stderr) or "otlp" (OTEL_EXPORTER_OTLP_ENDPOINT);
+    #: "discard" makes every span and drops it (to measure the cost of tracing)
+    traces_exporter: str = ""
+    #: log lines: "text" or "json" (one JSON object a line, with story_id, command_id, trace_id when known)
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         if not self.stream_name or any(c in self.stream_name for c in " .*>"):
@@ -145,6 +156,12 @@ class Settings:
                 f"FLEET_PROJECTORS={self.projectors} exceeds FLEET_PARTITIONS={self.partitions}: "
                 "each projector owns at least one partition"
             )
+        if self.traces_exporter not in ("", "none", "console", "otlp", "discard"):
+            raise ConfigurationError(
+                f"FLEET_TRACES_EXPORTER={self.traces_exporter!r} must be empty, 'none', 'console', 'otlp' or 'discard'"
+            )
+        if self.log_format not in ("text", "json"):
+            raise ConfigurationError(f"FLEET_LOG_FORMAT={self.log_format!r} must be 'text' or 'json'")
         if self.story_actor_memory_mb < 0:
             raise ConfigurationError("FLEET_STORY_ACTOR_MEMORY_MB must be >= 0 (0 reserves nothing)")
         if self.actor_idle_seconds <= 0:

@@ -81,6 +81,8 @@ def ray_runtime() -> Iterator[str]:
         logging_level="ERROR",
         log_to_driver=False,
         include_dashboard=False,
+        # actors' ray.util.metrics reach the node's metrics endpoint within a second (default 10 s)
+        _system_config={"metrics_report_interval_ms": 1000},
     )
     try:
         yield RAY_NAMESPACE

@@ -334,6 +334,13 @@ async def test_dev_up_serves_until_sigterm(tmp_path: Path) -> None:
             assert ray_client.returncode == 0, ray_client.stderr
             assert "ray-client-ok" in ray_client.stdout.splitlines()
 
+            # the metrics endpoints fleet.env names: the gateway's, and the Ray node's with the projectors'
+            assert "fleet_gateway_rpcs_total" in _scrape_until(env["FLEET_GATEWAY_METRICS_URL"], "/grpc.health.v1")
+            ray_metrics = _scrape_until(env["FLEET_RAY_METRICS_URL"], "ray_fleet_projector_up{")
+            assert 'projector="projector-0-of-' in ray_metrics
+            prometheus = (data_dir / "prometheus.yml").read_text()
+            assert "fleet-ray" in prometheus and "fleet-gateway" in prometheus
+
             spawned = _descendants(cli.pid)
     finally:
         cli.send_signal(signal.SIGTERM)
@@ -354,6 +361,27 @@ async def test_dev_up_serves_until_sigterm(tmp_path: Path) -> None:
     assert len(spawned) > 6
     assert not [pid for pid in spawned if pid_alive(pid)]
     assert not env_file.exists()
+    # logs under the data dir: the gateway's JSON lines, and Ray's (the actors' workers) kept on stop
+    gateway_lines = [
+        json.loads(line)
+        for line in (data_dir / "logs" / "gateway.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
+    assert any(line["message"].startswith("metrics on http://") for line in gateway_lines)
+    ray_logs = data_dir / "ray" / "logs"
+    assert ray_logs.is_dir() and not ray_logs.is_symlink() and list(ray_logs.glob("worker-*"))
+
+
+def _scrape_until(url: str, needle: str, timeout: float = 60) -> str:
+    """The endpoint's text once it contains ``needle`` (Ray reports actors' metrics every 10 s)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        body = urllib.request.urlopen(url, timeout=10).read().decode()
+        if needle in body or time.monotonic() > deadline:
+            return body
+        time.sleep(1)
 
 
 def test_dev_up_tls_writes_a_private_pair_and_what_clients_need(tmp_path: Path) -> None:

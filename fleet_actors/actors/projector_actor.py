@@ -22,6 +22,9 @@ from fleet_actors.actors.naming import find_live, get_or_create
 from fleet_actors.adapters.jetstream.consumers import prepare_partition_consumers
 from fleet_actors.composition import open_projector
 from fleet_actors.errors import BackendUnavailable
+from fleet_actors.observability import logs, tracing
+from fleet_actors.observability.metrics import configure as metrics_configure
+from fleet_actors.observability.metrics import metrics
 from fleet_actors.projections.policy import (
     DEFAULT_POLICY,
     LIVE_CONSUMERS,
@@ -48,6 +51,9 @@ class ProjectorActor:
         self._index, self._count = index, count
         self._policy = policy
         self._start_sequence = start_sequence
+        tracing.configure(settings)
+        metrics_configure(settings)
+        logs.install_record_context()
         self._stop = asyncio.Event()
         self._projector: Projector | None = None
         self._ready = asyncio.Event()
@@ -65,12 +71,15 @@ class ProjectorActor:
             else:
                 self._projector = projector
                 self._ready.set()
+                up = metrics().projector_up.child(consumer_name(self._index, self._count))
+                up.set(1)
                 try:
                     await projector.run(self._stop)
                     continue  # stopped
                 except Exception:  # a failure run() does not wait out itself: start afresh, never die
                     log.exception("projector %s failed; reopening it", self._index)
                 finally:
+                    up.set(0)
                     await projector.close()
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._policy.backoff_max)

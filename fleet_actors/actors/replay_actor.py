@@ -13,6 +13,9 @@ import ray
 
 from fleet_actors.composition import open_replayer
 from fleet_actors.errors import BackendUnavailable
+from fleet_actors.observability import tracing
+from fleet_actors.observability.metrics import configure as metrics_configure
+from fleet_actors.observability.metrics import metrics
 from fleet_actors.projections.rebuild import Progress, Replayer, split
 from fleet_actors.settings import Settings
 
@@ -22,6 +25,8 @@ PROGRESS = "progress"
 class ReplayActor:
     def __init__(self, settings: Settings, job_id: str, index: int, count: int) -> None:
         self._settings, self._job_id, self._index, self._count = settings, job_id, index, count
+        tracing.configure(settings)
+        metrics_configure(settings)
         self._replayer: Replayer | None = None
 
     async def _open(self) -> Replayer:
@@ -77,8 +82,9 @@ async def run_with_ray_actors(
         pending = list(refs)
         while pending:
             _, pending = await asyncio.to_thread(ray.wait, pending, num_returns=len(pending), timeout=1.0)
+            done = sum(await asyncio.gather(*(a.progress.remote() for a in actors)))
+            metrics().rebuild_progress.set(min(1.0, done / total) if total else 0.0)
             if progress:
-                done = sum(await asyncio.gather(*(a.progress.remote() for a in actors)))
                 progress(done, total, time.monotonic() - started)
         return sum(await asyncio.gather(*refs))
     except ray.exceptions.RayActorError as error:  # killed, its node lost, out of memory

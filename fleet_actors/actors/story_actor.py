@@ -20,6 +20,10 @@ from fleet_actors.application.story_runtime import StoryRuntime
 from fleet_actors.domain.events import EventEnvelope
 from fleet_actors.domain.state import StoryState
 from fleet_actors.errors import StoryError, StoryNotFound
+from fleet_actors.observability import logs, tracing
+from fleet_actors.observability.metrics import command_outcome, metrics
+from fleet_actors.observability.metrics import configure as metrics_configure
+from fleet_actors.observability.metrics import set_enabled as set_metrics_enabled
 from fleet_actors.policy_file import load_phase_rules
 from fleet_actors.ports.event_store import EventStore
 from fleet_actors.ports.snapshot_store import SnapshotStore
@@ -56,6 +60,7 @@ class StoryHost:
                 # Both or neither: an activation that fails half-way is tried again whole by the next
                 # call (it once left the actor without snapshots for the rest of its life).
                 self._store, self._snapshots = await _open_stores(self._settings)
+            started = time.perf_counter()
             runtime = StoryRuntime(
                 self.story_id,
                 self._store,
@@ -65,11 +70,23 @@ class StoryHost:
             )
             await runtime.load()
             self._runtime = runtime
+            _observe_activation(time.perf_counter() - started)
             registry_handle(self._settings).activated.remote(self.story_id)
         return self._runtime
 
     async def execute(self, request: CommandRequest) -> CommandResult:
-        return await (await self.runtime()).execute(request)
+        started = time.perf_counter()
+        error: BaseException | None = None
+        result: CommandResult | None = None
+        with tracing.command_span(request), logs.bind(story_id=request.story_id, command_id=request.command_id):
+            try:
+                result = await (await self.runtime()).execute(request)
+                return result
+            except BaseException as failure:
+                error = failure
+                raise
+            finally:
+                _observe_command(request, result, error, time.perf_counter() - started)
 
     async def get_state(self) -> StoryState:
         """Never older than the log's head at the time of the call (another writer may have appended)."""
@@ -104,6 +121,22 @@ class StoryHost:
                 await self._store.close()
 
 
+def _observe_activation(seconds: float) -> None:
+    m = metrics()
+    m.activations.inc()
+    m.activation_duration.observe(seconds)
+
+
+def _observe_command(
+    request: CommandRequest, result: CommandResult | None, error: BaseException | None, seconds: float
+) -> None:
+    outcome, reason = command_outcome(error, result is not None and result.duplicate)
+    command = type(request.command).__name__
+    m = metrics()
+    m.commands.inc(command, outcome, reason)
+    m.command_duration.observe(seconds, command, outcome)
+
+
 async def _open_stores(settings: Settings) -> tuple[EventStore, SnapshotStore]:
     from fleet_actors.composition import open_story_stores
 
@@ -122,6 +155,9 @@ class StoryActor:
     """
 
     def __init__(self, story_id: str, settings: Settings, store: EventStore | None = None) -> None:
+        tracing.configure(settings)
+        metrics_configure(settings)
+        logs.install_record_context()
         self._host = StoryHost(story_id, settings, store)
         self._settings = settings
         self._idle_seconds = settings.actor_idle_seconds
@@ -160,6 +196,12 @@ class StoryActor:
 
     def state_at(self, version: int | None = None, at: datetime | None = None) -> bytes:
         return self._reply(lambda: self._host.state_at(version, at))
+
+    def configure_observability(self, metrics_enabled: bool, traces_exporter: str) -> None:
+        """Metrics and traces on or off in this actor's process from now on (benchmarks measure their cost)."""
+        set_metrics_enabled(metrics_enabled)
+        tracing.disable()
+        tracing.configure(self._settings.replace(traces_exporter=traces_exporter))
 
     def last_used(self) -> float:
         """Seconds since the last call (the registry evicts the least recently used)."""
@@ -212,6 +254,7 @@ class StoryRegistry:
         self._evicting: set[str] = set()
         self._stores: dict[tuple[str, str], EventStore] = {}
         self._connecting = asyncio.Lock()
+        self._report_live()
 
     async def story_exists(self, story_id: str, settings: Settings) -> bool | StoryError:
         """Whether the event log has the story: asked before activating an actor for anything but a
@@ -240,13 +283,22 @@ class StoryRegistry:
 
     async def activated(self, story_id: str) -> None:
         self._live[story_id] = time.monotonic()
+        self._report_live()
         excess = len(self._live) - len(self._evicting) - self._settings.max_live_stories
         if excess > 0:
             await self._evict(excess, keep=story_id)
 
     def deactivated(self, story_id: str) -> None:
-        self._live.pop(story_id, None)
+        # Counted here: the passivating actor's process exits before Ray would export its metrics.
+        if self._live.pop(story_id, None) is not None:
+            metrics().passivations.inc("evicted" if story_id in self._evicting else "idle")
         self._evicting.discard(story_id)
+        self._report_live()
+
+    def _report_live(self) -> None:
+        m = metrics()
+        m.live_stories.set(len(self._live))
+        m.live_stories_cap.set(self._settings.max_live_stories)
 
     def passivate_idle(self, story_id: str) -> None:
         """A story actor reports itself idle: ask it to passivate unless it has been used since."""

@@ -25,6 +25,8 @@ class CommandRequest:
     #: secret patterns to redact from the events before they are appended (empty: none); each
     #: event's envelope lists the fields that were (domain/redaction.py)
     redaction: tuple[tuple[str, str], ...] = ()
+    #: the caller's trace context (W3C ``traceparent``/``tracestate``) when tracing is on, else None
+    trace: dict[str, str] | None = None
 
 
 def pack(message: Any) -> bytes:

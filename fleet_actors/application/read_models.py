@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from fleet_actors.domain import rules
 from fleet_actors.domain.state import StoryState
 from fleet_actors.errors import ProjectionTimeout, StoryNotFound
+from fleet_actors.observability.metrics import metrics
 from fleet_actors.ports.read_models import ContextDocuments, GraphReadModel
 
 
@@ -57,13 +58,16 @@ class ReadModels:
     async def wait_for_projection(self, story_id: str, version: int, timeout: float = 10.0) -> ContextView:
         """Return once both read models include ``version`` (read-your-writes after a command)."""
         rules.check_id(story_id, "story_id")
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         delay = 0.01
         while True:
             view = await self._both(story_id)
             if view is not None and view.consistent_version >= version:
+                metrics().fresh_read_waits.observe(time.monotonic() - started, "ok")
                 return view
             if time.monotonic() >= deadline:
+                metrics().fresh_read_waits.observe(time.monotonic() - started, "timeout")
                 seen = f"context v{view.version}, graph v{view.graph_version}" if view else "nothing yet"
                 raise ProjectionTimeout(f"story {story_id!r} not projected to version {version} in {timeout}s ({seen})")
             await asyncio.sleep(delay)
@@ -81,11 +85,16 @@ class ReadModels:
         """
         rules.check_id(story_id, "story_id")
         document, target = await asyncio.gather(self.cache.get(story_id), head)
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         delay = 0.005
+        waited = document is None or document.version < target
         while (document is None or document.version < target) and time.monotonic() < deadline:
             await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 0.1)
             document = await self.cache.get(story_id)
+        if waited:  # a read that had to wait for the projectors (caught-up reads are not counted)
+            caught_up = document is not None and document.version >= target
+            metrics().fresh_read_waits.observe(time.monotonic() - started, "ok" if caught_up else "timeout")
         view = None if document is None else ContextView(story_id, document.version, None, document.state)
         return view, target

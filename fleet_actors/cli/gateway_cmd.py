@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from fleet_actors.cli.common import add_settings_arguments, settings_from
-from fleet_actors.urls import RedactingFormatter
+from fleet_actors.observability.logs import configure_logging
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -61,12 +60,9 @@ def _gateway(args: argparse.Namespace) -> int:
 
     if args.token is not None:
         settings = settings.replace(gateway_token=args.token)
-    if not logging.getLogger().handlers:
-        # Unexpected errors are logged with a reference that callers see in their status message;
-        # no log line (message, arguments or traceback) carries a URL's credentials.
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.basicConfig(level=logging.INFO, handlers=[handler])
+    # Unexpected errors are logged with a reference that callers see in their status message; no log
+    # line (message, arguments or traceback) carries a URL's credentials. FLEET_LOG_FORMAT=json: JSON lines.
+    configure_logging(settings.log_format)
 
     def ready(gateway: RunningGateway) -> None:
         print(f"FLEET_GATEWAY_ADDRESS={gateway.address}")

@@ -30,6 +30,7 @@ from fleet_actors.cli import (
 )
 from fleet_actors.cli.common import add_settings_arguments, run, settings_from
 from fleet_actors.devstack import LocalStack
+from fleet_actors.devstack.observability import scrape_targets
 from fleet_actors.devstack.services import GatewayProcess, start_projector_pool
 from fleet_actors.errors import BackendUnavailable, ConfigurationError, StoryError
 from fleet_actors.settings import Settings
@@ -266,15 +267,20 @@ def _dev_up(args: argparse.Namespace) -> int:
         services.setdefault("FLEET_ARCHIVE_URL", os.environ.get("FLEET_ARCHIVE_URL") or str(archive))
         if args.ray:
             print("starting the projectors and the gRPC gateway ...", file=sys.stderr, flush=True)
-            start_projector_pool(stack.env())
-            gateway = GatewayProcess({**stack.env(), **services}).start()
+            # JSON log lines: the projectors' (in DATA_DIR/ray/logs) and the gateway's (DATA_DIR/logs)
+            start_projector_pool({**stack.env(), "FLEET_LOG_FORMAT": "json"})
+            own = {"FLEET_METRICS_ADDRESS": stack.gateway_metrics_address, "FLEET_LOG_FORMAT": "json"}
+            gateway_log = stack.data_dir / "logs" / "gateway.log"
+            gateway = GatewayProcess({**stack.env(), **services, **own}, log_file=gateway_log).start()
             services["FLEET_GATEWAY_ADDRESS"] = gateway.address
+            services.update(scrape_targets(stack))
         env_file = stack.write_env_file(extra=services)
         for key, value in {**stack.env(), **services}.items():
             print(f"{key}={redact_url(value)}")  # the credentials are in fleet.env (0600), not in output
         print("ready", flush=True)
         print(
-            f"up in {time.monotonic() - started:.1f} s; env in {env_file}; stop with Ctrl-C or SIGTERM",
+            f"up in {time.monotonic() - started:.1f} s; env in {env_file}; logs in {stack.data_dir}/logs and "
+            f"{stack.data_dir}/ray/logs; stop with Ctrl-C or SIGTERM",
             file=sys.stderr,
             flush=True,
         )

@@ -13,6 +13,7 @@ Ray reads RAY_AUTH_MODE once, when ``ray`` is imported: set it before the import
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -47,8 +48,33 @@ class RaySessionServer(ManagedServer):
             terminate_session(self._sid, timeout=10.0)
             self._sid = None
         if self._tmp_dir is not None:
+            self._keep_logs()
             shutil.rmtree(self._tmp_dir, ignore_errors=True)
             self._tmp_dir = None
+
+    @property
+    def logs_path(self) -> Path:
+        """DATA_DIR/logs: the node's Ray logs (every actor's worker-*.out/err, raylet, GCS). While the
+        node runs it links to the session's logs in Ray's temp dir; on stop they are copied here."""
+        return self.data_dir / "logs"
+
+    def _link_logs(self) -> None:
+        assert self._tmp_dir is not None
+        with contextlib.suppress(OSError):
+            if self.logs_path.is_symlink():
+                self.logs_path.unlink()
+            elif self.logs_path.exists():
+                shutil.rmtree(self.logs_path, ignore_errors=True)  # the copy of an earlier run
+            self.logs_path.symlink_to(self._tmp_dir / "ray" / "session_latest" / "logs", target_is_directory=True)
+
+    def _keep_logs(self) -> None:
+        assert self._tmp_dir is not None
+        with contextlib.suppress(OSError):
+            live = (self._tmp_dir / "ray" / "session_latest" / "logs").resolve()
+            if self.logs_path.is_symlink():
+                self.logs_path.unlink()
+            if live.is_dir():
+                shutil.copytree(live, self.logs_path, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.sock"))
 
 
 class RayHead(RaySessionServer):
@@ -65,6 +91,7 @@ class RayHead(RaySessionServer):
         dashboard_port: int | None = None,
         client_server_port: int | None = None,
         dashboard_agent_port: int | None = None,
+        metrics_export_port: int | None = None,
     ) -> None:
         super().__init__(data_dir, port)
         self.num_cpus = num_cpus
@@ -72,6 +99,8 @@ class RayHead(RaySessionServer):
         # Both default to fixed ports (10001, 52365): a second cluster on the machine would clash.
         self.client_server_port = client_server_port or free_port()
         self.dashboard_agent_port = dashboard_agent_port or free_port()
+        #: where the node serves Prometheus metrics: Ray's own and the actors' ray.util.metrics
+        self.metrics_export_port = metrics_export_port or free_port()
         self._tmp_dir: Path | None = None
         self._sid: int | None = None
 
@@ -100,7 +129,13 @@ class RayHead(RaySessionServer):
             "RAY_AUTH_TOKEN_PATH": str(self.token_path),
             "RAY_API_SERVER_ADDRESS": self.dashboard_url,
             "FLEET_RAY_DASHBOARD_URL": self.dashboard_url,
+            "FLEET_RAY_METRICS_URL": self.metrics_url,
         }
+
+    @property
+    def metrics_url(self) -> str:
+        """The node's Prometheus endpoint (story actors, projectors, replay actors: ``ray_fleet_*``)."""
+        return f"http://{LOOPBACK}:{self.metrics_export_port}/metrics"
 
     def _prepare(self) -> None:
         super()._prepare()
@@ -146,12 +181,14 @@ class RayHead(RaySessionServer):
             "--dashboard-port", str(self.dashboard_port),
             "--dashboard-agent-listen-port", str(self.dashboard_agent_port),
             "--ray-client-server-port", str(self.client_server_port),
+            "--metrics-export-port", str(self.metrics_export_port),
         ]  # fmt: skip
 
     def start(self) -> Self:
         super().start()
         assert self._proc is not None
         self._sid = self._proc.pid  # start_new_session: the head leads its own session
+        self._link_logs()
         return self
 
     def _get(self, path: str) -> tuple[int, bytes] | str:

@@ -13,6 +13,8 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
+from typing import IO
 
 from fleet_actors.errors import BackendUnavailable
 from fleet_actors.settings import Settings
@@ -37,21 +39,33 @@ class GatewayProcess:
     """`fleet-actors gateway` as a child process; ``address`` once it printed ``ready`` and answered a
     health check (over TLS when the stack's settings ask for it)."""
 
-    def __init__(self, stack_env: Mapping[str, str], address: str = "127.0.0.1:0") -> None:
+    def __init__(
+        self, stack_env: Mapping[str, str], address: str = "127.0.0.1:0", *, log_file: Path | None = None
+    ) -> None:
         self._env = _environment(stack_env)
         self._bind = address
+        #: where the gateway's log goes (appended); None: where dev up's goes
+        self.log_file = log_file
         self._process: subprocess.Popen[str] | None = None
         self.address = ""
 
     def start(self, timeout: float = 120) -> GatewayProcess:
-        self._process = subprocess.Popen(
-            [*CLI, "gateway", "--address", self._bind],
-            env=self._env,
-            stdout=subprocess.PIPE,
-            stderr=None,  # the gateway's log goes where dev up's goes
-            text=True,
-            start_new_session=True,
-        )
+        log: IO[str] | None = None
+        if self.log_file is not None:
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            log = open(self.log_file, "a")  # noqa: SIM115 - the child holds it; ours closes below
+        try:
+            self._process = subprocess.Popen(
+                [*CLI, "gateway", "--address", self._bind],
+                env=self._env,
+                stdout=subprocess.PIPE,
+                stderr=log,  # None: the gateway's log goes where dev up's goes
+                text=True,
+                start_new_session=True,
+            )
+        finally:
+            if log is not None:
+                log.close()
         found = threading.Event()
 
         def read_stdout() -> None:
@@ -67,7 +81,7 @@ class GatewayProcess:
         while not found.wait(0.2):
             if self._process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise BackendUnavailable("the gRPC gateway did not start; see its log above")
+                raise BackendUnavailable(f"the gRPC gateway did not start; see {self.log_file or 'its log above'}")
         try:
             self._check_health()
         except BaseException:

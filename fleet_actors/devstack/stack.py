@@ -30,7 +30,7 @@ RESTART_BACKOFF: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)
 RESTART_WINDOW = 120.0
 
 _DATA_PORTS = ("nats", "nats_monitor", "valkey", "arcadedb_bolt", "arcadedb_http")
-_RAY_PORTS = ("ray_gcs", "ray_dashboard", "ray_client_server", "ray_dashboard_agent")
+_RAY_PORTS = ("ray_gcs", "ray_dashboard", "ray_client_server", "ray_dashboard_agent", "ray_metrics", "gateway_metrics")
 
 
 def _choose_ports(names: Iterable[str], saved: dict[str, int]) -> dict[str, int]:
@@ -174,8 +174,27 @@ class LocalStack:
                 dashboard_port=ports["ray_dashboard"],
                 client_server_port=ports["ray_client_server"],
                 dashboard_agent_port=ports["ray_dashboard_agent"],
+                metrics_export_port=ports["ray_metrics"],
             )
         self._lock: IO[bytes] | None = None
+
+    @property
+    def gateway_metrics_address(self) -> str:
+        """Where the stack's gateway serves its metrics (FLEET_METRICS_ADDRESS of that process only)."""
+        return f"{LOOPBACK}:{self._ports['gateway_metrics']}"
+
+    def write_prometheus_config(self, targets: Mapping[str, str]) -> Path:
+        """DATA_DIR/prometheus.yml: a scrape job per metrics URL (``prometheus --config.file=...``)."""
+        lines = ["# fleet-actors local stack: prometheus --config.file=THIS", "global:", "  scrape_interval: 5s"]
+        lines.append("scrape_configs:")
+        for job, url in targets.items():
+            rest = url.split("://", 1)[-1]
+            host, _, path = rest.partition("/")
+            lines += [f"  - job_name: {job}", f"    metrics_path: /{path}", "    static_configs:"]
+            lines.append(f"      - targets: ['{host}']")
+        target = self.data_dir / "prometheus.yml"
+        target.write_text("\n".join(lines) + "\n")
+        return target
 
     @property
     def ports_path(self) -> Path:

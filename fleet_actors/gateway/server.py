@@ -24,8 +24,11 @@ from grpc_reflection.v1alpha import reflection
 
 from fleet_actors.client import connect_ray
 from fleet_actors.errors import ConfigurationError
+from fleet_actors.gateway.observed import ObservedInterceptor
 from fleet_actors.gateway.scope_policy import ScopePolicy
 from fleet_actors.gateway.servicer import Backends, ContextServicer
+from fleet_actors.observability import tracing
+from fleet_actors.observability.metrics import metrics, serve_metrics
 from fleet_actors.proto import context_service_pb2, context_service_pb2_grpc
 from fleet_actors.settings import Settings
 from fleet_actors.tls import server_credentials
@@ -136,6 +139,7 @@ class RunningGateway:
                 unreachable = ["(check failed)"]
             if unreachable == reported:
                 continue
+            _report_backends(unreachable, reported)
             if unreachable:
                 log.warning("not ready: %s unreachable", ", ".join(unreachable))
                 await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -158,6 +162,7 @@ class RunningGateway:
             self._watch.cancel()  # it must not report SERVING again
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
+        metrics().gateway_serving.set(0)
         await self._health.enter_graceful_shutdown()
         self._servicer.close()
         try:
@@ -204,6 +209,7 @@ async def serve(
     """
     address = address or settings.gateway_address
     token = settings.gateway_token if token is None else token
+    tracing.configure(settings)
     credentials = server_credentials(settings)  # before connecting anything: a bad file fails at once
     tls = "plaintext" if credentials is None else "mutual TLS" if settings.gateway_tls_client_ca else "TLS"
     policy = policy or ScopePolicy.load(settings.scope_policy_file or None)
@@ -214,7 +220,8 @@ async def serve(
         servicer = ContextServicer(backends, policy, settings)
         health_servicer = health.aio.HealthServicer()
         server = grpc.aio.server(
-            interceptors=[BearerTokenInterceptor(token)] if token else [],
+            # metrics and traces first: they see the answer of the token check too
+            interceptors=[ObservedInterceptor(), *([BearerTokenInterceptor(token)] if token else [])],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -238,6 +245,7 @@ async def serve(
             await health_server.start()
         for service in ("", SERVICE_NAME):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        metrics().gateway_serving.set(1)
     except BaseException:
         await backends.close()
         raise
@@ -254,6 +262,18 @@ async def serve(
     )
     running.watch_backends(health_interval)
     return running
+
+
+def _report_backends(unreachable: list[str], reported: list[str]) -> None:
+    """fleet_gateway_serving and fleet_gateway_backend_up{backend} after a change of the backends' state."""
+    m = metrics()
+    m.gateway_serving.set(0 if unreachable else 1)
+    for backend in {*unreachable, *reported}:
+        m.backend_up.set(0 if backend in unreachable else 1, _backend_label(backend))
+
+
+def _backend_label(name: str) -> str:
+    return name.lower().replace(" ", "_").strip("()")
 
 
 def _listen(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
@@ -321,6 +341,9 @@ async def _run(settings: Settings, grace: float, ready: Callable[[RunningGateway
     connect_ray(settings)
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    metrics_port = serve_metrics(settings.metrics_address)
+    if metrics_port is not None:
+        log.info("metrics on http://%s:%s/metrics", settings.metrics_address.rpartition(":")[0], metrics_port)
     gateway = await serve(settings)
     try:
         if ready is not None:

@@ -31,6 +31,8 @@ from fleet_actors.errors import (
     Retryable,
     StoryError,
 )
+from fleet_actors.observability import tracing
+from fleet_actors.observability.metrics import metrics
 from fleet_actors.ports.event_feed import (
     Delivery,
     EventFeed,
@@ -82,6 +84,8 @@ class ProjectorStats:
 PAUSE_POLL_SECONDS = 0.2
 #: a projector publishes its status at least this often, busy, idle or paused (its heartbeat)
 HEARTBEAT_SECONDS = 1.0
+#: how often an idle projector reads the dead-letter index again for fleet_parked_events
+PARKED_CHECK_SECONDS = 5.0
 LAG_SAMPLES = 5000
 PAUSE_ACK_TTL = 5
 #: states kept per projector (LRU); beyond it a story's document is decoded again
@@ -106,6 +110,8 @@ class Projector:
         self.settings = settings
         #: the projector's own name (stats, logs); its consumers are named after their partitions
         self.name = consumer_name(index, count)
+        #: the ``projector`` label of its metrics (a bounded set: one per pool member)
+        self.metrics_label = self.name
         self.consumer_prefix = LIVE_CONSUMERS
         self.partitions = owned_partitions(index, count, settings.partitions)
         self.policy = policy
@@ -123,6 +129,11 @@ class Projector:
         self._committed: collections.OrderedDict[str, StoryState] = collections.OrderedDict()
         self._snapshots: SnapshotNotices | None = None
         self._next_snapshot_poll = 0.0
+        self._next_heartbeat = 0.0
+        self._next_parked_check = 0.0
+        self._paused_by = ""
+        #: (start, end) of the last batch's graph and document writes, time.time_ns() (for traces)
+        self._graph_ns = self._documents_ns = (0, 0)
 
     async def close(self) -> None:
         if self.feed is not None:
@@ -188,6 +199,7 @@ class Projector:
     async def run(self, stop: asyncio.Event) -> None:
         """Pull, project, acknowledge; until ``stop`` is set. Outages are waited out, never skipped."""
         while not stop.is_set():
+            self._heartbeat()
             try:
                 await self._beat()
                 if await self._paused():
@@ -198,6 +210,7 @@ class Projector:
                 try:
                     msgs = await self.feed.next_batch(self.policy.batch_size, self.policy.fetch_timeout)
                 except TimeoutError:
+                    await self._idle()
                     await self.project_snapshots()
                     self._recovered()
                     continue
@@ -241,6 +254,12 @@ class Projector:
         """A rebuild owns the graph: stay off it, and say so (see projections/rebuild.py)."""
         job = await self._control.pausing_job()
         self.stats.paused_by = job or ""
+        if (job or "") != self._paused_by:  # a change: report it (0 for the rebuild that ended, 1 for the new one)
+            m = metrics()
+            if self._paused_by:
+                m.projector_paused.set(0, self.metrics_label, self._paused_by)
+            m.projector_paused.set(1 if job else 0, self.metrics_label, job or "")
+            self._paused_by = job or ""
         if job is None:
             return False
         await self._control.acknowledge_pause(job, self.feed.names if self.feed else [], PAUSE_ACK_TTL)
@@ -263,8 +282,26 @@ class Projector:
         if self.stats.last_error and not self._failures:
             self.stats.last_error = ""
             self.stats.last_error_cleared_at = now_iso()
+    def _heartbeat(self) -> None:
+        now = time.time()
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + 1.0
+            metrics().projector_heartbeat.set(now, self.metrics_label)
+
+    async def _idle(self) -> None:
+        """Nothing came within the fetch timeout: the owned partitions have no lag. Every few seconds
+        the parked count is read again (a release, or a park by another projector, changes it)."""
+        m = metrics()
+        for partition in self.partitions:
+            label = str(partition)
+            m.lag_events.set(0, label)
+            m.lag_seconds.set(0, label)
+        if time.monotonic() >= self._next_parked_check:
+            self._next_parked_check = time.monotonic() + PARKED_CHECK_SECONDS
+            m.parked.set(len(await self.dead_letters.held()), self.metrics_label)
 
     def _record_error(self, error: BaseException) -> None:
+        metrics().projection_errors.inc(self.metrics_label)
         self.stats.last_error = str(error)[:500]
         self.stats.last_error_at = now_iso()
         self.stats.last_error_cleared_at = ""
@@ -273,9 +310,13 @@ class Projector:
     # --- one batch --------------------------------------------------------------------------
 
     async def process(self, msgs: Sequence[Delivery]) -> None:
+        started, started_ns = time.perf_counter(), time.time_ns()
         self.stats.batches += 1
         self.stats.delivered += len(msgs)
         held = await self.dead_letters.held()
+        m = metrics()
+        m.parked.set(len(held), self.metrics_label)
+        parked_before = self.stats.parked
         events: dict[str, list[EventEnvelope]] = {}
         msgs_of: dict[str, list[Delivery]] = {}
         acknowledge: list[Delivery] = []
@@ -285,6 +326,7 @@ class Projector:
             story_id = story_of(msg.subject)
             if story_id in held:
                 acknowledge.append(msg)  # kept in the log; read back from it on release
+                m.projected_events.inc(self.metrics_label, "held")
                 continue
             if story_id in failing:
                 waiting.append(msg)
@@ -311,6 +353,38 @@ class Projector:
         await self.feed.retry_later(waiting, self.policy.backoff_max)
         if acknowledge:
             self.stats.last_sequence = max(self.stats.last_sequence, *(m.metadata.sequence.stream for m in acknowledge))
+        self._observe_batch(msgs, acknowledge, started)
+        if self.stats.parked != parked_before:
+            m.parked.set(len(held) + self.stats.parked - parked_before, self.metrics_label)
+        if tracing.enabled():
+            self._trace_applied(acknowledge, held, started_ns)
+
+    def _observe_batch(self, msgs: Sequence[Delivery], acknowledged: Sequence[Delivery], started: float) -> None:
+        """Batch size, apply time, redeliveries and, per partition, the lag after this batch."""
+        m, label = metrics(), self.metrics_label
+        m.apply_duration.observe(time.perf_counter() - started, label)
+        m.batch_size.observe(len(msgs), label)
+        redelivered = sum(1 for msg in msgs if getattr(msg.metadata, "num_delivered", 1) > 1)
+        if redelivered:
+            m.redeliveries.inc(label, amount=redelivered)
+        last: dict[int, Delivery] = {}
+        for msg in acknowledged:
+            last[partition_of(msg.subject)] = msg
+        now = datetime.now(UTC)
+        for partition, msg in last.items():
+            m.lag_events.set(getattr(msg.metadata, "num_pending", 0), str(partition))
+            m.lag_seconds.set(max(0.0, (now - msg.metadata.timestamp).total_seconds()), str(partition))
+
+    def _trace_applied(self, acknowledged: Sequence[Delivery], held: Mapping[str, object], started_ns: int) -> None:
+        """Continue the commands' traces: one projection.apply span per trace in the batch."""
+        now = datetime.now(UTC)
+        traced = []
+        for msg in acknowledged:
+            headers = getattr(msg, "headers", None)
+            story_id = story_of(msg.subject)
+            if headers and tracing.TRACEPARENT in headers and story_id not in held:
+                traced.append((headers, story_id, 1, (now - msg.metadata.timestamp).total_seconds()))
+        tracing.applied(traced, started_ns, self._graph_ns, self._documents_ns, self.metrics_label)
 
     def _offsets(self, msgs: Sequence[Delivery]) -> dict[str, int]:
         """The last stream sequence of each partition consumer in the batch."""
@@ -360,6 +434,15 @@ class Projector:
         )
         self._failures.pop(sequence, None)
         self.stats.parked += 1
+        log.warning(
+            "projector %s: parked the event at stream sequence %s after %s deliveries: %s",
+            self.name,
+            sequence,
+            attempts,
+            error,
+            extra={"story_id": story_id},
+        )
+        metrics().parked_total.inc(self.metrics_label)
         ack.append(msg)
 
     async def _project(
@@ -380,6 +463,7 @@ class Projector:
             except EventDecodeError as error:
                 failures[story_id] = error
         graph_events = {s: e for s, e in events.items() if s in states}
+        graph_started = time.time_ns()
         try:
             result = await self._graph.apply(graph_events, states)
         except Retryable:
@@ -399,17 +483,26 @@ class Projector:
                     states.pop(story_id)
         if result is not None:
             before = sum(len(v) for v in graph_events.values())
-            self.stats.skipped_duplicates += max(0, before - result.applied_events - len(result.gaps))
+            duplicates = max(0, before - result.applied_events - len(result.gaps))
+            self.stats.skipped_duplicates += duplicates
             self.stats.applied += result.applied_events
+            m = metrics()
+            m.projected_events.inc(self.metrics_label, "applied", amount=result.applied_events)
+            if duplicates:
+                m.projected_events.inc(self.metrics_label, "duplicate", amount=duplicates)
             for story_id, graph_version in result.gaps.items():
                 # The graph is behind these events: replay the story's missing events from the log.
                 missing = await self._read_log(story_id, graph_version, states[story_id].version)
                 self.stats.healed_from_log += len(missing)
+                metrics().projected_events.inc(self.metrics_label, "healed", amount=len(missing))
                 healed = await self._graph.apply({story_id: missing}, {story_id: states[story_id]})
                 if story_id in healed.gaps:
                     failures[story_id] = ProjectionGap(f"story {story_id!r}: the graph could not be caught up")
                     states.pop(story_id)
+        documents_started = time.time_ns()
+        self._graph_ns = (graph_started, documents_started)
         await self._save_states(states, [e.event_id for s in states for e in events[s]], offsets or {})
+        self._documents_ns = (documents_started, time.time_ns())
         return failures
 
     async def _load_states(self, story_ids: list[str]) -> dict[str, StoryState]:

@@ -15,6 +15,7 @@ from fleet_actors.codec import decode_event
 from fleet_actors.domain.events import EventEnvelope
 from fleet_actors.domain.state import StoryState
 from fleet_actors.domain.story import fold
+from fleet_actors.observability.metrics import metrics
 from fleet_actors.ports.event_feed import PartitionConsumer
 from fleet_actors.projections.policy import ProjectorPolicy, owned_partitions
 from fleet_actors.projections.projector import Projector
@@ -50,6 +51,7 @@ class Replayer(Projector):
     def __init__(self, settings: Settings, index: int, count: int, *, job_id: str, **kwargs: Any) -> None:
         super().__init__(settings, index, count, **kwargs)
         self.name = replay_consumer(job_id, index, count)
+        self.metrics_label = f"rebuild-{index}-of-{count}"
         self.consumer_prefix = f"rebuild-{job_id}"
         self._states: dict[str, StoryState] = {}
         self.done_events = 0
@@ -92,6 +94,7 @@ class Replayer(Projector):
                 continue
             await self._process_until_done(msgs, asyncio.Event())
             self.done_events += len(msgs)
+            metrics().rebuild_events.inc(self.metrics_label, amount=len(msgs))
         await self.project_snapshots_until_empty()
         return self.done_events
 
@@ -127,6 +130,7 @@ class Replayer(Projector):
                     await self._graph.apply({story_id: chunk}, {story_id: state})
                     applied += len(chunk)
         self.done_events += applied
+        metrics().rebuild_events.inc(self.metrics_label, amount=applied)
         return applied
 
     async def replay_stories(self, story_ids: Sequence[str], end_sequence: int) -> int:
@@ -141,6 +145,7 @@ class Replayer(Projector):
                 self._states[story_id] = state
                 await self._graph.apply({story_id: chunk}, {story_id: state})
                 self.done_events += len(chunk)
+                metrics().rebuild_events.inc(self.metrics_label, amount=len(chunk))
         return self.done_events
 
 

@@ -24,12 +24,15 @@ from nats.js.api import (
 from nats.js.manager import JetStreamManager
 
 from fleet_actors.errors import BackendUnavailable, ConfigurationError, ConnectionInterrupted, ServerTooOld, StoryError
+from fleet_actors.observability.metrics import metrics
 from fleet_actors.settings import Settings
 from fleet_actors.urls import redact_url
 
 log = logging.getLogger(__name__)
 
 MIN_SERVER_VERSION = (2, 12, 0)
+
+log = logging.getLogger(__name__)
 
 #: JetStream API error codes we act on
 ERR_WRONG_LAST_SEQUENCE = 10071
@@ -107,6 +110,7 @@ class _ConnectionLog:
         text = _describe(error)
         if text != self._reported:
             self._reported = text
+            metrics().nats_connection_events.inc("error")
             log.warning("%s: NATS at %s: %s", self.name, self.url, text)
 
     async def disconnected(self) -> None:
@@ -114,10 +118,12 @@ class _ConnectionLog:
             return  # closed on purpose
         if self._connected:
             self._connected = False
+            metrics().nats_connection_events.inc("disconnected")
             log.warning("%s: disconnected from NATS at %s; reconnecting", self.name, self.url)
 
     async def reconnected(self) -> None:
         self._connected, self._reported, self.last_error = True, "", None
+        metrics().nats_connection_events.inc("reconnected")
         log.warning("%s: reconnected to NATS at %s", self.name, self.url)
 
     async def closed(self) -> None:

@@ -38,6 +38,8 @@ from fleet_actors.errors import (
     InvalidCommand,
     StoryError,
 )
+from fleet_actors.observability import tracing
+from fleet_actors.observability.metrics import metrics
 from fleet_actors.ports.event_store import AppendResult, EventStore, StoredEvent
 from fleet_actors.settings import Settings
 from fleet_actors.urls import redact_url
@@ -120,6 +122,19 @@ class JetStreamEventStore(EventStore):
     # --- writing ----------------------------------------------------------------------------
 
     async def append(self, story_id: str, expected_sequence: int, events: Sequence[EventEnvelope]) -> AppendResult:
+        started, outcome = time.perf_counter(), "error"
+        with tracing.span("jetstream.append"):
+            try:
+                result = await self._append(story_id, expected_sequence, events)
+                outcome = "ok"
+                return result
+            except ConcurrencyConflict:
+                outcome = "conflict"
+                raise
+            finally:
+                metrics().append_duration.observe(time.perf_counter() - started, outcome)
+
+    async def _append(self, story_id: str, expected_sequence: int, events: Sequence[EventEnvelope]) -> AppendResult:
         if not events:
             return AppendResult(expected_sequence)
         if len(events) > MAX_BATCH:
@@ -208,13 +223,16 @@ class JetStreamEventStore(EventStore):
         }
         if len(messages) == 1:
             subject, data, msg_id = messages[0]
-            ack = await self._js.publish(subject, data, headers={**condition, H_MSG_ID: msg_id})
+            single = {**condition, H_MSG_ID: msg_id}
+            tracing.inject_headers(single)  # the projector continues the command's trace
+            ack = await self._js.publish(subject, data, headers=single)
             return ack.seq
         # An atomic batch: all events of one command or none; conditional on the first message.
         batch_id = base64.urlsafe_b64encode(os.urandom(9)).decode()
         last = len(messages)
         for index, (subject, data, msg_id) in enumerate(messages, start=1):
             headers = {H_BATCH_ID: batch_id, H_BATCH_SEQ: str(index), H_MSG_ID: msg_id}
+            tracing.inject_headers(headers)
             if index == 1:
                 headers.update(condition)
             if index == last:
