@@ -68,7 +68,8 @@ def test_arcadedb_answers_cypher_over_bolt(local_stack: LocalStack) -> None:
 
 def test_env_file_round_trips_into_settings(local_stack: LocalStack, settings: Settings, tmp_path: Path) -> None:
     env = local_stack.env()
-    assert env["FLEET_VALKEY_URL"] == f"valkey://127.0.0.1:{local_stack.valkey.port}/0"
+    password = local_stack.credentials.valkey
+    assert env["FLEET_VALKEY_URL"] == f"valkey://:{password}@127.0.0.1:{local_stack.valkey.port}/0"
     assert "RAY_ADDRESS" not in env  # the session stack runs without a Ray head
     loaded = load_env_file(local_stack.write_env_file(tmp_path / "fleet.env"))
     assert loaded == env
@@ -79,6 +80,60 @@ def test_env_file_round_trips_into_settings(local_stack: LocalStack, settings: S
         settings.neo4j_uri,
         settings.neo4j_password,
     )
+
+
+async def test_nats_refuses_clients_without_credentials(local_stack: LocalStack) -> None:
+    for url in (local_stack.nats.address, f"nats://admin:wrong-password@127.0.0.1:{local_stack.nats.port}"):
+        with pytest.raises((nats.errors.Error, OSError)) as refused:
+            await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=5)
+        assert "authorization" in str(refused.value).lower() or isinstance(refused.value, nats.errors.NoServersError)
+
+
+async def test_valkey_refuses_clients_without_credentials(local_stack: LocalStack) -> None:
+    for url in (local_stack.valkey.address, f"valkey://:wrong-password@127.0.0.1:{local_stack.valkey.port}/0"):
+        client = valkey_asyncio.from_url(url)
+        try:
+            with pytest.raises(valkey.exceptions.AuthenticationError):
+                await client.ping()
+        finally:
+            await client.aclose()
+
+
+def test_bolt_refuses_clients_without_credentials(local_stack: LocalStack) -> None:
+    graph = local_stack.arcadedb
+    for auth in ((graph.user, "fleet-actors-dev"), (graph.user, ""), None):
+        with neo4j.GraphDatabase.driver(graph.url, auth=auth) as driver, pytest.raises(neo4j.exceptions.AuthError):
+            driver.execute_query("RETURN 1", database_=graph.database)
+
+
+def _secrets_of(stack: LocalStack) -> list[str]:
+    return [*stack.credentials.nats.values(), stack.credentials.valkey, stack.credentials.graph]
+
+
+def test_credentials_are_private_and_on_no_command_line_or_log(local_stack: LocalStack) -> None:
+    secrets = _secrets_of(local_stack)
+    assert local_stack.credentials.graph != "fleet-actors-dev" and len(set(secrets)) == len(secrets)
+    for secret in secrets:
+        assert secret not in repr(local_stack) + repr(local_stack.credentials) + repr(local_stack.settings())
+    assert local_stack.data_dir.stat().st_mode & 0o777 == 0o700
+    assert local_stack.credentials_dir.stat().st_mode & 0o777 == 0o700
+    for private in (
+        local_stack.credentials_dir / "credentials.json",
+        local_stack.nats.config_path,
+        local_stack.valkey.config_path,
+        local_stack.arcadedb.args_path,
+        local_stack.write_env_file(),
+    ):
+        assert private.stat().st_mode & 0o777 == 0o600, private
+    for server in local_stack.servers:
+        command_line = Path(f"/proc/{server.pid}/cmdline").read_bytes().decode(errors="replace")
+        assert not [s for s in secrets if s in command_line], server.name
+    logs = [path for path in local_stack.data_dir.rglob("*") if path.is_file() and path.suffix in {".log", ""}]
+    logs = [path for path in logs if "log" in path.name or "log" in path.parent.name]
+    assert logs
+    for path in logs:
+        text = path.read_bytes().decode(errors="replace")
+        assert not [s for s in secrets if s in text], path
 
 
 def test_second_stack_on_the_same_data_dir_is_refused(local_stack: LocalStack) -> None:
@@ -397,6 +452,11 @@ def test_dev_up_tls_writes_a_private_pair_and_what_clients_need(tmp_path: Path) 
     )
     assert "127.0.0.1" in {str(ip) for ip in names.value.get_values_for_type(x509.IPAddress)}
     assert key.read_text() not in out + err  # paths are printed, never the key
+    # no credential in the output: passwords as ***, URLs without user info
+    credentials = json.loads((data_dir / "credentials" / "credentials.json").read_text())
+    secrets = [*credentials["nats"].values(), credentials["valkey"], credentials["graph"]]
+    assert not [secret for secret in secrets if secret in out + err]
+    assert "FLEET_NEO4J_PASSWORD=***" in out.splitlines()
     settings = Settings.from_env(env)
     assert settings.gateway_client_tls and server_credentials(settings) and channel_credentials(settings)
 

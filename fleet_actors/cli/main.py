@@ -83,6 +83,12 @@ def _register_dev(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         help="serve the gateway with TLS: a self-signed certificate and key (0600) in DIR/tls, reused while "
         "valid; fleet.env tells clients to dial with TLS and trust that certificate",
     )
+    up.add_argument(
+        "--show-credentials",
+        action="store_true",
+        help="print the settings with their credentials (default: passwords as *** and URLs without user "
+        "info; the usable values are in DIR/fleet.env, readable by you only)",
+    )
     up.add_argument("--ray-cpus", type=int, default=2, help="CPUs the Ray head offers (default: 2)")
     up.add_argument(
         "--nats-sync-interval",
@@ -192,6 +198,13 @@ def _gateway_tls_env(directory: Path) -> dict[str, str]:
     }
 
 
+def _shown(key: str, value: str) -> str:
+    """A setting as dev up prints it: URLs without user info, passwords, tokens and secrets as ***."""
+    if value and any(word in key for word in ("PASSWORD", "TOKEN", "SECRET")) and not key.endswith("_PATH"):
+        return "***"
+    return redact_url(value)
+
+
 def _dev_up(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir or Settings.from_env().data_path
     stack = LocalStack(data_dir, ray=args.ray, ray_cpus=args.ray_cpus, nats_sync_interval=args.nats_sync_interval)
@@ -214,7 +227,8 @@ def _dev_up(args: argparse.Namespace) -> int:
             services["FLEET_GATEWAY_ADDRESS"] = gateway.address
         env_file = stack.write_env_file(extra=services)
         for key, value in {**stack.env(), **services}.items():
-            print(f"{key}={redact_url(value)}")  # the credentials are in fleet.env (0600), not in output
+            # the credentials are in fleet.env (0600), not in output unless asked for
+            print(f"{key}={value if args.show_credentials else _shown(key, value)}")
         print("ready", flush=True)
         print(
             f"up in {time.monotonic() - started:.1f} s; env in {env_file}; stop with Ctrl-C or SIGTERM",

@@ -16,9 +16,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+from fleet_actors.devstack.credentials import StackCredentials, private_dir
 from fleet_actors.devstack.process import LOOPBACK, ManagedServer, port_is_free
 from fleet_actors.devstack.ray_head import RayHead
-from fleet_actors.devstack.servers import ArcadeDBServer, NatsServer, ValkeyServer
+from fleet_actors.devstack.servers import DEFAULT_GRAPH_PASSWORD, ArcadeDBServer, NatsServer, ValkeyServer
 from fleet_actors.errors import BackendUnavailable, ConfigurationError, StoryError
 from fleet_actors.settings import Settings
 
@@ -136,6 +137,11 @@ class LocalStack:
 
     Data and the chosen ports live in `data_dir` (ports.json), so a stack started again on
     the same directory finds its events, keys and graph again under the same URLs.
+
+    Every server requires credentials, generated once per data dir into ``credentials/`` (0700,
+    files 0600; see fleet_actors.devstack.credentials): NATS users per role, a Valkey password and
+    the graph's root password. :meth:`env`, :meth:`settings` and ``fleet.env`` carry them: the NATS
+    and Valkey URLs hold them in their user info (redacted wherever the project prints a URL).
     """
 
     def __init__(
@@ -155,15 +161,26 @@ class LocalStack:
                 raise ConfigurationError(f"{self.ports_path} is not valid JSON: {err}") from None
         self._ports = {**saved, **_choose_ports(_DATA_PORTS + (_RAY_PORTS if ray else ()), saved)}
         ports = self._ports
+        private_dir(self.data_dir)
+        # a graph created before credentials existed keeps the root password it was created with
+        graph_existed = (self.data_dir / "arcadedb" / "config").exists()
+        self.credentials = StackCredentials.load_or_create(
+            self.credentials_dir, graph_default=DEFAULT_GRAPH_PASSWORD if graph_existed else ""
+        )
         self.nats = NatsServer(
             self.data_dir / "nats",
             ports["nats"],
             monitor_port=ports["nats_monitor"],
             sync_interval=nats_sync_interval,
+            users=self.credentials.nats,
+            client_user="admin",
         )
-        self.valkey = ValkeyServer(self.data_dir / "valkey", ports["valkey"])
+        self.valkey = ValkeyServer(self.data_dir / "valkey", ports["valkey"], password=self.credentials.valkey)
         self.arcadedb = ArcadeDBServer(
-            self.data_dir / "arcadedb", ports["arcadedb_bolt"], http_port=ports["arcadedb_http"]
+            self.data_dir / "arcadedb",
+            ports["arcadedb_bolt"],
+            http_port=ports["arcadedb_http"],
+            password=self.credentials.graph,
         )
         self.ray: RayHead | None = None
         if ray:
@@ -176,6 +193,10 @@ class LocalStack:
                 dashboard_agent_port=ports["ray_dashboard_agent"],
             )
         self._lock: IO[bytes] | None = None
+
+    @property
+    def credentials_dir(self) -> Path:
+        return self.data_dir / "credentials"
 
     @property
     def ports_path(self) -> Path:
@@ -193,7 +214,7 @@ class LocalStack:
 
     def start(self, timeout: float = 120.0) -> Self:
         """Start every server and wait until all answer; on any failure stop them all."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
         self._acquire_lock()
         # DATA_DIR/fleet.env exists only while a stack runs: one left behind by a killed run
         # must not look like a ready stack to whoever waits for it
