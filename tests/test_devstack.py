@@ -12,6 +12,7 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -390,6 +391,10 @@ async def test_dev_up_serves_until_sigterm(tmp_path: Path) -> None:
             assert "ray-client-ok" in ray_client.stdout.splitlines()
 
             spawned = _descendants(cli.pid)
+            # Ray binds its servers to every interface whatever --node-ip-address says; none of them
+            # may answer /metrics without the token (Ray's metrics export is off in dev up)
+            for port in _wildcard_ports(spawned):
+                assert _http_status(f"http://127.0.0.1:{port}/metrics") != 200, port
     finally:
         cli.send_signal(signal.SIGTERM)
         stopped = time.monotonic()
@@ -409,6 +414,35 @@ async def test_dev_up_serves_until_sigterm(tmp_path: Path) -> None:
     assert len(spawned) > 6
     assert not [pid for pid in spawned if pid_alive(pid)]
     assert not env_file.exists()
+
+
+def _wildcard_ports(pids: set[int]) -> set[int]:
+    """TCP ports that the processes listen on with a wildcard address (every interface)."""
+    inodes: set[str] = set()
+    for pid in pids:
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        inodes.update(link[8:-1] for link in links if link.startswith("socket:["))
+    ports: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, port = fields[1].rsplit(":", 1)
+            if fields[3] == "0A" and fields[9] in inodes and set(address) == {"0"}:
+                ports.add(int(port, 16))
+    return ports
+
+
+def _http_status(url: str) -> int | str:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+    except Exception as err:  # not HTTP at all (gRPC), reset, ...
+        return type(err).__name__
 
 
 def test_dev_up_tls_writes_a_private_pair_and_what_clients_need(tmp_path: Path) -> None:

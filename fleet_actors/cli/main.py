@@ -89,6 +89,12 @@ def _register_dev(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         help="print the settings with their credentials (default: passwords as *** and URLs without user "
         "info; the usable values are in DIR/fleet.env, readable by you only)",
     )
+    up.add_argument(
+        "--ray-metrics",
+        action="store_true",
+        help="turn on Ray's Prometheus endpoint; Ray binds it to every interface and it needs no token "
+        "(docs/security.md), so it is off by default",
+    )
     up.add_argument("--ray-cpus", type=int, default=2, help="CPUs the Ray head offers (default: 2)")
     up.add_argument(
         "--nats-sync-interval",
@@ -207,7 +213,13 @@ def _shown(key: str, value: str) -> str:
 
 def _dev_up(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir or Settings.from_env().data_path
-    stack = LocalStack(data_dir, ray=args.ray, ray_cpus=args.ray_cpus, nats_sync_interval=args.nats_sync_interval)
+    stack = LocalStack(
+        data_dir,
+        ray=args.ray,
+        ray_cpus=args.ray_cpus,
+        nats_sync_interval=args.nats_sync_interval,
+        ray_metrics=args.ray_metrics,
+    )
     # Handlers for both, installed before start-up so that a signal then still stops what has
     # started. Setting SIGINT explicitly also undoes the SIG_IGN that a background job of a
     # non-interactive shell inherits; scripts and tests should still prefer SIGTERM.

@@ -65,9 +65,14 @@ class RayHead(RaySessionServer):
         dashboard_port: int | None = None,
         client_server_port: int | None = None,
         dashboard_agent_port: int | None = None,
+        metrics: bool = False,
     ) -> None:
         super().__init__(data_dir, port)
         self.num_cpus = num_cpus
+        #: Ray's Prometheus endpoint (per node, in the dashboard agent). It cannot be bound to loopback
+        #: (``ray start`` replaces 127.0.0.1 by the machine's address, and the agent then listens on
+        #: every interface) and it answers without the token: off unless asked for (docs/security.md)
+        self.metrics = metrics
         self.dashboard_port = dashboard_port or free_port()
         # Both default to fixed ports (10001, 52365): a second cluster on the machine would clash.
         self.client_server_port = client_server_port or free_port()
@@ -127,6 +132,8 @@ class RayHead(RaySessionServer):
             # On SIGTERM the node otherwise drains for up to 30 s while detached actors
             # (every story actor) are alive; a dev stack has nothing to hand over.
             RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
+            # the raylet then starts the agent with --disable-metrics-collection: no open /metrics
+            RAY_enable_metrics_collection="1" if self.metrics else "0",
             # `ray job submit -- python -m fleet_actors...` runs `python` from this PATH: it must
             # be the interpreter that has fleet-actors installed, not whatever the shell found first.
             PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),

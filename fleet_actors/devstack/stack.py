@@ -151,6 +151,7 @@ class LocalStack:
         ray: bool = True,
         ray_cpus: int = 2,
         nats_sync_interval: str = "always",
+        ray_metrics: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         saved: dict[str, int] = {}
@@ -191,6 +192,7 @@ class LocalStack:
                 dashboard_port=ports["ray_dashboard"],
                 client_server_port=ports["ray_client_server"],
                 dashboard_agent_port=ports["ray_dashboard_agent"],
+                metrics=ray_metrics,
             )
         self._lock: IO[bytes] | None = None
 
