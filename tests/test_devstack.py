@@ -20,6 +20,7 @@ from typing import TypeVar
 
 import nats
 import nats.errors
+import nats.js.errors
 import neo4j
 import pytest
 import valkey.asyncio as valkey_asyncio
@@ -105,6 +106,69 @@ def test_bolt_refuses_clients_without_credentials(local_stack: LocalStack) -> No
     for auth in ((graph.user, "fleet-actors-dev"), (graph.user, ""), None):
         with neo4j.GraphDatabase.driver(graph.url, auth=auth) as driver, pytest.raises(neo4j.exceptions.AuthError):
             driver.execute_query("RETURN 1", database_=graph.database)
+
+
+async def test_a_projectors_nats_identity_consumes_but_cannot_administer_streams(
+    local_stack: LocalStack, unique_id: Callable[..., str]
+) -> None:
+    name = unique_id("ROLES").replace("-", "_")
+    subject = f"roles-probe.{name}"
+    admin = await nats.connect(local_stack.nats.url)
+    refused: list[Exception] = []
+
+    async def note(error: Exception) -> None:
+        refused.append(error)
+
+    projector = local_stack.nats_settings("projector")
+    assert projector.nats_url == local_stack.nats.address  # no credential in the URL: they are fields
+    nc = await nats.connect(
+        projector.nats_url, user=projector.nats_user, password=projector.nats_password, error_cb=note
+    )
+    try:
+        await admin.jetstream().add_stream(StreamConfig(name=name, subjects=[f"{subject}.>"]))
+        await admin.jetstream().publish(f"{subject}.event", b"one")
+        js = nc.jetstream(timeout=2)
+        # consume and acknowledge: allowed
+        sub = await js.pull_subscribe(f"{subject}.>", durable="projector", stream=name)
+        (message,) = await sub.fetch(1, timeout=5)
+        await message.ack_sync(timeout=5)
+        # delete, purge, edit or create a stream, publish an event: refused
+        jsm = nc.jetstream(timeout=2)._jsm
+        for attempt in (
+            jsm.delete_stream(name),
+            jsm.purge_stream(name),
+            jsm.update_stream(StreamConfig(name=name, subjects=[f"{subject}.>"], max_msgs=1)),
+            jsm.add_stream(StreamConfig(name=f"{name}_NEW", subjects=[f"{subject}-new.>"])),
+        ):
+            with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
+                await attempt
+        await nc.publish("context.events.some-story.context_created", b"forged")
+        await nc.flush(timeout=5)
+        await asyncio.sleep(0.2)
+        violations = [str(error).lower() for error in refused]
+        assert sum("permissions violation" in text for text in violations) >= 5, violations
+        info = await admin.jetstream().stream_info(name)
+        assert info.state.messages == 1 and info.config.max_msgs != 1
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await admin.jetstream().stream_info(f"{name}_NEW")
+    finally:
+        await nc.close()
+        await admin.jetstream().delete_stream(name)  # the admin may
+        await admin.close()
+
+
+def test_every_role_has_a_private_env_file_and_only_the_admin_administers_streams(local_stack: LocalStack) -> None:
+    from fleet_actors.devstack.credentials import NATS_ROLES, STREAM_ADMIN_SUBJECTS, nats_permissions
+
+    permissions = nats_permissions()
+    assert set(permissions) == set(NATS_ROLES) - {"admin"}
+    for role in NATS_ROLES:
+        path = local_stack.credentials_dir / f"nats-{role}.env"
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert Settings.from_env(load_env_file(path)).nats_user == role
+        if role != "admin":
+            assert set(STREAM_ADMIN_SUBJECTS) <= set(permissions[role]["publish"]["deny"])
+    assert "context.events.>" not in permissions["projector"]["publish"]["allow"]
 
 
 def _secrets_of(stack: LocalStack) -> list[str]:

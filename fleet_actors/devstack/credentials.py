@@ -84,3 +84,48 @@ class StackCredentials:
         else:
             path.chmod(0o600)
         return credentials
+
+
+#: JetStream API subjects that create, edit, purge or delete streams (or their messages): the admin's alone
+STREAM_ADMIN_SUBJECTS: tuple[str, ...] = (
+    "$JS.API.STREAM.CREATE.>",
+    "$JS.API.STREAM.UPDATE.>",
+    "$JS.API.STREAM.DELETE.>",
+    "$JS.API.STREAM.PURGE.>",
+    "$JS.API.STREAM.MSG.DELETE.>",
+    "$JS.API.STREAM.RESTORE.>",
+    "$JS.API.STREAM.PEER.REMOVE.>",
+    "$JS.API.STREAM.LEADER.STEPDOWN.>",
+    "$JS.API.ACCOUNT.PURGE.>",
+    "$JS.API.META.>",
+    "$JS.API.SERVER.>",
+)
+#: what every JetStream client needs: the API for reads and consumers, acks, flow control, replies
+_JS_CLIENT = ["$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "_INBOX.>"]
+
+
+def nats_permissions(subject_prefix: str = "context.events") -> dict[str, dict[str, dict[str, list[str]]]]:
+    """NATS permissions per role of the event store (``admin`` has none: every right).
+
+    - ``story`` (story actors) and ``gateway`` (which hosts their callers and creates them with its
+      settings): publish events, snapshots and dead letters, read and consume.
+    - ``projector``: consume and acknowledge only (plus parking a dead letter); no event subject.
+    - ``operator`` (the CLI's tools: status, dlq, rebuild, census): everything but stream
+      administration; the archiver's retention purges, so it runs as ``admin``.
+    - ``admin``: declares the streams (at start-up, or a bootstrap job), purges, deletes.
+
+    Every role but ``admin`` is refused the :data:`STREAM_ADMIN_SUBJECTS`.
+    """
+    deny = list(STREAM_ADMIN_SUBJECTS)
+    inbox = {"allow": ["_INBOX.>"]}
+    events = [f"{subject_prefix}.>", f"{subject_prefix}-snapshots.>", f"{subject_prefix}-dlq.>"]
+    writer = {"publish": {"allow": [*events, *_JS_CLIENT], "deny": deny}, "subscribe": inbox}
+    return {
+        "story": writer,
+        "gateway": writer,
+        "projector": {
+            "publish": {"allow": [f"{subject_prefix}-dlq.>", *_JS_CLIENT], "deny": deny},
+            "subscribe": inbox,
+        },
+        "operator": {"publish": {"allow": [">"], "deny": deny}, "subscribe": {"allow": [">"]}},
+    }

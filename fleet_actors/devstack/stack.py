@@ -16,7 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-from fleet_actors.devstack.credentials import StackCredentials, private_dir
+from fleet_actors.devstack.credentials import StackCredentials, nats_permissions, private_dir, write_private
 from fleet_actors.devstack.process import LOOPBACK, ManagedServer, port_is_free
 from fleet_actors.devstack.ray_head import RayHead
 from fleet_actors.devstack.servers import DEFAULT_GRAPH_PASSWORD, ArcadeDBServer, NatsServer, ValkeyServer
@@ -174,7 +174,10 @@ class LocalStack:
             monitor_port=ports["nats_monitor"],
             sync_interval=nats_sync_interval,
             users=self.credentials.nats,
+            # the stack's settings use the admin, which declares the streams; components may connect
+            # as their role (nats_settings / nats_env) with only the rights it needs
             client_user="admin",
+            permissions=nats_permissions(),
         )
         self.valkey = ValkeyServer(self.data_dir / "valkey", ports["valkey"], password=self.credentials.valkey)
         self.arcadedb = ArcadeDBServer(
@@ -224,6 +227,9 @@ class LocalStack:
         pool = ThreadPoolExecutor(max_workers=len(self.servers), thread_name_prefix="devstack-wait")
         try:
             self.ports_path.write_text(json.dumps(self._ports, indent=2, sort_keys=True) + "\n")
+            for role in self.credentials.nats:  # `. DATA_DIR/credentials/nats-ROLE.env` after fleet.env
+                lines = [f"{key}={value}" for key, value in self.nats_env(role).items()]
+                write_private(self.credentials_dir / f"nats-{role}.env", "\n".join(lines) + "\n")
             for server in self.servers:
                 server.start()
             waiting = [pool.submit(server.wait_ready, timeout) for server in self.servers]
@@ -277,6 +283,23 @@ class LocalStack:
         if self.ray is not None:
             env.update(self.ray.env())
         return env
+
+    def nats_env(self, role: str) -> dict[str, str]:
+        """``role``'s NATS identity (fleet_actors.devstack.credentials.NATS_ROLES) as FLEET_* settings."""
+        if role not in self.credentials.nats:
+            raise ConfigurationError(f"no NATS identity {role!r}; the roles are {sorted(self.credentials.nats)}")
+        return {
+            "FLEET_NATS_URL": self.nats.address,
+            "FLEET_NATS_USER": role,
+            "FLEET_NATS_PASSWORD": self.credentials.nats[role],
+        }
+
+    def nats_settings(self, role: str, base: Settings | None = None) -> Settings:
+        """:meth:`settings` connecting to NATS as ``role`` instead of the admin."""
+        env = self.nats_env(role)
+        return self.settings(base).replace(
+            nats_url=env["FLEET_NATS_URL"], nats_user=role, nats_password=env["FLEET_NATS_PASSWORD"]
+        )
 
     def settings(self, base: Settings | None = None) -> Settings:
         """`base` (default: from the environment) pointed at this stack."""
