@@ -454,6 +454,14 @@ async def test_dev_up_serves_until_sigterm(tmp_path: Path) -> None:
             assert ray_client.returncode == 0, ray_client.stderr
             assert "ray-client-ok" in ray_client.stdout.splitlines()
 
+            # the projectors and the gateway connect to NATS as their own least-privilege roles
+            monitor = json.loads((data_dir / "ports.json").read_text())["nats_monitor"]
+            with urllib.request.urlopen(f"http://127.0.0.1:{monitor}/connz?auth=true&limit=1000", timeout=5) as r:
+                connections = json.load(r)["connections"]
+            users = {(c.get("name", ""), c.get("authorized_user")) for c in connections}
+            assert {user for name, user in users if name.startswith("fleet-projector")} == {"projector"}, users
+            assert "gateway" in {user for _, user in users}, users
+
             spawned = _descendants(cli.pid)
             # Ray binds its servers to every interface whatever --node-ip-address says; none of them
             # may answer /metrics without the token (Ray's metrics export is off in dev up)

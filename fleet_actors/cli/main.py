@@ -234,8 +234,11 @@ def _dev_up(args: argparse.Namespace) -> int:
         services: dict[str, str] = _gateway_tls_env(stack.data_dir / "tls") if args.tls else {}
         if args.ray:
             print("starting the projectors and the gRPC gateway ...", file=sys.stderr, flush=True)
-            start_projector_pool(stack.env())
-            gateway = GatewayProcess({**stack.env(), **services}).start()
+            # the admin declares the streams; the projectors and the gateway (and the story actors it
+            # creates) connect to NATS as their own least-privilege roles (docs/security.md)
+            stack.declare_streams()
+            start_projector_pool({**stack.env(), **stack.nats_env("projector")})
+            gateway = GatewayProcess({**stack.env(), **services, **stack.nats_env("gateway")}).start()
             services["FLEET_GATEWAY_ADDRESS"] = gateway.address
         env_file = stack.write_env_file(extra=services)
         for key, value in {**stack.env(), **services}.items():

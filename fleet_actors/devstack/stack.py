@@ -294,6 +294,15 @@ class LocalStack:
             "FLEET_NATS_PASSWORD": self.credentials.nats[role],
         }
 
+    def declare_streams(self, env: Mapping[str, str] | None = None) -> None:
+        """Declare the streams as the admin, with the stream settings of ``env`` (default: the process's
+        environment) over this stack's: components running as a least-privilege role may not."""
+        import asyncio
+
+        from fleet_actors.adapters.jetstream.bootstrap import declare_streams
+
+        asyncio.run(declare_streams(Settings.from_env({**(os.environ if env is None else env), **self.env()})))
+
     def nats_settings(self, role: str, base: Settings | None = None) -> Settings:
         """:meth:`settings` connecting to NATS as ``role`` instead of the admin."""
         env = self.nats_env(role)
