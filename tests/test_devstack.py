@@ -465,9 +465,10 @@ async def test_dev_up_serves_until_sigterm(tmp_path: Path) -> None:
             spawned = _descendants(cli.pid)
             # Ray binds its servers to every interface whatever --node-ip-address says; none of them
             # may answer /metrics without the token (Ray's metrics export is off in dev up) but the
-            # dashboard's own request metrics, which Ray cannot turn off (docs/security.md)
-            dashboard_metrics = json.loads((data_dir / "ports.json").read_text())["ray_dashboard_metrics"]
-            for port in _wildcard_ports(spawned) - {dashboard_metrics}:
+            # dashboard's and the autoscaler monitor's own metrics, which Ray cannot turn off
+            # (docs/security.md)
+            ports = json.loads((data_dir / "ports.json").read_text())
+            for port in _wildcard_ports(spawned) - {ports["ray_dashboard_metrics"], ports["ray_autoscaler_metrics"]}:
                 assert _http_status(f"http://127.0.0.1:{port}/metrics") != 200, port
     finally:
         cli.send_signal(signal.SIGTERM)

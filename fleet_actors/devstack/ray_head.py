@@ -67,6 +67,7 @@ class RayHead(RaySessionServer):
         dashboard_agent_port: int | None = None,
         metrics: bool = False,
         dashboard_metrics_port: int | None = None,
+        autoscaler_metrics_port: int | None = None,
     ) -> None:
         super().__init__(data_dir, port)
         self.num_cpus = num_cpus
@@ -78,6 +79,8 @@ class RayHead(RaySessionServer):
         #: off while the dashboard runs, binds it to every interface and serves it without the token;
         #: Ray's default port (44227) is fixed, so two stacks on one machine would share it
         self.dashboard_metrics_port = dashboard_metrics_port or free_port()
+        #: the same for the autoscaler monitor's metrics (Ray's fixed default 44217)
+        self.autoscaler_metrics_port = autoscaler_metrics_port or free_port()
         self.dashboard_port = dashboard_port or free_port()
         # Both default to fixed ports (10001, 52365): a second cluster on the machine would clash.
         self.client_server_port = client_server_port or free_port()
@@ -140,6 +143,7 @@ class RayHead(RaySessionServer):
             # the raylet then starts the agent with --disable-metrics-collection: no open /metrics
             RAY_enable_metrics_collection="1" if self.metrics else "0",
             DASHBOARD_METRIC_PORT=str(self.dashboard_metrics_port),
+            AUTOSCALER_METRIC_PORT=str(self.autoscaler_metrics_port),
             # `ray job submit -- python -m fleet_actors...` runs `python` from this PATH: it must
             # be the interpreter that has fleet-actors installed, not whatever the shell found first.
             PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),

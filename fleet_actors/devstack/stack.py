@@ -31,7 +31,14 @@ RESTART_BACKOFF: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)
 RESTART_WINDOW = 120.0
 
 _DATA_PORTS = ("nats", "nats_monitor", "valkey", "arcadedb_bolt", "arcadedb_http")
-_RAY_PORTS = ("ray_gcs", "ray_dashboard", "ray_client_server", "ray_dashboard_agent", "ray_dashboard_metrics")
+_RAY_PORTS = (
+    "ray_gcs",
+    "ray_dashboard",
+    "ray_client_server",
+    "ray_dashboard_agent",
+    "ray_dashboard_metrics",
+    "ray_autoscaler_metrics",
+)
 
 
 def _choose_ports(names: Iterable[str], saved: dict[str, int]) -> dict[str, int]:
@@ -197,6 +204,7 @@ class LocalStack:
                 dashboard_agent_port=ports["ray_dashboard_agent"],
                 metrics=ray_metrics,
                 dashboard_metrics_port=ports["ray_dashboard_metrics"],
+                autoscaler_metrics_port=ports["ray_autoscaler_metrics"],
             )
         self._lock: IO[bytes] | None = None
 
