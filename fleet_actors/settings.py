@@ -17,7 +17,7 @@ from fleet_actors.urls import redact_url
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 #: fields whose whole value is a credential (URLs are shown without their user info instead)
-_SECRET_FIELDS = frozenset({"neo4j_password", "gateway_token"})
+_SECRET_FIELDS = frozenset({"neo4j_password", "gateway_token", "nats_password", "valkey_password"})
 #: JetStream refuses more replicas than this
 MAX_STREAM_REPLICAS = 5
 
@@ -27,7 +27,13 @@ class Settings:
     """Connection settings and policies. Build with :meth:`from_env`; derive with :meth:`replace`."""
 
     nats_url: str = "nats://127.0.0.1:4222"
+    #: the NATS identity to connect as (a URL's own user info wins); keeps credentials out of URLs
+    nats_user: str = ""
+    nats_password: str = ""
     valkey_url: str = "valkey://127.0.0.1:6379/0"
+    #: Valkey's password (``requirepass`` or an ACL user's, with ``valkey_user``); a URL's own wins
+    valkey_user: str = ""
+    valkey_password: str = ""
     neo4j_uri: str = "bolt://127.0.0.1:7687"
     neo4j_user: str = "root"
     neo4j_password: str = "fleet-actors-dev"

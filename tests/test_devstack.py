@@ -12,6 +12,7 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import TypeVar
 
 import nats
 import nats.errors
+import nats.js.errors
 import neo4j
 import pytest
 import valkey.asyncio as valkey_asyncio
@@ -68,7 +70,8 @@ def test_arcadedb_answers_cypher_over_bolt(local_stack: LocalStack) -> None:
 
 def test_env_file_round_trips_into_settings(local_stack: LocalStack, settings: Settings, tmp_path: Path) -> None:
     env = local_stack.env()
-    assert env["FLEET_VALKEY_URL"] == f"valkey://127.0.0.1:{local_stack.valkey.port}/0"
+    password = local_stack.credentials.valkey
+    assert env["FLEET_VALKEY_URL"] == f"valkey://:{password}@127.0.0.1:{local_stack.valkey.port}/0"
     assert "RAY_ADDRESS" not in env  # the session stack runs without a Ray head
     loaded = load_env_file(local_stack.write_env_file(tmp_path / "fleet.env"))
     assert loaded == env
@@ -79,6 +82,123 @@ def test_env_file_round_trips_into_settings(local_stack: LocalStack, settings: S
         settings.neo4j_uri,
         settings.neo4j_password,
     )
+
+
+async def test_nats_refuses_clients_without_credentials(local_stack: LocalStack) -> None:
+    for url in (local_stack.nats.address, f"nats://admin:wrong-password@127.0.0.1:{local_stack.nats.port}"):
+        with pytest.raises((nats.errors.Error, OSError)) as refused:
+            await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=5)
+        assert "authorization" in str(refused.value).lower() or isinstance(refused.value, nats.errors.NoServersError)
+
+
+async def test_valkey_refuses_clients_without_credentials(local_stack: LocalStack) -> None:
+    for url in (local_stack.valkey.address, f"valkey://:wrong-password@127.0.0.1:{local_stack.valkey.port}/0"):
+        client = valkey_asyncio.from_url(url)
+        try:
+            with pytest.raises(valkey.exceptions.AuthenticationError):
+                await client.ping()
+        finally:
+            await client.aclose()
+
+
+def test_bolt_refuses_clients_without_credentials(local_stack: LocalStack) -> None:
+    graph = local_stack.arcadedb
+    for auth in ((graph.user, "fleet-actors-dev"), (graph.user, ""), None):
+        with neo4j.GraphDatabase.driver(graph.url, auth=auth) as driver, pytest.raises(neo4j.exceptions.AuthError):
+            driver.execute_query("RETURN 1", database_=graph.database)
+
+
+async def test_a_projectors_nats_identity_consumes_but_cannot_administer_streams(
+    local_stack: LocalStack, unique_id: Callable[..., str]
+) -> None:
+    name = unique_id("ROLES").replace("-", "_")
+    subject = f"roles-probe.{name}"
+    admin = await nats.connect(local_stack.nats.url)
+    refused: list[Exception] = []
+
+    async def note(error: Exception) -> None:
+        refused.append(error)
+
+    projector = local_stack.nats_settings("projector")
+    assert projector.nats_url == local_stack.nats.address  # no credential in the URL: they are fields
+    nc = await nats.connect(
+        projector.nats_url, user=projector.nats_user, password=projector.nats_password, error_cb=note
+    )
+    try:
+        await admin.jetstream().add_stream(StreamConfig(name=name, subjects=[f"{subject}.>"]))
+        await admin.jetstream().publish(f"{subject}.event", b"one")
+        js = nc.jetstream(timeout=2)
+        # consume and acknowledge: allowed
+        sub = await js.pull_subscribe(f"{subject}.>", durable="projector", stream=name)
+        (message,) = await sub.fetch(1, timeout=5)
+        await message.ack_sync(timeout=5)
+        # delete, purge, edit or create a stream, publish an event: refused
+        jsm = nc.jetstream(timeout=2)._jsm
+        for attempt in (
+            jsm.delete_stream(name),
+            jsm.purge_stream(name),
+            jsm.update_stream(StreamConfig(name=name, subjects=[f"{subject}.>"], max_msgs=1)),
+            jsm.add_stream(StreamConfig(name=f"{name}_NEW", subjects=[f"{subject}-new.>"])),
+        ):
+            with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
+                await attempt
+        await nc.publish("context.events.some-story.context_created", b"forged")
+        await nc.flush(timeout=5)
+        await asyncio.sleep(0.2)
+        violations = [str(error).lower() for error in refused]
+        assert sum("permissions violation" in text for text in violations) >= 5, violations
+        info = await admin.jetstream().stream_info(name)
+        assert info.state.messages == 1 and info.config.max_msgs != 1
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await admin.jetstream().stream_info(f"{name}_NEW")
+    finally:
+        await nc.close()
+        await admin.jetstream().delete_stream(name)  # the admin may
+        await admin.close()
+
+
+def test_every_role_has_a_private_env_file_and_only_the_admin_administers_streams(local_stack: LocalStack) -> None:
+    from fleet_actors.devstack.credentials import NATS_ROLES, STREAM_ADMIN_SUBJECTS, nats_permissions
+
+    permissions = nats_permissions()
+    assert set(permissions) == set(NATS_ROLES) - {"admin"}
+    for role in NATS_ROLES:
+        path = local_stack.credentials_dir / f"nats-{role}.env"
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert Settings.from_env(load_env_file(path)).nats_user == role
+        if role != "admin":
+            assert set(STREAM_ADMIN_SUBJECTS) <= set(permissions[role]["publish"]["deny"])
+    assert "context.events.>" not in permissions["projector"]["publish"]["allow"]
+
+
+def _secrets_of(stack: LocalStack) -> list[str]:
+    return [*stack.credentials.nats.values(), stack.credentials.valkey, stack.credentials.graph]
+
+
+def test_credentials_are_private_and_on_no_command_line_or_log(local_stack: LocalStack) -> None:
+    secrets = _secrets_of(local_stack)
+    assert local_stack.credentials.graph != "fleet-actors-dev" and len(set(secrets)) == len(secrets)
+    for secret in secrets:
+        assert secret not in repr(local_stack) + repr(local_stack.credentials) + repr(local_stack.settings())
+    assert local_stack.data_dir.stat().st_mode & 0o777 == 0o700
+    assert local_stack.credentials_dir.stat().st_mode & 0o777 == 0o700
+    for private in (
+        local_stack.credentials_dir / "credentials.json",
+        local_stack.nats.config_path,
+        local_stack.valkey.config_path,
+        local_stack.arcadedb.args_path,
+        local_stack.write_env_file(),
+    ):
+        assert private.stat().st_mode & 0o777 == 0o600, private
+    for server in local_stack.servers:
+        command_line = Path(f"/proc/{server.pid}/cmdline").read_bytes().decode(errors="replace")
+        assert not [s for s in secrets if s in command_line], server.name
+    logs = [path for path in local_stack.data_dir.rglob("*") if path.is_file() and path.suffix in {".log", ""}]
+    logs = [path for path in logs if "log" in path.name or "log" in path.parent.name]
+    assert logs
+    for path in logs:
+        text = path.read_bytes().decode(errors="replace")
+        assert not [s for s in secrets if s in text], path
 
 
 def test_second_stack_on_the_same_data_dir_is_refused(local_stack: LocalStack) -> None:
@@ -334,14 +454,26 @@ async def test_dev_up_serves_until_sigterm(tmp_path: Path) -> None:
             assert ray_client.returncode == 0, ray_client.stderr
             assert "ray-client-ok" in ray_client.stdout.splitlines()
 
-            # the metrics endpoints fleet.env names: the gateway's, and the Ray node's with the projectors'
+            # the metrics endpoint fleet.env names: the gateway's (the actors' come with --ray-metrics only)
             assert "fleet_gateway_rpcs_total" in _scrape_until(env["FLEET_GATEWAY_METRICS_URL"], "/grpc.health.v1")
-            ray_metrics = _scrape_until(env["FLEET_RAY_METRICS_URL"], "ray_fleet_projector_up{")
-            assert 'projector="projector-0-of-' in ray_metrics
-            prometheus = (data_dir / "prometheus.yml").read_text()
-            assert "fleet-ray" in prometheus and "fleet-gateway" in prometheus
+            assert "FLEET_RAY_METRICS_URL" not in env
+            assert "fleet-gateway" in (data_dir / "prometheus.yml").read_text()
+            # the projectors and the gateway connect to NATS as their own least-privilege roles
+            monitor = json.loads((data_dir / "ports.json").read_text())["nats_monitor"]
+            with urllib.request.urlopen(f"http://127.0.0.1:{monitor}/connz?auth=true&limit=1000", timeout=5) as r:
+                connections = json.load(r)["connections"]
+            users = {(c.get("name", ""), c.get("authorized_user")) for c in connections}
+            assert {user for name, user in users if name.startswith("fleet-projector")} == {"projector"}, users
+            assert "gateway" in {user for _, user in users}, users
 
             spawned = _descendants(cli.pid)
+            # Ray binds its servers to every interface whatever --node-ip-address says; none of them
+            # may answer /metrics without the token (Ray's metrics export is off in dev up) but the
+            # dashboard's and the autoscaler monitor's own metrics, which Ray cannot turn off
+            # (docs/security.md)
+            ports = json.loads((data_dir / "ports.json").read_text())
+            for port in _wildcard_ports(spawned) - {ports["ray_dashboard_metrics"], ports["ray_autoscaler_metrics"]}:
+                assert _http_status(f"http://127.0.0.1:{port}/metrics") != 200, port
     finally:
         cli.send_signal(signal.SIGTERM)
         stopped = time.monotonic()
@@ -382,6 +514,35 @@ def _scrape_until(url: str, needle: str, timeout: float = 60) -> str:
         if needle in body or time.monotonic() > deadline:
             return body
         time.sleep(1)
+
+
+def _wildcard_ports(pids: set[int]) -> set[int]:
+    """TCP ports that the processes listen on with a wildcard address (every interface)."""
+    inodes: set[str] = set()
+    for pid in pids:
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        inodes.update(link[8:-1] for link in links if link.startswith("socket:["))
+    ports: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, port = fields[1].rsplit(":", 1)
+            if fields[3] == "0A" and fields[9] in inodes and set(address) == {"0"}:
+                ports.add(int(port, 16))
+    return ports
+
+
+def _http_status(url: str) -> int | str:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+    except Exception as err:  # not HTTP at all (gRPC), reset, ...
+        return type(err).__name__
 
 
 def test_dev_up_tls_writes_a_private_pair_and_what_clients_need(tmp_path: Path) -> None:
@@ -425,6 +586,11 @@ def test_dev_up_tls_writes_a_private_pair_and_what_clients_need(tmp_path: Path) 
     )
     assert "127.0.0.1" in {str(ip) for ip in names.value.get_values_for_type(x509.IPAddress)}
     assert key.read_text() not in out + err  # paths are printed, never the key
+    # no credential in the output: passwords as ***, URLs without user info
+    credentials = json.loads((data_dir / "credentials" / "credentials.json").read_text())
+    secrets = [*credentials["nats"].values(), credentials["valkey"], credentials["graph"]]
+    assert not [secret for secret in secrets if secret in out + err]
+    assert "FLEET_NEO4J_PASSWORD=***" in out.splitlines()
     settings = Settings.from_env(env)
     assert settings.gateway_client_tls and server_credentials(settings) and channel_credentials(settings)
 

@@ -114,6 +114,18 @@ def _register_dev(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         help="serve the gateway with TLS: a self-signed certificate and key (0600) in DIR/tls, reused while "
         "valid; fleet.env tells clients to dial with TLS and trust that certificate",
     )
+    up.add_argument(
+        "--show-credentials",
+        action="store_true",
+        help="print the settings with their credentials (default: passwords as *** and URLs without user "
+        "info; the usable values are in DIR/fleet.env, readable by you only)",
+    )
+    up.add_argument(
+        "--ray-metrics",
+        action="store_true",
+        help="turn on Ray's Prometheus endpoint; Ray binds it to every interface and it needs no token "
+        "(docs/security.md), so it is off by default",
+    )
     up.add_argument("--ray-cpus", type=int, default=2, help="CPUs the Ray head offers (default: 2)")
     up.add_argument(
         "--nats-sync-interval",
@@ -246,9 +258,22 @@ def _usable_data_dir(data_dir: Path) -> Path:
     return data_dir
 
 
+def _shown(key: str, value: str) -> str:
+    """A setting as dev up prints it: URLs without user info, passwords, tokens and secrets as ***."""
+    if value and any(word in key for word in ("PASSWORD", "TOKEN", "SECRET")) and not key.endswith("_PATH"):
+        return "***"
+    return redact_url(value)
+
+
 def _dev_up(args: argparse.Namespace) -> int:
     data_dir: Path = _usable_data_dir(args.data_dir or Settings.from_env().data_path)
-    stack = LocalStack(data_dir, ray=args.ray, ray_cpus=args.ray_cpus, nats_sync_interval=args.nats_sync_interval)
+    stack = LocalStack(
+        data_dir,
+        ray=args.ray,
+        ray_cpus=args.ray_cpus,
+        nats_sync_interval=args.nats_sync_interval,
+        ray_metrics=args.ray_metrics,
+    )
     # Handlers for both, installed before start-up so that a signal then still stops what has
     # started. Setting SIGINT explicitly also undoes the SIG_IGN that a background job of a
     # non-interactive shell inherits; scripts and tests should still prefer SIGTERM.
@@ -267,16 +292,22 @@ def _dev_up(args: argparse.Namespace) -> int:
         services.setdefault("FLEET_ARCHIVE_URL", os.environ.get("FLEET_ARCHIVE_URL") or str(archive))
         if args.ray:
             print("starting the projectors and the gRPC gateway ...", file=sys.stderr, flush=True)
-            # JSON log lines: the projectors' (in DATA_DIR/ray/logs) and the gateway's (DATA_DIR/logs)
-            start_projector_pool({**stack.env(), "FLEET_LOG_FORMAT": "json"})
+            # the admin declares the streams; the projectors and the gateway (and the story actors it
+            # creates) connect to NATS as their own least-privilege roles (docs/security.md); JSON log
+            # lines: the projectors' (in DATA_DIR/ray/logs) and the gateway's (DATA_DIR/logs)
+            stack.declare_streams()
+            start_projector_pool({**stack.env(), **stack.nats_env("projector"), "FLEET_LOG_FORMAT": "json"})
             own = {"FLEET_METRICS_ADDRESS": stack.gateway_metrics_address, "FLEET_LOG_FORMAT": "json"}
             gateway_log = stack.data_dir / "logs" / "gateway.log"
-            gateway = GatewayProcess({**stack.env(), **services, **own}, log_file=gateway_log).start()
+            gateway = GatewayProcess(
+                {**stack.env(), **services, **stack.nats_env("gateway"), **own}, log_file=gateway_log
+            ).start()
             services["FLEET_GATEWAY_ADDRESS"] = gateway.address
             services.update(scrape_targets(stack))
         env_file = stack.write_env_file(extra=services)
         for key, value in {**stack.env(), **services}.items():
-            print(f"{key}={redact_url(value)}")  # the credentials are in fleet.env (0600), not in output
+            # the credentials are in fleet.env (0600), not in output unless asked for
+            print(f"{key}={value if args.show_credentials else _shown(key, value)}")
         print("ready", flush=True)
         print(
             f"up in {time.monotonic() - started:.1f} s; env in {env_file}; logs in {stack.data_dir}/logs and "

@@ -14,8 +14,8 @@ def scrape_targets(stack: LocalStack) -> dict[str, str]:
     fleet.env would then try to bind the gateway's port.
     """
     targets = {"FLEET_GATEWAY_METRICS_URL": f"http://{stack.gateway_metrics_address}/metrics"}
-    if stack.ray is not None:
-        stack.write_prometheus_config(
-            {"fleet-ray": stack.ray.metrics_url, "fleet-gateway": targets["FLEET_GATEWAY_METRICS_URL"]}
-        )
+    jobs = {"fleet-gateway": targets["FLEET_GATEWAY_METRICS_URL"]}
+    if stack.ray is not None and stack.ray.metrics:  # `dev up --ray-metrics` (docs/security.md)
+        jobs["fleet-ray"] = stack.ray.metrics_url
+    stack.write_prometheus_config(jobs)
     return targets

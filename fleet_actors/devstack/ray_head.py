@@ -92,9 +92,22 @@ class RayHead(RaySessionServer):
         client_server_port: int | None = None,
         dashboard_agent_port: int | None = None,
         metrics_export_port: int | None = None,
+        metrics: bool = False,
+        dashboard_metrics_port: int | None = None,
+        autoscaler_metrics_port: int | None = None,
     ) -> None:
         super().__init__(data_dir, port)
         self.num_cpus = num_cpus
+        #: Ray's Prometheus endpoint (per node, in the dashboard agent). It cannot be bound to loopback
+        #: (``ray start`` replaces 127.0.0.1 by the machine's address, and the agent then listens on
+        #: every interface) and it answers without the token: off unless asked for (docs/security.md)
+        self.metrics = metrics
+        #: the dashboard's own Prometheus endpoint (its request counts and latencies). Ray cannot turn it
+        #: off while the dashboard runs, binds it to every interface and serves it without the token;
+        #: Ray's default port (44227) is fixed, so two stacks on one machine would share it
+        self.dashboard_metrics_port = dashboard_metrics_port or free_port()
+        #: the same for the autoscaler monitor's metrics (Ray's fixed default 44217)
+        self.autoscaler_metrics_port = autoscaler_metrics_port or free_port()
         self.dashboard_port = dashboard_port or free_port()
         # Both default to fixed ports (10001, 52365): a second cluster on the machine would clash.
         self.client_server_port = client_server_port or free_port()
@@ -129,7 +142,9 @@ class RayHead(RaySessionServer):
             "RAY_AUTH_TOKEN_PATH": str(self.token_path),
             "RAY_API_SERVER_ADDRESS": self.dashboard_url,
             "FLEET_RAY_DASHBOARD_URL": self.dashboard_url,
-            "FLEET_RAY_METRICS_URL": self.metrics_url,
+            # actors' metrics only with `dev up --ray-metrics`: Ray serves them on every interface,
+            # without its token (docs/security.md)
+            **({"FLEET_RAY_METRICS_URL": self.metrics_url} if self.metrics else {}),
         }
 
     @property
@@ -162,6 +177,10 @@ class RayHead(RaySessionServer):
             # On SIGTERM the node otherwise drains for up to 30 s while detached actors
             # (every story actor) are alive; a dev stack has nothing to hand over.
             RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
+            # the raylet then starts the agent with --disable-metrics-collection: no open /metrics
+            RAY_enable_metrics_collection="1" if self.metrics else "0",
+            DASHBOARD_METRIC_PORT=str(self.dashboard_metrics_port),
+            AUTOSCALER_METRIC_PORT=str(self.autoscaler_metrics_port),
             # `ray job submit -- python -m fleet_actors...` runs `python` from this PATH: it must
             # be the interpreter that has fleet-actors installed, not whatever the shell found first.
             PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),

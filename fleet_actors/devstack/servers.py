@@ -10,11 +10,14 @@ import socket
 import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import neo4j
 import neo4j.exceptions
 
+from fleet_actors.devstack.credentials import write_private
 from fleet_actors.devstack.process import (
     INSTALL_HINT,
     LOOPBACK,
@@ -62,8 +65,17 @@ class NatsServer(ManagedServer):
         ping_interval: str = "2m",
         server_name: str = "fleet-local",
         binary: str | os.PathLike[str] | None = None,
+        users: Mapping[str, str] | None = None,
+        client_user: str | None = None,
+        permissions: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         super().__init__(data_dir, port)
+        #: user -> password; with any, the server refuses clients without credentials
+        self.users = dict(users or {})
+        #: whose credentials :attr:`url` carries (default: the first user)
+        self.client_user = client_user or next(iter(self.users), None)
+        #: user -> NATS permissions block ({"publish": {"allow": [...], "deny": [...]}, ...}); none: all rights
+        self.permissions = {user: dict(block) for user, block in (permissions or {}).items()}
         self.monitor_port = monitor_port or free_port()
         self.sync_interval = sync_interval
         #: how often the server pings each client; two unanswered pings close the connection
@@ -72,8 +84,17 @@ class NatsServer(ManagedServer):
         self._binary = Path(binary) if binary is not None else None
 
     @property
-    def url(self) -> str:
+    def address(self) -> str:
+        """The URL without credentials."""
         return f"nats://{LOOPBACK}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The URL a client uses, with :attr:`client_user`'s credentials when the server has users."""
+        return self.url_for(self.client_user) if self.client_user else self.address
+
+    def url_for(self, user: str) -> str:
+        return f"nats://{user}:{self.users[user]}@{LOOPBACK}:{self.port}"
 
     @property
     def monitor_url(self) -> str:
@@ -104,7 +125,18 @@ class NatsServer(ManagedServer):
     def _prepare(self) -> None:
         super()._prepare()
         # json.dumps gives double-quoted strings with escapes, which the NATS config syntax accepts
-        self.config_path.write_text(
+        # (JSON is valid NATS config syntax); 0600: the file holds the users' passwords
+        authorization = ""
+        if self.users:
+            entries = []
+            for user, password in self.users.items():
+                entry: dict[str, Any] = {"user": user, "password": password}
+                if user in self.permissions:
+                    entry["permissions"] = self.permissions[user]
+                entries.append(entry)
+            authorization = f"authorization {{\n  users: {json.dumps(entries, indent=2)}\n}}\n"
+        write_private(
+            self.config_path,
             f"server_name: {json.dumps(self.server_name)}\n"
             f"listen: {json.dumps(f'{LOOPBACK}:{self.port}')}\n"
             f"http: {json.dumps(f'{LOOPBACK}:{self.monitor_port}')}\n"
@@ -113,7 +145,7 @@ class NatsServer(ManagedServer):
             "jetstream {\n"
             f"  store_dir: {json.dumps(str(self.data_dir / 'jetstream'))}\n"
             f"  sync_interval: {json.dumps(self.sync_interval)}\n"
-            "}\n"
+            "}\n" + authorization,
         )
 
     def _command(self) -> list[str]:
@@ -137,13 +169,31 @@ class ValkeyServer(ManagedServer):
         port: int | None = None,
         *,
         binary: str | os.PathLike[str] | None = None,
+        password: str | None = None,
     ) -> None:
         super().__init__(data_dir, port)
         self._binary = Path(binary) if binary is not None else None
+        #: with one, the server answers only clients that AUTH first (``requirepass``, in a 0600 config file)
+        self.password = password
+
+    @property
+    def address(self) -> str:
+        """The URL without credentials."""
+        return f"valkey://{LOOPBACK}:{self.port}/0"
 
     @property
     def url(self) -> str:
-        return f"valkey://{LOOPBACK}:{self.port}/0"
+        """The URL a client uses, with the password when the server has one."""
+        return f"valkey://:{self.password}@{LOOPBACK}:{self.port}/0" if self.password else self.address
+
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir / "valkey.conf"
+
+    def _prepare(self) -> None:
+        super()._prepare()
+        # valkey.conf quoting: a double-quoted string with backslash escapes (json.dumps gives one)
+        write_private(self.config_path, f"requirepass {json.dumps(self.password)}\n" if self.password else "")
 
     def _binary_path(self) -> Path:
         if self._binary is not None:
@@ -159,6 +209,7 @@ class ValkeyServer(ManagedServer):
     def _command(self) -> list[str]:
         return [
             str(self._binary_path()),
+            str(self.config_path),  # the password, if any: never on the command line
             "--port", str(self.port),
             "--bind", LOOPBACK,
             "--dir", str(self.data_dir),
@@ -170,10 +221,23 @@ class ValkeyServer(ManagedServer):
     def _probe(self) -> str | None:
         try:
             with socket.create_connection((LOOPBACK, self.port), timeout=2.0) as sock:
-                sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-                reply = sock.recv(256)
+                request = b"*1\r\n$4\r\nPING\r\n"
+                if self.password:
+                    secret = self.password.encode()
+                    request = b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(secret), secret) + request
+                sock.sendall(request)
+                reply = b""
+                while reply.count(b"\r\n") < (2 if self.password else 1):
+                    chunk = sock.recv(256)
+                    if not chunk:
+                        break
+                    reply += chunk
         except OSError as err:
             return str(err)
+        if self.password:
+            auth, _, reply = reply.partition(b"\r\n")
+            if auth.startswith(b"-WRONGPASS"):
+                raise ConfigurationError(f"valkey-server on port {self.port} refused the password")
         # while it replays the append-only file the answer is "-LOADING ..."
         return None if reply.startswith(b"+PONG") else reply.decode(errors="replace").strip()
 
@@ -214,6 +278,18 @@ class ArcadeDBServer(ManagedServer):
     def http_url(self) -> str:
         return f"http://{LOOPBACK}:{self.http_port}"
 
+    @property
+    def args_path(self) -> Path:
+        """A Java @argfile (0600) with the root password: kept off the command line and out of ``ps``."""
+        return self.data_dir / "secret.args"
+
+    def _prepare(self) -> None:
+        super()._prepare()
+        # @argfile syntax: a quoted argument with backslash escapes; the password is used (and fixed)
+        # when ArcadeDB creates its data dir
+        quoted = self.password.replace("\\", "\\\\").replace('"', '\\"')
+        write_private(self.args_path, f'"-Darcadedb.server.rootPassword={quoted}"\n')
+
     @staticmethod
     def _package_dir() -> Path:
         spec = importlib.util.find_spec("arcadedb_embedded")  # importing it would start JPype
@@ -230,7 +306,7 @@ class ArcadeDBServer(ManagedServer):
             str(java),
             f"-Xmx{self.heap}",
             f"-Darcadedb.server.rootPath={self.data_dir}",
-            f"-Darcadedb.server.rootPassword={self.password}",
+            f"@{self.args_path}",
             f"-Darcadedb.server.httpIncomingHost={LOOPBACK}",
             f"-Darcadedb.server.httpIncomingPort={self.http_port}",
             f"-Darcadedb.server.defaultDatabases={self.database}[{self.user}]",

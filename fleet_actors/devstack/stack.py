@@ -16,9 +16,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+from fleet_actors.devstack.credentials import StackCredentials, nats_permissions, private_dir, write_private
 from fleet_actors.devstack.process import LOOPBACK, ManagedServer, port_is_free
 from fleet_actors.devstack.ray_head import RayHead
-from fleet_actors.devstack.servers import ArcadeDBServer, NatsServer, ValkeyServer
+from fleet_actors.devstack.servers import DEFAULT_GRAPH_PASSWORD, ArcadeDBServer, NatsServer, ValkeyServer
 from fleet_actors.errors import BackendUnavailable, ConfigurationError, StoryError
 from fleet_actors.settings import Settings
 
@@ -30,7 +31,16 @@ RESTART_BACKOFF: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)
 RESTART_WINDOW = 120.0
 
 _DATA_PORTS = ("nats", "nats_monitor", "valkey", "arcadedb_bolt", "arcadedb_http")
-_RAY_PORTS = ("ray_gcs", "ray_dashboard", "ray_client_server", "ray_dashboard_agent", "ray_metrics", "gateway_metrics")
+_RAY_PORTS = (
+    "ray_gcs",
+    "ray_dashboard",
+    "ray_client_server",
+    "ray_dashboard_agent",
+    "ray_metrics",
+    "gateway_metrics",
+    "ray_dashboard_metrics",
+    "ray_autoscaler_metrics",
+)
 
 
 def _choose_ports(names: Iterable[str], saved: dict[str, int]) -> dict[str, int]:
@@ -136,6 +146,11 @@ class LocalStack:
 
     Data and the chosen ports live in `data_dir` (ports.json), so a stack started again on
     the same directory finds its events, keys and graph again under the same URLs.
+
+    Every server requires credentials, generated once per data dir into ``credentials/`` (0700,
+    files 0600; see fleet_actors.devstack.credentials): NATS users per role, a Valkey password and
+    the graph's root password. :meth:`env`, :meth:`settings` and ``fleet.env`` carry them: the NATS
+    and Valkey URLs hold them in their user info (redacted wherever the project prints a URL).
     """
 
     def __init__(
@@ -145,6 +160,7 @@ class LocalStack:
         ray: bool = True,
         ray_cpus: int = 2,
         nats_sync_interval: str = "always",
+        ray_metrics: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         saved: dict[str, int] = {}
@@ -155,15 +171,29 @@ class LocalStack:
                 raise ConfigurationError(f"{self.ports_path} is not valid JSON: {err}") from None
         self._ports = {**saved, **_choose_ports(_DATA_PORTS + (_RAY_PORTS if ray else ()), saved)}
         ports = self._ports
+        private_dir(self.data_dir)
+        # a graph created before credentials existed keeps the root password it was created with
+        graph_existed = (self.data_dir / "arcadedb" / "config").exists()
+        self.credentials = StackCredentials.load_or_create(
+            self.credentials_dir, graph_default=DEFAULT_GRAPH_PASSWORD if graph_existed else ""
+        )
         self.nats = NatsServer(
             self.data_dir / "nats",
             ports["nats"],
             monitor_port=ports["nats_monitor"],
             sync_interval=nats_sync_interval,
+            users=self.credentials.nats,
+            # the stack's settings use the admin, which declares the streams; components may connect
+            # as their role (nats_settings / nats_env) with only the rights it needs
+            client_user="admin",
+            permissions=nats_permissions(),
         )
-        self.valkey = ValkeyServer(self.data_dir / "valkey", ports["valkey"])
+        self.valkey = ValkeyServer(self.data_dir / "valkey", ports["valkey"], password=self.credentials.valkey)
         self.arcadedb = ArcadeDBServer(
-            self.data_dir / "arcadedb", ports["arcadedb_bolt"], http_port=ports["arcadedb_http"]
+            self.data_dir / "arcadedb",
+            ports["arcadedb_bolt"],
+            http_port=ports["arcadedb_http"],
+            password=self.credentials.graph,
         )
         self.ray: RayHead | None = None
         if ray:
@@ -175,6 +205,9 @@ class LocalStack:
                 client_server_port=ports["ray_client_server"],
                 dashboard_agent_port=ports["ray_dashboard_agent"],
                 metrics_export_port=ports["ray_metrics"],
+                metrics=ray_metrics,
+                dashboard_metrics_port=ports["ray_dashboard_metrics"],
+                autoscaler_metrics_port=ports["ray_autoscaler_metrics"],
             )
         self._lock: IO[bytes] | None = None
 
@@ -197,6 +230,10 @@ class LocalStack:
         return target
 
     @property
+    def credentials_dir(self) -> Path:
+        return self.data_dir / "credentials"
+
+    @property
     def ports_path(self) -> Path:
         return self.data_dir / "ports.json"
 
@@ -212,7 +249,7 @@ class LocalStack:
 
     def start(self, timeout: float = 120.0) -> Self:
         """Start every server and wait until all answer; on any failure stop them all."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
         self._acquire_lock()
         # DATA_DIR/fleet.env exists only while a stack runs: one left behind by a killed run
         # must not look like a ready stack to whoever waits for it
@@ -220,6 +257,9 @@ class LocalStack:
         pool = ThreadPoolExecutor(max_workers=len(self.servers), thread_name_prefix="devstack-wait")
         try:
             self.ports_path.write_text(json.dumps(self._ports, indent=2, sort_keys=True) + "\n")
+            for role in self.credentials.nats:  # `. DATA_DIR/credentials/nats-ROLE.env` after fleet.env
+                lines = [f"{key}={value}" for key, value in self.nats_env(role).items()]
+                write_private(self.credentials_dir / f"nats-{role}.env", "\n".join(lines) + "\n")
             for server in self.servers:
                 server.start()
             waiting = [pool.submit(server.wait_ready, timeout) for server in self.servers]
@@ -273,6 +313,32 @@ class LocalStack:
         if self.ray is not None:
             env.update(self.ray.env())
         return env
+
+    def nats_env(self, role: str) -> dict[str, str]:
+        """``role``'s NATS identity (fleet_actors.devstack.credentials.NATS_ROLES) as FLEET_* settings."""
+        if role not in self.credentials.nats:
+            raise ConfigurationError(f"no NATS identity {role!r}; the roles are {sorted(self.credentials.nats)}")
+        return {
+            "FLEET_NATS_URL": self.nats.address,
+            "FLEET_NATS_USER": role,
+            "FLEET_NATS_PASSWORD": self.credentials.nats[role],
+        }
+
+    def declare_streams(self, env: Mapping[str, str] | None = None) -> None:
+        """Declare the streams as the admin, with the stream settings of ``env`` (default: the process's
+        environment) over this stack's: components running as a least-privilege role may not."""
+        import asyncio
+
+        from fleet_actors.adapters.jetstream.bootstrap import declare_streams
+
+        asyncio.run(declare_streams(Settings.from_env({**(os.environ if env is None else env), **self.env()})))
+
+    def nats_settings(self, role: str, base: Settings | None = None) -> Settings:
+        """:meth:`settings` connecting to NATS as ``role`` instead of the admin."""
+        env = self.nats_env(role)
+        return self.settings(base).replace(
+            nats_url=env["FLEET_NATS_URL"], nats_user=role, nats_password=env["FLEET_NATS_PASSWORD"]
+        )
 
     def settings(self, base: Settings | None = None) -> Settings:
         """`base` (default: from the environment) pointed at this stack."""

@@ -36,7 +36,9 @@ RAY_CLUSTER_YAML = ROOT / "ray_cluster.yaml"
 #: the oldest Kubernetes we support (native gRPC probes are GA since 1.27) and the newest schemas shipped
 K8S_VERSIONS = ("1.29.0", kubernetes_validate.utils.latest_version())
 #: environment variables whose value is a credential (or embeds one) and must come from a Secret
-CREDENTIAL_ENV = re.compile(r"PASSWORD|TOKEN|SECRET|AUTH$|^NEO4J_AUTH$|^FLEET_NATS_URL$|^FLEET_VALKEY_URL$")
+CREDENTIAL_ENV = re.compile(r"PASSWORD|TOKEN|SECRET|AUTH$|^NEO4J_AUTH$")
+#: a URL with user info (``scheme://user:password@host``): credentials never travel in URLs here
+URL_WITH_USERINFO = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s\"'@]+@")
 
 
 def manifest_files() -> list[Path]:
@@ -208,10 +210,112 @@ def test_nats_server_accepts_the_config(tmp_path: Path) -> None:
 
     conf = tmp_path / "nats.conf"
     conf.write_text(by_kind("ConfigMap", "fleet-nats-config")["data"]["nats.conf"])
-    env = {**os.environ, "POD_NAME": "fleet-nats-0", "NATS_FLEET_PASSWORD": "placeholder-for-the-config-test"}
+    from fleet_actors.devstack.credentials import NATS_ROLES
+    from fleet_actors.tls import ensure_self_signed
+
+    pair = ensure_self_signed(tmp_path / "tls")  # stands in for the fleet-nats-tls Secret
+    (tmp_path / "tls" / "ca.crt").write_bytes(pair.cert.read_bytes())
+    text = by_kind("ConfigMap", "fleet-nats-config")["data"]["nats.conf"]
+    text = text.replace("/etc/nats/tls/tls.crt", str(pair.cert)).replace("/etc/nats/tls/tls.key", str(pair.key))
+    conf.write_text(text.replace("/etc/nats/tls/", f"{tmp_path / 'tls'}/"))
+    env = {**os.environ, "POD_NAME": "fleet-nats-0"}
+    env.update({f"NATS_{role.upper()}_PASSWORD": f"placeholder-{role}" for role in NATS_ROLES})
     done = subprocess.run([find_executable("nats-server"), "-c", str(conf), "-t"], env=env, capture_output=True,
                           text=True, timeout=30)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def workloads() -> Iterator[tuple[str, dict[str, str]]]:
+    """Every pod template in the manifests, with its labels."""
+    for name, doc in DOCS:
+        spec = doc.get("spec", {})
+        if doc["kind"] in ("Deployment", "StatefulSet"):
+            yield name, spec["template"]["metadata"]["labels"]
+        elif doc["kind"] == "CronJob":
+            yield name, spec["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+        elif doc["kind"] == "RayCluster":
+            yield f"{name} head", spec["headGroupSpec"]["template"]["metadata"]["labels"]
+            for group in spec.get("workerGroupSpecs", []):
+                yield f"{name} {group['groupName']}", group["template"]["metadata"]["labels"]
+
+
+def test_the_namespace_denies_by_default_and_every_workload_has_its_own_network_policy() -> None:
+    policies = [doc for _, doc in DOCS if doc["kind"] == "NetworkPolicy"]
+    default_deny = [
+        p for p in policies
+        if p["spec"]["podSelector"] == {} and set(p["spec"].get("policyTypes", [])) == {"Ingress", "Egress"}
+        and not p["spec"].get("ingress") and not p["spec"].get("egress")
+    ]  # fmt: skip
+    assert default_deny, "no default-deny NetworkPolicy (empty podSelector, Ingress and Egress, no rules)"
+    own = [p for p in policies if p["spec"]["podSelector"].get("matchLabels")]
+    for where, labels in workloads():
+        mine = [p for p in own if p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()]
+        assert mine, f"{where} (labels {labels}) has no NetworkPolicy of its own: add an allow list for it"
+
+
+def _strings(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _strings(item, f"{path}[{index}]")
+    elif isinstance(value, str):
+        yield path, value
+
+
+def test_no_secret_held_credential_appears_in_plain_text() -> None:
+    """No URL with user info anywhere; no literal value (env or ConfigMap) for a setting that a Secret
+    holds elsewhere; the files of the repository hold none of the script's Secret keys' values."""
+    from_secrets = {
+        env["name"]
+        for _, container in containers()
+        for env in container.get("env", [])
+        if "secretKeyRef" in env.get("valueFrom", {})
+    }
+    for name, doc in DOCS:
+        for path, text in _strings(doc):
+            assert not URL_WITH_USERINFO.search(text), f"{name} {path}: a URL carries credentials"
+        if doc["kind"] == "ConfigMap":
+            leaked = from_secrets & set(doc["data"])
+            assert not leaked, f"{name}: {sorted(leaked)} come from Secrets, never from a ConfigMap"
+    for where, container in containers():
+        for env in container.get("env", []):
+            if env["name"] in from_secrets:
+                assert "value" not in env, f"{where}: {env['name']} is Secret-held elsewhere but literal here"
+
+
+def test_every_data_link_is_tls() -> None:
+    from fleet_actors.devstack.credentials import NATS_ROLES, nats_permissions
+
+    data = by_kind("ConfigMap", "fleet-settings")["data"]
+    assert data["FLEET_NATS_URL"].startswith("tls://")
+    assert data["FLEET_VALKEY_URL"].startswith("valkeys://")
+    assert data["FLEET_NEO4J_URI"].startswith(("bolt+s://", "neo4j+s://"))
+    nats_conf = by_kind("ConfigMap", "fleet-nats-config")["data"]["nats.conf"]
+    assert nats_conf.count("tls {") == 2 and "verify: true" in nats_conf  # clients, and routes (mutual)
+    valkey_conf = by_kind("ConfigMap", "fleet-valkey-config")["data"]["valkey.conf"]
+    assert re.search(r"^port 0$", valkey_conf, re.M) and "tls-port 6379" in valkey_conf
+    neo4j_env = {e["name"]: e.get("value") for _, c in containers() if c["name"] == "neo4j" for e in c["env"]}
+    assert neo4j_env["NEO4J_server_bolt_tls__level"] == "REQUIRED"
+    # the NATS identities and their permissions are the local stack's (one definition, tested there)
+    for role, permissions in nats_permissions().items():
+        assert json.dumps(permissions) in nats_conf, f"nats.conf: the permissions of {role} differ"
+    for role in NATS_ROLES:
+        assert f'user: "{role}", password: $NATS_{role.upper()}_PASSWORD' in nats_conf
+    # every client workload trusts the private CA and connects with its own NATS identity; the admin
+    # identity only declares the streams (the gateway's init container)
+    users = {}
+    for where, container in containers():
+        env = {e["name"]: e for e in container.get("env", [])}
+        if "FLEET_NATS_PASSWORD" in env:
+            assert env["SSL_CERT_FILE"]["value"] == "/etc/fleet/ca/ca.crt", where
+            assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/etc/fleet/ca"}, where
+            users[where] = env["FLEET_NATS_USER"]["value"]
+            assert env["FLEET_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == f"{users[where]}-password"
+    admins = [where for where, user in users.items() if user == "admin"]
+    assert admins == ["gateway.yaml#0:Deployment/fleet-gateway declare-streams"], users
+    assert {"gateway", "projector", "story"} <= set(users.values()), users
 
 
 def test_gateway_probes_use_the_grpc_health_service() -> None:
@@ -244,7 +348,8 @@ def test_the_gateway_serves_tls_from_a_mounted_secret() -> None:
     settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("FLEET_GATEWAY") and v})
     assert settings.gateway_serves_tls
     volumes = {v["name"]: v for v in pod["volumes"]}
-    (mount,) = [m for m in container["volumeMounts"] if volumes[m["name"]].get("secret")]
+    # (the other Secret volume, fleet-tls-ca, holds only the data servers' CA certificate)
+    (mount,) = [m for m in container["volumeMounts"] if volumes[m["name"]].get("secret") and m["name"] != "fleet-ca"]
     secret = volumes[mount["name"]]["secret"]
     assert mount["readOnly"] and secret["secretName"] == "fleet-gateway-tls"
     assert secret["defaultMode"] & 0o007 == 0, "the key is not world-readable"

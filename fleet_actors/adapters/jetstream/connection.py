@@ -180,6 +180,9 @@ async def connect_nats(settings: Settings, *, name: str = "fleet-actors") -> Cli
                 servers,
                 name=name,
                 connect_timeout=settings.nats_timeout,
+                # FLEET_NATS_USER / _PASSWORD, for servers whose URLs carry no user info
+                user=settings.nats_user or None,
+                password=settings.nats_password or None,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.25,
                 allow_reconnect=True,

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import valkey.asyncio as valkey_async
 import valkey.exceptions
@@ -73,10 +74,18 @@ def _document(story_id: str, version: int, raw: bytes) -> ContextDocument | None
         return None
 
 
+def valkey_auth(settings: Settings) -> dict[str, Any]:
+    """FLEET_VALKEY_USER / _PASSWORD as client options (user info in the URL wins over them)."""
+    auth: dict[str, Any] = {"password": settings.valkey_password} if settings.valkey_password else {}
+    if settings.valkey_user:
+        auth["username"] = settings.valkey_user
+    return auth
+
+
 async def connect_valkey(settings: Settings) -> valkey_async.Valkey:
     """A client of the configured Valkey that has answered a ping."""
     client = valkey_async.Valkey.from_url(
-        settings.valkey_url, socket_timeout=5, socket_connect_timeout=5, retry_on_timeout=True
+        settings.valkey_url, socket_timeout=5, socket_connect_timeout=5, retry_on_timeout=True, **valkey_auth(settings)
     )
     try:
         await client.ping()
