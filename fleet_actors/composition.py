@@ -17,6 +17,7 @@ from typing import TypeVar
 from nats.aio.client import Client
 
 from fleet_actors.adapters.archive import Archive, ArchivedEventStore
+from fleet_actors.adapters.archive.archived_rows import ArchiveRows
 from fleet_actors.adapters.jetstream import JetStreamEventStore, connect_nats, ensure_event_stream
 from fleet_actors.adapters.jetstream.connection import stream_exists
 from fleet_actors.adapters.jetstream.dead_letter_stream import DeadLetterStream
@@ -28,6 +29,7 @@ from fleet_actors.adapters.valkey import (
     BundleStore,
     ContextCache,
     ValkeyDeadLetterIndex,
+    ValkeyProjectionCheckpoints,
     ValkeyProjectionControl,
     connect_valkey,
 )
@@ -35,13 +37,16 @@ from fleet_actors.application.read_models import ReadModels
 from fleet_actors.archive.archiver import SEGMENT_EVENTS, Archiver
 from fleet_actors.archive.export import ExportReport, check_since
 from fleet_actors.archive.export import export_events as export_stream
+from fleet_actors.ports.checkpoints import ProjectionCheckpoints
 from fleet_actors.ports.event_store import EventStore
 from fleet_actors.ports.read_models import ContextDocuments, GraphReadModel, ProjectionControl
 from fleet_actors.ports.snapshot_store import SnapshotStore
+from fleet_actors.projections.api import Projection, projection_id
 from fleet_actors.projections.dead_letters import DeadLetters
 from fleet_actors.projections.policy import DEFAULT_POLICY, ProjectorPolicy, consumer_name
 from fleet_actors.projections.projector import Projector
 from fleet_actors.projections.rebuild import REPLAY_POLICY, Replayer, replay_consumer
+from fleet_actors.projections.runner import ProjectionMetrics, ProjectionRunner
 from fleet_actors.settings import Settings
 
 P = TypeVar("P", bound=Projector)
@@ -55,7 +60,9 @@ __all__ = [
     "open_event_store",
     "open_existing_stream",
     "open_gateway_stores",
+    "open_projection_checkpoints",
     "open_projection_control",
+    "open_projection_runner",
     "open_projector",
     "open_read_models",
     "open_read_side",
@@ -151,9 +158,12 @@ def dead_letters(nc: Client, read_side: ReadSide, settings: Settings) -> DeadLet
     return DeadLetters(DeadLetterStream(nc, settings), read_side.dead_letter_index)
 
 
-async def open_dead_letters(settings: Settings, nc: Client) -> tuple[DeadLetters, ValkeyDeadLetterIndex]:
-    """The dead letters for operator tools; close the returned index when done."""
-    index = await ValkeyDeadLetterIndex.connect(settings)
+async def open_dead_letters(
+    settings: Settings, nc: Client, projection: str = ""
+) -> tuple[DeadLetters, ValkeyDeadLetterIndex]:
+    """The dead letters for operator tools (of a user projection, ``{name}-v{version}``, if given);
+    close the returned index when done."""
+    index = await ValkeyDeadLetterIndex.connect(settings, projection)
     return DeadLetters(DeadLetterStream(nc, settings), index), index
 
 
@@ -217,6 +227,49 @@ async def _open_projector(
         await projector.close()
         raise
     return projector
+
+
+async def open_projection_checkpoints(settings: Settings) -> ProjectionCheckpoints:
+    """User projections' checkpoints, registrations and progress (``projections/api.py``)."""
+    return await ValkeyProjectionCheckpoints.connect(settings)
+
+
+async def open_projection_runner(
+    settings: Settings,
+    projection: Projection,
+    index: int = 0,
+    count: int = 1,
+    policy: ProjectorPolicy = DEFAULT_POLICY,
+    *,
+    metrics: ProjectionMetrics | None = None,
+    start: bool = True,
+) -> ProjectionRunner:
+    """A user projection's runner ``index`` of ``count``: registered, caught up from the archive (with
+    FLEET_ARCHIVE_URL) and bound to its live consumers (unless ``start`` is false); ``run(stop)`` it."""
+    nc = await connect_nats(settings, name=f"fleet-proj-{projection_id(projection)}-{index}-of-{count}")
+    try:
+        store = await open_event_store(settings, nc)
+        await ensure_event_stream(nc, settings)
+        client = await connect_valkey(settings)
+    except BaseException:
+        await nc.close()
+        raise
+    # One Valkey connection, owned (and closed) by the checkpoints.
+    checkpoints = ValkeyProjectionCheckpoints(client, settings.stream_name, owns_client=True)
+    index_client = ValkeyDeadLetterIndex(client, projection=projection_id(projection))
+    archive = ArchiveRows(store.archive) if isinstance(store, ArchivedEventStore) else None
+    runner = ProjectionRunner(
+        projection, settings, index, count, feeds=JetStreamFeeds(nc, settings), store=store, checkpoints=checkpoints,
+        dead_letters=DeadLetters(DeadLetterStream(nc, settings), index_client), archive=archive, policy=policy,
+        metrics=metrics,
+    )  # fmt: skip
+    if start:
+        try:
+            await runner.start()
+        except BaseException:
+            await runner.close()
+            raise
+    return runner
 
 
 async def open_read_models(settings: Settings) -> ReadModels:

@@ -9,6 +9,7 @@ from fleet_actors.adapters.valkey.context_cache import (
     valkey_errors,
 )
 from fleet_actors.adapters.valkey.dead_letter_index import ValkeyDeadLetterIndex
+from fleet_actors.adapters.valkey.projection_checkpoints import ValkeyProjectionCheckpoints
 from fleet_actors.adapters.valkey.projection_control import ValkeyProjectionControl
 from fleet_actors.ports.read_models import ContextDocument
 
@@ -17,6 +18,7 @@ __all__ = [
     "ContextCache",
     "ContextDocument",
     "ValkeyDeadLetterIndex",
+    "ValkeyProjectionCheckpoints",
     "ValkeyProjectionControl",
     "connect_valkey",
     "translate_valkey_error",

@@ -5,19 +5,22 @@ from __future__ import annotations
 import valkey.asyncio as valkey_async
 
 from fleet_actors.adapters.valkey.context_cache import connect_valkey, valkey_errors
-from fleet_actors.adapters.valkey.keys import HELD_KEY, RELEASE_KEY
+from fleet_actors.adapters.valkey.keys import held_key, release_key
 from fleet_actors.ports.read_models import DeadLetterIndex, ParkedEvent
 from fleet_actors.settings import Settings
 
 
 class ValkeyDeadLetterIndex(DeadLetterIndex):
-    def __init__(self, client: valkey_async.Valkey, *, owns_client: bool = False) -> None:
+    def __init__(self, client: valkey_async.Valkey, *, owns_client: bool = False, projection: str = "") -> None:
+        """``projection``: a user projection's own index (its held stories do not hold the built-in projectors')."""
         self._client = client
         self._owns_client = owns_client
+        self._held_key = held_key(projection)
+        self._release_key = release_key(projection)
 
     @classmethod
-    async def connect(cls, settings: Settings) -> ValkeyDeadLetterIndex:
-        return cls(await connect_valkey(settings), owns_client=True)
+    async def connect(cls, settings: Settings, projection: str = "") -> ValkeyDeadLetterIndex:
+        return cls(await connect_valkey(settings), owns_client=True, projection=projection)
 
     async def close(self) -> None:
         if self._owns_client:
@@ -25,29 +28,29 @@ class ValkeyDeadLetterIndex(DeadLetterIndex):
 
     async def hold(self, parked: ParkedEvent) -> None:
         with valkey_errors("holding a parked event's story"):
-            await self._client.hset(HELD_KEY, parked.story_id, parked.to_json())  # type: ignore[misc]  # valkey-py stubs: Awaitable[T] | T
+            await self._client.hset(self._held_key, parked.story_id, parked.to_json())  # type: ignore[misc]  # valkey-py stubs: Awaitable[T] | T
 
     async def held(self) -> dict[str, ParkedEvent]:
         with valkey_errors("reading the stories held for parked events"):
-            raw = await self._client.hgetall(HELD_KEY)  # type: ignore[misc]  # valkey-py stubs: Awaitable[T] | T
+            raw = await self._client.hgetall(self._held_key)  # type: ignore[misc]  # valkey-py stubs: Awaitable[T] | T
         return {k.decode(): ParkedEvent.from_json(v) for k, v in raw.items()}
 
     async def request_release(self, story_id: str, action: str) -> None:
         with valkey_errors("requesting a release"):
-            await self._client.hset(RELEASE_KEY, story_id, action)  # type: ignore[misc]  # valkey-py stubs: Awaitable[T] | T
+            await self._client.hset(self._release_key, story_id, action)  # type: ignore[misc]  # valkey-py stubs: Awaitable[T] | T
 
     async def pending_releases(self) -> dict[str, str]:
         with valkey_errors("reading release requests"):
-            raw = await self._client.hgetall(RELEASE_KEY)  # type: ignore[misc]  # valkey-py stubs: Awaitable[T] | T
+            raw = await self._client.hgetall(self._release_key)  # type: ignore[misc]  # valkey-py stubs: Awaitable[T] | T
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     async def drop_release(self, story_id: str) -> None:
         with valkey_errors("dropping a release request"):
-            await self._client.hdel(RELEASE_KEY, story_id)  # type: ignore[misc]  # valkey-py stubs: Awaitable[T] | T
+            await self._client.hdel(self._release_key, story_id)  # type: ignore[misc]  # valkey-py stubs: Awaitable[T] | T
 
     async def released(self, story_id: str) -> None:
         with valkey_errors("releasing a held story"):
             async with self._client.pipeline(transaction=True) as pipe:
-                pipe.hdel(HELD_KEY, story_id)
-                pipe.hdel(RELEASE_KEY, story_id)
+                pipe.hdel(self._held_key, story_id)
+                pipe.hdel(self._release_key, story_id)
                 await pipe.execute()

@@ -8,6 +8,10 @@
     projector:{name}:status                  a projector's published status (JSON)
     rebuild:{stream}:{job_id}                hash: a rebuild job's end sequence and phase
     dlq:held / dlq:release                   hashes: stories held for a parked event / release requests
+    dlq:{projection}:held / :release         the same for a user projection (projections/api.py)
+    projection:{stream}:registered           hash {projection id: JSON record}: user projections
+    projection:{stream}:{id}:versions        hash {story: applied version}: a user projection's checkpoint
+    projection:{stream}:{id}:progress        hash {worker: JSON progress}: its runners' progress
     rehydration:{case_id}                    a persisted RehydrateSession bundle (TTL)
 """
 
@@ -44,6 +48,27 @@ def job_key(stream: str, job_id: str) -> str:
 
 HELD_KEY = "dlq:held"
 RELEASE_KEY = "dlq:release"
+
+
+def held_key(projection: str = "") -> str:
+    """The stories held for a parked event: the built-in projectors' (no projection) or a user projection's."""
+    return f"dlq:{projection}:held" if projection else HELD_KEY
+
+
+def release_key(projection: str = "") -> str:
+    return f"dlq:{projection}:release" if projection else RELEASE_KEY
+
+
+def registered_projections_key(stream: str) -> str:
+    return f"projection:{stream}:registered"
+
+
+def projection_versions_key(stream: str, projection: str) -> str:
+    return f"projection:{stream}:{projection}:versions"
+
+
+def projection_progress_key(stream: str, projection: str) -> str:
+    return f"projection:{stream}:{projection}:progress"
 
 
 def bundle_key(case_id: str) -> str:
