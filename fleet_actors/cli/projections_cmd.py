@@ -18,6 +18,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     start = sub.add_parser("start", help="start FLEET_PROJECTORS projector actors on the Ray cluster")
     add_settings_arguments(start)
     start.set_defaults(func=_start)
+    remove = sub.add_parser(
+        "remove", help="remove a user projection: its consumers, checkpoint, progress and held stories"
+    )
+    remove.add_argument("projection", metavar="NAME-vN")
+    add_settings_arguments(remove)
+    remove.set_defaults(func=_remove)
 
     verify = commands.add_parser(
         "verify", help="replay the event log and compare it with both read models; exit 1 on any difference"
@@ -30,11 +36,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     dlq = commands.add_parser("dlq", help="events parked by the projectors (poison events)")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
     listing = dlq_sub.add_parser("list", help="parked events and the stories they hold")
+    _add_projection_argument(listing)
     add_settings_arguments(listing)
     listing.set_defaults(func=_dlq_list)
     for action, text in (("retry", "apply the parked event again"), ("skip", "step over the parked event")):
         command = dlq_sub.add_parser(action, help=f"{text}, then catch the story up from the log")
         command.add_argument("story_id", metavar="STORY_ID")
+        _add_projection_argument(command)
         add_settings_arguments(command)
         command.set_defaults(func=_dlq_release, action=action)
 
@@ -45,6 +53,34 @@ def _status(args: argparse.Namespace) -> int:
     rows = [dataclasses.asdict(s) for s in run(projection_status(settings_from(args)))]
     print_table(rows, ["consumer", "projector", "pending", "ack_pending", "ack_floor", "lag_events", "lag_seconds",
                        "applied", "parked", "commit_lag_p99_ms", "last_error"])  # fmt: skip
+    _print_user_projections(args)
+    return 0
+
+
+# --- user projections (projections/api.py, issue #24) -------------------------------------------
+
+
+def _add_projection_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--projection", default="", metavar="NAME-vN", help="a user projection's dead letters (default: the built-in)"
+    )
+
+
+def _print_user_projections(args: argparse.Namespace) -> None:
+    from fleet_actors.jobs.projection_extensions import projection_rows
+
+    rows = [dataclasses.asdict(r) for r in run(projection_rows(settings_from(args)))]
+    if rows:
+        print()
+        print_table(rows, ["projection", "worker", "phase", "partitions", "remaining", "applied", "parked", "rate",
+                           "eta_seconds", "lag_seconds", "last_error"])  # fmt: skip
+
+
+def _remove(args: argparse.Namespace) -> int:
+    from fleet_actors.jobs.projection_extensions import remove_projection
+
+    deleted = run(remove_projection(settings_from(args), args.projection))
+    print(f"projection {args.projection} removed ({len(deleted)} consumers deleted)", file=sys.stderr)
     return 0
 
 
@@ -69,13 +105,13 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-async def _dead_letters(settings):
+async def _dead_letters(settings, projection: str = ""):
     from fleet_actors.adapters.jetstream import connect_nats
     from fleet_actors.composition import open_dead_letters
 
     nc = await connect_nats(settings)
     try:
-        dead_letters, index = await open_dead_letters(settings, nc)
+        dead_letters, index = await open_dead_letters(settings, nc, projection)
     except BaseException:
         await nc.close()
         raise
@@ -84,7 +120,7 @@ async def _dead_letters(settings):
 
 def _dlq_list(args: argparse.Namespace) -> int:
     async def listing():
-        nc, cache, dead_letters = await _dead_letters(settings_from(args))
+        nc, cache, dead_letters = await _dead_letters(settings_from(args), args.projection)
         try:
             return await dead_letters.held()
         finally:
@@ -94,14 +130,14 @@ def _dlq_list(args: argparse.Namespace) -> int:
     held = run(listing())
     print_table(
         [dataclasses.asdict(p) for p in held.values()],
-        ["story_id", "version", "stream_sequence", "consumer", "deliveries", "parked_at", "error"],
+        ["story_id", "version", "stream_sequence", "consumer", "projection", "deliveries", "parked_at", "error"],
     )
     return 0
 
 
 def _dlq_release(args: argparse.Namespace) -> int:
     async def release():
-        nc, cache, dead_letters = await _dead_letters(settings_from(args))
+        nc, cache, dead_letters = await _dead_letters(settings_from(args), args.projection)
         try:
             return await dead_letters.request_release(args.story_id, args.action)
         finally:

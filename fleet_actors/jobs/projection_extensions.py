@@ -1,0 +1,99 @@
+"""Operator views of user projections (``projections/api.py``): one status row per runner, with
+progress and an ETA, and the removal of a projection (consumers, checkpoint, progress, dead letters)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fleet_actors.adapters.jetstream import connect_nats
+from fleet_actors.adapters.jetstream.consumers import consumer_lags, consumers, delete_consumers
+from fleet_actors.adapters.valkey import ValkeyDeadLetterIndex
+from fleet_actors.composition import open_projection_checkpoints
+from fleet_actors.projections.policy import partition_consumer_name
+from fleet_actors.settings import Settings
+
+
+@dataclass(frozen=True)
+class ProjectionRow:
+    #: ``{name}-v{version}``
+    projection: str
+    worker: str
+    #: "archive" (catching up from the archive), "live", or "not running" (registered, no progress yet)
+    phase: str
+    partitions: str
+    #: events not yet applied: the consumers' pending and unacknowledged, plus the archive's rest
+    remaining: int
+    applied: int
+    parked: int
+    rate: float
+    #: seconds to catch up at the current rate ("" when unknown or nothing remains)
+    eta_seconds: str
+    lag_seconds: float
+    last_error: str
+
+
+async def projection_rows(settings: Settings) -> list[ProjectionRow]:
+    checkpoints = await open_projection_checkpoints(settings)
+    try:
+        registered = await checkpoints.registered()
+        progress = {projection: await checkpoints.progress(projection) for projection in registered}
+    finally:
+        await checkpoints.close()
+    names = {
+        partition_consumer_name(f"proj-{projection}", p): projection
+        for projection in registered
+        for p in range(settings.partitions)
+    }
+    lags = {lag.consumer: lag for lag in await consumer_lags(settings, set(names))} if names else {}
+    rows = []
+    for projection in registered:
+        workers = progress[projection]
+        if not workers:
+            rows.append(ProjectionRow(projection, "", "not running", "", 0, 0, 0, 0.0, "", 0.0, ""))
+        for worker, record in workers.items():
+            partitions = list(record.get("partitions", []))
+            mine = [lags[c] for p in partitions if (c := partition_consumer_name(f"proj-{projection}", p)) in lags]
+            remaining = sum(lag.pending + lag.ack_pending for lag in mine)
+            if record.get("phase") == "archive":
+                remaining += max(0, int(record.get("archive_last", 0)) - int(record.get("archive_through", 0)))
+            rate = float(record.get("rate", 0.0))
+            rows.append(
+                ProjectionRow(
+                    projection=projection,
+                    worker=worker,
+                    phase=str(record.get("phase", "")),
+                    partitions=",".join(str(p) for p in partitions),
+                    remaining=remaining,
+                    applied=int(record.get("applied", 0)),
+                    parked=int(record.get("parked", 0)),
+                    rate=rate,
+                    eta_seconds=f"{remaining / rate:.0f}" if remaining and rate > 0 else "",
+                    lag_seconds=max((lag.lag_seconds for lag in mine), default=0.0),
+                    last_error=str(record.get("last_error", "")),
+                )
+            )
+    return rows
+
+
+async def remove_projection(settings: Settings, projection: str) -> list[str]:
+    """Delete a projection's consumers, checkpoint, progress, registration and held stories (its own
+    target is the user's to drop). Returns the consumers deleted. Stop its runners first."""
+    nc = await connect_nats(settings, name="fleet-projection-remove")
+    try:
+        prefix = f"proj-{projection}-partition-"
+        mine = [c.name for c in await consumers(nc, settings.stream_name) if c.name.startswith(prefix)]
+        await delete_consumers(nc, settings.stream_name, mine)
+    finally:
+        await nc.close()
+    checkpoints = await open_projection_checkpoints(settings)
+    try:
+        await checkpoints.remove(projection)
+    finally:
+        await checkpoints.close()
+    index = await ValkeyDeadLetterIndex.connect(settings, projection)
+    try:
+        for story_id in await index.held():
+            await index.released(story_id)
+    finally:
+        await index.close()
+    return mine

@@ -1,0 +1,246 @@
+"""User projections (projections/api.py) on the real stack: NATS, Valkey, a Parquet archive and the
+SQLite example. Registered after the log has history (part of it only in the archive), a projection
+ends with exactly the events of a replay and goes on live; killed mid-catch-up it resumes without
+applying anything twice; a poison event parks only its story."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from examples.decisions_by_role import DecisionsByRole
+from fleet_actors.adapters.archive import Archive, ArchivedEventStore
+from fleet_actors.adapters.jetstream import JetStreamEventStore, connect_nats
+from fleet_actors.adapters.valkey import ValkeyDeadLetterIndex
+from fleet_actors.composition import archiver_on, open_dead_letters, open_projection_runner
+from fleet_actors.domain.commands import RecordSummary
+from fleet_actors.domain.events import EventEnvelope
+from fleet_actors.jobs.projection_extensions import projection_rows, remove_projection
+from fleet_actors.loadgen.seed import seed
+from fleet_actors.projections.runner import ProjectionRunner, verify_projection
+from fleet_actors.settings import Settings
+from tests.integration.conftest import TEST_POLICY, wait_until, write_story
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, projection, policy=TEST_POLICY) -> AsyncIterator[ProjectionRunner]:
+    runner = await open_projection_runner(settings, projection, 0, 1, policy)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        yield runner
+    finally:
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)
+        await runner.close()
+
+
+async def caught_up(runner: ProjectionRunner) -> bool:
+    assert runner.feed is not None
+    return await runner.feed.drained()
+
+
+async def all_story_ids(store) -> list[str]:
+    return sorted(await store.story_ids())
+
+
+def assert_applied_once(projection: DecisionsByRole, heads: Mapping[str, int]) -> None:
+    applied = projection.events_applied()
+    assert {s: v for s, (v, _) in applied.items()} == dict(heads)
+    assert all(version == count for version, count in applied.values()), "an event was applied twice"
+
+
+async def test_registered_after_archived_history_it_ends_as_a_replay_and_goes_on_live(
+    stream_settings: Settings, tmp_path: Path, unique_id, execute
+):
+    settings = stream_settings.replace(archive_url=str(tmp_path / "archive"), stream_max_age=2.0)
+    tag = unique_id("A")
+    await seed(settings, 8, 20, prefix=f"{tag}-old")  # 160 events, archived and then purged
+    stream = await JetStreamEventStore.connect(settings)
+    archive = Archive(settings.archive_url, settings.stream_name)
+    try:
+        archiver = await archiver_on(settings, stream.connection, archive, segment_events=40)
+        await archiver.archive_once()
+        await asyncio.sleep(settings.stream_max_age + 0.5)
+        retention = await archiver.enforce_retention()
+        assert retention.purged_through > 100  # most old events are now only in the archive
+        await seed(settings, 4, 20, prefix=f"{tag}-new")  # 80 more in the stream only
+        store = ArchivedEventStore(stream, archive, settings)
+        stories = await all_story_ids(store)
+        assert len(stories) == 12
+
+        projection = DecisionsByRole(str(tmp_path / "decisions.db"))
+        async with running(settings, projection) as runner:
+            assert runner.progress.archive_applied > 100 and runner.progress.archive_through == (
+                await archive.manifest()
+            ).last_sequence
+            await wait_until(lambda: caught_up(runner))
+            heads = {s: (await store.read_all(s))[-1].envelope.version for s in stories}
+            assert_applied_once(projection, heads)
+            assert await verify_projection(projection, store, stories) == {}
+            assert projection.per_role() and sum(n for _, n in projection.per_role()) > 0
+            # Live: new events arrive without a gap or a duplicate at the seam.
+            live = unique_id("L")
+            version = await write_story(execute, live)
+            await wait_until(lambda: asyncio.sleep(0, projection.events_applied().get(live, (0, 0))[0] == version))
+            assert_applied_once(projection, {**heads, live: version})
+
+            async def status_row():
+                rows = [r for r in await projection_rows(settings) if r.projection == "decisions-by-role-v1"]
+                return rows[0] if len(rows) == 1 and rows[0].applied == sum(heads.values()) + version else None
+
+            await wait_until(status_row)  # progress is published every second
+            row = await status_row()
+            assert row.phase == "live" and row.parked == 0 and row.remaining == 0 and row.eta_seconds == ""
+    finally:
+        await stream.close()
+    deleted = await remove_projection(settings, "decisions-by-role-v1")
+    assert len(deleted) == settings.partitions
+    assert not [r for r in await projection_rows(settings) if r.projection == "decisions-by-role-v1"]
+
+
+class SlowDecisions(DecisionsByRole):
+    """Takes its time, so that a kill lands mid-catch-up; tells when it has applied ``enough``."""
+
+    def __init__(self, path: str, enough: int) -> None:
+        super().__init__(path)
+        self.enough, self.applied = enough, 0
+        self.reached = asyncio.Event()
+
+    async def apply(self, batch: Mapping[str, Sequence[EventEnvelope]]) -> None:
+        await super().apply(batch)
+        self.applied += sum(len(events) for events in batch.values())
+        if self.applied >= self.enough:
+            self.reached.set()
+        await asyncio.sleep(0.01)
+
+
+async def test_killed_mid_catch_up_it_resumes_without_duplicates(stream_settings: Settings, tmp_path: Path, unique_id):
+    settings = stream_settings
+    await seed(settings, 12, 25, prefix=unique_id("K"))  # 300 events
+    db = str(tmp_path / "decisions.db")
+    small = TEST_POLICY.__class__(**{**TEST_POLICY.__dict__, "batch_size": 20})
+
+    # 1. In process: cancelled between a committed apply and its acknowledgement.
+    slow = SlowDecisions(db, enough=60)
+    runner = await open_projection_runner(settings, slow, 0, 1, small)
+    task = asyncio.create_task(runner.run(asyncio.Event()))
+    await asyncio.wait_for(slow.reached.wait(), 30)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await runner.close()
+
+    def applied_now() -> int:
+        with contextlib.closing(sqlite3.connect(db)) as connection:
+            return connection.execute("SELECT coalesce(sum(events_applied), 0) FROM stories").fetchone()[0]
+
+    assert 0 < applied_now() < 300
+
+    # 2. A separate process, killed with SIGKILL part-way.
+    env = {**os.environ, **settings.as_env(), "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "examples.decisions_by_role", "run", "--db", db, "--batch-size", "1"],
+        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        before = applied_now()
+        await wait_until(lambda: asyncio.sleep(0, applied_now() > before), timeout=60)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert applied_now() < 300, "the child finished before it was killed: make the log larger"
+
+    # 3. Resumed: everything exactly once.
+    projection = DecisionsByRole(db)
+    async with running(settings, projection) as resumed:
+        await wait_until(lambda: caught_up(resumed), timeout=60)
+        store = await JetStreamEventStore.connect(settings)
+        try:
+            stories = await all_story_ids(store)
+            heads = {s: (await store.read_all(s))[-1].envelope.version for s in stories}
+            assert_applied_once(projection, heads)
+            assert await verify_projection(projection, store, stories) == {}
+        finally:
+            await store.close()
+
+
+class PoisonedOnce:
+    """A projection into a dict that cannot take one event (it is in its own checkpoint store: Valkey)."""
+
+    version = 1
+
+    def __init__(self, poison: str) -> None:
+        self.name = f"poisoned-{uuid.uuid4().hex[:8]}"
+        self.poison = poison
+        self.seen: dict[str, list[int]] = {}
+
+    async def apply(self, batch: Mapping[str, Sequence[EventEnvelope]]) -> None:
+        for events in batch.values():
+            if any(e.event_id == self.poison for e in events):
+                raise ValueError("cannot project this event")
+        for story_id, events in batch.items():
+            self.seen.setdefault(story_id, []).extend(e.version for e in events)
+
+
+async def test_a_poison_event_parks_only_its_story(stream_settings: Settings, execute, unique_id):
+    settings = stream_settings
+    good = [unique_id("G") for _ in range(3)]
+    bad = unique_id("B")
+    versions = {s: await write_story(execute, s) for s in [*good, bad]}
+    store = await JetStreamEventStore.connect(settings)
+    try:
+        poison = (await store.read_all(bad))[4].envelope  # version 5
+        projection = PoisonedOnce(poison.event_id)
+        async with running(settings, projection) as runner:
+            await wait_until(lambda: runner.dead_letters.held())
+            await wait_until(lambda: asyncio.sleep(0, all(projection.seen.get(s) for s in good)))
+            await wait_until(lambda: caught_up(runner))
+            assert {s: projection.seen[s] for s in good} == {s: list(range(1, versions[s] + 1)) for s in good}
+            assert projection.seen.get(bad) == [1, 2, 3, 4]  # up to the poison event, not past it
+            held = await runner.dead_letters.held()
+            assert list(held) == [bad]
+            parked = held[bad]
+            assert parked.version == 5 and parked.projection == f"{projection.name}-v1"
+            assert parked.consumer.startswith(f"proj-{projection.name}-v1-partition-")
+            # The built-in projectors' dead letters are untouched; the operator tools see this one.
+            builtin = await ValkeyDeadLetterIndex.connect(settings)
+            try:
+                assert bad not in await builtin.held()
+            finally:
+                await builtin.close()
+            nc = await connect_nats(settings)
+            try:
+                dead_letters, index = await open_dead_letters(settings, nc, f"{projection.name}-v1")
+                assert list(await dead_letters.held()) == [bad]
+                # Later events of the held story are kept back; skip releases it past the poison event.
+                await execute(bad, RecordSummary("later"))
+                await dead_letters.request_release(bad, "skip")
+                await index.close()
+            finally:
+                await nc.close()
+            await wait_until(lambda: asyncio.sleep(0, len(projection.seen.get(bad, [])) == versions[bad] + 1))
+            # Version 5 is the stand-in for the skipped event (event type "dlq-skip", no payload).
+            assert projection.seen[bad] == list(range(1, versions[bad] + 2))
+            assert await runner.dead_letters.held() == {}
+    finally:
+        await store.close()
+
+
+@pytest.fixture(autouse=True)
+def _quiet_registry():
+    from fleet_actors.projections import api
+
+    yield
+    api.unregister("decisions-by-role")
