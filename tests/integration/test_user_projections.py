@@ -22,6 +22,7 @@ from examples.decisions_by_role import DecisionsByRole
 from fleet_actors.adapters.archive import Archive, ArchivedEventStore
 from fleet_actors.adapters.jetstream import JetStreamEventStore, connect_nats
 from fleet_actors.adapters.valkey import ValkeyDeadLetterIndex
+from fleet_actors.cli.main import main
 from fleet_actors.composition import archiver_on, open_dead_letters, open_projection_runner
 from fleet_actors.domain.commands import RecordSummary
 from fleet_actors.domain.events import EventEnvelope
@@ -194,8 +195,10 @@ class PoisonedOnce:
             self.seen.setdefault(story_id, []).extend(e.version for e in events)
 
 
-async def test_a_poison_event_parks_only_its_story(stream_settings: Settings, execute, unique_id):
+async def test_a_poison_event_parks_only_its_story(stream_settings: Settings, execute, unique_id, monkeypatch, capsys):
     settings = stream_settings
+    for key, value in settings.as_env().items():
+        monkeypatch.setenv(key, value)
     good = [unique_id("G") for _ in range(3)]
     bad = unique_id("B")
     versions = {s: await write_story(execute, s) for s in [*good, bad]}
@@ -220,6 +223,12 @@ async def test_a_poison_event_parks_only_its_story(stream_settings: Settings, ex
                 assert bad not in await builtin.held()
             finally:
                 await builtin.close()
+            capsys.readouterr()
+            assert await asyncio.to_thread(main, ["dlq", "list", "--projection", f"{projection.name}-v1"]) == 0
+            listed = capsys.readouterr().out
+            assert bad in listed and f"{projection.name}-v1" in listed and good[0] not in listed
+            assert await asyncio.to_thread(main, ["projections", "status"]) == 0
+            assert f"{projection.name}-v1" in capsys.readouterr().out
             nc = await connect_nats(settings)
             try:
                 dead_letters, index = await open_dead_letters(settings, nc, f"{projection.name}-v1")
