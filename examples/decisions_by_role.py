@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import signal
 import sqlite3
 import sys
 import threading
@@ -177,29 +175,20 @@ def expected_rows(story_id: str, events: Sequence[EventEnvelope]) -> list[tuple[
 
 async def run(db: str, *, until_caught_up: bool, batch_size: int = 500, index: int = 0, count: int = 1) -> int:
     """Register the projection, catch it up from the first event and keep it live (until SIGTERM)."""
-    from fleet_actors.composition import open_projection_runner
+    from fleet_actors.jobs.projection_extensions import run_projection
     from fleet_actors.projections.policy import ProjectorPolicy
     from fleet_actors.settings import Settings
 
-    settings = Settings.from_env()
     projection = api.register(lambda: DecisionsByRole(db), replace=True)
-    runner = await open_projection_runner(settings, projection, index, count, ProjectorPolicy(batch_size=batch_size))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    task = asyncio.create_task(runner.run(stop))
-    try:
-        while not stop.is_set():
-            await asyncio.sleep(0.5)
-            progress = runner.progress
-            print(f"{progress.phase}: {progress.applied} applied, {progress.rate}/s", file=sys.stderr, flush=True)
-            if until_caught_up and runner.feed is not None and await runner.feed.drained():
-                break
-    finally:
-        stop.set()
-        with contextlib.suppress(Exception):
-            await task
-        await runner.close()
+
+    def report(runner) -> None:
+        progress = runner.progress
+        print(f"{progress.phase}: {progress.applied} applied, {progress.rate}/s", file=sys.stderr, flush=True)
+
+    await run_projection(
+        Settings.from_env(), projection, index=index, count=count, policy=ProjectorPolicy(batch_size=batch_size),
+        until_caught_up=until_caught_up, report=report,
+    )  # fmt: skip
     return 0
 
 

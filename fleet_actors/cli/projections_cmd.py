@@ -24,6 +24,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     remove.add_argument("projection", metavar="NAME-vN")
     add_settings_arguments(remove)
     remove.set_defaults(func=_remove)
+    run_cmd = sub.add_parser(
+        "run", help="run a user projection in this process: catch up from the first event, then follow the log"
+    )
+    run_cmd.add_argument("target", metavar="MODULE:ATTRIBUTE", help="a projection, its class or a factory")
+    run_cmd.add_argument("--index", type=int, default=0, help="this runner of --count (partitions p %% count)")
+    run_cmd.add_argument("--count", type=int, default=1)
+    run_cmd.add_argument("--batch-size", type=int, default=500)
+    run_cmd.add_argument("--until-caught-up", action="store_true", help="stop once nothing is pending")
+    add_settings_arguments(run_cmd)
+    run_cmd.set_defaults(func=_run_projection)
 
     verify = commands.add_parser(
         "verify", help="replay the event log and compare it with both read models; exit 1 on any difference"
@@ -74,6 +84,27 @@ def _print_user_projections(args: argparse.Namespace) -> None:
         print()
         print_table(rows, ["projection", "worker", "phase", "partitions", "remaining", "applied", "parked", "rate",
                            "eta_seconds", "lag_seconds", "last_error"])  # fmt: skip
+
+
+def _run_projection(args: argparse.Namespace) -> int:
+    from fleet_actors.jobs.projection_extensions import run_projection
+    from fleet_actors.projections.api import load
+    from fleet_actors.projections.policy import ProjectorPolicy
+
+    projection = load(args.target)
+
+    def report(runner) -> None:
+        p = runner.progress
+        print(f"{runner.worker}: {p.phase}, {p.applied} applied, {p.rate}/s, {p.parked} parked", file=sys.stderr)
+
+    applied = run(
+        run_projection(
+            settings_from(args), projection, index=args.index, count=args.count,
+            policy=ProjectorPolicy(batch_size=args.batch_size), until_caught_up=args.until_caught_up, report=report,
+        )
+    )  # fmt: skip
+    print(f"projection {projection.name}-v{projection.version}: {applied} events applied")
+    return 0
 
 
 def _remove(args: argparse.Namespace) -> int:

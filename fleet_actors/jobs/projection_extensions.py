@@ -3,13 +3,19 @@ progress and an ETA, and the removal of a projection (consumers, checkpoint, pro
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fleet_actors.adapters.jetstream import connect_nats
 from fleet_actors.adapters.jetstream.consumers import consumer_lags, consumers, delete_consumers
 from fleet_actors.adapters.valkey import ValkeyDeadLetterIndex
-from fleet_actors.composition import open_projection_checkpoints
-from fleet_actors.projections.policy import partition_consumer_name
+from fleet_actors.composition import open_projection_checkpoints, open_projection_runner
+from fleet_actors.projections.api import Projection
+from fleet_actors.projections.policy import DEFAULT_POLICY, ProjectorPolicy, partition_consumer_name
+from fleet_actors.projections.runner import ProjectionRunner
 from fleet_actors.settings import Settings
 
 
@@ -97,3 +103,36 @@ async def remove_projection(settings: Settings, projection: str) -> list[str]:
     finally:
         await index.close()
     return mine
+
+
+async def run_projection(
+    settings: Settings,
+    projection: Projection,
+    *,
+    index: int = 0,
+    count: int = 1,
+    policy: ProjectorPolicy = DEFAULT_POLICY,
+    until_caught_up: bool = False,
+    report: Callable[[ProjectionRunner], None] | None = None,
+) -> int:
+    """Run one runner of a projection in this process until SIGTERM/SIGINT (or, with
+    ``until_caught_up``, until its consumers have nothing pending); returns the events applied."""
+    runner = await open_projection_runner(settings, projection, index, count, policy)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            loop.add_signal_handler(signum, stop.set)
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        while not stop.is_set() and not task.done():
+            await asyncio.sleep(0.5)
+            if report is not None:
+                report(runner)
+            if until_caught_up and runner.feed is not None and await runner.feed.drained():
+                break
+    finally:
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)
+        await runner.close()
+    return runner.progress.applied

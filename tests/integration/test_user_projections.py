@@ -253,3 +253,22 @@ def _quiet_registry():
 
     yield
     api.unregister("decisions-by-role")
+
+
+async def test_the_example_as_documented(stream_settings: Settings, tmp_path: Path, unique_id, monkeypatch, capsys):
+    """seed, `fleet-actors projections run MODULE:ATTRIBUTE --until-caught-up`, query."""
+    from examples.decisions_by_role import main as example
+
+    for key, value in stream_settings.as_env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    seed_args = ["seed", "--stories", "6", "--events", "20", "--prefix", unique_id("X")]
+    assert await asyncio.to_thread(example, seed_args) == 0
+    target = "examples.decisions_by_role:DecisionsByRole"
+    assert await asyncio.to_thread(main, ["projections", "run", target, "--until-caught-up"]) == 0
+    assert "120 events applied" in capsys.readouterr().out
+    assert await asyncio.to_thread(example, ["query", "--db", "decisions.db"]) == 0
+    per_role = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert per_role and sum(int(count) for _, count in per_role) == len(
+        sqlite3.connect("decisions.db").execute("SELECT * FROM decisions").fetchall()
+    )
