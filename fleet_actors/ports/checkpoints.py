@@ -65,6 +65,6 @@ class ArchivedEvents(Protocol):
         """The highest archived stream sequence (0: nothing archived)."""
         ...
 
-    def rows(self, partitions: Sequence[int], up_to: int) -> AsyncIterator[Sequence[ArchivedRow]]:
-        """Chunks of the archived events of these partitions with sequence <= ``up_to``, in order."""
+    def rows(self, partitions: Sequence[int], after: int, up_to: int) -> AsyncIterator[Sequence[ArchivedRow]]:
+        """Chunks of the archived events of these partitions with ``after < sequence <= up_to``, in order."""
         ...

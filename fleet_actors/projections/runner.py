@@ -147,7 +147,10 @@ class ProjectionRunner:
         await self.dead_letters.ensure_stream()
         archived = await self.archive.last_sequence() if self.archive is not None else 0
         if archived:
-            await self.catch_up_archive(archived)
+            # After a restart, from where this runner's last published progress says it got to.
+            previous = (await self.checkpoints.progress(self.id)).get(self.worker, {})
+            done = int(previous.get("archive_through", 0)) if previous.get("partitions") == self.partitions else 0
+            await self.catch_up_archive(archived, after=min(done, archived))
         self.progress.phase = "live"
         feed = self._feeds.partitions(
             self.partition_consumers(),
@@ -161,13 +164,14 @@ class ProjectionRunner:
         self.feed = feed
         await self.publish_progress(force=True)
 
-    async def catch_up_archive(self, last: int) -> int:
-        """Apply the owned partitions' archived events up to ``last``. Re-running is harmless (the guard)."""
+    async def catch_up_archive(self, last: int, after: int = 0) -> int:
+        """Apply the owned partitions' archived events in ``(after, last]``. Re-running is harmless (the guard)."""
         assert self.archive is not None
         self.progress.phase = "archive"
         self.progress.archive_last = last
+        self.progress.archive_through = after
         applied_before = self.progress.applied
-        async for segment in self.archive.rows(self.partitions, last):
+        async for segment in self.archive.rows(self.partitions, after, last):
             for start in range(0, len(segment), self.policy.batch_size):
                 rows = segment[start : start + self.policy.batch_size]  # in sequence order: story order kept
                 held = set(await self.dead_letters.held())

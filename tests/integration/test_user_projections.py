@@ -105,6 +105,12 @@ async def test_registered_after_archived_history_it_ends_as_a_replay_and_goes_on
             await wait_until(status_row)  # progress is published every second
             row = await status_row()
             assert row.phase == "live" and row.parked == 0 and row.remaining == 0 and row.eta_seconds == ""
+        # Restarted, it does not read the archive again, and applies nothing twice.
+        again = DecisionsByRole(str(tmp_path / "decisions.db"))
+        async with running(settings, again) as restarted:
+            assert restarted.progress.archive_applied == 0
+            await wait_until(lambda: caught_up(restarted))
+            assert_applied_once(again, {**heads, live: version})
     finally:
         await stream.close()
     deleted = await remove_projection(settings, "decisions-by-role-v1")

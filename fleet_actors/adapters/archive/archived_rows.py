@@ -16,10 +16,10 @@ class ArchiveRows:
     async def last_sequence(self) -> int:
         return (await self._archive.manifest()).last_sequence
 
-    async def rows(self, partitions: Sequence[int], up_to: int) -> AsyncIterator[Sequence[ArchivedRow]]:
+    async def rows(self, partitions: Sequence[int], after: int, up_to: int) -> AsyncIterator[Sequence[ArchivedRow]]:
         manifest = await self._archive.manifest()
         owned = {str(p) for p in partitions}
-        tables = iter(self._archive.iter_tables(manifest, up_to=up_to))
+        tables = iter(self._archive.iter_tables(manifest, after=after, up_to=up_to))
         while True:
             # One segment at a time off the event loop (Parquet reads block).
             table = await asyncio.to_thread(next, tables, None)
