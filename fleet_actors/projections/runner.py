@@ -486,14 +486,12 @@ class ProjectionRunner:
         previous = 0
         try:
             async for sequence, data in self.store.read_raw(story_id):
-                parked_here = sequence == parked.stream_sequence or (
-                    not parked.stream_sequence and previous + 1 == parked.version  # parked from the archive
-                )
-                if skip and parked_here:
-                    # A stand-in: it advances the version and carries no change (event type "dlq-skip").
-                    envelope = _skipped(story_id, parked.version or previous + 1)
-                else:
-                    envelope = decode_event(data)
+                # The parked event: by its version when it had one (it may have been read from the log
+                # rather than delivered), else (undecodable) by the delivered sequence.
+                by_version = parked.version and previous + 1 == parked.version
+                parked_here = by_version or (not parked.version and sequence == parked.stream_sequence)
+                # On skip, a stand-in: it advances the version and carries no change (actor "dlq-skip").
+                envelope = _skipped(story_id, previous + 1) if skip and parked_here else decode_event(data)
                 previous = envelope.version
                 if envelope.version > start:
                     envelopes.append(envelope)

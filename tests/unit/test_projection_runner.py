@@ -290,3 +290,19 @@ def test_registration_by_name():
     with pytest.raises(ConfigurationError, match="name"):
         api.register(Bad())
     assert api.consumer_prefix(Recording()) == "proj-recording-v1"
+
+
+async def test_a_poison_event_read_from_the_log_is_parked_and_skipped_by_its_version():
+    store = InMemoryEventStore()
+    a = new_story_id()
+    events = await logged(store, a, 5)
+    projection = Recording(poison={events[2].event_id})
+    r, feeds = runner(projection, store)
+    await r.start()
+    feeds.feed.pending = deliveries(events[4:], 5)  # 1-4 never delivered: read from the log, 3 fails
+    await drain(r)
+    held = await r.dead_letters.held()
+    assert projection.seen == {a: [1, 2]} and held[a].version == 3 and held[a].stream_sequence == 5
+    await r.dead_letters.request_release(a, "skip")
+    await r._apply_releases()
+    assert projection.seen == {a: [1, 2, 3, 4, 5]} and await r.dead_letters.held() == {}
