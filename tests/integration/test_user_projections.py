@@ -63,31 +63,36 @@ def assert_applied_once(projection: DecisionsByRole, heads: Mapping[str, int]) -
     assert all(version == count for version, count in applied.values()), "an event was applied twice"
 
 
+@pytest.mark.parametrize(
+    ("old_stories", "new_stories", "events_per_story"),
+    [(8, 4, 20), pytest.param(80, 20, 100, marks=pytest.mark.slow, id="10000-events")],
+)
 async def test_registered_after_archived_history_it_ends_as_a_replay_and_goes_on_live(
-    stream_settings: Settings, tmp_path: Path, unique_id, execute
+    stream_settings: Settings, tmp_path: Path, unique_id, execute, old_stories, new_stories, events_per_story
 ):
     settings = stream_settings.replace(archive_url=str(tmp_path / "archive"), stream_max_age=2.0)
     tag = unique_id("A")
-    await seed(settings, 8, 20, prefix=f"{tag}-old")  # 160 events, archived and then purged
+    await seed(settings, old_stories, events_per_story, prefix=f"{tag}-old")  # archived, then purged
+    old_events = old_stories * events_per_story
     stream = await JetStreamEventStore.connect(settings)
     archive = Archive(settings.archive_url, settings.stream_name)
     try:
-        archiver = await archiver_on(settings, stream.connection, archive, segment_events=40)
+        archiver = await archiver_on(settings, stream.connection, archive, segment_events=max(40, old_events // 10))
         await archiver.archive_once()
         await asyncio.sleep(settings.stream_max_age + 0.5)
         retention = await archiver.enforce_retention()
-        assert retention.purged_through > 100  # most old events are now only in the archive
-        await seed(settings, 4, 20, prefix=f"{tag}-new")  # 80 more in the stream only
+        assert retention.purged_through > old_events // 2  # most old events are now only in the archive
+        await seed(settings, new_stories, events_per_story, prefix=f"{tag}-new")  # in the stream only
         store = ArchivedEventStore(stream, archive, settings)
         stories = await all_story_ids(store)
-        assert len(stories) == 12
+        assert len(stories) == old_stories + new_stories
 
         projection = DecisionsByRole(str(tmp_path / "decisions.db"))
         async with running(settings, projection) as runner:
-            assert runner.progress.archive_applied > 100 and runner.progress.archive_through == (
+            assert runner.progress.archive_applied > old_events // 2 and runner.progress.archive_through == (
                 await archive.manifest()
             ).last_sequence
-            await wait_until(lambda: caught_up(runner))
+            await wait_until(lambda: caught_up(runner), timeout=120)
             heads = {s: (await store.read_all(s))[-1].envelope.version for s in stories}
             assert_applied_once(projection, heads)
             assert await verify_projection(projection, store, stories) == {}
