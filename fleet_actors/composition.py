@@ -43,6 +43,7 @@ from fleet_actors.ports.read_models import ContextDocuments, GraphReadModel, Pro
 from fleet_actors.ports.snapshot_store import SnapshotStore
 from fleet_actors.projections.api import Projection, projection_id
 from fleet_actors.projections.dead_letters import DeadLetters
+from fleet_actors.projections.documents_projection import ContextDocumentsProjection
 from fleet_actors.projections.policy import DEFAULT_POLICY, ProjectorPolicy, consumer_name
 from fleet_actors.projections.projector import Projector
 from fleet_actors.projections.rebuild import REPLAY_POLICY, Replayer, replay_consumer
@@ -57,6 +58,7 @@ __all__ = [
     "export_events",
     "open_archiver",
     "open_dead_letters",
+    "open_documents_projection",
     "open_event_store",
     "open_existing_stream",
     "open_gateway_stores",
@@ -232,6 +234,11 @@ async def _open_projector(
 async def open_projection_checkpoints(settings: Settings) -> ProjectionCheckpoints:
     """User projections' checkpoints, registrations and progress (``projections/api.py``)."""
     return await ValkeyProjectionCheckpoints.connect(settings)
+
+
+async def open_documents_projection(settings: Settings, version: int = 2) -> ContextDocumentsProjection:
+    """Version ``version`` of the context documents as a user projection, in key space ``v{version}``."""
+    return ContextDocumentsProjection(await ContextCache.connect(settings, space=f"v{version}"), version)
 
 
 async def open_projection_runner(

@@ -283,3 +283,40 @@ async def test_the_example_as_documented(stream_settings: Settings, tmp_path: Pa
     assert per_role and sum(int(count) for _, count in per_role) == len(
         sqlite3.connect("decisions.db").execute("SELECT * FROM decisions").fetchall()
     )
+
+
+async def test_the_context_documents_rebuilt_as_a_projection_beside_the_live_ones(
+    stream_settings: Settings, execute, unique_id
+):
+    """Version 2 of the documents, on the public API, in its own key space, while the live projector
+    keeps writing version 1: both end equal to a replay; the live documents are not touched."""
+    from fleet_actors.composition import open_documents_projection
+    from tests.integration.conftest import RunningProjectors
+
+    settings = stream_settings
+    before = {s: await write_story(execute, s) for s in (unique_id("D") for _ in range(4))}
+    live = await RunningProjectors(settings, 1).start()
+    try:
+        documents = await open_documents_projection(settings, version=2)
+        async with running(settings, documents) as runner:
+            during = {s: await write_story(execute, s, extra_updates=3) for s in (unique_id("E") for _ in range(2))}
+            heads = {**before, **during}
+
+            async def both_there() -> bool:
+                v1 = await live.cache.versions(list(heads))
+                v2 = await documents.documents.versions(list(heads))
+                return v1 == heads and v2 == heads
+
+            await wait_until(both_there, timeout=60)
+            await wait_until(lambda: caught_up(runner))
+            store = await JetStreamEventStore.connect(settings)
+            try:
+                assert await verify_projection(documents, store, list(heads)) == {}
+            finally:
+                await store.close()
+            v1_docs = await live.cache.get_many(list(heads))
+            v2_docs = await documents.documents.get_many(list(heads))
+            assert {s: d.state for s, d in v1_docs.items()} == {s: d.state for s, d in v2_docs.items()}
+            assert runner.progress.applied == sum(heads.values())
+    finally:
+        await live.stop()

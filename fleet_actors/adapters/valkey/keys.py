@@ -1,6 +1,7 @@
 """Every Valkey key fleet-actors uses, in one place.
 
     context:{story_id}                       hash {version, doc}: a story's context document
+    context:{space}:{story_id}               the same in a key space of its own (ContextDocumentsProjection)
     processed:{event_id}                     an event id already projected (TTL)
     consumer:{name}:offset                   the last stream sequence a consumer committed
     projection:pause:{stream}                the rebuild job that asked the live projectors to pause
@@ -18,8 +19,9 @@
 from __future__ import annotations
 
 
-def context_key(story_id: str) -> str:
-    return f"context:{story_id}"
+def context_key(story_id: str, space: str = "") -> str:
+    """A story's context document; ``space``: a key space of its own (a documents projection's version)."""
+    return f"context:{space}:{story_id}" if space else f"context:{story_id}"
 
 
 def processed_key(event_id: str) -> str:
