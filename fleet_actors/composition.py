@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
+import valkey.asyncio as valkey_async
 from nats.aio.client import Client
 
 from fleet_actors.adapters.archive import Archive, ArchivedEventStore
@@ -26,6 +27,7 @@ from fleet_actors.adapters.jetstream.retention import StreamRetention
 from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore
 from fleet_actors.adapters.neo4j import GraphStore
 from fleet_actors.adapters.valkey import (
+    ActiveDocuments,
     BundleStore,
     ContextCache,
     ValkeyDeadLetterIndex,
@@ -33,6 +35,7 @@ from fleet_actors.adapters.valkey import (
     ValkeyProjectionControl,
     connect_valkey,
 )
+from fleet_actors.adapters.valkey.active_documents import space_of
 from fleet_actors.application.read_models import ReadModels
 from fleet_actors.archive.archiver import SEGMENT_EVENTS, Archiver
 from fleet_actors.archive.export import ExportReport, check_since
@@ -55,6 +58,7 @@ P = TypeVar("P", bound=Projector)
 __all__ = [
     "ReadSide",
     "archiver_on",
+    "documents_projection_v2",
     "export_events",
     "open_archiver",
     "open_dead_letters",
@@ -238,7 +242,16 @@ async def open_projection_checkpoints(settings: Settings) -> ProjectionCheckpoin
 
 async def open_documents_projection(settings: Settings, version: int = 2) -> ContextDocumentsProjection:
     """Version ``version`` of the context documents as a user projection, in key space ``v{version}``."""
-    return ContextDocumentsProjection(await ContextCache.connect(settings, space=f"v{version}"), version)
+    return ContextDocumentsProjection(await ContextCache.connect(settings, space=space_of(version)), version)
+
+
+def documents_projection_v2() -> ContextDocumentsProjection:
+    """For ``fleet-actors projections run fleet_actors.composition:documents_projection_v2`` (FLEET_* settings)."""
+    settings = Settings.from_env()
+    client = valkey_async.Valkey.from_url(
+        settings.valkey_url, socket_timeout=5, socket_connect_timeout=5, retry_on_timeout=True
+    )
+    return ContextDocumentsProjection(ContextCache(client, space=space_of(2)), 2)
 
 
 async def open_projection_runner(
@@ -280,8 +293,9 @@ async def open_projection_runner(
 
 
 async def open_read_models(settings: Settings) -> ReadModels:
-    """Queries over the context documents and the graph, each on its own connection."""
-    cache = await ContextCache.connect(settings)
+    """Queries over the context documents (the version readers are switched to: ActiveDocuments) and
+    the graph, each on its own connection."""
+    cache = await ActiveDocuments.connect(settings)
     try:
         graph = await GraphStore.connect(settings)
     except BaseException:

@@ -34,6 +34,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     run_cmd.add_argument("--until-caught-up", action="store_true", help="stop once nothing is pending")
     add_settings_arguments(run_cmd)
     run_cmd.set_defaults(func=_run_projection)
+    switch = sub.add_parser(
+        "switch-documents", help="readers read version N of the context documents (1: the live ones) once it verifies"
+    )
+    switch.add_argument("version", type=int, metavar="N")
+    switch.add_argument("--no-check", action="store_true", help="switch without the caught-up and verify checks")
+    add_settings_arguments(switch)
+    switch.set_defaults(func=_switch_documents)
 
     verify = commands.add_parser(
         "verify", help="replay the event log and compare it with both read models; exit 1 on any difference"
@@ -104,6 +111,19 @@ def _run_projection(args: argparse.Namespace) -> int:
         )
     )  # fmt: skip
     print(f"projection {projection.name}-v{projection.version}: {applied} events applied")
+    return 0
+
+
+def _switch_documents(args: argparse.Namespace) -> int:
+    from fleet_actors.jobs.projection_extensions import switch_documents
+
+    differences = run(switch_documents(settings_from(args), args.version, check=not args.no_check))
+    for difference in differences:
+        print(difference)
+    if differences:
+        print(f"{len(differences)} differences: readers stay where they are")
+        return 1
+    print(f"readers now read version {args.version} of the context documents")
     return 0
 
 

@@ -12,10 +12,17 @@ from dataclasses import dataclass
 from fleet_actors.adapters.jetstream import connect_nats
 from fleet_actors.adapters.jetstream.consumers import consumer_lags, consumers, delete_consumers
 from fleet_actors.adapters.valkey import ValkeyDeadLetterIndex
-from fleet_actors.composition import open_projection_checkpoints, open_projection_runner
+from fleet_actors.adapters.valkey.active_documents import ActiveDocuments
+from fleet_actors.composition import (
+    open_documents_projection,
+    open_event_store,
+    open_projection_checkpoints,
+    open_projection_runner,
+)
+from fleet_actors.errors import ConfigurationError
 from fleet_actors.projections.api import Projection
 from fleet_actors.projections.policy import DEFAULT_POLICY, ProjectorPolicy, partition_consumer_name
-from fleet_actors.projections.runner import ProjectionRunner
+from fleet_actors.projections.runner import ProjectionRunner, verify_projection
 from fleet_actors.settings import Settings
 
 
@@ -136,3 +143,36 @@ async def run_projection(
         await asyncio.gather(task, return_exceptions=True)
         await runner.close()
     return runner.progress.applied
+
+
+async def switch_documents(
+    settings: Settings, version: int, *, check: bool = True, max_lag_seconds: float = 2.0
+) -> list[str]:
+    """Switch readers (every ``open_read_models``: the gateway, the read-model actors) to version
+    ``version`` of the context documents, once it is live with no event waiting longer than
+    ``max_lag_seconds`` and ``verify`` finds no difference (``check``); returns the differences
+    (then nothing is switched). Version 1 (the live documents, always kept by the projectors) needs
+    no check: it is the switch back."""
+    if version >= 2 and check:
+        projection = f"context-documents-v{version}"
+        rows = [r for r in await projection_rows(settings) if r.projection == projection]
+        if not rows or any(r.phase != "live" for r in rows):
+            raise ConfigurationError(f"{projection} is not running live (run it first: docs/projections.md)")
+        lag = max(r.lag_seconds for r in rows)
+        if lag > max_lag_seconds:
+            raise ConfigurationError(f"{projection} has not caught up: its oldest waiting event is {lag:.1f}s old")
+        documents = await open_documents_projection(settings, version)
+        store = await open_event_store(settings, update_stream=False)
+        try:
+            differences = await verify_projection(documents, store, await store.story_ids())
+        finally:
+            await store.close()
+            await documents.close()
+        if differences:
+            return [d for story_differences in differences.values() for d in story_differences]
+    active = await ActiveDocuments.connect(settings)
+    try:
+        await active.switch(version)
+    finally:
+        await active.close()
+    return []

@@ -11,6 +11,7 @@
     dlq:held / dlq:release                   hashes: stories held for a parked event / release requests
     dlq:{projection}:held / :release         the same for a user projection (projections/api.py)
     projection:{stream}:registered           hash {projection id: JSON record}: user projections
+    projection:{stream}:context-documents:active   the documents version readers read (absent: 1)
     projection:{stream}:{id}:versions        hash {story: applied version}: a user projection's checkpoint
     projection:{stream}:{id}:progress        hash {worker: JSON progress}: its runners' progress
     rehydration:{case_id}                    a persisted RehydrateSession bundle (TTL)
@@ -59,6 +60,11 @@ def held_key(projection: str = "") -> str:
 
 def release_key(projection: str = "") -> str:
     return f"dlq:{projection}:release" if projection else RELEASE_KEY
+
+
+def active_documents_key(stream: str) -> str:
+    """The version of the context documents readers read (absent: 1, the live ``context:{story}``)."""
+    return f"projection:{stream}:context-documents:active"
 
 
 def registered_projections_key(stream: str) -> str:
