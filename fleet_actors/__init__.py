@@ -18,6 +18,7 @@ _EXPORTS = {
     "BackendUnavailable": "fleet_actors.errors",
     "ConcurrencyConflict": "fleet_actors.errors",
     "InvalidCommand": "fleet_actors.errors",
+    "Projection": "fleet_actors.projections.api",
     "ProjectionTimeout": "fleet_actors.errors",
     "RuleViolation": "fleet_actors.errors",
     "StoryAlreadyExists": "fleet_actors.errors",
@@ -33,6 +34,7 @@ __all__ = [
     "ContextView",
     "FleetClient",
     "InvalidCommand",
+    "Projection",
     "ProjectionTimeout",
     "RuleViolation",
     "Settings",
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
         StoryError,
         StoryNotFound,
     )
+    from fleet_actors.projections.api import Projection
     from fleet_actors.settings import Settings
 
 

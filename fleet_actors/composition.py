@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
+import valkey.asyncio as valkey_async
 from nats.aio.client import Client
 
 from fleet_actors.adapters.archive import Archive, ArchivedEventStore
+from fleet_actors.adapters.archive.archived_rows import ArchiveRows
 from fleet_actors.adapters.jetstream import JetStreamEventStore, connect_nats, ensure_event_stream
 from fleet_actors.adapters.jetstream.connection import stream_exists
 from fleet_actors.adapters.jetstream.dead_letter_stream import DeadLetterStream
@@ -25,23 +27,30 @@ from fleet_actors.adapters.jetstream.retention import StreamRetention
 from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore
 from fleet_actors.adapters.neo4j import GraphStore
 from fleet_actors.adapters.valkey import (
+    ActiveDocuments,
     BundleStore,
     ContextCache,
     ValkeyDeadLetterIndex,
+    ValkeyProjectionCheckpoints,
     ValkeyProjectionControl,
     connect_valkey,
 )
+from fleet_actors.adapters.valkey.active_documents import space_of
 from fleet_actors.application.read_models import ReadModels
 from fleet_actors.archive.archiver import SEGMENT_EVENTS, Archiver
 from fleet_actors.archive.export import ExportReport, check_since
 from fleet_actors.archive.export import export_events as export_stream
+from fleet_actors.ports.checkpoints import ProjectionCheckpoints
 from fleet_actors.ports.event_store import EventStore
 from fleet_actors.ports.read_models import ContextDocuments, GraphReadModel, ProjectionControl
 from fleet_actors.ports.snapshot_store import SnapshotStore
+from fleet_actors.projections.api import Projection, projection_id
 from fleet_actors.projections.dead_letters import DeadLetters
+from fleet_actors.projections.documents_projection import ContextDocumentsProjection
 from fleet_actors.projections.policy import DEFAULT_POLICY, ProjectorPolicy, consumer_name
 from fleet_actors.projections.projector import Projector
 from fleet_actors.projections.rebuild import REPLAY_POLICY, Replayer, replay_consumer
+from fleet_actors.projections.runner import ProjectionMetrics, ProjectionRunner
 from fleet_actors.settings import Settings
 
 P = TypeVar("P", bound=Projector)
@@ -49,13 +58,17 @@ P = TypeVar("P", bound=Projector)
 __all__ = [
     "ReadSide",
     "archiver_on",
+    "documents_projection_v2",
     "export_events",
     "open_archiver",
     "open_dead_letters",
+    "open_documents_projection",
     "open_event_store",
     "open_existing_stream",
     "open_gateway_stores",
+    "open_projection_checkpoints",
     "open_projection_control",
+    "open_projection_runner",
     "open_projector",
     "open_read_models",
     "open_read_side",
@@ -151,9 +164,12 @@ def dead_letters(nc: Client, read_side: ReadSide, settings: Settings) -> DeadLet
     return DeadLetters(DeadLetterStream(nc, settings), read_side.dead_letter_index)
 
 
-async def open_dead_letters(settings: Settings, nc: Client) -> tuple[DeadLetters, ValkeyDeadLetterIndex]:
-    """The dead letters for operator tools; close the returned index when done."""
-    index = await ValkeyDeadLetterIndex.connect(settings)
+async def open_dead_letters(
+    settings: Settings, nc: Client, projection: str = ""
+) -> tuple[DeadLetters, ValkeyDeadLetterIndex]:
+    """The dead letters for operator tools (of a user projection, ``{name}-v{version}``, if given);
+    close the returned index when done."""
+    index = await ValkeyDeadLetterIndex.connect(settings, projection)
     return DeadLetters(DeadLetterStream(nc, settings), index), index
 
 
@@ -224,9 +240,67 @@ async def _open_projector(
     return projector
 
 
+async def open_projection_checkpoints(settings: Settings) -> ProjectionCheckpoints:
+    """User projections' checkpoints, registrations and progress (``projections/api.py``)."""
+    return await ValkeyProjectionCheckpoints.connect(settings)
+
+
+async def open_documents_projection(settings: Settings, version: int = 2) -> ContextDocumentsProjection:
+    """Version ``version`` of the context documents as a user projection, in key space ``v{version}``."""
+    return ContextDocumentsProjection(await ContextCache.connect(settings, space=space_of(version)), version)
+
+
+def documents_projection_v2() -> ContextDocumentsProjection:
+    """For ``fleet-actors projections run fleet_actors.composition:documents_projection_v2`` (FLEET_* settings)."""
+    settings = Settings.from_env()
+    client = valkey_async.Valkey.from_url(
+        settings.valkey_url, socket_timeout=5, socket_connect_timeout=5, retry_on_timeout=True
+    )
+    return ContextDocumentsProjection(ContextCache(client, space=space_of(2)), 2)
+
+
+async def open_projection_runner(
+    settings: Settings,
+    projection: Projection,
+    index: int = 0,
+    count: int = 1,
+    policy: ProjectorPolicy = DEFAULT_POLICY,
+    *,
+    metrics: ProjectionMetrics | None = None,
+    start: bool = True,
+) -> ProjectionRunner:
+    """A user projection's runner ``index`` of ``count``: registered, caught up from the archive (with
+    FLEET_ARCHIVE_URL) and bound to its live consumers (unless ``start`` is false); ``run(stop)`` it."""
+    nc = await connect_nats(settings, name=f"fleet-proj-{projection_id(projection)}-{index}-of-{count}")
+    try:
+        store = await open_event_store(settings, nc)
+        await ensure_event_stream(nc, settings)
+        client = await connect_valkey(settings)
+    except BaseException:
+        await nc.close()
+        raise
+    # One Valkey connection, owned (and closed) by the checkpoints.
+    checkpoints = ValkeyProjectionCheckpoints(client, settings.stream_name, owns_client=True)
+    index_client = ValkeyDeadLetterIndex(client, settings, projection=projection_id(projection))
+    archive = ArchiveRows(store.archive) if isinstance(store, ArchivedEventStore) else None
+    runner = ProjectionRunner(
+        projection, settings, index, count, feeds=JetStreamFeeds(nc, settings), store=store, checkpoints=checkpoints,
+        dead_letters=DeadLetters(DeadLetterStream(nc, settings), index_client), archive=archive, policy=policy,
+        metrics=metrics,
+    )  # fmt: skip
+    if start:
+        try:
+            await runner.start()
+        except BaseException:
+            await runner.close()
+            raise
+    return runner
+
+
 async def open_read_models(settings: Settings) -> ReadModels:
-    """Queries over the context documents and the graph, each on its own connection."""
-    cache = await ContextCache.connect(settings)
+    """Queries over the context documents (the version readers are switched to: ActiveDocuments) and
+    the graph, each on its own connection."""
+    cache = await ActiveDocuments.connect(settings)
     try:
         graph = await GraphStore.connect(settings)
     except BaseException:

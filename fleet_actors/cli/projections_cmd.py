@@ -18,6 +18,29 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     start = sub.add_parser("start", help="start FLEET_PROJECTORS projector actors on the Ray cluster")
     add_settings_arguments(start)
     start.set_defaults(func=_start)
+    remove = sub.add_parser(
+        "remove", help="remove a user projection: its consumers, checkpoint, progress and held stories"
+    )
+    remove.add_argument("projection", metavar="NAME-vN")
+    add_settings_arguments(remove)
+    remove.set_defaults(func=_remove)
+    run_cmd = sub.add_parser(
+        "run", help="run a user projection in this process: catch up from the first event, then follow the log"
+    )
+    run_cmd.add_argument("target", metavar="MODULE:ATTRIBUTE", help="a projection, its class or a factory")
+    run_cmd.add_argument("--index", type=int, default=0, help="this runner of --count (partitions p %% count)")
+    run_cmd.add_argument("--count", type=int, default=1)
+    run_cmd.add_argument("--batch-size", type=int, default=500)
+    run_cmd.add_argument("--until-caught-up", action="store_true", help="stop once nothing is pending")
+    add_settings_arguments(run_cmd)
+    run_cmd.set_defaults(func=_run_projection)
+    switch = sub.add_parser(
+        "switch-documents", help="readers read version N of the context documents (1: the live ones) once it verifies"
+    )
+    switch.add_argument("version", type=int, metavar="N")
+    switch.add_argument("--no-check", action="store_true", help="switch without the caught-up and verify checks")
+    add_settings_arguments(switch)
+    switch.set_defaults(func=_switch_documents)
 
     verify = commands.add_parser(
         "verify", help="replay the event log and compare it with both read models; exit 1 on any difference"
@@ -35,11 +58,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     dlq = commands.add_parser("dlq", help="events parked by the projectors (poison events)")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
     listing = dlq_sub.add_parser("list", help="parked events and the stories they hold")
+    _add_projection_argument(listing)
     add_settings_arguments(listing)
     listing.set_defaults(func=_dlq_list)
     for action, text in (("retry", "apply the parked event again"), ("skip", "step over the parked event")):
         command = dlq_sub.add_parser(action, help=f"{text}, then catch the story up from the log")
         command.add_argument("story_id", metavar="STORY_ID")
+        _add_projection_argument(command)
         add_settings_arguments(command)
         command.set_defaults(func=_dlq_release, action=action)
 
@@ -58,6 +83,68 @@ def _status(args: argparse.Namespace) -> int:
         )
     print_table(rows, ["consumer", "projector", "state", "pending", "ack_pending", "ack_floor", "lag_events",
                        "lag_seconds", "applied", "parked", "last_error_at", "last_error"])  # fmt: skip
+    _print_user_projections(args)
+    return 0
+
+
+# --- user projections (projections/api.py, issue #24) -------------------------------------------
+
+
+def _add_projection_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--projection", default="", metavar="NAME-vN", help="a user projection's dead letters (default: the built-in)"
+    )
+
+
+def _print_user_projections(args: argparse.Namespace) -> None:
+    from fleet_actors.jobs.projection_extensions import projection_rows
+
+    rows = [dataclasses.asdict(r) for r in run(projection_rows(settings_from(args)))]
+    if rows:
+        print()
+        print_table(rows, ["projection", "worker", "phase", "partitions", "remaining", "applied", "parked", "rate",
+                           "eta_seconds", "lag_seconds", "last_error"])  # fmt: skip
+
+
+def _run_projection(args: argparse.Namespace) -> int:
+    from fleet_actors.jobs.projection_extensions import run_projection
+    from fleet_actors.projections.api import load
+    from fleet_actors.projections.policy import ProjectorPolicy
+
+    projection = load(args.target)
+
+    def report(runner) -> None:
+        p = runner.progress
+        print(f"{runner.worker}: {p.phase}, {p.applied} applied, {p.rate}/s, {p.parked} parked", file=sys.stderr)
+
+    applied = run(
+        run_projection(
+            settings_from(args), projection, index=args.index, count=args.count,
+            policy=ProjectorPolicy(batch_size=args.batch_size), until_caught_up=args.until_caught_up, report=report,
+        )
+    )  # fmt: skip
+    print(f"projection {projection.name}-v{projection.version}: {applied} events applied")
+    return 0
+
+
+def _switch_documents(args: argparse.Namespace) -> int:
+    from fleet_actors.jobs.projection_extensions import switch_documents
+
+    differences = run(switch_documents(settings_from(args), args.version, check=not args.no_check))
+    for difference in differences:
+        print(difference)
+    if differences:
+        print(f"{len(differences)} differences: readers stay where they are")
+        return 1
+    print(f"readers now read version {args.version} of the context documents")
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    from fleet_actors.jobs.projection_extensions import remove_projection
+
+    deleted = run(remove_projection(settings_from(args), args.projection))
+    print(f"projection {args.projection} removed ({len(deleted)} consumers deleted)", file=sys.stderr)
     return 0
 
 
@@ -93,13 +180,13 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-async def _dead_letters(settings):
+async def _dead_letters(settings, projection: str = ""):
     from fleet_actors.adapters.jetstream import connect_nats
     from fleet_actors.composition import open_dead_letters
 
     nc = await connect_nats(settings)
     try:
-        dead_letters, index = await open_dead_letters(settings, nc)
+        dead_letters, index = await open_dead_letters(settings, nc, projection)
     except BaseException:
         await nc.close()
         raise
@@ -108,7 +195,7 @@ async def _dead_letters(settings):
 
 def _dlq_list(args: argparse.Namespace) -> int:
     async def listing():
-        nc, cache, dead_letters = await _dead_letters(settings_from(args))
+        nc, cache, dead_letters = await _dead_letters(settings_from(args), args.projection)
         try:
             return await dead_letters.held()
         finally:
@@ -118,14 +205,14 @@ def _dlq_list(args: argparse.Namespace) -> int:
     held = run(listing())
     print_table(
         [dataclasses.asdict(p) for p in held.values()],
-        ["story_id", "version", "stream_sequence", "consumer", "deliveries", "parked_at", "error"],
+        ["story_id", "version", "stream_sequence", "consumer", "projection", "deliveries", "parked_at", "error"],
     )
     return 0
 
 
 def _dlq_release(args: argparse.Namespace) -> int:
     async def release():
-        nc, cache, dead_letters = await _dead_letters(settings_from(args))
+        nc, cache, dead_letters = await _dead_letters(settings_from(args), args.projection)
         try:
             return await dead_letters.request_release(args.story_id, args.action)
         finally:

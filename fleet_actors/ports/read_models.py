@@ -261,6 +261,8 @@ class ParkedEvent:
     deliveries: int
     parked_at: str
     dlq_sequence: int = 0
+    #: the user projection that parked it ("" for the built-in graph and document projectors)
+    projection: str = ""
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)

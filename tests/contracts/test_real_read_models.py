@@ -82,3 +82,13 @@ class TestValkeyProjectionControl(ProjectionControlContract):
         control = await ValkeyProjectionControl.connect(settings.replace(stream_name=stream))
         yield control
         await control.close()
+
+
+class TestValkeyDocumentsInAKeySpace(ContextDocumentsContract):
+    """A documents projection's own key space (projections/documents_projection.py) keeps the same rules."""
+
+    @pytest.fixture
+    async def documents(self, settings: Settings) -> AsyncIterator[ContextCache]:
+        cache = await ContextCache.connect(settings, space="v2")
+        yield cache
+        await cache.close()

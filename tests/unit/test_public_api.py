@@ -12,6 +12,7 @@ def test_exports():
         "ContextView",
         "FleetClient",
         "InvalidCommand",
+        "Projection",
         "ProjectionTimeout",
         "RuleViolation",
         "Settings",
@@ -21,3 +22,12 @@ def test_exports():
     ]
     for name in fleet_actors.__all__:
         assert getattr(fleet_actors, name).__name__ == name
+
+
+def test_the_projection_api_is_public_and_does_not_import_ray():
+    import subprocess
+    import sys
+
+    code = "import sys, fleet_actors; fleet_actors.Projection; print('ray' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

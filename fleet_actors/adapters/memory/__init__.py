@@ -5,6 +5,7 @@ from fleet_actors.adapters.memory.read_models import (
     InMemoryDeadLetterIndex,
     InMemoryDocuments,
     InMemoryGraph,
+    InMemoryProjectionCheckpoints,
     InMemoryProjectionControl,
 )
 from fleet_actors.adapters.memory.snapshot_store import InMemorySnapshotStore
@@ -14,6 +15,7 @@ __all__ = [
     "InMemoryDocuments",
     "InMemoryEventStore",
     "InMemoryGraph",
+    "InMemoryProjectionCheckpoints",
     "InMemoryProjectionControl",
     "InMemorySnapshotStore",
 ]

@@ -3,11 +3,13 @@ adapters (``tests/contracts`` holds both to one suite), for tests of projection 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from fleet_actors.domain.events import EventEnvelope
 from fleet_actors.domain.state import StoryState
+from fleet_actors.ports.checkpoints import ProjectionCheckpoints
 from fleet_actors.ports.read_models import (
     STORY_PART_COLUMNS,
     ContextDocument,
@@ -202,6 +204,42 @@ class InMemoryProjectionControl(ProjectionControl):
 
     async def rebuild_jobs(self) -> dict[str, dict[str, str]]:
         return {job: dict(fields) for job, fields in self._progress.items()}
+
+    async def close(self) -> None:
+        pass
+
+
+class InMemoryProjectionCheckpoints(ProjectionCheckpoints):
+    def __init__(self) -> None:
+        self._versions: dict[str, dict[str, int]] = {}
+        self._registered: dict[str, dict[str, Any]] = {}
+        self._progress: dict[str, dict[str, dict[str, Any]]] = {}
+
+    async def versions(self, projection: str, story_ids: Sequence[str]) -> dict[str, int]:
+        mine = self._versions.get(projection, {})
+        return {story_id: mine.get(story_id, 0) for story_id in story_ids}
+
+    async def advance(self, projection: str, versions: Mapping[str, int]) -> None:
+        mine = self._versions.setdefault(projection, {})
+        for story_id, version in versions.items():
+            mine[story_id] = max(mine.get(story_id, 0), version)
+
+    async def register(self, projection: str, record: Mapping[str, Any]) -> None:
+        self._registered[projection] = json.loads(json.dumps(dict(record)))
+
+    async def registered(self) -> dict[str, dict[str, Any]]:
+        return {k: dict(v) for k, v in sorted(self._registered.items())}
+
+    async def publish_progress(self, projection: str, worker: str, progress: Mapping[str, Any]) -> None:
+        self._progress.setdefault(projection, {})[worker] = json.loads(json.dumps(dict(progress)))
+
+    async def progress(self, projection: str) -> dict[str, dict[str, Any]]:
+        return {k: dict(v) for k, v in sorted(self._progress.get(projection, {}).items())}
+
+    async def remove(self, projection: str) -> None:
+        self._registered.pop(projection, None)
+        self._versions.pop(projection, None)
+        self._progress.pop(projection, None)
 
     async def close(self) -> None:
         pass

@@ -96,14 +96,16 @@ async def connect_valkey(settings: Settings) -> valkey_async.Valkey:
 
 
 class ContextCache(ContextDocuments):
-    def __init__(self, client: valkey_async.Valkey) -> None:
+    def __init__(self, client: valkey_async.Valkey, *, space: str = "") -> None:
+        """``space``: documents kept apart from the live ones (``context:{space}:{story}``)."""
         self._client = client
+        self._space = space
         self._set_if_newer = client.register_script(_SET_IF_NEWER)
         self._mark_processed = client.register_script(_MARK_PROCESSED)
 
     @classmethod
-    async def connect(cls, settings: Settings) -> ContextCache:
-        return cls(await connect_valkey(settings))
+    async def connect(cls, settings: Settings, *, space: str = "") -> ContextCache:
+        return cls(await connect_valkey(settings), space=space)
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -118,7 +120,7 @@ class ContextCache(ContextDocuments):
             async with self._client.pipeline(transaction=False) as pipe:
                 for story_id in story_ids:
                     # valkey-py types the keys as one list; it sends any number of positional keys as given
-                    pipe.hmget(context_key(story_id), "version", "doc")  # type: ignore[arg-type]
+                    pipe.hmget(context_key(story_id, self._space), "version", "doc")  # type: ignore[arg-type]
                 rows = await pipe.execute()
         out: dict[str, ContextDocument | None] = {}
         for story_id, (version, doc) in zip(story_ids, rows, strict=True):
@@ -130,7 +132,7 @@ class ContextCache(ContextDocuments):
         with valkey_errors("reading context document versions"):
             async with self._client.pipeline(transaction=False) as pipe:
                 for story_id in story_ids:
-                    pipe.hget(context_key(story_id), "version")
+                    pipe.hget(context_key(story_id, self._space), "version")
                 rows = await pipe.execute()
         return {story_id: int(version) for story_id, version in zip(story_ids, rows, strict=True) if version}
 
@@ -146,7 +148,7 @@ class ContextCache(ContextDocuments):
                 for state in states:
                     document = encode_state(state)
                     await self._set_if_newer(
-                        keys=[context_key(state.story_id)], args=[state.version, document], client=pipe
+                        keys=[context_key(state.story_id, self._space)], args=[state.version, document], client=pipe
                     )
                 processed = [processed_key(event_id) for event_id in processed_event_ids]
                 if processed:

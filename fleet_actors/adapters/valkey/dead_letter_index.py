@@ -12,17 +12,22 @@ from fleet_actors.settings import Settings
 
 class ValkeyDeadLetterIndex(DeadLetterIndex):
     """Keys per stream, so that projectors of two streams sharing a Valkey never release each other's
-    stories; stories held under the older key of one deployment (``dlq:held``) are still read."""
+    stories; the built-in projectors' stories held under the older key (``dlq:held``) are still read.
+    ``projection``: a user projection's own index (its held stories do not hold the built-in ones')."""
 
-    def __init__(self, client: valkey_async.Valkey, settings: Settings, *, owns_client: bool = False) -> None:
+    def __init__(
+        self, client: valkey_async.Valkey, settings: Settings, *, owns_client: bool = False, projection: str = ""
+    ) -> None:
         self._client = client
         self._owns_client = owns_client
-        self._held, self._release = held_key(settings.stream_name), release_key(settings.stream_name)
+        self._held = held_key(settings.stream_name, projection)
+        self._release = release_key(settings.stream_name, projection)
+        self._legacy = "" if projection else LEGACY_HELD_KEY
         self._subject_prefix = f"{settings.subject_prefix}."
 
     @classmethod
-    async def connect(cls, settings: Settings) -> ValkeyDeadLetterIndex:
-        return cls(await connect_valkey(settings), settings, owns_client=True)
+    async def connect(cls, settings: Settings, projection: str = "") -> ValkeyDeadLetterIndex:
+        return cls(await connect_valkey(settings), settings, owns_client=True, projection=projection)
 
     async def close(self) -> None:
         if self._owns_client:
@@ -35,7 +40,7 @@ class ValkeyDeadLetterIndex(DeadLetterIndex):
     async def held(self) -> dict[str, ParkedEvent]:
         with valkey_errors("reading the stories held for parked events"):
             async with self._client.pipeline(transaction=False) as pipe:
-                pipe.hgetall(LEGACY_HELD_KEY)
+                pipe.hgetall(self._legacy or self._held)
                 pipe.hgetall(self._held)
                 legacy, raw = await pipe.execute()
         held = {k.decode(): ParkedEvent.from_json(v) for k, v in legacy.items()}
@@ -60,6 +65,7 @@ class ValkeyDeadLetterIndex(DeadLetterIndex):
         with valkey_errors("releasing a held story"):
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.hdel(self._held, story_id)
-                pipe.hdel(LEGACY_HELD_KEY, story_id)
+                if self._legacy:
+                    pipe.hdel(self._legacy, story_id)
                 pipe.hdel(self._release, story_id)
                 await pipe.execute()
