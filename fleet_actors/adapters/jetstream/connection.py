@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Iterator
 from typing import Any
 
@@ -91,8 +92,9 @@ async def declare_stream(
 
 
 class _ConnectionLog:
-    """nats-py's callbacks: one log line per change of state (disconnected, reconnected, a new kind
-    of error), instead of the traceback nats-py logs for every failed attempt without an error_cb."""
+    """nats-py's callbacks: one log line per change of state (lost, restored, a new kind of error),
+    instead of the traceback nats-py logs for every failed attempt without an error_cb; each change
+    is counted in ``fleet_nats_connection_events_total``."""
 
     def __init__(self, name: str, url: str) -> None:
         self.name, self.url = name, url
@@ -100,31 +102,45 @@ class _ConnectionLog:
         self.client: Client | None = None
         self._reported = ""
         self._connected = False
+        #: connected once: the first connect is cancelled at the first refusal, and the metrics' first
+        #: use (imports) inside these callbacks kept a cancelled connect alive, so only after it
+        self._established = False
+        self._down_since: float | None = None
+        self._failed_attempts = 0
 
     refused: asyncio.Event | None = None
 
+    def established(self, client: Client) -> None:
+        self.client, self._connected, self._established = client, True, True
+
     async def error(self, error: Exception) -> None:
         self.last_error = error
+        self._failed_attempts += 1
         if self.refused is not None and not self._connected and isinstance(error, ConnectionRefusedError):
             self.refused.set()
         text = _describe(error)
         if text != self._reported:
             self._reported = text
-            metrics().nats_connection_events.inc("error")
+            if self._established:
+                metrics().nats_connection_events.inc("error")
             log.warning("%s: NATS at %s: %s", self.name, self.url, text)
 
     async def disconnected(self) -> None:
         if self.client is not None and self.client.is_closed:
             return  # closed on purpose
         if self._connected:
-            self._connected = False
+            self._connected, self._down_since, self._failed_attempts = False, time.monotonic(), 0
             metrics().nats_connection_events.inc("disconnected")
-            log.warning("%s: disconnected from NATS at %s; reconnecting", self.name, self.url)
+            log.warning("%s: NATS connection to %s lost; reconnecting", self.name, self.url)
 
     async def reconnected(self) -> None:
-        self._connected, self._reported, self.last_error = True, "", None
+        down = time.monotonic() - self._down_since if self._down_since is not None else 0.0
         metrics().nats_connection_events.inc("reconnected")
-        log.warning("%s: reconnected to NATS at %s", self.name, self.url)
+        log.warning(
+            "%s: NATS connection to %s restored after %.1f s (%d failed attempts)",
+            self.name, self.url, down, self._failed_attempts,
+        )  # fmt: skip
+        self._connected, self._reported, self.last_error, self._down_since = True, "", None, None
 
     async def closed(self) -> None:
         self._connected = False
@@ -199,7 +215,7 @@ async def connect_nats(settings: Settings, *, name: str = "fleet-actors") -> Cli
         else:
             reason = _describe(cause)
         raise BackendUnavailable(f"cannot reach NATS at {url}: {reason}") from None
-    events._connected, events.client = True, nc
+    events.established(nc)
     version = nc.connected_server_version
     if (version.major, version.minor, version.patch) < MIN_SERVER_VERSION:
         with contextlib.suppress(Exception):
