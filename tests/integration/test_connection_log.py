@@ -12,7 +12,23 @@ from fleet_actors.devstack.process import free_port
 from fleet_actors.devstack.servers import NatsServer
 
 
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 async def test_an_outage_logs_one_line_per_state_change(tmp_path, settings, caplog: pytest.LogCaptureFixture) -> None:
+    # Our records straight from the module's logger, at its default level: the CLI's main, which other
+    # tests call in this process, quiets it for short commands (their one error line says it all).
+    connection_log = logging.getLogger("fleet_actors.adapters.jetstream.connection")
+    level = connection_log.level
+    connection_log.setLevel(logging.NOTSET)
+    collected = _Records()
+    connection_log.addHandler(collected)
     server = NatsServer(tmp_path / "nats", free_port(), monitor_port=free_port())
     await asyncio.to_thread(lambda: server.start().wait_ready(30))
     nc = None
@@ -29,7 +45,7 @@ async def test_an_outage_logs_one_line_per_state_change(tmp_path, settings, capl
                 await asyncio.sleep(0.1)
             assert nc.is_connected
             await asyncio.sleep(0.2)
-        ours = [r for r in caplog.records if "outage-test" in r.getMessage()]
+        ours = [r for r in collected.records if "outage-test" in r.getMessage()]
         nats_own = [r for r in caplog.records if r.name.startswith("nats")]
         assert not [r for r in caplog.records if r.exc_info], "no tracebacks"
         assert not nats_own
@@ -38,6 +54,8 @@ async def test_an_outage_logs_one_line_per_state_change(tmp_path, settings, capl
         assert any("restored after" in m for m in messages)
         assert len(ours) <= 4, messages  # lost, the first failure (and maybe a second kind), restored
     finally:
+        connection_log.removeHandler(collected)
+        connection_log.setLevel(level)
         if nc is not None:
             await nc.close()
         await asyncio.to_thread(server.stop)
