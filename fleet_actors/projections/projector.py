@@ -452,7 +452,7 @@ class Projector:
         if not events:
             return {}
         # A redelivery can put the same event into one batch twice: one copy per version, in order.
-        events = {story_id: _distinct_versions(story_events) for story_id, story_events in events.items()}
+        events = {story_id: distinct_versions(story_events) for story_id, story_events in events.items()}
         known = await self._load_states(list(events))
         states: dict[str, StoryState] = {}
         failures: dict[str, StoryError] = {}
@@ -550,11 +550,7 @@ class Projector:
         return builder.state()
 
     async def _read_log(self, story_id: str, after_version: int, up_to_version: int) -> list[EventEnvelope]:
-        out = []
-        async for stored in self.store.read(story_id):
-            if after_version < stored.envelope.version <= up_to_version:
-                out.append(stored.envelope)
-        return out
+        return await read_log(self.store, story_id, after_version, up_to_version)
 
     # --- releases from the dead-letter queue ---------------------------------------------------
 
@@ -584,7 +580,7 @@ class Projector:
             async for sequence, data in self.store.read_raw(story_id):
                 if skip and sequence == parked.stream_sequence:
                     # Stand-in for the skipped event: it advances the version and changes nothing else.
-                    envelope = _skipped(story_id, parked.version or previous + 1)
+                    envelope = skipped_event(story_id, parked.version or previous + 1)
                 else:
                     envelope = decode_event(data)
                 previous = envelope.version
@@ -603,9 +599,23 @@ class Projector:
         await self.dead_letters.released(story_id)
 
 
-def _distinct_versions(envelopes: list[EventEnvelope]) -> list[EventEnvelope]:
+# Shared with the user projections' runner (projections/runner.py).
+
+
+def distinct_versions(envelopes: Sequence[EventEnvelope]) -> list[EventEnvelope]:
+    """A redelivery can put the same event into one batch twice: one copy per version, in order."""
     return sorted({e.version: e for e in reversed(envelopes)}.values(), key=lambda e: e.version)
 
 
-def _skipped(story_id: str, version: int) -> EventEnvelope:
+def skipped_event(story_id: str, version: int) -> EventEnvelope:
+    """Stand-in for an event skipped by ``dlq skip``: it advances the version and changes nothing else."""
     return EventEnvelope(f"skipped-{version}", story_id, version, datetime.now(UTC), Event(), "", "dlq-skip")
+
+
+async def read_log(store: EventStore, story_id: str, after_version: int, up_to_version: int) -> list[EventEnvelope]:
+    """The story's events with ``after_version < version <= up_to_version``, from the log."""
+    return [
+        stored.envelope
+        async for stored in store.read(story_id)
+        if after_version < stored.envelope.version <= up_to_version
+    ]

@@ -30,11 +30,10 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from fleet_actors.codec import decode_event
-from fleet_actors.domain.events import Event, EventEnvelope
+from fleet_actors.domain.events import EventEnvelope
 from fleet_actors.errors import (
     BackendUnavailable,
     ConnectionInterrupted,
@@ -48,6 +47,7 @@ from fleet_actors.ports.event_store import EventStore
 from fleet_actors.projections.api import Projection, consumer_prefix, describe, optional_hook, projection_id, validate
 from fleet_actors.projections.dead_letters import DeadLetters, ParkedEvent, now_iso
 from fleet_actors.projections.policy import DEFAULT_POLICY, ProjectorPolicy, owned_partitions, partition_consumer_name
+from fleet_actors.projections.projector import distinct_versions, read_log, skipped_event
 from fleet_actors.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -341,7 +341,7 @@ class ProjectionRunner:
         if not events:
             return {}
         delivered = {story_id: len(story_events) for story_id, story_events in events.items()}
-        events = {story_id: _distinct_versions(story_events) for story_id, story_events in events.items()}
+        events = {story_id: distinct_versions(story_events) for story_id, story_events in events.items()}
         versions = await self.applied_versions(list(events))
         batch: dict[str, list[EventEnvelope]] = {}
         failures: dict[str, tuple[EventEnvelope, Exception]] = {}
@@ -412,11 +412,7 @@ class ProjectionRunner:
         return done
 
     async def _read_log(self, story_id: str, after_version: int, up_to_version: int) -> list[EventEnvelope]:
-        return [
-            stored.envelope
-            async for stored in self.store.read(story_id)
-            if after_version < stored.envelope.version <= up_to_version
-        ]
+        return await read_log(self.store, story_id, after_version, up_to_version)
 
     async def _failed(
         self,
@@ -491,7 +487,7 @@ class ProjectionRunner:
                 by_version = parked.version and previous + 1 == parked.version
                 parked_here = by_version or (not parked.version and sequence == parked.stream_sequence)
                 # On skip, a stand-in: it advances the version and carries no change (actor "dlq-skip").
-                envelope = _skipped(story_id, previous + 1) if skip and parked_here else decode_event(data)
+                envelope = skipped_event(story_id, previous + 1) if skip and parked_here else decode_event(data)
                 previous = envelope.version
                 if envelope.version > start:
                     envelopes.append(envelope)
@@ -551,13 +547,6 @@ async def verify_projection(
     return out
 
 
-def _distinct_versions(envelopes: Sequence[EventEnvelope]) -> list[EventEnvelope]:
-    return sorted({e.version: e for e in reversed(envelopes)}.values(), key=lambda e: e.version)
-
-
 def _frozen(batch: Mapping[str, list[EventEnvelope]]) -> dict[str, tuple[EventEnvelope, ...]]:
     return {story_id: tuple(story_events) for story_id, story_events in batch.items()}
 
-
-def _skipped(story_id: str, version: int) -> EventEnvelope:
-    return EventEnvelope(f"skipped-{version}", story_id, version, datetime.now(UTC), Event(), "", "dlq-skip")
