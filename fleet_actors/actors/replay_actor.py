@@ -50,6 +50,12 @@ class ReplayActor:
     def progress(self) -> int:
         return self._replayer.done_events if self._replayer else 0
 
+    @ray.method(concurrency_group=PROGRESS)
+    def report_progress(self, ratio: float) -> None:
+        """Record the whole rebuild's progress on this node's Ray metrics endpoint (the one operators
+        scrape): the job's driver is a process nobody scrapes, so it hands the figure to its first actor."""
+        metrics().rebuild_progress.set(ratio)
+
     async def _close(self) -> None:
         if self._replayer is not None:
             with contextlib.suppress(Exception):
@@ -83,7 +89,9 @@ async def run_with_ray_actors(
         while pending:
             _, pending = await asyncio.to_thread(ray.wait, pending, num_returns=len(pending), timeout=1.0)
             done = sum(await asyncio.gather(*(a.progress.remote() for a in actors)))
-            metrics().rebuild_progress.set(min(1.0, done / total) if total else 0.0)
+            # Here for this driver's own endpoint (when it serves one), and through the first actor for
+            # the Ray node's, which operators scrape
+            await actors[0].report_progress.remote(_record_progress(done, total))
             if progress:
                 progress(done, total, time.monotonic() - started)
         return sum(await asyncio.gather(*refs))
@@ -92,6 +100,12 @@ async def run_with_ray_actors(
     finally:
         for actor in actors:
             ray.kill(actor)
+
+
+def _record_progress(done: int, total: int) -> float:
+    ratio = min(1.0, done / total) if total else 0.0
+    metrics().rebuild_progress.set(ratio)
+    return ratio
 
 
 async def run_in_process(
@@ -115,8 +129,10 @@ async def run_in_process(
         try:
             while not work.done():
                 await asyncio.wait([work], timeout=1.0)
+                done = sum(r.done_events for r in replayers)
+                _record_progress(done, total)
                 if progress:
-                    progress(sum(r.done_events for r in replayers), total, time.monotonic() - started)
+                    progress(done, total, time.monotonic() - started)
         except BaseException:
             work.cancel()
             with contextlib.suppress(BaseException):

@@ -102,6 +102,9 @@ def _run(args: argparse.Namespace) -> int:
                         f"{retention.snapshots_taken} snapshots taken){waiting}"
                     )
                 return 0
+            from fleet_actors.observability.metrics import serve_process_metrics
+
+            serve_process_metrics(settings)
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):

@@ -111,7 +111,11 @@ def _run_projection(args: argparse.Namespace) -> int:
     from fleet_actors.projections.api import load
     from fleet_actors.projections.policy import ProjectorPolicy
 
+    from fleet_actors.observability.metrics import serve_process_metrics
+
     projection = load(args.target)
+    settings = settings_from(args)
+    serve_process_metrics(settings)
 
     def report(runner) -> None:
         p = runner.progress
@@ -119,7 +123,7 @@ def _run_projection(args: argparse.Namespace) -> int:
 
     applied = run(
         run_projection(
-            settings_from(args), projection, index=args.index, count=args.count,
+            settings, projection, index=args.index, count=args.count,
             policy=ProjectorPolicy(batch_size=args.batch_size), until_caught_up=args.until_caught_up, report=report,
         )
     )  # fmt: skip

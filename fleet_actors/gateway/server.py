@@ -28,7 +28,7 @@ from fleet_actors.gateway.observed import ObservedInterceptor
 from fleet_actors.gateway.scope_policy import ScopePolicy
 from fleet_actors.gateway.servicer import Backends, ContextServicer
 from fleet_actors.observability import tracing
-from fleet_actors.observability.metrics import metrics, serve_metrics
+from fleet_actors.observability.metrics import metrics, serve_process_metrics
 from fleet_actors.proto import context_service_pb2, context_service_pb2_grpc
 from fleet_actors.settings import Settings
 from fleet_actors.tls import server_credentials
@@ -341,9 +341,7 @@ async def _run(settings: Settings, grace: float, ready: Callable[[RunningGateway
     connect_ray(settings)
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    metrics_port = serve_metrics(settings.metrics_address)
-    if metrics_port is not None:
-        log.info("metrics on http://%s:%s/metrics", settings.metrics_address.rpartition(":")[0], metrics_port)
+    serve_process_metrics(settings)
     gateway = await serve(settings)
     try:
         if ready is not None:

@@ -160,6 +160,9 @@ def execute(args: argparse.Namespace, settings: Settings) -> int:
         from fleet_actors.client import connect_ray
 
         connect_ray(settings, start_local=False)  # before our signal handlers: ray.init installs its own for SIGTERM
+    from fleet_actors.observability.metrics import serve_process_metrics
+
+    serve_process_metrics(settings)
     print(f"rebuild {job_id}: {scope.describe()} with {workers} replay workers", flush=True)
     job = RebuildJob(settings, job_id, scope, workers)
     how_to_go_on = (

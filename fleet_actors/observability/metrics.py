@@ -21,6 +21,7 @@ metric objects and their labelled children are created once and cached.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -372,6 +373,16 @@ def serve_metrics(address: str) -> int | None:
     metrics()  # the families exist from the start, so a scrape lists them before any traffic
     _servers[address] = server
     return int(server.server_port)
+
+
+def serve_process_metrics(settings: Settings) -> int | None:
+    """A long-running process outside Ray (the gateway, ``archive run --every``, ``projections run``,
+    a rebuild's driver) serves its metrics on ``FLEET_METRICS_ADDRESS`` when it is set, and says where."""
+    port = serve_metrics(settings.metrics_address)
+    if port is not None:
+        host = settings.metrics_address.rpartition(":")[0] or "127.0.0.1"
+        logging.getLogger("fleet_actors.metrics").info("metrics on http://%s:%s/metrics", host, port)
+    return port
 
 
 def stop_metrics_servers() -> None:

@@ -165,3 +165,31 @@ async def test_metrics_move_on_the_real_stack(pool_settings, event_store, unique
     with contextlib.suppress(ray.exceptions.RayActorError):
         await handle.passivate.remote()
     await eventually(lambda s: total(s, "ray_fleet_story_passivations_total") > passivated_before, url)
+
+
+async def test_rebuild_progress_reaches_the_ray_endpoint(stream_settings, ray_runtime):
+    """The rebuild's driver is scraped by nobody: its progress goes out through its first replay actor."""
+    from fleet_actors.actors.replay_actor import replay_actor_class
+
+    url = ray_metrics_url()
+    actor = replay_actor_class().remote(stream_settings, "progress-test", 0, 1)
+    try:
+        await actor.report_progress.remote(0.375)
+        samples = await eventually(lambda s: 0.375 in values(s, "ray_fleet_rebuild_progress_ratio"), url)
+        assert 0.375 in values(samples, "ray_fleet_rebuild_progress_ratio")
+    finally:
+        ray.kill(actor)
+
+
+def test_a_long_running_driver_serves_its_metrics_where_configured(stream_settings, caplog):
+    from fleet_actors.observability.metrics import serve_process_metrics, stop_metrics_servers
+
+    assert serve_process_metrics(stream_settings.replace(metrics_address="")) is None
+    with caplog.at_level("INFO", logger="fleet_actors.metrics"):
+        port = serve_process_metrics(stream_settings.replace(metrics_address="127.0.0.1:0"))
+    try:
+        assert port and f"metrics on http://127.0.0.1:{port}/metrics" in caplog.text
+        names = {name for name, _, _ in scrape(f"http://127.0.0.1:{port}/metrics")}
+        assert "fleet_rebuild_progress_ratio" in names
+    finally:
+        stop_metrics_servers()
