@@ -108,10 +108,9 @@ def _print_user_projections(args: argparse.Namespace) -> None:
 
 def _run_projection(args: argparse.Namespace) -> int:
     from fleet_actors.jobs.projection_extensions import run_projection
+    from fleet_actors.observability.metrics import serve_process_metrics
     from fleet_actors.projections.api import load
     from fleet_actors.projections.policy import ProjectorPolicy
-
-    from fleet_actors.observability.metrics import serve_process_metrics
 
     projection = load(args.target)
     settings = settings_from(args)
