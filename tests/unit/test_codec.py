@@ -85,7 +85,7 @@ def test_timestamp_on_the_wire_as_protobuf_writes_it(at):
     message = events_pb2.ContextEvent.FromString(encode_event(EventEnvelope("ev1", "S1", 1, at, SAMPLES[0])))
     expected = events_pb2.ContextEvent()
     expected.timestamp.FromDatetime(at)
-    assert (message.timestamp.seconds, message.timestamp.nanos) == (expected.timestamp.seconds, expected.timestamp.nanos)
+    assert message.timestamp == expected.timestamp
 
 
 def test_enum_fields_map_by_value_name():
