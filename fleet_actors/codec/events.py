@@ -89,12 +89,26 @@ def encode_event(envelope: EventEnvelope) -> bytes:
         actor=envelope.actor,
         redacted=envelope.redacted,
     )
-    message.timestamp.FromDatetime(envelope.timestamp)
+    set_timestamp(message, "timestamp", envelope.timestamp)
     payload = getattr(message, event.event_type)
     payload.SetInParent()
     fill_message(payload, event, _FIELD_PLANS[event.event_type])
     data: bytes = message.SerializeToString()
     return data
+
+
+def set_timestamp(target: Message, name: str, value: datetime | None) -> None:
+    """Set a Timestamp field from a datetime (naive means UTC, as ``Timestamp.FromDatetime`` has it),
+    by arithmetic: FromDatetime goes through ``utctimetuple`` and ``calendar.timegm``, about ten times
+    the work, and every appended event and snapshot pays it."""
+    if value is None:
+        return
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    delta = value - _EPOCH
+    stamp = getattr(target, name)
+    stamp.seconds = delta.days * 86400 + delta.seconds
+    stamp.nanos = delta.microseconds * 1000
 
 
 def fill_message(target: Message, value_object: object, plan: tuple[_Field, ...]) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
+from fleet_actors.codec.events import set_timestamp
 from fleet_actors.codec.upcasting import upcast
 from fleet_actors.domain.events import VALUE_TYPES
 from fleet_actors.domain.results import CommandResult
@@ -149,7 +150,7 @@ def _writer_plan(cls: type) -> tuple[tuple[str, Callable[[Message, str, Any], No
     for field in dataclasses.fields(cls):
         hint = str(field.type)
         if "datetime" in hint:
-            plan.append((field.name, _set_timestamp))
+            plan.append((field.name, set_timestamp))
         elif hint in ("str", "int", "bool", "float"):
             plan.append((field.name, _set_scalar))
         else:
@@ -159,17 +160,6 @@ def _writer_plan(cls: type) -> tuple[tuple[str, Callable[[Message, str, Any], No
 
 def _set_scalar(target: Message, name: str, value: Any) -> None:
     setattr(target, name, value)
-
-
-def _set_timestamp(target: Message, name: str, value: datetime | None) -> None:
-    if value is None:
-        return
-    if value.tzinfo is None:  # as Timestamp.FromDatetime does: naive means UTC
-        value = value.replace(tzinfo=UTC)
-    delta = value - _EPOCH
-    stamp = getattr(target, name)
-    stamp.seconds = delta.days * 86400 + delta.seconds
-    stamp.nanos = delta.microseconds * 1000
 
 
 def _build(cls: type, source: Message) -> Any:
@@ -239,7 +229,7 @@ def _set(target: Message, name: str, value: Any) -> None:
     if value is None:
         return
     if isinstance(value, datetime):
-        _set_timestamp(target, name, value)
+        set_timestamp(target, name, value)
     elif isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
         items = getattr(target, name)
         for item in value:

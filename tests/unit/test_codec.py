@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -68,6 +68,24 @@ def test_envelope_fields_on_the_wire():
     )
     assert (message.event_id, message.aggregate_id, message.version, message.schema_version) == ("ev1", "S1", 7, 1)
     assert (message.command_id, message.actor, message.WhichOneof("payload")) == ("cmd1", "agent-7", "context_created")
+
+
+@pytest.mark.parametrize(
+    "at",
+    [
+        AT,
+        datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),  # before the epoch: negative seconds
+        datetime(2030, 5, 1, 0, 0, 0, 1, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+        datetime(2026, 3, 4, 5, 6, 7),  # naive: UTC
+    ],
+    ids=["utc", "pre-epoch", "offset", "naive"],
+)
+def test_timestamp_on_the_wire_as_protobuf_writes_it(at):
+    """encode_event sets the Timestamp by arithmetic: the bytes must stay those FromDatetime wrote."""
+    message = events_pb2.ContextEvent.FromString(encode_event(EventEnvelope("ev1", "S1", 1, at, SAMPLES[0])))
+    expected = events_pb2.ContextEvent()
+    expected.timestamp.FromDatetime(at)
+    assert message.timestamp == expected.timestamp
 
 
 def test_enum_fields_map_by_value_name():
