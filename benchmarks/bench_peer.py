@@ -3,12 +3,14 @@
 (``--postgres-dsn`` or BENCH_POSTGRES_DSN), on PostgreSQL, next to fleet-actors through its public
 client, in alternating rounds on the same machine.
 
-The peer's aggregate is a story with the same kind of event (a summary recorded; the state keeps the
-last one, as ours does), in an ``Application`` with its aggregate cache (fast-forwarded from the
-database on every get, deep-copied out: the library's defaults) and a snapshot every
-``snapshot_every`` events, as ours. Its writers are threads that get, record and save, and on a
-version conflict get again and retry (optimistic concurrency, the library's way); on the one
-contended story it also runs with one lock per story, the way our actor serialises commands.
+The peer's aggregate is a story with the same kinds of event: a summary recorded (the commands; the
+state keeps the last one, as ours does) and a milestone recorded (the 10,000-event story read back:
+the state keeps every milestone, as ours does, so it grows with the story), in an ``Application``
+with its aggregate cache (fast-forwarded from the database on every get, deep-copied out: the
+library's defaults) and a snapshot every ``snapshot_every`` events, as ours. Its writers are
+threads that get, record and save, and on a version conflict get again and retry (optimistic
+concurrency, the library's way); on the one contended story it also runs with one lock per story,
+the way our actor serialises commands.
 
 Every figure is measured in this run; every ``*_vs_*`` ratio reads "how many times better we are":
 ours over the peer for rates, the peer's over ours for times and CPU (below 1: the peer is better).
@@ -40,7 +42,7 @@ import ray
 from benchmarks.harness import BenchContext, latency_summary
 from fleet_actors import FleetClient
 from fleet_actors.actors.naming import story_actor_name
-from fleet_actors.domain.commands import RecordSummary
+from fleet_actors.domain.commands import RecordMilestone
 
 STORIES = int(os.environ.get("BENCH_PEER_STORIES", "50"))
 WRITERS = int(os.environ.get("BENCH_PEER_WRITERS", "8"))
@@ -116,6 +118,7 @@ def _peer_story_class() -> type:
             self.title = title
             self.phase = "DESIGN"
             self.last_summary = ""
+            self.milestones: list[dict[str, str]] = []
 
         @staticmethod
         def create_id(story_id: str, title: str) -> UUID:
@@ -124,6 +127,16 @@ def _peer_story_class() -> type:
         @event("SummaryRecorded")
         def record_summary(self, summary: str) -> None:
             self.last_summary = summary
+
+        def record_milestone(self, milestone_id: str, kind: str, description: str) -> None:
+            """As ours: refused if the id is taken (a scan, as ours), else one event."""
+            if any(m["milestone_id"] == milestone_id for m in self.milestones):
+                raise ValueError(f"milestone {milestone_id!r} already recorded")
+            self._milestone_recorded(milestone_id, kind, description)
+
+        @event("MilestoneRecorded")
+        def _milestone_recorded(self, milestone_id: str, kind: str, description: str) -> None:
+            self.milestones.append({"milestone_id": milestone_id, "kind": kind, "description": description})
 
     return PeerStory
 
@@ -270,12 +283,13 @@ def _peer_round(
 
 
 def _peer_fill(app: Any, story_class: type, story_id: str, batches: list[int]) -> None:
+    """The big story: created, then ``batches`` of milestones, each batch one save."""
     story = story_class(story_id, "big story")
     app.save(story)
     for n, size in enumerate(batches):
         story = app.repository.get(story.id)
         for i in range(size):
-            story.record_summary(f"summary {n}-{i}")
+            story.record_milestone(uuid.uuid4().hex, "progress", f"milestone {n}-{i}")
         app.save(story)
 
 
@@ -365,7 +379,10 @@ async def _measure(ctx: BenchContext, tag: str, peers: list[Peer], story_class: 
     client = FleetClient(ctx.settings)
     stories = [f"peer-{tag}-{n}" for n in range(STORIES)]
     hot, big = f"peer-{tag}-hot", f"peer-{tag}-big"
-    await asyncio.gather(*(client.aio.create_story(s, "benchmark story") for s in [*stories, hot]))
+    for wave in range(0, STORIES + 1, WRITERS):  # as WRITERS clients would, not 51 worker starts at once
+        await asyncio.gather(
+            *(client.aio.create_story(s, "benchmark story") for s in [*stories, hot][wave : wave + WRITERS])
+        )
     apps = {peer.name: await asyncio.to_thread(peer.open) for peer in peers}
     for app in apps.values():
         for story_id in [*stories, hot]:
@@ -402,19 +419,20 @@ async def _measure(ctx: BenchContext, tag: str, peers: list[Peer], story_class: 
                 sides[_side(peer, locks)].append(result)
         figures.update(_command_figures(workload, sides))
 
-    # A 10,000-event story on each side: created, batches of 100 summaries, then TAIL single ones.
+    # A 10,000-event story on each side whose state grows with its events (each one a milestone, kept
+    # in the state): created, batches of 100 milestones, then TAIL single ones (after the last snapshot).
     batches = [BATCH] * ((EVENTS - 1 - TAIL) // BATCH) + [(EVENTS - 1 - TAIL) % BATCH]
+    batches = [b for b in batches if b] + [1] * TAIL
     started = time.perf_counter()
     await client.aio.create_story(big, "big story")
-    for n, size in enumerate(b for b in batches if b):
-        await client.aio.apply_changes(big, [RecordSummary(f"summary {n}-{i}") for i in range(size)])
-    for i in range(TAIL):
-        await client.aio.record_summary(big, f"tail {i}")
+    for n, size in enumerate(batches):
+        milestones = [RecordMilestone("progress", f"milestone {n}-{i}") for i in range(size)]
+        await client.aio.apply_changes(big, milestones)
     figures["fill_ours_s"] = round(time.perf_counter() - started, 1)
     for peer in peers:
         app = apps[peer.name]
         started = time.perf_counter()
-        await asyncio.to_thread(_peer_fill, app, story_class, big, [b for b in batches if b] + [1] * TAIL)
+        await asyncio.to_thread(_peer_fill, app, story_class, big, batches)
         figures[f"fill_{peer.name}_s"] = round(time.perf_counter() - started, 1)
     assert (await client.aio.get_story(big)).version == EVENTS
     figures["big_story_events"] = EVENTS
