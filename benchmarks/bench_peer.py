@@ -184,8 +184,8 @@ def sqlite_peer(app_class: type, data_dir: Path) -> tuple[Peer, dict[str, Any]]:
         cursor.execute("PRAGMA journal_mode")
         journal = cursor.fetchone()[0]
     app.close()
-    return Peer("sqlite", open_app), {"peer_sqlite_synchronous": {2: "FULL", 3: "EXTRA"}.get(level, level),
-                                     "peer_sqlite_journal_mode": journal}  # fmt: skip
+    synchronous = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(level, level)
+    return Peer("sqlite", open_app), {"peer_sqlite_synchronous": synchronous, "peer_sqlite_journal_mode": journal}
 
 
 def postgres_peer(app_class: type, dsn: str, tag: str) -> tuple[Peer, dict[str, Any]]:
