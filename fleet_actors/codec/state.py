@@ -8,7 +8,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import operator
-from collections.abc import Callable, Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -55,12 +56,7 @@ def state_to_proto(
         else:
             _set(message, field.name, value)
     for result in recent_commands:
-        message.recent_commands.add(
-            command_id=result.command_id,
-            version=result.version,
-            event_ids=result.event_ids,
-            decision_id=result.decision_id or "",
-        )
+        _fill_command(message.recent_commands.add(), result)
     return message
 
 
@@ -89,6 +85,99 @@ def encode_state(
 ) -> bytes:
     data: bytes = state_to_proto(state, last_sequence, commands, window_start_sequence).SerializeToString()
     return data
+
+
+class SnapshotEncoder:
+    """Encodes the successive snapshots of a few stories, each nested value (subtask, decision,
+    relation, carried command result...) encoded once and reused while the state still holds it.
+
+    A story's state is immutable and an event replaces only the values it changes, so the values of
+    one snapshot are, but for the last ``snapshot_every`` events' worth, those of the previous one:
+    encoding every value again made the cost of a snapshot, paid on the command path every
+    ``snapshot_every`` events, grow with the story (~100 ms at 10,000 events here). A protobuf message
+    is the concatenation of its fields' records, so the snapshot is the scalar fields encoded as
+    before, followed by each repeated field's records in order: the same message as
+    :func:`encode_state` (byte for byte up to the order of the fields), decoded by the same code.
+    """
+
+    def __init__(self, stories: int = 8) -> None:
+        self._stories = stories
+        #: story id -> id(value) -> (the value, kept so that its id stays its own; its encoded record)
+        self._records: OrderedDict[str, dict[int, tuple[object, bytes]]] = OrderedDict()
+
+    def encode(
+        self,
+        state: StoryState,
+        last_sequence: int = 0,
+        commands: Iterable[CommandResult] = (),
+        window_start_sequence: int = 0,
+    ) -> bytes:
+        known = self._records.pop(state.story_id, {})
+        fresh: dict[int, tuple[object, bytes]] = {}
+        head = state_pb2.StoryStateSnapshot(
+            schema_version=STATE_SCHEMA_VERSION,
+            last_sequence=last_sequence,
+            window_start_sequence=window_start_sequence,
+        )
+        for name in _SCALAR_FIELDS:
+            _set(head, name, getattr(state, name))
+        parts = [head.SerializeToString()]
+        for name, (_, message_type) in _NESTED.items():
+            value = getattr(state, name)
+            items = value.values() if isinstance(value, dict) else value
+            parts.extend(_records(items, _field_tag(name), message_type, _fill, known, fresh))
+        command_tag = _field_tag("recent_commands")
+        parts.extend(_records(commands, command_tag, state_pb2.CommandRecord, _fill_command, known, fresh))
+        self._records[state.story_id] = fresh
+        while len(self._records) > self._stories:
+            self._records.popitem(last=False)
+        return b"".join(parts)
+
+
+_SCALAR_FIELDS = tuple(f.name for f in dataclasses.fields(StoryState) if f.name not in _NESTED)
+
+
+def _records(
+    items: Iterable[Any],
+    tag: bytes,
+    message_type: Callable[[], Message],
+    fill: Callable[[Message, Any], None],
+    known: dict[int, tuple[object, bytes]],
+    fresh: dict[int, tuple[object, bytes]],
+) -> Iterator[bytes]:
+    """Each item's record in a repeated message field (tag, length, message), from ``known`` when the
+    item was encoded before; every record used goes into ``fresh``."""
+    for item in items:
+        entry = known.get(id(item))
+        if entry is None or entry[0] is not item:
+            message = message_type()
+            fill(message, item)
+            body = message.SerializeToString()
+            entry = (item, tag + _varint(len(body)) + body)
+        fresh[id(item)] = entry
+        yield entry[1]
+
+
+def _fill_command(target: Message, result: CommandResult) -> None:
+    target.command_id = result.command_id
+    target.version = result.version
+    target.event_ids.extend(result.event_ids)
+    target.decision_id = result.decision_id or ""
+
+
+@functools.cache
+def _field_tag(name: str) -> bytes:
+    """The key of a length-delimited field of StoryStateSnapshot (field number, wire type 2)."""
+    return _varint(state_pb2.StoryStateSnapshot.DESCRIPTOR.fields_by_name[name].number << 3 | 2)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def decode_state(data: bytes) -> tuple[StoryState, int, list[CommandResult]]:
