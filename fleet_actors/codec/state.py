@@ -64,8 +64,9 @@ def proto_to_state(message: state_pb2.StoryStateSnapshot) -> StoryState:
     values: dict[str, Any] = {}
     for field in dataclasses.fields(StoryState):
         if field.name in _NESTED:
-            cls, _ = _NESTED[field.name]
-            items = [_build(cls, item) for item in getattr(message, field.name)]
+            cls, message_type = _NESTED[field.name]
+            descriptor = message_type.DESCRIPTOR  # type: ignore[attr-defined]
+            items = list(map(_builder(cls, descriptor), getattr(message, field.name)))
             key = {"subtasks": "subtask_id", "decisions": "decision_id"}.get(field.name)
             values[field.name] = {getattr(i, key): i for i in items} if key else tuple(items)
         else:
@@ -262,25 +263,15 @@ def _set_timestamp(target: Message, name: str, value: datetime | None) -> None:
 
 
 def _build(cls: type, source: Message) -> Any:
-    plain_names, read_plain, special, make = _reader_plan(cls, source.DESCRIPTOR)
-    values = dict(zip(plain_names, read_plain(source), strict=True))
-    for name, read in special:
-        values[name] = read(source)
-    return make(values)
+    return _builder(cls, source.DESCRIPTOR)(source)
 
 
 @functools.cache
-def _reader_plan(
-    cls: type, descriptor: Any
-) -> tuple[
-    tuple[str, ...],
-    Callable[[Message], tuple[Any, ...]],
-    tuple[tuple[str, Callable[[Message], Any]], ...],
-    Callable[[dict[str, Any]], Any],
-]:
-    """How to read each dataclass field from its message and build the value, worked out once per
-    type: activation from a snapshot decodes thousands of nested values, and per-field reflection
-    dominated it. Plain fields are read in one call; timestamps, lists and maps each by their reader."""
+def _builder(cls: type, descriptor: Any) -> Callable[[Message], Any]:
+    """How to build a value of ``cls`` from its message, worked out once per type: activation from a
+    snapshot decodes thousands of nested values, and per-field reflection dominated it. Plain fields
+    are read in one call; timestamps, lists and maps each by their reader. Callers of a repeated
+    field look the builder up once for all its items."""
     plain: list[str] = []
     special: list[tuple[str, Callable[[Message], Any]]] = []
     for field in dataclasses.fields(cls):
@@ -289,18 +280,26 @@ def _reader_plan(
             plain.append(field.name)
         else:
             special.append((field.name, _reader(field.name, proto_field)))
+    names = tuple(plain)
     getter = operator.attrgetter(*plain) if plain else (lambda source: ())
     read_plain = getter if len(plain) != 1 else (lambda source: (getter(source),))
-    make = (lambda values: cls(**values)) if hasattr(cls, "__post_init__") else functools.partial(_filled, cls)
-    return tuple(plain), read_plain, tuple(special), make
+    construct = hasattr(cls, "__post_init__")
+    new, set_dict = object.__new__, object.__setattr__
 
+    def build(source: Message) -> Any:
+        values = dict(zip(names, read_plain(source), strict=True))
+        for name, read in special:
+            values[name] = read(source)
+        if construct:
+            return cls(**values)
+        # A frozen dataclass's __init__ sets each field through object.__setattr__; with no
+        # __post_init__ to run after it, handing the instance its fields at once decodes a large
+        # snapshot markedly faster.
+        value: Any = new(cls)
+        set_dict(value, "__dict__", values)
+        return value
 
-def _filled(cls: type, values: dict[str, Any]) -> Any:
-    # A frozen dataclass's __init__ sets each field through object.__setattr__; with no __post_init__
-    # to run after it, filling the instance directly decodes a large snapshot ~10 % faster.
-    value: Any = object.__new__(cls)
-    value.__dict__.update(values)
-    return value
+    return build
 
 
 def _reader(name: str, field: Any) -> Callable[[Message], Any]:
@@ -318,7 +317,8 @@ def _reader(name: str, field: Any) -> Callable[[Message], Any]:
             return lambda source: dict(getattr(source, name))
         if field.message_type.name in VALUE_TYPES:
             value_type = VALUE_TYPES[field.message_type.name]
-            return lambda source: tuple(_build(value_type, item) for item in getattr(source, name))
+            build = _builder(value_type, field.message_type)
+            return lambda source: tuple(map(build, getattr(source, name)))
     if field.is_repeated:
         return lambda source: tuple(getattr(source, name))
     return lambda source: getattr(source, name)
