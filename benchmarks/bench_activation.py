@@ -37,10 +37,10 @@ EVENTS = 10_000
 TAIL = 50  # events after the newest snapshot (half the default cadence)
 REPEATS = 5
 COLD_EVENTS = 5_000
-COLD_ROUNDS = 10
+COLD_ROUNDS = int(os.environ.get("BENCH_COLD_ROUNDS", "10"))
 #: writers and commands per measured phase of the growing story (and of its fresh twin)
 WRITERS = 8
-PHASE_COMMANDS = 800
+PHASE_COMMANDS = int(os.environ.get("BENCH_PHASE_COMMANDS", "800"))
 PHASES = ((0, "0-1k"), (4_000, "4-5k"), (9_000, "9-10k"))
 
 
@@ -185,7 +185,7 @@ def _growth(settings, tag: str) -> dict[str, Any]:
     def submit_to(story_id: str):
         async def submit(rng: random.Random, i: int) -> None:
             kind = rng.random()
-            unique = f"{rng.getrandbits(48):012x}"
+            unique = uuid.uuid4().hex[:12]  # the writers' seeds repeat across stories and phases
             if kind < 0.5:
                 await client.create_subtask(story_id, f"T{unique}", "Subtask", "DEV")
             elif kind < 0.75:
