@@ -1,10 +1,18 @@
 """Activating one story with 10,000 events: full replay vs newest snapshot + later events, next to a raw
-(undecoded) read of the same events; plus a cold story actor through Ray with its snapshot."""
+(undecoded) read of the same events; plus a cold story actor through Ray with its snapshot.
+
+Also (issue 25): a passivated 5,000-event story re-activated from the client, COLD_ROUNDS times, in
+turns with a raw Ray actor created by name and called once (the same spare-worker pool serves both);
+a snapshot's encoding (whole vs incremental) and decoding at 10,000 events; and the rate of 8 writers
+on one story as it grows (0-1k, 4-5k, 9-10k events) against a fresh story in the same phase."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import os
+import random
 import statistics
 import time
 import uuid
@@ -13,17 +21,35 @@ from typing import Any
 
 import ray
 
-from benchmarks.harness import BenchContext
+from benchmarks.bench_commands import _drive
+from benchmarks.harness import BenchContext, latency_summary
 from fleet_actors import FleetClient
-from fleet_actors.actors.naming import story_actor_name
+from fleet_actors.actors.naming import find_live, story_actor_name
+from fleet_actors.actors.spare_workers import SPARES
 from fleet_actors.adapters.jetstream import JetStreamEventStore
 from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore
 from fleet_actors.application.story_runtime import StoryRuntime
+from fleet_actors.codec.state import SnapshotEncoder, decode_snapshot, encode_state
+from fleet_actors.domain.results import CommandResult
 from fleet_actors.loadgen.histories import story_history
 
 EVENTS = 10_000
 TAIL = 50  # events after the newest snapshot (half the default cadence)
 REPEATS = 5
+COLD_EVENTS = 5_000
+COLD_ROUNDS = int(os.environ.get("BENCH_COLD_ROUNDS", "10"))
+#: writers and commands per measured phase of the growing story (and of its fresh twin)
+WRITERS = 8
+PHASE_COMMANDS = int(os.environ.get("BENCH_PHASE_COMMANDS", "800"))
+PHASES = ((0, "0-1k"), (4_000, "4-5k"), (9_000, "9-10k"))
+
+
+@ray.remote(num_cpus=0)
+class Bare:
+    """The raw baseline of a cold start: a named actor created and called once."""
+
+    def call(self) -> int:
+        return os.getpid()
 
 
 async def _timed(make) -> float:
@@ -59,6 +85,14 @@ async def _measure(settings, story_id: str) -> dict[str, Any]:
         await runtime.load()
         assert runtime.replayed_on_load == TAIL and runtime.state.version == EVENTS
 
+    state = (await snapshots.latest(story_id)).state  # type: ignore[union-attr]
+    commands = [CommandResult(story_id, n, (f"e{n}",), f"c{n}") for n in range(1000)]
+    data = encode_state(state, head, commands)
+    encoder = SnapshotEncoder()
+    encoder.encode(state, head, commands)
+    whole = await _timed_sync(lambda: encode_state(state, head, commands))
+    incremental = await _timed_sync(lambda: encoder.encode(state, head, commands))
+    decode = await _timed_sync(lambda: decode_snapshot(data))
     raw = await _timed(raw_read)
     full = await _timed(full_replay)
     snap = await _timed(from_snapshot)
@@ -72,7 +106,107 @@ async def _measure(settings, story_id: str) -> dict[str, Any]:
         "replay_ratio_to_raw_read": round(raw / full, 3),
         "activation_with_snapshot_s": round(snap, 4),
         "snapshot_reduction_percent": round(100 * (1 - snap / full), 2),
+        "snapshot_bytes": len(data),
+        "snapshot_encode_whole_ms": round(whole * 1000, 2),
+        "snapshot_encode_incremental_ms": round(incremental * 1000, 2),
+        "snapshot_decode_ms": round(decode * 1000, 2),
     }
+
+
+async def _timed_sync(call) -> float:
+    times = []
+    for _ in range(REPEATS * 4):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+async def _seed(settings, story_id: str, events: int, *, snapshot: bool) -> None:
+    """``events`` events of the realistic mix appended directly (and a snapshot of them)."""
+    store = await JetStreamEventStore.connect(settings)
+    try:
+        snapshots = JetStreamSnapshotStore(store.connection, settings)
+        await snapshots.ensure_stream()
+        head = await store.last_sequence(story_id)
+        version = await store.head_version(story_id) if head else 0
+        # a story that exists (commands made it grow) gets the mix's events after its creation,
+        # numbered on from its head (an update of a subtask it does not have changes nothing)
+        start_at = datetime(2026, 1, 1, tzinfo=UTC)
+        history = story_history(story_id, events - version + (1 if version else 0), start=start_at)
+        history = [
+            dataclasses.replace(e, version=version + n, event_id=f"{e.event_id}@{version}")
+            for n, e in enumerate(history[1:] if version else history, start=1)
+        ]
+        for start in range(0, len(history), 1000):
+            head = (await store.append(story_id, head, history[start : start + 1000])).last_sequence
+        if snapshot:
+            await StoryRuntime(story_id, store, snapshots=snapshots).rebuild_state()
+    finally:
+        await store.close()
+
+
+def _cold_starts(settings, client: FleetClient, tag: str) -> dict[str, Any]:
+    """A passivated 5,000-event story re-activated by a read, in turns with a bare named actor's
+    creation and first call (both find the spare workers the client keeps, if any are ready)."""
+    story_id = f"cold-{tag}"
+    asyncio.run(_seed(settings, story_id, COLD_EVENTS, snapshot=True))
+    story, bare = [], []
+    for round_ in range(COLD_ROUNDS):
+        assert client.get_story(story_id).version == COLD_EVENTS  # live
+        handle = find_live(story_actor_name(story_id), settings)
+        with contextlib.suppress(ray.exceptions.RayActorError):
+            ray.get(handle.passivate.remote())
+        while find_live(story_actor_name(story_id), settings) is not None:
+            time.sleep(0.05)
+        time.sleep(2.0)  # the replacement spare starts meanwhile, as between two uses of a story
+        started = time.perf_counter()
+        actor = Bare.options(name=f"bare-{tag}-{round_}", lifetime="detached").remote()
+        ray.get(actor.call.remote())
+        bare.append(time.perf_counter() - started)
+        SPARES.activated(settings.spare_workers)  # as a client does after creating a story actor
+        ray.kill(actor)
+        time.sleep(2.0)
+        started = time.perf_counter()
+        assert client.get_story(story_id).version == COLD_EVENTS
+        story.append(time.perf_counter() - started)
+    figures = {f"cold_story_{k}": v for k, v in latency_summary(story).items()}
+    figures |= {f"bare_actor_{k}": v for k, v in latency_summary(bare).items()}
+    figures["cold_story_to_bare_actor_p50"] = round(figures["cold_story_p50_ms"] / figures["bare_actor_p50_ms"], 2)
+    return figures
+
+
+def _growth(settings, tag: str) -> dict[str, Any]:
+    """8 writers on one story as it grows, each phase against a fresh story in the same phase."""
+    client = FleetClient(settings).aio
+    grown = f"grow-{tag}"
+    figures: dict[str, Any] = {}
+
+    def submit_to(story_id: str):
+        async def submit(rng: random.Random, i: int) -> None:
+            kind = rng.random()
+            unique = uuid.uuid4().hex[:12]  # the writers' seeds repeat across stories and phases
+            if kind < 0.5:
+                await client.create_subtask(story_id, f"T{unique}", "Subtask", "DEV")
+            elif kind < 0.75:
+                await client.add_decision(story_id, "Decision", "because", decision_id=f"D{unique}")
+            else:
+                await client.record_milestone(story_id, "DEMOED", "on time", f"M{unique}")
+
+        return submit
+
+    for at, label in PHASES:
+        fresh = f"fresh-{tag}-{at}"
+        asyncio.run(_seed(settings, grown, max(at, 1), snapshot=False))
+        asyncio.run(_seed(settings, fresh, 1, snapshot=False))
+        for story_id in (grown, fresh):  # activate both before measuring
+            FleetClient(settings).get_story(story_id)
+        grown_s, _ = asyncio.run(_drive(submit_to(grown), PHASE_COMMANDS, WRITERS))
+        fresh_s, _ = asyncio.run(_drive(submit_to(fresh), PHASE_COMMANDS, WRITERS))
+        figures[f"grown_{label}_commands_per_s"] = round(PHASE_COMMANDS / grown_s, 1)
+        figures[f"fresh_{label}_commands_per_s"] = round(PHASE_COMMANDS / fresh_s, 1)
+        figures[f"grown_to_fresh_{label}"] = round(fresh_s / grown_s, 3)
+    return figures
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:
@@ -90,4 +224,6 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     started = time.perf_counter()
     assert client.get_story(story_id).version == EVENTS
     figures["cold_actor_activation_with_snapshot_s"] = round(time.perf_counter() - started, 3)
+    figures |= _cold_starts(settings, client, tag)
+    figures |= _growth(settings, tag)
     return figures

@@ -69,8 +69,10 @@ def run_benchmarks(names: Sequence[str], sync_interval: str, out: Path | None) -
     results: dict[str, Any] = {"machine": machine(), "nats_sync_interval": sync_interval, "benchmarks": {}}
     with LocalStack(data_dir, ray=False, nats_sync_interval=sync_interval) as stack:
         settings = stack.settings(Settings(ray_namespace="bench"))
+        from fleet_actors.actors.spare_workers import ray_system_config
+
         ray.init(address="local", num_cpus=4, namespace="bench", logging_level="ERROR", log_to_driver=False,
-                 include_dashboard=False)  # fmt: skip
+                 include_dashboard=False, _system_config=ray_system_config())  # fmt: skip
         try:
             ctx = BenchContext(stack, settings, data_dir, sync_interval)
             for name in names:

@@ -21,6 +21,7 @@ import ray
 import ray.exceptions
 
 from fleet_actors.actors.read_model_actor import read_models_handle
+from fleet_actors.actors.spare_workers import SPARES, ray_system_config
 from fleet_actors.actors.story_actor import live_story_handle, registry_handle, story_handle
 from fleet_actors.application.ids import new_id
 from fleet_actors.application.messages import CommandRequest, CommandResult, pack, unpack
@@ -78,6 +79,7 @@ def connect_ray(settings: Settings, address: str | None = None, *, start_local: 
     }
     if target == "local":
         options["include_dashboard"] = False
+        options["_system_config"] = ray_system_config()
     if (logging_config := ray_logging_config(settings.log_format)) is not None:
         options["logging_config"] = logging_config  # JSON lines from the actors this driver creates
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -133,6 +135,7 @@ class _StoryApi(Generic[R]):
         if not exists:
             raise StoryNotFound(story_id)
         handle = story_handle(story_id, self.settings)
+        SPARES.activated(self.settings.spare_workers)  # the next activation's worker, started meanwhile
         self._remember(story_id, handle)
         return handle
 

@@ -77,6 +77,10 @@ class Settings:
     #: memory each story actor reserves in Ray's scheduler (0: none). Set it in a cluster (~100): Ray
     #: then places no more story actors on a node than its memory holds, and the autoscaler sees them.
     story_actor_memory_mb: int = 0
+    #: Ray workers a process that activates stories keeps started and idle, so that a story actor
+    #: activates on one instead of waiting ~1.5 s for a process to start (actors/spare_workers.py);
+    #: each costs an idle process (~50 MB). 0: none
+    spare_workers: int = 2
     snapshot_every: int = 100
     #: snapshots kept per story (older ones are dropped by the stream); temporal queries before the
     #: oldest kept snapshot replay from the start
@@ -170,6 +174,8 @@ class Settings:
             raise ConfigurationError(f"FLEET_LOG_FORMAT={self.log_format!r} must be 'text' or 'json'")
         if self.story_actor_memory_mb < 0:
             raise ConfigurationError("FLEET_STORY_ACTOR_MEMORY_MB must be >= 0 (0 reserves nothing)")
+        if self.spare_workers < 0:
+            raise ConfigurationError("FLEET_SPARE_WORKERS must be >= 0 (0 keeps none)")
         if self.actor_idle_seconds <= 0:
             raise ConfigurationError("FLEET_ACTOR_IDLE_SECONDS must be positive")
         if self.redact_patterns.strip():

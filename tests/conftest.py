@@ -72,6 +72,8 @@ def ray_runtime() -> Iterator[str]:
     import ray
     from ray._private.authentication.authentication_utils import is_token_auth_enabled
 
+    from fleet_actors.actors.spare_workers import ray_system_config
+
     if not is_token_auth_enabled():
         raise RuntimeError("ray was imported before tests/conftest.py set RAY_AUTH_MODE=token")
     ray.init(
@@ -82,7 +84,8 @@ def ray_runtime() -> Iterator[str]:
         log_to_driver=False,
         include_dashboard=False,
         # actors' ray.util.metrics reach the node's metrics endpoint within a second (default 10 s)
-        _system_config={"metrics_report_interval_ms": 1000},
+        # and workers preload the story actor's code, as in a cluster the project starts (spare workers)
+        _system_config={"metrics_report_interval_ms": 1000, **ray_system_config()},
     )
     try:
         yield RAY_NAMESPACE

@@ -8,6 +8,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
+from itertools import islice
 
 from fleet_actors.application.ids import new_id
 from fleet_actors.application.messages import CommandRequest, CommandResult
@@ -37,6 +38,12 @@ COMMAND_ID_WINDOW = 10_000
 #: every snapshot would be ~0.5 MB, written every ``snapshot_every`` events, while the read-back costs
 #: one pass over the window's events, and only for a story that has had more than this many commands
 SNAPSHOT_COMMANDS = 1_000
+#: a snapshot is taken every ``snapshot_every`` events, or, for a story whose state holds more than
+#: this many values (subtasks, decisions, relations...) per ``snapshot_every`` events, every
+#: values / this: what a snapshot writes per event then stays bounded as the story grows (its values
+#: are encoded once each, see SnapshotEncoder; the snapshot is still written whole), at the price of
+#: replaying a longer tail on activation
+SNAPSHOT_VALUES_PER_EVENT = 20
 
 log = logging.getLogger(__name__)
 
@@ -163,13 +170,19 @@ class StoryRuntime:
             return self.state
 
     async def _maybe_snapshot(self) -> None:
-        if self._snapshots is not None and self.state.version - self._snapshot_version >= self._snapshot_every:
+        if self._snapshots is not None and self.state.version - self._snapshot_version >= self._snapshot_interval():
             await self._take_snapshot()
+
+    def _snapshot_interval(self) -> int:
+        state = self.state
+        values = len(state.subtasks) + len(state.decisions) + len(state.relations) + len(state.impacts)
+        values += len(state.milestones) + len(state.phase_history)
+        return max(self._snapshot_every, values // SNAPSHOT_VALUES_PER_EVENT)
 
     async def _take_snapshot(self) -> None:
         if self._snapshots is None or not self.state.created:
             return
-        recent = tuple(self._results.values())[-SNAPSHOT_COMMANDS:]
+        recent = tuple(islice(reversed(self._results.values()), SNAPSHOT_COMMANDS))[::-1]
         window_start = 0
         if self._recall is not None:  # not read back yet: the window still starts where it did
             window_start = self._recall[0] + 1

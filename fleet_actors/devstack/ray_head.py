@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Self
 
+from fleet_actors.actors.spare_workers import PRELOAD_MODULES
 from fleet_actors.devstack.process import LOOPBACK, ManagedServer, find_executable, free_port, terminate_session
 
 RAY_AUTH_MODE = "token"
@@ -184,6 +185,9 @@ class RayHead(RaySessionServer):
             # `ray job submit -- python -m fleet_actors...` runs `python` from this PATH: it must
             # be the interpreter that has fleet-actors installed, not whatever the shell found first.
             PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+            # every worker imports the story actor's code as it starts, before it idles in the pool
+            # (spare workers): not when a story activates on it
+            RAY_preload_python_modules=",".join(PRELOAD_MODULES),
         )
         return env
 

@@ -12,6 +12,7 @@ import pytest
 import ray
 
 from fleet_actors import ConcurrencyConflict, FleetClient, InvalidCommand, RuleViolation, StoryNotFound
+from fleet_actors.actors import spare_workers
 from fleet_actors.actors.naming import live_story_ids, story_actor_name
 from fleet_actors.actors.story_actor import registry_handle
 from fleet_actors.adapters.jetstream import JetStreamEventStore
@@ -412,3 +413,34 @@ def test_idle_actor_answers_server_pings_between_calls(ray_runtime, settings, tm
             handle = ray.get_actor(story_actor_name(sid), namespace=pinged.ray_namespace)
             ray.get(handle.passivate.remote())
         server.stop()
+
+
+def _idle_workers() -> set[int]:
+    """This session's idle Ray workers (the raylet's children that wait for work)."""
+    import psutil
+
+    raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
+    idle = set()
+    for child in psutil.Process(raylet).children():
+        with contextlib.suppress(psutil.Error):
+            if child.cmdline()[:1] == ["ray::IDLE"]:
+                idle.add(child.pid)
+    return idle
+
+
+def test_a_passivated_story_comes_back_on_a_spare_worker(client, settings):
+    # actors/spare_workers.py: the raylet takes the request on this Ray version, and a story that
+    # re-activates once a spare is idle starts on it (no process start) with the same state.
+    sid = new_story()
+    client.create_story(sid, "t")  # the client asks for spares (or for a replacement)
+    client.add_decision(sid, "JWT", "stateless")
+    before = client.get_story(sid)
+    assert spare_workers.prestart(1)
+    passivate(sid, settings)
+    deadline = time.monotonic() + 60
+    while not _idle_workers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    idle = _idle_workers()
+    assert client.get_story(sid) == before
+    actor = ray.get_actor(story_actor_name(sid), namespace=settings.ray_namespace)
+    assert ray._private.state.actors(actor._actor_id.hex())["Pid"] in idle

@@ -16,6 +16,7 @@ from fleet_actors.adapters.memory.snapshot_store import InMemorySnapshotStore
 from fleet_actors.application import story_runtime
 from fleet_actors.application.messages import CommandRequest
 from fleet_actors.application.story_runtime import StoryRuntime
+from fleet_actors.codec.state import SnapshotEncoder, decode_snapshot, encode_state
 from fleet_actors.domain.commands import (
     AddDecision,
     ApplyChanges,
@@ -28,6 +29,7 @@ from fleet_actors.domain.commands import (
     TransitionPhase,
     UpdateSubtask,
 )
+from fleet_actors.domain.results import CommandResult
 from fleet_actors.domain.state import StoryState
 from fleet_actors.domain.story import StateBuilder, evolve, fold
 from fleet_actors.errors import BackendUnavailable, StoryError
@@ -250,3 +252,44 @@ async def test_fold_equals_evolving_event_by_event_and_leaves_its_input_alone(co
             handed_out.append((builder.state(), copy.deepcopy(builder.state())))
     assert builder.state() == stepwise[-1]
     assert all(state == copied == stepwise[state.version] for state, copied in handed_out)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(commands=commands, other=commands)
+async def test_incremental_snapshot_encoding_equals_encoding_the_whole_state(commands, other):
+    # The encoder reuses the records of values a story's previous snapshot held: each snapshot along
+    # the way, two stories interleaved (one encoder per snapshot store), must decode as a fresh encoding.
+    histories = []
+    for story_id, sequence in (("S1", commands), ("S2", other)):
+        store = InMemoryEventStore()
+        runtime = make_runtime(store, None, story_id=story_id)
+        for number, command in enumerate([CreateStory("Story"), *sequence]):
+            with contextlib.suppress(StoryError):
+                await runtime.execute(CommandRequest(story_id, command, f"cmd{number}"))
+        histories.append([stored.envelope for stored in await store.read_all(story_id)])
+    encoder = SnapshotEncoder(stories=1)  # room for one: the other story's records are dropped, not mixed in
+    states = {"S1": StoryState("S1"), "S2": StoryState("S2")}
+    results: tuple[CommandResult, ...] = ()
+    for envelope in itertools.chain.from_iterable(itertools.zip_longest(*histories)):
+        if envelope is None:
+            continue
+        state = states[envelope.story_id] = evolve(states[envelope.story_id], envelope)
+        result = CommandResult(state.story_id, state.version, (envelope.event_id,), f"c{state.version}")
+        results = (*results[-3:], result)
+        assert decode_snapshot(encoder.encode(state, state.version, results, 2)) == decode_snapshot(
+            encode_state(state, state.version, results, 2)
+        )
+
+
+async def test_a_story_with_many_values_is_snapshotted_less_often(monkeypatch):
+    monkeypatch.setattr(story_runtime, "SNAPSHOT_VALUES_PER_EVENT", 2)
+    store, snapshots = InMemoryEventStore(), InMemorySnapshotStore()
+    writer = make_runtime(store, snapshots, every=5)
+    await run_all(writer, [CreateStory("Story")] + [CreateSubtask(f"T{i}", "t", "DEV") for i in range(29)])
+    # 5 events apart while the state holds under 10 values (version - 1 subtasks), then values / 2 apart:
+    # at v18, 17 // 2 = 8 events after v10; the next is due 14 events after v18 (v32, not reached)
+    versions = [r.version for r in await snapshots.refs("S1")]
+    assert versions == [5, 10, 18]
+    reader = make_runtime(store, snapshots, every=5)
+    await reader.load()
+    assert reader.state == writer.state and reader.replayed_on_load == 12

@@ -20,7 +20,7 @@ from nats.js.api import (
 from nats.js.client import JetStreamContext
 
 from fleet_actors.adapters.jetstream.connection import declare_stream, nats_errors, stream_placement
-from fleet_actors.codec.state import decode_snapshot, encode_state
+from fleet_actors.codec.state import SnapshotEncoder, decode_snapshot
 from fleet_actors.errors import EventDecodeError
 from fleet_actors.ports.snapshot_store import Snapshot, SnapshotRef, SnapshotStore
 from fleet_actors.settings import Settings
@@ -48,6 +48,7 @@ class JetStreamSnapshotStore(SnapshotStore):
         self._js = nc.jetstream(timeout=settings.nats_timeout)
         self._jsm = nc.jsm(timeout=settings.nats_timeout)
         self._settings = settings
+        self._encoder = SnapshotEncoder()  # re-encodes only what changed since a story's last snapshot
 
     async def ensure_stream(self) -> None:
         prefix = self._settings.subject_prefix
@@ -72,7 +73,7 @@ class JetStreamSnapshotStore(SnapshotStore):
         )
 
     async def save(self, snapshot: Snapshot) -> None:
-        data = encode_state(
+        data = self._encoder.encode(
             snapshot.state, snapshot.last_sequence, snapshot.recent_commands, snapshot.window_start_sequence
         )
         at = snapshot.state.updated_at.isoformat() if snapshot.state.updated_at else ""

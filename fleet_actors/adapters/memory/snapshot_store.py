@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fleet_actors.codec.state import decode_snapshot, encode_state
+from fleet_actors.codec.state import SnapshotEncoder, decode_snapshot
 from fleet_actors.ports.snapshot_store import Snapshot, SnapshotRef, SnapshotStore
 
 
@@ -10,10 +10,11 @@ class InMemorySnapshotStore(SnapshotStore):
     def __init__(self) -> None:
         self.blobs: dict[int, bytes] = {}
         self._refs: dict[str, list[SnapshotRef]] = {}
+        self._encoder = SnapshotEncoder()
 
     async def save(self, snapshot: Snapshot) -> None:
         position = len(self.blobs) + 1
-        self.blobs[position] = encode_state(
+        self.blobs[position] = self._encoder.encode(
             snapshot.state, snapshot.last_sequence, snapshot.recent_commands, snapshot.window_start_sequence
         )
         ref = SnapshotRef(snapshot.story_id, snapshot.version, snapshot.state.updated_at, position)

@@ -20,7 +20,7 @@ import valkey.asyncio as valkey_async
 import valkey.exceptions
 
 from fleet_actors.adapters.valkey.keys import context_key, offset_key, processed_key
-from fleet_actors.codec.state import decode_state, encode_state, state_from_json
+from fleet_actors.codec.state import SnapshotEncoder, decode_state, state_from_json
 from fleet_actors.domain.state import StoryState
 from fleet_actors.errors import BackendError, BackendUnavailable, EventDecodeError, StoryError
 from fleet_actors.ports.read_models import ContextDocument, ContextDocuments
@@ -30,6 +30,8 @@ from fleet_actors.urls import redact_url
 log = logging.getLogger(__name__)
 
 PROCESSED_TTL_SECONDS = 7 * 24 * 3600
+#: stories whose last document's encoded values a context cache keeps (the ones being written to)
+CONTEXT_ENCODER_STORIES = 64
 
 # Write only if newer: a late or repeated delivery can never move a document backwards.
 _SET_IF_NEWER = """
@@ -102,6 +104,9 @@ class ContextCache(ContextDocuments):
         self._space = space
         self._set_if_newer = client.register_script(_SET_IF_NEWER)
         self._mark_processed = client.register_script(_MARK_PROCESSED)
+        # a story's document is written on every projected batch: re-encode only what changed, or
+        # the projector's cost per event grows with the story (and takes CPU from its commands)
+        self._encoder = SnapshotEncoder(stories=CONTEXT_ENCODER_STORIES)
 
     @classmethod
     async def connect(cls, settings: Settings, *, space: str = "") -> ContextCache:
@@ -146,7 +151,7 @@ class ContextCache(ContextDocuments):
         with valkey_errors("writing context documents"):
             async with self._client.pipeline(transaction=True) as pipe:
                 for state in states:
-                    document = encode_state(state)
+                    document = self._encoder.encode(state)
                     await self._set_if_newer(
                         keys=[context_key(state.story_id, self._space)], args=[state.version, document], client=pipe
                     )
