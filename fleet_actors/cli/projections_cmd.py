@@ -1,4 +1,4 @@
-"""`fleet-actors projections status|start`, `verify`, `dlq list|retry|skip`."""
+"""`fleet-actors projections status|start|run|remove|deploy|switch|drop`, `verify`, `dlq list|retry|skip`."""
 
 from __future__ import annotations
 
@@ -34,13 +34,32 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     run_cmd.add_argument("--until-caught-up", action="store_true", help="stop once nothing is pending")
     add_settings_arguments(run_cmd)
     run_cmd.set_defaults(func=_run_projection)
-    switch = sub.add_parser(
-        "switch-documents", help="readers read version N of the context documents (1: the live ones) once it verifies"
+    deploy = sub.add_parser(
+        "deploy",
+        help="run version N of the documents or the graph beside the live one, on its own target (blue/green)",
     )
-    switch.add_argument("version", type=int, metavar="N")
+    _add_read_model_arguments(deploy)
+    deploy.add_argument("--index", type=int, default=0, help="this runner of --count (partitions p %% count)")
+    deploy.add_argument("--count", type=int, default=1)
+    deploy.add_argument("--batch-size", type=int, default=500)
+    deploy.add_argument("--until-caught-up", action="store_true", help="stop once nothing is pending")
+    deploy.set_defaults(func=_deploy)
+    switch = sub.add_parser(
+        "switch", help="readers read version N of the documents or the graph (1: the live one) once it verifies"
+    )
+    _add_read_model_arguments(switch)
     switch.add_argument("--no-check", action="store_true", help="switch without the caught-up and verify checks")
-    add_settings_arguments(switch)
-    switch.set_defaults(func=_switch_documents)
+    switch.set_defaults(func=_switch)
+    switch_documents = sub.add_parser("switch-documents", help="`switch documents N`")
+    switch_documents.add_argument("version", type=int, metavar="N")
+    switch_documents.add_argument("--no-check", action="store_true", help="switch without the checks")
+    add_settings_arguments(switch_documents)
+    switch_documents.set_defaults(func=_switch, read_model="documents")
+    drop = sub.add_parser(
+        "drop", help="drop version N of the documents or the graph (not read): its consumers, records and target"
+    )
+    _add_read_model_arguments(drop)
+    drop.set_defaults(func=_drop)
 
     verify = commands.add_parser(
         "verify", help="replay the event log and compare it with both read models; exit 1 on any difference"
@@ -106,37 +125,67 @@ def _print_user_projections(args: argparse.Namespace) -> None:
                            "eta_seconds", "lag_seconds", "last_error"])  # fmt: skip
 
 
+def _report_progress(runner) -> None:
+    p = runner.progress
+    print(f"{runner.worker}: {p.phase}, {p.applied} applied, {p.rate}/s, {p.parked} parked", file=sys.stderr)
+
+
 def _run_projection(args: argparse.Namespace) -> int:
     from fleet_actors.jobs.projection_extensions import run_projection
     from fleet_actors.projections.api import load
     from fleet_actors.projections.policy import ProjectorPolicy
 
     projection = load(args.target)
-
-    def report(runner) -> None:
-        p = runner.progress
-        print(f"{runner.worker}: {p.phase}, {p.applied} applied, {p.rate}/s, {p.parked} parked", file=sys.stderr)
-
     applied = run(
         run_projection(
             settings_from(args), projection, index=args.index, count=args.count,
-            policy=ProjectorPolicy(batch_size=args.batch_size), until_caught_up=args.until_caught_up, report=report,
+            policy=ProjectorPolicy(batch_size=args.batch_size), until_caught_up=args.until_caught_up,
+            report=_report_progress,
         )
     )  # fmt: skip
     print(f"projection {projection.name}-v{projection.version}: {applied} events applied")
     return 0
 
 
-def _switch_documents(args: argparse.Namespace) -> int:
-    from fleet_actors.jobs.projection_extensions import switch_documents
+def _add_read_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("read_model", choices=["documents", "graph"])
+    parser.add_argument("version", type=int, metavar="N")
+    add_settings_arguments(parser)
 
-    differences = run(switch_documents(settings_from(args), args.version, check=not args.no_check))
+
+def _deploy(args: argparse.Namespace) -> int:
+    from fleet_actors.jobs.projection_extensions import deploy_version
+    from fleet_actors.projections.policy import ProjectorPolicy
+
+    applied = run(
+        deploy_version(
+            settings_from(args), args.read_model, args.version, index=args.index, count=args.count,
+            policy=ProjectorPolicy(batch_size=args.batch_size), until_caught_up=args.until_caught_up,
+            report=_report_progress,
+        )
+    )  # fmt: skip
+    print(f"{args.read_model} v{args.version}: {applied} events applied")
+    return 0
+
+
+def _switch(args: argparse.Namespace) -> int:
+    from fleet_actors.jobs.projection_extensions import switch_readers
+
+    differences = run(switch_readers(settings_from(args), args.read_model, args.version, check=not args.no_check))
     for difference in differences:
         print(difference)
     if differences:
         print(f"{len(differences)} differences: readers stay where they are")
         return 1
-    print(f"readers now read version {args.version} of the context documents")
+    print(f"readers now read version {args.version} of the {args.read_model}")
+    return 0
+
+
+def _drop(args: argparse.Namespace) -> int:
+    from fleet_actors.jobs.projection_extensions import drop_version
+
+    run(drop_version(settings_from(args), args.read_model, args.version))
+    print(f"{args.read_model} v{args.version} dropped", file=sys.stderr)
     return 0
 
 
