@@ -8,7 +8,8 @@ from pathlib import Path
 
 from benchmarks.harness import run_benchmarks
 
-ALL = ["durability", "commands", "projection", "activation", "gateway", "storage", "archive", "rebuild", "graph_blue_green"]
+ALL = ["durability", "commands", "projection", "activation", "gateway", "storage", "archive", "rebuild",
+       "graph_blue_green"]
 
 
 def main() -> None:

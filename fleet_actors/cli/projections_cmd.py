@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from typing import Any
 
 from fleet_actors.cli.common import add_settings_arguments, print_table, run, settings_from
 
@@ -28,10 +29,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "run", help="run a user projection in this process: catch up from the first event, then follow the log"
     )
     run_cmd.add_argument("target", metavar="MODULE:ATTRIBUTE", help="a projection, its class or a factory")
-    run_cmd.add_argument("--index", type=int, default=0, help="this runner of --count (partitions p %% count)")
-    run_cmd.add_argument("--count", type=int, default=1)
-    run_cmd.add_argument("--batch-size", type=int, default=500)
-    run_cmd.add_argument("--until-caught-up", action="store_true", help="stop once nothing is pending")
+    _add_runner_arguments(run_cmd)
     add_settings_arguments(run_cmd)
     run_cmd.set_defaults(func=_run_projection)
     deploy = sub.add_parser(
@@ -39,10 +37,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="run version N of the documents or the graph beside the live one, on its own target (blue/green)",
     )
     _add_read_model_arguments(deploy)
-    deploy.add_argument("--index", type=int, default=0, help="this runner of --count (partitions p %% count)")
-    deploy.add_argument("--count", type=int, default=1)
-    deploy.add_argument("--batch-size", type=int, default=500)
-    deploy.add_argument("--until-caught-up", action="store_true", help="stop once nothing is pending")
+    _add_runner_arguments(deploy)
     deploy.set_defaults(func=_deploy)
     switch = sub.add_parser(
         "switch", help="readers read version N of the documents or the graph (1: the live one) once it verifies"
@@ -130,19 +125,26 @@ def _report_progress(runner) -> None:
     print(f"{runner.worker}: {p.phase}, {p.applied} applied, {p.rate}/s, {p.parked} parked", file=sys.stderr)
 
 
+def _add_runner_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--index", type=int, default=0, help="this runner of --count (partitions p %% count)")
+    parser.add_argument("--count", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--until-caught-up", action="store_true", help="stop once nothing is pending")
+
+
+def _runner_options(args: argparse.Namespace) -> dict[str, Any]:
+    from fleet_actors.projections.policy import ProjectorPolicy
+
+    return {"index": args.index, "count": args.count, "policy": ProjectorPolicy(batch_size=args.batch_size),
+            "until_caught_up": args.until_caught_up, "report": _report_progress}  # fmt: skip
+
+
 def _run_projection(args: argparse.Namespace) -> int:
     from fleet_actors.jobs.projection_extensions import run_projection
     from fleet_actors.projections.api import load
-    from fleet_actors.projections.policy import ProjectorPolicy
 
     projection = load(args.target)
-    applied = run(
-        run_projection(
-            settings_from(args), projection, index=args.index, count=args.count,
-            policy=ProjectorPolicy(batch_size=args.batch_size), until_caught_up=args.until_caught_up,
-            report=_report_progress,
-        )
-    )  # fmt: skip
+    applied = run(run_projection(settings_from(args), projection, **_runner_options(args)))
     print(f"projection {projection.name}-v{projection.version}: {applied} events applied")
     return 0
 
@@ -155,15 +157,8 @@ def _add_read_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _deploy(args: argparse.Namespace) -> int:
     from fleet_actors.jobs.projection_extensions import deploy_version
-    from fleet_actors.projections.policy import ProjectorPolicy
 
-    applied = run(
-        deploy_version(
-            settings_from(args), args.read_model, args.version, index=args.index, count=args.count,
-            policy=ProjectorPolicy(batch_size=args.batch_size), until_caught_up=args.until_caught_up,
-            report=_report_progress,
-        )
-    )  # fmt: skip
+    applied = run(deploy_version(settings_from(args), args.read_model, args.version, **_runner_options(args)))
     print(f"{args.read_model} v{args.version}: {applied} events applied")
     return 0
 

@@ -9,6 +9,7 @@ import contextlib
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from fleet_actors.adapters.jetstream import connect_nats
 from fleet_actors.adapters.jetstream.consumers import consumer_lags, consumers, delete_consumers
@@ -172,25 +173,13 @@ def _blue_green(read_model: str) -> BlueGreen:
     return BLUE_GREEN[read_model]
 
 
-async def deploy_version(
-    settings: Settings,
-    read_model: str,
-    version: int,
-    *,
-    index: int = 0,
-    count: int = 1,
-    policy: ProjectorPolicy = DEFAULT_POLICY,
-    until_caught_up: bool = False,
-    report: Callable[[ProjectionRunner], None] | None = None,
-) -> int:
+async def deploy_version(settings: Settings, read_model: str, version: int, **options: Any) -> int:
     """Run version ``version`` (2 or more) of a built-in read model beside the live one, catching up
-    from the first event on its own target (created if missing), as ``run_projection`` does."""
+    from the first event on its own target (created if missing): ``run_projection`` with ``options``."""
     if version < 2:
         raise ConfigurationError("version 1 is the live read model the projectors write", field="version")
     projection = await _blue_green(read_model).open_version(settings, version)
-    return await run_projection(
-        settings, projection, index=index, count=count, policy=policy, until_caught_up=until_caught_up, report=report
-    )
+    return await run_projection(settings, projection, **options)
 
 
 async def _open_pointer(settings: Settings, read_model: str) -> ActiveVersion:

@@ -115,3 +115,36 @@ async def test_without_a_second_database_it_says_so(settings: Settings, monkeypa
     # ArcadeDB creates databases over HTTP only: without its URL, the same refusal
     with pytest.raises(GraphBlueGreenUnsupported, match="FLEET_NEO4J_HTTP_URL"):
         await GraphDatabases(settings.replace(neo4j_http_url="")).create("neo4j-v9")
+
+
+async def test_a_documents_version_is_dropped_once_nobody_reads_it(stream_settings: Settings, execute, unique_id):
+    """The same commands for the documents: deploy (here in-process), switch, refuse to drop the
+    version readers read, switch back, drop its key space and records."""
+    from fleet_actors.adapters.valkey import ContextCache
+    from fleet_actors.composition import open_documents_projection
+
+    settings = stream_settings
+    stories = [unique_id("DD") for _ in range(2)]
+    heads = {s: await write_story(execute, s) for s in stories}
+    documents = await open_documents_projection(settings, 3)
+    try:
+        async with running(settings, documents):
+            await wait_until(lambda: _equal(documents.applied_versions(stories), heads), timeout=60)
+
+            async def switched() -> bool:
+                rows = [r for r in await projection_rows(settings) if r.projection == "context-documents-v3"]
+                return bool(rows) and rows[0].phase == "live" and await switch_readers(settings, "documents", 3) == []
+
+            await wait_until(switched, timeout=30)
+            with pytest.raises(ConfigurationError, match="switch them first"):
+                await drop_version(settings, "documents", 3)
+            assert await switch_readers(settings, "documents", 1) == []
+        await drop_version(settings, "documents", 3)
+    finally:
+        await switch_readers(settings, "documents", 1)
+    left = await ContextCache.connect(settings, space="v3")
+    try:
+        assert await left.get_many(stories) == dict.fromkeys(stories)
+    finally:
+        await left.close()
+    assert not [r for r in await projection_rows(settings) if r.projection == "context-documents-v3"]
