@@ -24,6 +24,8 @@ from fleet_actors.projections.verify import actual_graph, graph_differences
 
 #: story states kept between batches (the cache is emptied when it grows past this)
 STATE_CACHE = 20_000
+#: reads of a story's subgraph in ``verify`` before comparing one that moved while it was read
+VERIFY_ATTEMPTS = 5
 
 
 class GraphProjection:
@@ -67,8 +69,11 @@ class GraphProjection:
     async def verify(self, story_id: str, events: Sequence[EventEnvelope]) -> list[str]:
         """The story's subgraph against a replay of its events up to the graph's version of it: a
         story behind the log is lag, not a difference; one ahead of it is."""
-        have = await actual_graph(self.graph, story_id)
-        version = (await self.graph.applied_versions([story_id])).get(story_id, 0)
+        for _ in range(VERIFY_ATTEMPTS):  # the parts are read one query each: not while the story moves
+            version = (await self.graph.applied_versions([story_id])).get(story_id, 0)
+            have = await actual_graph(self.graph, story_id)
+            if (await self.graph.applied_versions([story_id])).get(story_id, 0) == version:
+                break
         if version > (events[-1].version if events else 0):
             return [f"{story_id}: graph v{self.version} at version {version} is ahead of the log"]
         expected = fold(StoryState(story_id), [e for e in events if e.version <= version])
