@@ -149,17 +149,18 @@ class ReadSide:
                 await closer()
 
 
-async def open_read_side(settings: Settings) -> ReadSide:
-    """The graph, the context documents, the control records and the dead-letter index."""
+async def open_read_side(settings: Settings, version: int = 1) -> ReadSide:
+    """The graph, the context documents, the control records and the dead-letter index; ``version``:
+    of the graph and the documents (blue/green, docs/projections.md; 1, the live ones, by default)."""
     client = await connect_valkey(settings)
     try:
-        graph = await GraphStore.connect(settings)
+        graph = await GraphStore.connect(settings, database=graph_database(settings, version))
     except BaseException:
         await client.aclose()
         raise
     return ReadSide(
         graph=graph,
-        documents=ContextCache(client),
+        documents=ContextCache(client, space=space_of(version)),
         control=ValkeyProjectionControl(client, settings.stream_name),
         dead_letter_index=ValkeyDeadLetterIndex(client, settings),
     )

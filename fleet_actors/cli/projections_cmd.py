@@ -63,6 +63,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     verify.add_argument("--story", action="append", metavar="ID", help="only this story (repeatable)")
     verify.add_argument("--graph-only", action="store_true", help="skip the Valkey context documents")
     verify.add_argument(
+        "--version", type=int, default=1, metavar="N",
+        help="version N of both read models (blue/green: `projections deploy`); default 1, the live ones",
+    )  # fmt: skip
+    verify.add_argument(
         "--no-census",
         action="store_true",
         help="skip the whole-graph counts and orphans (a graph database shared with other streams)",
@@ -210,7 +214,10 @@ def _verify(args: argparse.Namespace) -> int:
     progress = common.ProgressLine("stories")
     census = not args.story and not args.no_census
     report = run(
-        verify(settings_from(args), args.story, documents=not args.graph_only, census=census, progress=progress)
+        verify(
+            settings_from(args), args.story, documents=not args.graph_only, census=census, progress=progress,
+            version=args.version,
+        )
     )
     progress.end()
     if common.JSON_OUTPUT:

@@ -81,6 +81,8 @@ async def test_readers_stay_on_the_old_graph_until_the_switch(graph_settings: Se
                 assert await verify_projection(graph, store, stories) == {}
             finally:
                 await store.close()
+            # `fleet-actors verify --version 2 --graph-only`: with the whole database's census
+            assert (await verify(settings, documents=False, census=True, version=2)).ok
 
             # Switch back: version 1 catches up when its projectors run again, and readers follow.
             live = await RunningProjectors(settings, 1).start()
