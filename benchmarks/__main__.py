@@ -9,7 +9,8 @@ from pathlib import Path
 
 from benchmarks.harness import run_benchmarks
 
-ALL = ["durability", "commands", "projection", "activation", "gateway", "storage", "archive", "rebuild"]
+ALL = ["durability", "commands", "projection", "activation", "gateway", "storage", "archive", "rebuild",
+       "graph_blue_green"]
 #: run by name only: needs the ``bench`` extra (the peer library)
 EXTRA = ["peer"]
 

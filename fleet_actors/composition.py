@@ -26,6 +26,7 @@ from fleet_actors.adapters.jetstream.feeds import JetStreamFeeds
 from fleet_actors.adapters.jetstream.retention import StreamRetention
 from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore
 from fleet_actors.adapters.neo4j import GraphStore
+from fleet_actors.adapters.neo4j.graph_databases import GraphDatabases, graph_database
 from fleet_actors.adapters.valkey import (
     ActiveDocuments,
     BundleStore,
@@ -36,6 +37,8 @@ from fleet_actors.adapters.valkey import (
     connect_valkey,
 )
 from fleet_actors.adapters.valkey.active_documents import space_of
+from fleet_actors.adapters.valkey.active_version import ActiveVersion
+from fleet_actors.application.active_graph import ActiveGraph
 from fleet_actors.application.read_models import ReadModels
 from fleet_actors.archive.archiver import SEGMENT_EVENTS, Archiver
 from fleet_actors.archive.export import ExportReport, check_since
@@ -47,6 +50,7 @@ from fleet_actors.ports.snapshot_store import SnapshotStore
 from fleet_actors.projections.api import Projection, projection_id
 from fleet_actors.projections.dead_letters import DeadLetters
 from fleet_actors.projections.documents_projection import ContextDocumentsProjection
+from fleet_actors.projections.graph_projection import GraphProjection
 from fleet_actors.projections.policy import DEFAULT_POLICY, ProjectorPolicy, consumer_name
 from fleet_actors.projections.projector import Projector
 from fleet_actors.projections.rebuild import REPLAY_POLICY, Replayer, replay_consumer
@@ -66,6 +70,7 @@ __all__ = [
     "open_event_store",
     "open_existing_stream",
     "open_gateway_stores",
+    "open_graph_projection",
     "open_projection_checkpoints",
     "open_projection_control",
     "open_projection_runner",
@@ -144,17 +149,18 @@ class ReadSide:
                 await closer()
 
 
-async def open_read_side(settings: Settings) -> ReadSide:
-    """The graph, the context documents, the control records and the dead-letter index."""
+async def open_read_side(settings: Settings, version: int = 1) -> ReadSide:
+    """The graph, the context documents, the control records and the dead-letter index; ``version``:
+    of the graph and the documents (blue/green, docs/projections.md; 1, the live ones, by default)."""
     client = await connect_valkey(settings)
     try:
-        graph = await GraphStore.connect(settings)
+        graph = await GraphStore.connect(settings, database=graph_database(settings, version))
     except BaseException:
         await client.aclose()
         raise
     return ReadSide(
         graph=graph,
-        documents=ContextCache(client),
+        documents=ContextCache(client, space=space_of(version)),
         control=ValkeyProjectionControl(client, settings.stream_name),
         dead_letter_index=ValkeyDeadLetterIndex(client, settings),
     )
@@ -259,6 +265,21 @@ def documents_projection_v2() -> ContextDocumentsProjection:
     return ContextDocumentsProjection(ContextCache(client, space=space_of(2)), 2)
 
 
+async def open_graph_projection(settings: Settings, version: int = 2) -> GraphProjection:
+    """Version ``version`` of the graph as a user projection, in a database of its own
+    (``{FLEET_NEO4J_DATABASE}-v{version}``, created if missing); GraphBlueGreenUnsupported where the
+    server has one database (Neo4j Community: rebuild in place with ``fleet-actors rebuild``)."""
+    database = graph_database(settings, version)
+    await GraphDatabases(settings).create(database)
+    graph = await GraphStore.connect(settings, database=database)
+    try:
+        store = await open_event_store(settings, update_stream=False)
+    except BaseException:
+        await graph.close()
+        raise
+    return GraphProjection(graph, store, version)
+
+
 async def open_projection_runner(
     settings: Settings,
     projection: Projection,
@@ -298,11 +319,15 @@ async def open_projection_runner(
 
 
 async def open_read_models(settings: Settings) -> ReadModels:
-    """Queries over the context documents (the version readers are switched to: ActiveDocuments) and
-    the graph, each on its own connection."""
+    """Queries over the context documents and the graph, each the version readers are switched to
+    (blue/green: ActiveDocuments, ActiveGraph; version 1, the live ones, until a switch)."""
     cache = await ActiveDocuments.connect(settings)
+    graph = ActiveGraph(
+        ActiveVersion(cache.pointer.client, settings.stream_name, "graph"),  # closed with the documents
+        lambda version: GraphStore.connect(settings, database=graph_database(settings, version)),
+    )
     try:
-        graph = await GraphStore.connect(settings)
+        await graph.graph()  # connected now: a reader fails at once when the graph is down
     except BaseException:
         await cache.close()
         raise

@@ -147,6 +147,14 @@ class ConfigurationError(NonRetryable):
     grpc_status = "INVALID_ARGUMENT"
 
 
+class GraphBlueGreenUnsupported(ConfigurationError):
+    """The graph server cannot hold a second database (Neo4j Community, or ArcadeDB without its HTTP
+    API configured): rebuild the graph in place instead (``fleet-actors rebuild``)."""
+
+    code = "INVALID_ARGUMENT"
+    grpc_status = "INVALID_ARGUMENT"
+
+
 class IncompatibleRelease(NonRetryable):
     """A client and a story actor from different releases cannot read each other's messages."""
 

@@ -38,6 +38,9 @@ class Settings:
     neo4j_user: str = "root"
     neo4j_password: str = "fleet-actors-dev"
     neo4j_database: str = "neo4j"
+    #: ArcadeDB's HTTP API (e.g. http://127.0.0.1:2480), through which graph blue/green creates and
+    #: drops a version's database (Bolt cannot); empty on Neo4j, whose Enterprise edition does it over Bolt
+    neo4j_http_url: str = ""
     #: Ray cluster address; empty means RAY_ADDRESS if set, else a local Ray runtime
     ray_address: str = ""
     ray_namespace: str = "fleet"

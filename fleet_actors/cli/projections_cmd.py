@@ -1,10 +1,11 @@
-"""`fleet-actors projections status|start`, `verify`, `dlq list|retry|skip`."""
+"""`fleet-actors projections status|start|run|remove|deploy|switch|drop`, `verify`, `dlq list|retry|skip`."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import sys
+from typing import Any
 
 from fleet_actors.cli.common import add_settings_arguments, print_table, run, settings_from
 
@@ -28,19 +29,32 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "run", help="run a user projection in this process: catch up from the first event, then follow the log"
     )
     run_cmd.add_argument("target", metavar="MODULE:ATTRIBUTE", help="a projection, its class or a factory")
-    run_cmd.add_argument("--index", type=int, default=0, help="this runner of --count (partitions p %% count)")
-    run_cmd.add_argument("--count", type=int, default=1)
-    run_cmd.add_argument("--batch-size", type=int, default=500)
-    run_cmd.add_argument("--until-caught-up", action="store_true", help="stop once nothing is pending")
+    _add_runner_arguments(run_cmd)
     add_settings_arguments(run_cmd)
     run_cmd.set_defaults(func=_run_projection)
-    switch = sub.add_parser(
-        "switch-documents", help="readers read version N of the context documents (1: the live ones) once it verifies"
+    deploy = sub.add_parser(
+        "deploy",
+        help="run version N of the documents or the graph beside the live one, on its own target (blue/green)",
     )
-    switch.add_argument("version", type=int, metavar="N")
+    _add_read_model_arguments(deploy)
+    _add_runner_arguments(deploy)
+    deploy.set_defaults(func=_deploy)
+    switch = sub.add_parser(
+        "switch", help="readers read version N of the documents or the graph (1: the live one) once it verifies"
+    )
+    _add_read_model_arguments(switch)
     switch.add_argument("--no-check", action="store_true", help="switch without the caught-up and verify checks")
-    add_settings_arguments(switch)
-    switch.set_defaults(func=_switch_documents)
+    switch.set_defaults(func=_switch)
+    switch_documents = sub.add_parser("switch-documents", help="`switch documents N`")
+    switch_documents.add_argument("version", type=int, metavar="N")
+    switch_documents.add_argument("--no-check", action="store_true", help="switch without the checks")
+    add_settings_arguments(switch_documents)
+    switch_documents.set_defaults(func=_switch, read_model="documents")
+    drop = sub.add_parser(
+        "drop", help="drop version N of the documents or the graph (not read): its consumers, records and target"
+    )
+    _add_read_model_arguments(drop)
+    drop.set_defaults(func=_drop)
 
     verify = commands.add_parser(
         "verify", help="replay the event log and compare it with both read models; exit 1 on any difference"
@@ -48,6 +62,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     add_settings_arguments(verify)
     verify.add_argument("--story", action="append", metavar="ID", help="only this story (repeatable)")
     verify.add_argument("--graph-only", action="store_true", help="skip the Valkey context documents")
+    verify.add_argument(
+        "--version", type=int, default=1, metavar="N",
+        help="version N of both read models (blue/green: `projections deploy`); default 1, the live ones",
+    )  # fmt: skip
     verify.add_argument(
         "--no-census",
         action="store_true",
@@ -106,40 +124,70 @@ def _print_user_projections(args: argparse.Namespace) -> None:
                            "eta_seconds", "lag_seconds", "last_error"])  # fmt: skip
 
 
+def _report_progress(runner) -> None:
+    p = runner.progress
+    print(f"{runner.worker}: {p.phase}, {p.applied} applied, {p.rate}/s, {p.parked} parked", file=sys.stderr)
+
+
+def _add_runner_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--index", type=int, default=0, help="this runner of --count (partitions p %% count)")
+    parser.add_argument("--count", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--until-caught-up", action="store_true", help="stop once nothing is pending")
+
+
+def _runner_options(args: argparse.Namespace) -> dict[str, Any]:
+    from fleet_actors.projections.policy import ProjectorPolicy
+
+    return {"index": args.index, "count": args.count, "policy": ProjectorPolicy(batch_size=args.batch_size),
+            "until_caught_up": args.until_caught_up, "report": _report_progress}  # fmt: skip
+
+
 def _run_projection(args: argparse.Namespace) -> int:
     from fleet_actors.jobs.projection_extensions import run_projection
     from fleet_actors.observability.metrics import serve_process_metrics
     from fleet_actors.projections.api import load
-    from fleet_actors.projections.policy import ProjectorPolicy
 
     projection = load(args.target)
     settings = settings_from(args)
     serve_process_metrics(settings)
-
-    def report(runner) -> None:
-        p = runner.progress
-        print(f"{runner.worker}: {p.phase}, {p.applied} applied, {p.rate}/s, {p.parked} parked", file=sys.stderr)
-
-    applied = run(
-        run_projection(
-            settings, projection, index=args.index, count=args.count,
-            policy=ProjectorPolicy(batch_size=args.batch_size), until_caught_up=args.until_caught_up, report=report,
-        )
-    )  # fmt: skip
+    applied = run(run_projection(settings, projection, **_runner_options(args)))
     print(f"projection {projection.name}-v{projection.version}: {applied} events applied")
     return 0
 
 
-def _switch_documents(args: argparse.Namespace) -> int:
-    from fleet_actors.jobs.projection_extensions import switch_documents
+def _add_read_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("read_model", choices=["documents", "graph"])
+    parser.add_argument("version", type=int, metavar="N")
+    add_settings_arguments(parser)
 
-    differences = run(switch_documents(settings_from(args), args.version, check=not args.no_check))
+
+def _deploy(args: argparse.Namespace) -> int:
+    from fleet_actors.jobs.projection_extensions import deploy_version
+
+    applied = run(deploy_version(settings_from(args), args.read_model, args.version, **_runner_options(args)))
+    print(f"{args.read_model} v{args.version}: {applied} events applied")
+    return 0
+
+
+def _switch(args: argparse.Namespace) -> int:
+    from fleet_actors.jobs.projection_extensions import switch_readers
+
+    differences = run(switch_readers(settings_from(args), args.read_model, args.version, check=not args.no_check))
     for difference in differences:
         print(difference)
     if differences:
         print(f"{len(differences)} differences: readers stay where they are")
         return 1
-    print(f"readers now read version {args.version} of the context documents")
+    print(f"readers now read version {args.version} of the {args.read_model}")
+    return 0
+
+
+def _drop(args: argparse.Namespace) -> int:
+    from fleet_actors.jobs.projection_extensions import drop_version
+
+    run(drop_version(settings_from(args), args.read_model, args.version))
+    print(f"{args.read_model} v{args.version} dropped", file=sys.stderr)
     return 0
 
 
@@ -169,7 +217,10 @@ def _verify(args: argparse.Namespace) -> int:
     progress = common.ProgressLine("stories")
     census = not args.story and not args.no_census
     report = run(
-        verify(settings_from(args), args.story, documents=not args.graph_only, census=census, progress=progress)
+        verify(
+            settings_from(args), args.story, documents=not args.graph_only, census=census, progress=progress,
+            version=args.version,
+        )
     )
     progress.end()
     if common.JSON_OUTPUT:

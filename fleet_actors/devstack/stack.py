@@ -309,6 +309,7 @@ class LocalStack:
             "FLEET_NEO4J_USER": self.arcadedb.user,
             "FLEET_NEO4J_PASSWORD": self.arcadedb.password,
             "FLEET_NEO4J_DATABASE": self.arcadedb.database,
+            "FLEET_NEO4J_HTTP_URL": self.arcadedb.http_url,
         }
         if self.ray is not None:
             env.update(self.ray.env())
@@ -350,6 +351,7 @@ class LocalStack:
             "neo4j_user": self.arcadedb.user,
             "neo4j_password": self.arcadedb.password,
             "neo4j_database": self.arcadedb.database,
+            "neo4j_http_url": self.arcadedb.http_url,
         }
         if self.ray is not None:
             changes["ray_address"] = self.ray.address

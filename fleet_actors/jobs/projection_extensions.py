@@ -1,26 +1,31 @@
 """Operator views of user projections (``projections/api.py``): one status row per runner, with
-progress and an ETA, and the removal of a projection (consumers, checkpoint, progress, dead letters)."""
+progress and an ETA, and the removal of a projection (consumers, checkpoint, progress, dead letters);
+blue/green of the built-in read models (deploy version n, switch readers, drop a version)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from fleet_actors.adapters.jetstream import connect_nats
 from fleet_actors.adapters.jetstream.consumers import consumer_lags, consumers, delete_consumers
-from fleet_actors.adapters.valkey import ValkeyDeadLetterIndex
-from fleet_actors.adapters.valkey.active_documents import ActiveDocuments
+from fleet_actors.adapters.neo4j.graph_databases import GraphDatabases, graph_database
+from fleet_actors.adapters.valkey import ContextCache, ValkeyDeadLetterIndex, connect_valkey
+from fleet_actors.adapters.valkey.active_documents import space_of
+from fleet_actors.adapters.valkey.active_version import ActiveVersion
 from fleet_actors.composition import (
     open_documents_projection,
     open_event_store,
+    open_graph_projection,
     open_projection_checkpoints,
     open_projection_runner,
 )
 from fleet_actors.errors import ConfigurationError
-from fleet_actors.projections.api import Projection
+from fleet_actors.projections.api import Projection, optional_hook
 from fleet_actors.projections.policy import DEFAULT_POLICY, ProjectorPolicy, partition_consumer_name
 from fleet_actors.projections.runner import ProjectionRunner, verify_projection
 from fleet_actors.settings import Settings
@@ -145,34 +150,109 @@ async def run_projection(
     return runner.progress.applied
 
 
-async def switch_documents(
-    settings: Settings, version: int, *, check: bool = True, max_lag_seconds: float = 2.0
+@dataclass(frozen=True)
+class BlueGreen:
+    """A built-in read model that can run as version n beside the live one (version 1, written by the
+    projectors) and be switched to by readers: one mechanism for the documents and the graph."""
+
+    #: its projection's name (``{projection}-v{n}`` in ``projections status``) and the pointer's
+    projection: str
+    #: version n as a projection on the public API, on its own target (key space, database)
+    open_version: Callable[[Settings, int], Awaitable[Projection]]
+
+
+BLUE_GREEN = {
+    "documents": BlueGreen("context-documents", open_documents_projection),
+    "graph": BlueGreen("graph", open_graph_projection),
+}
+
+
+def _blue_green(read_model: str) -> BlueGreen:
+    if read_model not in BLUE_GREEN:
+        raise ConfigurationError(f"no blue/green for {read_model!r}: one of {sorted(BLUE_GREEN)}", field="read_model")
+    return BLUE_GREEN[read_model]
+
+
+async def deploy_version(settings: Settings, read_model: str, version: int, **options: Any) -> int:
+    """Run version ``version`` (2 or more) of a built-in read model beside the live one, catching up
+    from the first event on its own target (created if missing): ``run_projection`` with ``options``."""
+    if version < 2:
+        raise ConfigurationError("version 1 is the live read model the projectors write", field="version")
+    projection = await _blue_green(read_model).open_version(settings, version)
+    return await run_projection(settings, projection, **options)
+
+
+async def _open_pointer(settings: Settings, read_model: str) -> ActiveVersion:
+    return ActiveVersion(await connect_valkey(settings), settings.stream_name, _blue_green(read_model).projection)
+
+
+async def active_version(settings: Settings, read_model: str) -> int:
+    pointer = await _open_pointer(settings, read_model)
+    try:
+        return await pointer.get()
+    finally:
+        await pointer.client.aclose()
+
+
+async def switch_readers(
+    settings: Settings, read_model: str, version: int, *, check: bool = True, max_lag_seconds: float = 2.0
 ) -> list[str]:
     """Switch readers (every ``open_read_models``: the gateway, the read-model actors) to version
-    ``version`` of the context documents, once it is live with no event waiting longer than
-    ``max_lag_seconds`` and ``verify`` finds no difference (``check``); returns the differences
-    (then nothing is switched). Version 1 (the live documents, always kept by the projectors) needs
-    no check: it is the switch back."""
+    ``version`` of a built-in read model (``documents`` or ``graph``), once it is live with no event
+    waiting longer than ``max_lag_seconds`` and ``verify`` finds no difference (``check``); returns
+    the differences (then nothing is switched). Version 1 (the live one, always kept by the
+    projectors) needs no check: it is the switch back."""
+    spec = _blue_green(read_model)
     if version >= 2 and check:
-        projection = f"context-documents-v{version}"
+        projection = f"{spec.projection}-v{version}"
         rows = [r for r in await projection_rows(settings) if r.projection == projection]
         if not rows or any(r.phase != "live" for r in rows):
-            raise ConfigurationError(f"{projection} is not running live (run it first: docs/projections.md)")
+            raise ConfigurationError(f"{projection} is not running live (deploy it first: docs/projections.md)")
         lag = max(r.lag_seconds for r in rows)
         if lag > max_lag_seconds:
             raise ConfigurationError(f"{projection} has not caught up: its oldest waiting event is {lag:.1f}s old")
-        documents = await open_documents_projection(settings, version)
+        target = await spec.open_version(settings, version)
         store = await open_event_store(settings, update_stream=False)
         try:
-            differences = await verify_projection(documents, store, await store.story_ids())
+            differences = await verify_projection(target, store, await store.story_ids())
         finally:
             await store.close()
-            await documents.close()
+            close = optional_hook(target, "close")
+            if close is not None:
+                await close()  # type: ignore[misc]
         if differences:
             return [d for story_differences in differences.values() for d in story_differences]
-    active = await ActiveDocuments.connect(settings)
+    pointer = await _open_pointer(settings, read_model)
     try:
-        await active.switch(version)
+        await pointer.switch(version)
     finally:
-        await active.close()
+        await pointer.client.aclose()
     return []
+
+
+async def switch_documents(
+    settings: Settings, version: int, *, check: bool = True, max_lag_seconds: float = 2.0
+) -> list[str]:
+    """``switch_readers`` for the context documents."""
+    return await switch_readers(settings, "documents", version, check=check, max_lag_seconds=max_lag_seconds)
+
+
+async def drop_version(settings: Settings, read_model: str, version: int) -> None:
+    """Drop version ``version`` of a built-in read model that readers no longer read: its consumers,
+    checkpoint, progress and held stories (``remove_projection``), then its target (the documents'
+    key space ``context:v{n}:*``, the graph's database). Stop its runner first. Version 1 and the
+    version readers read are refused."""
+    spec = _blue_green(read_model)
+    if version < 2:
+        raise ConfigurationError("version 1 is the live read model: it is never dropped", field="version")
+    if await active_version(settings, read_model) == version:
+        raise ConfigurationError(f"readers read version {version} of the {read_model}: switch them first")
+    await remove_projection(settings, f"{spec.projection}-v{version}")
+    if read_model == "graph":
+        await GraphDatabases(settings).drop(graph_database(settings, version))
+    else:
+        documents = await ContextCache.connect(settings, space=space_of(version))
+        try:
+            await documents.drop_space()
+        finally:
+            await documents.close()

@@ -14,13 +14,15 @@ async def verify(
     documents: bool = True,
     census: bool = False,
     progress: Progress | None = None,
+    version: int = 1,
 ) -> VerifyReport:
     """Compare the graph (and, unless ``documents`` is False, the context documents) with the log:
     the whole history (archive + stream with FLEET_ARCHIVE_URL), every story unless ``story_ids``.
-    ``census``: also the whole graph's counts and orphans (for a graph database that holds this log only)."""
+    ``census``: also the whole graph's counts and orphans (for a graph database that holds this log only).
+    ``version``: the version of both read models to check (blue/green; 1, the live ones)."""
     store = await open_event_store(settings, update_stream=False)
     try:
-        read_side = await open_read_side(settings)
+        read_side = await open_read_side(settings, version)
         try:
             return await verify_all(
                 store,

@@ -66,13 +66,19 @@ async def verify_story(
     report.nodes, report.edges = own_nodes, own_nodes + links
     if cache is not None:
         report.differences.extend(_document_differences(await cache.get(story_id), expected))
-    want, have = wanted, await actual_graph(graph, story_id)
+    report.differences.extend(graph_differences(wanted, await actual_graph(graph, story_id)))
+    return report
+
+
+def graph_differences(want: dict[str, Counter[tuple[Any, ...]]], have: dict[str, Any]) -> list[str]:
+    """What a story's graph (``actual_graph``) lacks or has too many of against ``expected_graph``."""
+    out = []
     for name in want:
         missing, extra = want[name] - have[name], have[name] - want[name]
         if missing or extra:
             lacking, surplus = sorted(missing.elements(), key=repr), sorted(extra.elements(), key=repr)
-            report.differences.append(f"graph {name}: missing {lacking} extra {surplus}")
-    return report
+            out.append(f"graph {name}: missing {lacking} extra {surplus}")
+    return out
 
 
 def _document_differences(document: ContextDocument | None, expected: StoryState) -> list[str]:

@@ -66,19 +66,21 @@ def translate_neo4j_error(error: BaseException, what: str) -> StoryError:
 
 
 class GraphStore(GraphReadModel):
-    def __init__(self, driver: neo4j.AsyncDriver, settings: Settings) -> None:
+    def __init__(self, driver: neo4j.AsyncDriver, settings: Settings, database: str | None = None) -> None:
         self._driver = driver
-        self._database = settings.neo4j_database
+        self.database = database or settings.neo4j_database
 
     @classmethod
-    async def connect(cls, settings: Settings) -> GraphStore:
+    async def connect(cls, settings: Settings, database: str | None = None) -> GraphStore:
+        """A store on ``database`` (default FLEET_NEO4J_DATABASE) with a driver of its own: over Bolt,
+        ArcadeDB keeps a pooled connection on the first database it used (graph_databases.py)."""
         driver = AsyncGraphDatabase.driver(
             settings.neo4j_uri,
             auth=(settings.neo4j_user, settings.neo4j_password),
             max_transaction_retry_time=5.0,  # then our own backoff takes over, and reports it
             connection_acquisition_timeout=10.0,
         )
-        store = cls(driver, settings)
+        store = cls(driver, settings, database)
         try:
             await store.ensure_constraints()
         except BaseException:
@@ -92,7 +94,7 @@ class GraphStore(GraphReadModel):
     async def ensure_constraints(self) -> None:
         """Uniqueness constraints first: MERGE without them scans every node."""
         try:
-            async with self._driver.session(database=self._database) as session:
+            async with self._driver.session(database=self.database) as session:
                 for statement in CONSTRAINTS:
                     await session.run(statement)
         except Exception as error:
@@ -124,7 +126,7 @@ class GraphStore(GraphReadModel):
         for attempt in range(CONFLICT_RETRIES):
             try:
                 async with (
-                    self._driver.session(database=self._database) as session,
+                    self._driver.session(database=self.database) as session,
                     await session.begin_transaction() as transaction,  # rolled back unless committed
                 ):
                     result = await work(transaction)
@@ -184,7 +186,7 @@ class GraphStore(GraphReadModel):
     async def query(self, cypher: str, **parameters: Any) -> list[dict[str, Any]]:
         """A read query; records as dicts."""
         try:
-            async with self._driver.session(database=self._database, default_access_mode=neo4j.READ_ACCESS) as s:
+            async with self._driver.session(database=self.database, default_access_mode=neo4j.READ_ACCESS) as s:
                 result = await s.run(cypher, parameters)
                 return [record.data() async for record in result]
         except Exception as error:
@@ -193,7 +195,7 @@ class GraphStore(GraphReadModel):
     async def query_write(self, cypher: str, **parameters: Any) -> list[dict[str, Any]]:
         """A write query whose records are wanted (e.g. counts of deleted nodes)."""
         try:
-            async with self._driver.session(database=self._database) as session:
+            async with self._driver.session(database=self.database) as session:
                 result = await session.run(cypher, parameters)
                 return [record.data() async for record in result]
         except Exception as error:
@@ -201,7 +203,7 @@ class GraphStore(GraphReadModel):
 
     async def write(self, cypher: str, **parameters: Any) -> None:
         try:
-            async with self._driver.session(database=self._database) as session:
+            async with self._driver.session(database=self.database) as session:
                 await (await session.run(cypher, parameters)).consume()
         except Exception as error:
             raise translate_neo4j_error(error, "writing the graph") from None

@@ -3,19 +3,17 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping, Sequence
 
 import valkey.asyncio as valkey_async
 
+from fleet_actors.adapters.valkey.active_version import ACTIVE_TTL, ActiveVersion
 from fleet_actors.adapters.valkey.context_cache import ContextCache, connect_valkey, valkey_errors
-from fleet_actors.adapters.valkey.keys import active_documents_key
 from fleet_actors.domain.state import StoryState
 from fleet_actors.ports.read_models import ContextDocument, ContextDocuments
 from fleet_actors.settings import Settings
 
-#: seconds a reader keeps the active version before looking again (the switch's delay for readers)
-ACTIVE_TTL = 0.5
+DOCUMENTS = "context-documents"
 
 
 def space_of(version: int) -> str:
@@ -26,37 +24,25 @@ def space_of(version: int) -> str:
 class ActiveDocuments(ContextDocuments):
     def __init__(self, client: valkey_async.Valkey, stream: str, *, ttl: float = ACTIVE_TTL) -> None:
         self._client = client
-        self._key = active_documents_key(stream)
-        self._ttl = ttl
+        self.pointer = ActiveVersion(client, stream, DOCUMENTS, ttl=ttl)
         self._spaces: dict[str, ContextCache] = {}
-        self._active = ""
-        self._checked = -1e9
 
     @classmethod
     async def connect(cls, settings: Settings) -> ActiveDocuments:
         return cls(await connect_valkey(settings), settings.stream_name)
 
     async def active_version(self) -> int:
-        with valkey_errors("reading the active documents version"):
-            raw = await self._client.get(self._key)
-        return int(raw) if raw else 1
+        return await self.pointer.get()
 
     async def switch(self, version: int) -> None:
         """Readers of every process read version ``version`` within ``ttl`` seconds (1: the live documents)."""
-        with valkey_errors("switching the active documents version"):
-            if version <= 1:
-                await self._client.delete(self._key)
-            else:
-                await self._client.set(self._key, str(version))
-        self._checked = -1e9
+        await self.pointer.switch(version)
 
     async def _cache(self) -> ContextCache:
-        if time.monotonic() - self._checked >= self._ttl:
-            self._active = space_of(await self.active_version())
-            self._checked = time.monotonic()
-        if self._active not in self._spaces:
-            self._spaces[self._active] = ContextCache(self._client, space=self._active)
-        return self._spaces[self._active]
+        space = space_of(await self.pointer.current())
+        if space not in self._spaces:
+            self._spaces[space] = ContextCache(self._client, space=space)
+        return self._spaces[space]
 
     async def get_many(self, story_ids: Sequence[str]) -> dict[str, ContextDocument | None]:
         return await (await self._cache()).get_many(story_ids)

@@ -13,6 +13,7 @@
     dlq:{stream}:{projection}:held / :release   the same for a user projection (projections/api.py)
     projection:{stream}:registered           hash {projection id: JSON record}: user projections
     projection:{stream}:context-documents:active   the documents version readers read (absent: 1)
+    projection:{stream}:graph:active         the graph version (database) readers read (absent: 1)
     projection:{stream}:{id}:versions        hash {story: applied version}: a user projection's checkpoint
     projection:{stream}:{id}:progress        hash {worker: JSON progress}: its runners' progress
     rehydration:{case_id}                    a persisted RehydrateSession bundle (TTL)
@@ -64,9 +65,9 @@ def release_key(stream: str, projection: str = "") -> str:
 LEGACY_HELD_KEY = "dlq:held"
 
 
-def active_documents_key(stream: str) -> str:
-    """The version of the context documents readers read (absent: 1, the live ``context:{story}``)."""
-    return f"projection:{stream}:context-documents:active"
+def active_version_key(stream: str, read_model: str) -> str:
+    """The version of a read model (``context-documents``, ``graph``) readers read (absent: 1, the live one)."""
+    return f"projection:{stream}:{read_model}:active"
 
 
 def registered_projections_key(stream: str) -> str:
