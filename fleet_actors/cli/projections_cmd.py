@@ -164,8 +164,11 @@ def _add_read_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _deploy(args: argparse.Namespace) -> int:
     from fleet_actors.jobs.projection_extensions import deploy_version
+    from fleet_actors.observability.metrics import serve_process_metrics
 
-    applied = run(deploy_version(settings_from(args), args.read_model, args.version, **_runner_options(args)))
+    settings = settings_from(args)
+    serve_process_metrics(settings)
+    applied = run(deploy_version(settings, args.read_model, args.version, **_runner_options(args)))
     print(f"{args.read_model} v{args.version}: {applied} events applied")
     return 0
 
