@@ -16,7 +16,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-from fleet_actors.devstack.credentials import StackCredentials, nats_permissions, private_dir, write_private
+from fleet_actors.devstack.credentials import (
+    StackCredentials,
+    nats_identity_env,
+    nats_identity_settings,
+    nats_permissions,
+    private_dir,
+    write_private,
+)
 from fleet_actors.devstack.process import LOOPBACK, ManagedServer, port_is_free
 from fleet_actors.devstack.ray_head import RayHead
 from fleet_actors.devstack.servers import DEFAULT_GRAPH_PASSWORD, ArcadeDBServer, NatsServer, ValkeyServer
@@ -316,13 +323,7 @@ class LocalStack:
 
     def nats_env(self, role: str) -> dict[str, str]:
         """``role``'s NATS identity (fleet_actors.devstack.credentials.NATS_ROLES) as FLEET_* settings."""
-        if role not in self.credentials.nats:
-            raise ConfigurationError(f"no NATS identity {role!r}; the roles are {sorted(self.credentials.nats)}")
-        return {
-            "FLEET_NATS_URL": self.nats.address,
-            "FLEET_NATS_USER": role,
-            "FLEET_NATS_PASSWORD": self.credentials.nats[role],
-        }
+        return nats_identity_env(self.nats.address, self.credentials.nats, role)
 
     def declare_streams(self, env: Mapping[str, str] | None = None) -> None:
         """Declare the streams as the admin, with the stream settings of ``env`` (default: the process's
@@ -335,10 +336,7 @@ class LocalStack:
 
     def nats_settings(self, role: str, base: Settings | None = None) -> Settings:
         """:meth:`settings` connecting to NATS as ``role`` instead of the admin."""
-        env = self.nats_env(role)
-        return self.settings(base).replace(
-            nats_url=env["FLEET_NATS_URL"], nats_user=role, nats_password=env["FLEET_NATS_PASSWORD"]
-        )
+        return nats_identity_settings(self.settings(base), self.nats.address, self.credentials.nats, role)
 
     def settings(self, base: Settings | None = None) -> Settings:
         """`base` (default: from the environment) pointed at this stack."""
