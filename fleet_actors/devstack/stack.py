@@ -360,12 +360,7 @@ class LocalStack:
         target = Path(path) if path is not None else self.env_path
         lines = ["# fleet-actors local stack; load with fleet_actors.settings.load_env_file or `set -a; . FILE`"]
         lines += [f"{key}={value}" for key, value in {**self.env(), **(extra or {})}.items()]
-        partial = target.with_name(target.name + ".tmp")
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        partial.replace(target)
-        return target
+        return write_private(target, "\n".join(lines) + "\n")  # 0600: it holds the credentials
 
     def _acquire_lock(self) -> None:
         if self._lock is not None:
