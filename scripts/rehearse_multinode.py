@@ -71,7 +71,7 @@ from fleet_actors.devstack.process import LOOPBACK, ManagedServer
 from fleet_actors.devstack.ray_head import RayHead
 from fleet_actors.devstack.ray_worker import RayWorkerNode, distinct_free_ports
 from fleet_actors.devstack.role_probe import REFUSED, attempt_stream_administration
-from fleet_actors.devstack.servers import ArcadeDBServer, ValkeyServer
+from fleet_actors.devstack.servers import ArcadeDBServer, ValkeyServer, _http_status
 from fleet_actors.devstack.services import GatewayProcess
 from fleet_actors.settings import Settings
 from fleet_actors.urls import redact_url
@@ -227,6 +227,12 @@ class Rehearsal:
                 server.wait_ready(180)
         with phase(report, "start the second Ray node"):
             self.worker.start().wait_ready(180)
+        # Ray serves its metrics on every interface without the token: off on both nodes, as in dev up
+        open_metrics = {
+            port: _http_status(f"http://{LOOPBACK}:{port}/metrics")
+            for port in (self.head.metrics_export_port, self.worker.metrics_port)
+        }
+        report.checks["no Ray metrics endpoint open (every interface, no token)"] = 200 not in open_metrics.values()
         os.environ.update(self.head.env())
         with phase(report, "declare the streams (admin)"):
             from fleet_actors.adapters.jetstream.bootstrap import declare_streams
