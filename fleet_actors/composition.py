@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
-import valkey.asyncio as valkey_async
 from nats.aio.client import Client
 
 from fleet_actors.adapters.archive import Archive, ArchivedEventStore
@@ -35,6 +34,7 @@ from fleet_actors.adapters.valkey import (
     ValkeyProjectionCheckpoints,
     ValkeyProjectionControl,
     connect_valkey,
+    valkey_client,
 )
 from fleet_actors.adapters.valkey.active_documents import space_of
 from fleet_actors.adapters.valkey.active_version import ActiveVersion
@@ -258,11 +258,8 @@ async def open_documents_projection(settings: Settings, version: int = 2) -> Con
 
 def documents_projection_v2() -> ContextDocumentsProjection:
     """For ``fleet-actors projections run fleet_actors.composition:documents_projection_v2`` (FLEET_* settings)."""
-    settings = Settings.from_env()
-    client = valkey_async.Valkey.from_url(
-        settings.valkey_url, socket_timeout=5, socket_connect_timeout=5, retry_on_timeout=True
-    )
-    return ContextDocumentsProjection(ContextCache(client, space=space_of(2)), 2)
+    # a client that connects on first use: this factory runs without an event loop
+    return ContextDocumentsProjection(ContextCache(valkey_client(Settings.from_env()), space=space_of(2)), 2)
 
 
 async def open_graph_projection(settings: Settings, version: int = 2) -> GraphProjection:

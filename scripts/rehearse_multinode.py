@@ -4,12 +4,17 @@
 Starts, all on 127.0.0.1 and in a temporary folder:
 
 - a 3-node JetStream cluster (``fleet_actors.devstack.nats_cluster``) with every stream at R3
-  (``FLEET_STREAM_REPLICAS=3``) and ``sync_interval: always``;
-- Valkey and ArcadeDB (single, as in ``dev up``);
+  (``FLEET_STREAM_REPLICAS=3``) and ``sync_interval: always``, and the local stack's NATS identities
+  per role (``fleet_actors.devstack.credentials``: generated passwords, the same permissions);
+- Valkey and ArcadeDB (single, as in ``dev up``), with generated passwords;
 - a Ray head and a second Ray node (``ray start --address ... --block``, its own ports and temp
   dir), token authentication as in ``fleet_actors.devstack``;
 - the projector pool (``fleet-actors projections start``) and the gRPC gateway joined through
   Ray Client (``ray://``), the way deploy/base runs it.
+
+Every component connects to NATS as its role, as in ``dev up``: ``admin`` declares the streams, the
+projectors connect as ``projector``, the gateway as ``gateway``, the story actors (created by this
+script's client) as ``story``, ``projections status`` and ``verify`` as ``operator``.
 
 Then it drives commands through ``FleetClient`` (its asyncio API) for ``--duration`` seconds and,
 mid-load, SIGKILLs the nats-server that leads the event stream (restarting it a few seconds
@@ -22,7 +27,10 @@ that id while the error is retryable, as a real caller would. At the end it chec
 3. the projections caught up (``wait_for_projection`` to each story's last version; lag 0);
 4. ``fleet-actors verify`` is clean (exit 0);
 5. the restarted nats-server is a current replica of the stream again;
-6. the gateway still reports SERVING on grpc.health.v1 (what the Kubernetes probes ask).
+6. the gateway still reports SERVING on grpc.health.v1 (what the Kubernetes probes ask);
+7. least privilege: no component is connected as ``admin`` and the projectors are connected as
+   ``projector``; the projector's identity trying to edit, purge or delete the event stream (or to
+   create a stream) is refused, and the stream is unchanged.
 
 Prints a summary (and ``--json FILE`` writes it); exit status 0 only if every check passed.
 Every process it starts is stopped by pid at the end, also on failure, Ctrl-C or SIGTERM.
@@ -43,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,11 +65,13 @@ os.environ.pop("RAY_AUTH_TOKEN", None)
 os.environ.pop("RAY_ADDRESS", None)
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from fleet_actors.devstack.credentials import StackCredentials, nats_identity_settings, nats_permissions
 from fleet_actors.devstack.nats_cluster import NatsCluster
 from fleet_actors.devstack.process import LOOPBACK, ManagedServer
 from fleet_actors.devstack.ray_head import RayHead
 from fleet_actors.devstack.ray_worker import RayWorkerNode, distinct_free_ports
-from fleet_actors.devstack.servers import ArcadeDBServer, ValkeyServer
+from fleet_actors.devstack.role_probe import REFUSED, attempt_stream_administration
+from fleet_actors.devstack.servers import ArcadeDBServer, ValkeyServer, _http_status
 from fleet_actors.devstack.services import GatewayProcess
 from fleet_actors.settings import Settings
 from fleet_actors.urls import redact_url
@@ -114,6 +125,10 @@ class Report:
     all_lost_stories_served_s: float = 0.0
     projection_catch_up_s: float = 0.0
     gateway_health: dict[str, str] = field(default_factory=dict)
+    #: NATS user -> names of its live client connections, after the load
+    nats_connections: dict[str, list[str]] = field(default_factory=dict)
+    #: what the projector's identity got for each stream administration attempt (all "refused")
+    projector_stream_admin: dict[str, str] = field(default_factory=dict)
     verify_exit: int | None = None
     verify_output: str = ""
     checks: dict[str, bool] = field(default_factory=dict)
@@ -144,11 +159,22 @@ class Rehearsal:
         self.args = args
         self.root = root
         self.report = Report(stories=args.stories)
-        self.nats = NatsCluster(root / "nats", 3, cluster_name="fleet-rehearsal")
+        # the local stack's credentials and NATS roles (nothing of them on a command line or in a log)
+        self.credentials = StackCredentials.load_or_create(root / "credentials", graph_default="")
+        self.nats = NatsCluster(
+            root / "nats",
+            3,
+            cluster_name="fleet-rehearsal",
+            users=self.credentials.nats,
+            client_user="admin",
+            permissions=nats_permissions(),
+        )
         # all different (separate free_port() calls may repeat a port that is not bound yet)
         ports = distinct_free_ports(7)
-        self.valkey = ValkeyServer(root / "valkey", ports[0])
-        self.arcadedb = ArcadeDBServer(root / "arcadedb", ports[1], http_port=ports[2], heap="512m")
+        self.valkey = ValkeyServer(root / "valkey", ports[0], password=self.credentials.valkey)
+        self.arcadedb = ArcadeDBServer(
+            root / "arcadedb", ports[1], http_port=ports[2], heap="512m", password=self.credentials.graph
+        )
         self.head = RayHead(
             root / "ray-head",
             ports[3],
@@ -158,6 +184,7 @@ class Rehearsal:
             dashboard_agent_port=ports[6],
         )
         self.worker = RayWorkerNode(root / "ray-worker", self.head, num_cpus=1)
+        #: the admin's settings: declaring the streams, reading the log back, the checks
         self.settings = Settings(
             nats_url=self.nats.url,
             valkey_url=self.valkey.url,
@@ -182,9 +209,13 @@ class Rehearsal:
     def servers(self) -> list[ManagedServer]:
         return [*self.nats.nodes, self.valkey, self.arcadedb, self.head, self.worker]
 
-    def env(self) -> dict[str, str]:
-        """What the CLI subprocesses need: every FLEET_* setting plus the head's RAY_* variables."""
-        return {**os.environ, **self.settings.as_env(), **self.head.env(), "RAY_USAGE_STATS_ENABLED": "0"}
+    def role(self, role: str) -> Settings:
+        """The settings, connecting to NATS as ``role`` (credentials.NATS_ROLES) instead of the admin."""
+        return nats_identity_settings(self.settings, self.nats.address, self.nats.users, role)
+
+    def env(self, role: str) -> dict[str, str]:
+        """What a CLI subprocess running as ``role`` needs: every FLEET_* setting plus the head's RAY_*."""
+        return {**os.environ, **self.role(role).as_env(), **self.head.env(), "RAY_USAGE_STATS_ENABLED": "0"}
 
     def start(self) -> None:
         report = self.report
@@ -196,15 +227,25 @@ class Rehearsal:
                 server.wait_ready(180)
         with phase(report, "start the second Ray node"):
             self.worker.start().wait_ready(180)
+        # Ray serves its metrics on every interface without the token: off on both nodes, as in dev up
+        open_metrics = {
+            port: _http_status(f"http://{LOOPBACK}:{port}/metrics")
+            for port in (self.head.metrics_export_port, self.worker.metrics_port)
+        }
+        report.checks["no Ray metrics endpoint open (every interface, no token)"] = 200 not in open_metrics.values()
         os.environ.update(self.head.env())
-        with phase(report, "fleet-actors projections start"):
+        with phase(report, "declare the streams (admin)"):
+            from fleet_actors.adapters.jetstream.bootstrap import declare_streams
+
+            asyncio.run(declare_streams(self.settings))
+        with phase(report, "fleet-actors projections start (projector)"):
             done = subprocess.run(
-                [*CLI, "projections", "start"], env=self.env(), capture_output=True, text=True, timeout=300
+                [*CLI, "projections", "start"], env=self.env("projector"), capture_output=True, text=True, timeout=300
             )
             if done.returncode != 0:
                 raise RuntimeError(f"projections start failed: {done.stderr.strip()[-1500:]}")
-        with phase(report, "fleet-actors gateway through Ray Client (as deploy/base runs it)"):
-            client_env = {**self.env(), "RAY_ADDRESS": f"ray://{LOOPBACK}:{self.head.client_server_port}"}
+        with phase(report, "fleet-actors gateway (gateway) through Ray Client (as deploy/base runs it)"):
+            client_env = {**self.env("gateway"), "RAY_ADDRESS": f"ray://{LOOPBACK}:{self.head.client_server_port}"}
             self.gateway = GatewayProcess(client_env, f"{LOOPBACK}:0").start(timeout=300)
         log(
             f"nats: {redact_url(self.nats.url)}; ray head {self.head.address}; second node {self.worker.node_id}; "
@@ -338,7 +379,8 @@ class Rehearsal:
         from fleet_actors.client import FleetClient
 
         args = self.args
-        client = FleetClient.connect(settings=self.settings)
+        # the story actors this client creates connect to NATS as the story role
+        client = FleetClient.connect(settings=self.role("story"))
         stories = [f"rh-{i:03d}" for i in range(args.stories)]
         with phase(self.report, f"create {len(stories)} stories"):
             await asyncio.gather(*(self.command(client, s, "create_story", f"Story {s}") for s in stories))
@@ -442,12 +484,14 @@ class Rehearsal:
 
     def verify(self) -> None:
         report = self.report
-        with phase(report, "fleet-actors projections status / verify"):
+        with phase(report, "fleet-actors projections status / verify (operator)"):
             status = subprocess.run(
-                [*CLI, "projections", "status"], env=self.env(), capture_output=True, text=True, timeout=120
+                [*CLI, "projections", "status"], env=self.env("operator"), capture_output=True, text=True, timeout=120
             )
             log("projections status:\n" + status.stdout.rstrip())
-            done = subprocess.run([*CLI, "verify"], env=self.env(), capture_output=True, text=True, timeout=300)
+            done = subprocess.run(
+                [*CLI, "verify"], env=self.env("operator"), capture_output=True, text=True, timeout=300
+            )
         report.verify_exit = done.returncode
         report.verify_output = (done.stdout.strip().splitlines() or [done.stderr.strip()[-300:]])[-1]
         report.checks["verify clean"] = done.returncode == 0
@@ -456,6 +500,51 @@ class Rehearsal:
         report.checks["gateway (Ray Client) serving after both faults"] = set(report.gateway_health.values()) == {
             "SERVING"
         }
+        with phase(report, "least privilege: the roles' connections, a projector tries to delete the stream"):
+            self.check_roles()
+
+    def check_roles(self) -> None:
+        """Who is connected as whom, then the projector's identity against the event stream itself."""
+        report = self.report
+        for node in self.nats.running_nodes():
+            with urllib.request.urlopen(f"{node.monitor_url}/connz?auth=true&limit=10000", timeout=5) as response:
+                for connection in json.load(response).get("connections") or []:
+                    user = str(connection.get("authorized_user") or "(none)")
+                    report.nats_connections.setdefault(user, []).append(str(connection.get("name") or "?"))
+        projectors = {u for u, names in report.nats_connections.items() for n in names if n.startswith("fleet-proj")}
+        report.checks["components connected as their NATS roles (none as admin)"] = (
+            projectors == {"projector"}
+            and "admin" not in report.nats_connections
+            and "(none)" not in report.nats_connections
+        )
+        stream = self.settings.stream_name
+        before = self.stream_state(stream)
+        report.projector_stream_admin = asyncio.run(attempt_stream_administration(self.role("projector"), stream))
+        after = self.stream_state(stream)
+        refused = set(report.projector_stream_admin.values()) == {REFUSED}
+        report.checks["a projector's NATS identity is refused deleting, purging or editing the stream"] = (
+            refused and before == after
+        )
+        if before != after:
+            report.problems.append(f"the event stream changed under the projector's attempts: {before} -> {after}")
+
+    def stream_state(self, stream: str) -> tuple[object, ...]:
+        """The stream's message count, last sequence and description, as the admin reads them."""
+
+        async def read() -> tuple[object, ...]:
+            from fleet_actors.adapters.jetstream.connection import connect_nats
+
+            nc = await connect_nats(self.settings, name="fleet-rehearsal-check")
+            try:
+                info = await nc.jsm().stream_info(stream)
+                return info.state.messages, info.state.last_seq, info.config.description
+            finally:
+                await nc.close()
+
+        try:
+            return asyncio.run(read())
+        except Exception as error:  # a deleted stream, for one
+            return (f"{type(error).__name__}: {error}",)
 
     def gateway_health(self) -> dict[str, str]:
         """grpc.health.v1 as the Kubernetes probes ask it: the server, and the ContextService."""
@@ -510,6 +599,8 @@ def summary(report: Report, seconds: float) -> str:
         f"{report.all_lost_stories_served_s} s after the kill",
         f"projectors before {report.projectors_before}; after {report.projectors_after}",
         f"gateway over Ray Client after both faults: {report.gateway_health}",
+        f"nats users of live connections: { {u: len(n) for u, n in sorted(report.nats_connections.items())} }; "
+        f"the projector's identity against the event stream: {report.projector_stream_admin}",
         f"projections caught up in {report.projection_catch_up_s} s after the load; verify exit {report.verify_exit}: "
         f"{report.verify_output}",
         "phases (s): " + ", ".join(f"{k} {v}" for k, v in report.phases_s.items()),

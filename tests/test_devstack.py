@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
 import os
 import signal
@@ -29,6 +31,7 @@ from nats.js.api import StreamConfig
 
 from fleet_actors.cli.main import main
 from fleet_actors.devstack import LocalStack, ManagedServer, NatsServer, ValkeyServer, pid_alive, process
+from fleet_actors.devstack.role_probe import REFUSED, STREAM_ADMIN_ATTEMPTS, attempt_stream_administration
 from fleet_actors.devstack.stack import ServerSupervisor
 from fleet_actors.errors import BackendUnavailable, ConfigurationError
 from fleet_actors.settings import Settings, load_env_file
@@ -101,11 +104,48 @@ async def test_valkey_refuses_clients_without_credentials(local_stack: LocalStac
             await client.aclose()
 
 
+async def test_every_valkey_client_authenticates_with_the_password_setting(
+    local_stack: LocalStack, monkeypatch: pytest.MonkeyPatch, unique_id: Callable[..., str]
+) -> None:
+    """As deploy/ configures them: a URL without user info, the password in FLEET_VALKEY_PASSWORD."""
+    from fleet_actors.adapters.valkey import BundleStore, connect_valkey
+    from fleet_actors.composition import documents_projection_v2
+
+    env = {"FLEET_VALKEY_URL": local_stack.valkey.address, "FLEET_VALKEY_PASSWORD": local_stack.credentials.valkey}
+    settings = Settings.from_env(env)
+    client = await connect_valkey(settings)
+    await client.aclose()
+    bundles = await BundleStore.connect(settings)
+    try:
+        assert (await bundles.put(unique_id("case"), b"bundle", 60)).startswith("rehydration:")
+    finally:
+        await bundles.close()
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    projection = documents_projection_v2()  # a user projection's factory reads FLEET_* itself
+    story_id = unique_id()
+    try:
+        assert (await projection.applied_versions([story_id])).get(story_id, 0) == 0  # NOAUTH would raise
+    finally:
+        await projection.close()
+
+
 def test_bolt_refuses_clients_without_credentials(local_stack: LocalStack) -> None:
     graph = local_stack.arcadedb
     for auth in ((graph.user, "fleet-actors-dev"), (graph.user, ""), None):
         with neo4j.GraphDatabase.driver(graph.url, auth=auth) as driver, pytest.raises(neo4j.exceptions.AuthError):
             driver.execute_query("RETURN 1", database_=graph.database)
+
+
+def test_the_graph_servers_http_api_refuses_clients_without_credentials(local_stack: LocalStack) -> None:
+    graph = local_stack.arcadedb
+    url = f"{graph.http_url}/api/v1/query/{graph.database}/cypher/RETURN%201"
+    wrong = base64.b64encode(f"{graph.user}:fleet-actors-dev".encode()).decode()
+    for headers in ({}, {"Authorization": f"Basic {wrong}"}):
+        status = _http_status(url, headers)
+        assert status in (401, 403), status
+    right = base64.b64encode(f"{graph.user}:{graph.password}".encode()).decode()
+    assert _http_status(url, {"Authorization": f"Basic {right}"}) == 200
 
 
 async def test_a_projectors_nats_identity_consumes_but_cannot_administer_streams(
@@ -132,28 +172,39 @@ async def test_a_projectors_nats_identity_consumes_but_cannot_administer_streams
         sub = await js.pull_subscribe(f"{subject}.>", durable="projector", stream=name)
         (message,) = await sub.fetch(1, timeout=5)
         await message.ack_sync(timeout=5)
-        # delete, purge, edit or create a stream, publish an event: refused
-        jsm = nc.jetstream(timeout=2)._jsm
-        for attempt in (
-            jsm.delete_stream(name),
-            jsm.purge_stream(name),
-            jsm.update_stream(StreamConfig(name=name, subjects=[f"{subject}.>"], max_msgs=1)),
-            jsm.add_stream(StreamConfig(name=f"{name}_NEW", subjects=[f"{subject}-new.>"])),
-        ):
-            with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
-                await attempt
+        # edit, purge, delete or create a stream: refused, and nothing changed
+        outcomes = await attempt_stream_administration(projector, name)
+        assert outcomes == dict.fromkeys(STREAM_ADMIN_ATTEMPTS, REFUSED), outcomes
+        # publish an event: refused
         await nc.publish("context.events.some-story.context_created", b"forged")
         await nc.flush(timeout=5)
         await asyncio.sleep(0.2)
-        violations = [str(error).lower() for error in refused]
-        assert sum("permissions violation" in text for text in violations) >= 5, violations
+        assert any("permissions violation" in str(error).lower() for error in refused), refused
         info = await admin.jetstream().stream_info(name)
-        assert info.state.messages == 1 and info.config.max_msgs != 1
+        assert info.state.messages == 1 and not info.config.description
         with pytest.raises(nats.js.errors.NotFoundError):
-            await admin.jetstream().stream_info(f"{name}_NEW")
+            await admin.jetstream().stream_info(f"{name}_PROBE")
     finally:
         await nc.close()
         await admin.jetstream().delete_stream(name)  # the admin may
+        await admin.close()
+
+
+async def test_the_role_probe_tells_an_administering_identity_apart(
+    local_stack: LocalStack, unique_id: Callable[..., str]
+) -> None:
+    """The probe the least-privilege tests rely on reports what an identity with the rights did."""
+    name = unique_id("ADMINPROBE").replace("-", "_")
+    admin = await nats.connect(local_stack.nats.url)
+    try:
+        await admin.jetstream().add_stream(StreamConfig(name=name, subjects=[f"admin-probe.{name}.>"]))
+        outcomes = await attempt_stream_administration(local_stack.nats_settings("admin"), name)
+        assert outcomes == dict.fromkeys(STREAM_ADMIN_ATTEMPTS, "allowed"), outcomes
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await admin.jetstream().stream_info(name)  # really deleted
+    finally:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await admin.jetstream().delete_stream(f"{name}_PROBE")
         await admin.close()
 
 
@@ -425,6 +476,7 @@ async def test_dev_up_serves_until_sigterm(tmp_path: Path) -> None:
     )
     env: dict[str, str] = {}
     spawned: set[int] = set()
+    secrets: list[str] = []
     try:
         deadline = time.monotonic() + 120
         while not env_file.exists() and cli.poll() is None and time.monotonic() < deadline:
@@ -454,6 +506,12 @@ async def test_dev_up_serves_until_sigterm(tmp_path: Path) -> None:
             assert ray_client.returncode == 0, ray_client.stderr
             assert "ray-client-ok" in ray_client.stdout.splitlines()
 
+            # Ray's dashboard and jobs API refuse a client without the token (401), and serve it with it
+            dashboard = env["FLEET_RAY_DASHBOARD_URL"]
+            assert _http_status(f"{dashboard}/api/jobs/") == 401
+            token = Path(env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+            assert _http_status(f"{dashboard}/api/jobs/", {"Authorization": f"Bearer {token}"}) == 200
+
             # the metrics endpoint fleet.env names: the gateway's (the actors' come with --ray-metrics only)
             assert "fleet_gateway_rpcs_total" in _scrape_until(env["FLEET_GATEWAY_METRICS_URL"], "/grpc.health.v1")
             assert "FLEET_RAY_METRICS_URL" not in env
@@ -467,6 +525,12 @@ async def test_dev_up_serves_until_sigterm(tmp_path: Path) -> None:
             assert "gateway" in {user for _, user in users}, users
 
             spawned = _descendants(cli.pid)
+            # no secret on the command line of any process of the stack (servers, Ray, projectors, gateway)
+            secrets = _stack_secrets(data_dir)
+            for pid in spawned:
+                with contextlib.suppress(OSError):
+                    command_line = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+                    assert not [s for s in secrets if s in command_line], command_line[:300]
             # Ray binds its servers to every interface whatever --node-ip-address says; none of them
             # may answer /metrics without the token (Ray's metrics export is off in dev up) but the
             # dashboard's and the autoscaler monitor's own metrics, which Ray cannot turn off
@@ -502,6 +566,20 @@ async def test_dev_up_serves_until_sigterm(tmp_path: Path) -> None:
     assert any(line["message"].startswith("metrics on http://") for line in gateway_lines)
     ray_logs = data_dir / "ray" / "logs"
     assert ray_logs.is_dir() and not ray_logs.is_symlink() and list(ray_logs.glob("worker-*"))
+    # no secret in dev up's output (they are in fleet.env only) nor in any log under the data dir
+    assert not [s for s in secrets if s in out + err]
+    logs = [path for path in data_dir.rglob("*") if path.is_file() and any("log" in part for part in path.parts)]
+    assert len(logs) > 10
+    for path in logs:
+        text = path.read_bytes().decode(errors="replace")
+        assert not [s for s in secrets if s in text], path
+
+
+def _stack_secrets(data_dir: Path) -> list[str]:
+    """Every credential of a dev up stack: the servers' passwords and Ray's token."""
+    saved = json.loads((data_dir / "credentials" / "credentials.json").read_text())
+    token = (data_dir / "ray" / "auth_token").read_text().strip()
+    return [*saved["nats"].values(), saved["valkey"], saved["graph"], token]
 
 
 def _scrape_until(url: str, needle: str, timeout: float = 60) -> str:
@@ -535,9 +613,9 @@ def _wildcard_ports(pids: set[int]) -> set[int]:
     return ports
 
 
-def _http_status(url: str) -> int | str:
+def _http_status(url: str, headers: dict[str, str] | None = None) -> int | str:
     try:
-        with urllib.request.urlopen(url, timeout=3) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=3) as response:
             return int(response.status)
     except urllib.error.HTTPError as err:
         return err.code

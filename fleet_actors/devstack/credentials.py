@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from fleet_actors.errors import ConfigurationError
+from fleet_actors.settings import Settings
 
 #: the NATS identities of the local stack, each with its own password and permissions
-#: (fleet_actors.devstack.nats_permissions): ``admin`` may do anything, including creating, editing,
+#: (:func:`nats_permissions`): ``admin`` may do anything, including creating, editing,
 #: purging and deleting streams; the others only what their component uses.
 NATS_ROLES: tuple[str, ...] = ("admin", "story", "projector", "gateway", "operator")
 
@@ -84,6 +86,20 @@ class StackCredentials:
         else:
             path.chmod(0o600)
         return credentials
+
+
+def nats_identity_env(address: str, users: Mapping[str, str], role: str) -> dict[str, str]:
+    """``role``'s NATS identity (one of ``users``: role -> password) as FLEET_* settings, for servers at
+    ``address`` (a URL without user info, or a comma-separated list of them): the credentials are fields."""
+    if role not in users:
+        raise ConfigurationError(f"no NATS identity {role!r}; the roles are {sorted(users)}")
+    return {"FLEET_NATS_URL": address, "FLEET_NATS_USER": role, "FLEET_NATS_PASSWORD": users[role]}
+
+
+def nats_identity_settings(base: Settings, address: str, users: Mapping[str, str], role: str) -> Settings:
+    """``base`` connecting to NATS as ``role`` (see :func:`nats_identity_env`)."""
+    env = nats_identity_env(address, users, role)
+    return base.replace(nats_url=env["FLEET_NATS_URL"], nats_user=role, nats_password=env["FLEET_NATS_PASSWORD"])
 
 
 #: JetStream API subjects that create, edit, purge or delete streams (or their messages): the admin's alone

@@ -5,6 +5,9 @@ Each node is a :class:`~fleet_actors.devstack.servers.NatsServer` (same binary c
 port of its own and routes to every peer. Streams created with ``num_replicas=3`` are then
 replicated by RAFT across the nodes; killing the stream leader makes the other two elect a new
 one while clients reconnect to the surviving servers.
+
+With ``users`` (and ``permissions``) every node gets the local stack's ``authorization`` block: the
+same NATS identities per role as ``dev up`` (fleet_actors.devstack.credentials).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import json
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Self
@@ -39,9 +42,19 @@ class NatsClusterNode(NatsServer):
         monitor_port: int | None = None,
         sync_interval: str = "always",
         server_tags: tuple[str, ...] = (),
+        users: Mapping[str, str] | None = None,
+        client_user: str | None = None,
+        permissions: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         super().__init__(
-            data_dir, port, monitor_port=monitor_port, sync_interval=sync_interval, server_name=server_name
+            data_dir,
+            port,
+            monitor_port=monitor_port,
+            sync_interval=sync_interval,
+            server_name=server_name,
+            users=users,
+            client_user=client_user,
+            permissions=permissions,
         )
         self.cluster_name = cluster_name
         self.route_port = route_port
@@ -70,7 +83,11 @@ class NatsClusterNode(NatsServer):
 
 
 class NatsCluster:
-    """`size` JetStream servers on 127.0.0.1 with full-mesh routes; started and stopped by pid."""
+    """`size` JetStream servers on 127.0.0.1 with full-mesh routes; started and stopped by pid.
+
+    ``users`` (user -> password), ``client_user`` and ``permissions`` (user -> NATS permissions) are
+    every node's, as for :class:`~fleet_actors.devstack.servers.NatsServer`; without users anyone may
+    connect with every right."""
 
     def __init__(
         self,
@@ -80,6 +97,9 @@ class NatsCluster:
         cluster_name: str = "fleet-rehearsal",
         sync_interval: str = "always",
         server_tags: tuple[str, ...] = (),
+        users: Mapping[str, str] | None = None,
+        client_user: str | None = None,
+        permissions: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         if size < 1:
             raise ValueError("a cluster needs at least one node")
@@ -96,6 +116,9 @@ class NatsCluster:
                 monitor_port=ports[3 * i + 2],
                 sync_interval=sync_interval,
                 server_tags=server_tags,
+                users=users,
+                client_user=client_user,
+                permissions=permissions,
             )
             for i in range(size)
         ]
@@ -107,8 +130,18 @@ class NatsCluster:
 
     @property
     def url(self) -> str:
-        """Every client URL, comma-separated (FLEET_NATS_URL accepts such a list)."""
+        """Every client URL, comma-separated (FLEET_NATS_URL accepts such a list), with the client
+        user's credentials when the servers have users."""
         return ",".join(node.url for node in self.nodes)
+
+    @property
+    def address(self) -> str:
+        """Every client URL without credentials, comma-separated."""
+        return ",".join(node.address for node in self.nodes)
+
+    @property
+    def users(self) -> dict[str, str]:
+        return self.nodes[0].users
 
     def start(self, timeout: float = 60.0) -> Self:
         try:

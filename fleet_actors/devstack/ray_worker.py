@@ -87,6 +87,8 @@ class RayWorkerNode(RaySessionServer):
             RAY_AUTH_TOKEN_PATH=str(self.head.token_path),
             RAY_USAGE_STATS_ENABLED="0",
             RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
+            # as on the head: Ray's metrics endpoint (every interface, no token) only when the head has it
+            RAY_enable_metrics_collection="1" if self.head.metrics else "0",
             PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
         )
         return env

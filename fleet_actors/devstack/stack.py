@@ -16,7 +16,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-from fleet_actors.devstack.credentials import StackCredentials, nats_permissions, private_dir, write_private
+from fleet_actors.devstack.credentials import (
+    StackCredentials,
+    nats_identity_env,
+    nats_identity_settings,
+    nats_permissions,
+    private_dir,
+    write_private,
+)
 from fleet_actors.devstack.process import LOOPBACK, ManagedServer, port_is_free
 from fleet_actors.devstack.ray_head import RayHead
 from fleet_actors.devstack.servers import DEFAULT_GRAPH_PASSWORD, ArcadeDBServer, NatsServer, ValkeyServer
@@ -317,13 +324,7 @@ class LocalStack:
 
     def nats_env(self, role: str) -> dict[str, str]:
         """``role``'s NATS identity (fleet_actors.devstack.credentials.NATS_ROLES) as FLEET_* settings."""
-        if role not in self.credentials.nats:
-            raise ConfigurationError(f"no NATS identity {role!r}; the roles are {sorted(self.credentials.nats)}")
-        return {
-            "FLEET_NATS_URL": self.nats.address,
-            "FLEET_NATS_USER": role,
-            "FLEET_NATS_PASSWORD": self.credentials.nats[role],
-        }
+        return nats_identity_env(self.nats.address, self.credentials.nats, role)
 
     def declare_streams(self, env: Mapping[str, str] | None = None) -> None:
         """Declare the streams as the admin, with the stream settings of ``env`` (default: the process's
@@ -336,10 +337,7 @@ class LocalStack:
 
     def nats_settings(self, role: str, base: Settings | None = None) -> Settings:
         """:meth:`settings` connecting to NATS as ``role`` instead of the admin."""
-        env = self.nats_env(role)
-        return self.settings(base).replace(
-            nats_url=env["FLEET_NATS_URL"], nats_user=role, nats_password=env["FLEET_NATS_PASSWORD"]
-        )
+        return nats_identity_settings(self.settings(base), self.nats.address, self.credentials.nats, role)
 
     def settings(self, base: Settings | None = None) -> Settings:
         """`base` (default: from the environment) pointed at this stack."""
@@ -364,12 +362,7 @@ class LocalStack:
         target = Path(path) if path is not None else self.env_path
         lines = ["# fleet-actors local stack; load with fleet_actors.settings.load_env_file or `set -a; . FILE`"]
         lines += [f"{key}={value}" for key, value in {**self.env(), **(extra or {})}.items()]
-        partial = target.with_name(target.name + ".tmp")
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        partial.replace(target)
-        return target
+        return write_private(target, "\n".join(lines) + "\n")  # 0600: it holds the credentials
 
     def _acquire_lock(self) -> None:
         if self._lock is not None:

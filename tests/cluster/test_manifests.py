@@ -66,9 +66,12 @@ def by_kind(kind: str, name: str) -> dict[str, Any]:
     raise AssertionError(f"no {kind} {name} in deploy/base")
 
 
-def pod_specs() -> Iterator[tuple[str, dict[str, Any]]]:
+Docs = list[tuple[str, dict[str, Any]]]
+
+
+def pod_specs(docs: Docs = DOCS) -> Iterator[tuple[str, dict[str, Any]]]:
     """Every pod spec in the manifests, with where it is."""
-    for name, doc in DOCS:
+    for name, doc in docs:
         spec = doc.get("spec", {})
         if doc["kind"] in ("Deployment", "StatefulSet"):
             yield name, spec["template"]["spec"]
@@ -80,8 +83,8 @@ def pod_specs() -> Iterator[tuple[str, dict[str, Any]]]:
                 yield f"{name} {group['groupName']}", group["template"]["spec"]
 
 
-def containers() -> Iterator[tuple[str, dict[str, Any]]]:
-    for where, spec in pod_specs():
+def containers(docs: Docs = DOCS) -> Iterator[tuple[str, dict[str, Any]]]:
+    for where, spec in pod_specs(docs):
         for container in [*spec.get("initContainers", []), *spec["containers"]]:
             yield f"{where} {container['name']}", container
 
@@ -147,21 +150,30 @@ def test_kustomization_lists_every_manifest() -> None:
     assert used == images, "every untagged image is set by the kustomization, and only those"
 
 
-def test_no_literal_credentials() -> None:
-    assert not [name for name, doc in DOCS if doc["kind"] == "Secret"], "Secrets are created by scripts/k8s_secrets.sh"
-    for where, container in containers():
+def literal_credentials(docs: Docs) -> list[str]:
+    """Secrets in the manifests, credential variables without a secretKeyRef, credential keys or lines
+    in ConfigMaps: what the check below reports (empty: none)."""
+    found = [f"{name}: Secrets are created by scripts/k8s_secrets.sh" for name, doc in docs if doc["kind"] == "Secret"]
+    for where, container in containers(docs):
         for env in container.get("env", []):
-            if CREDENTIAL_ENV.search(env["name"]) and env["name"] != "RAY_AUTH_MODE":
-                assert "value" not in env, f"{where}: {env['name']} has a literal value"
-                assert "secretKeyRef" in env.get("valueFrom", {}), f"{where}: {env['name']} must come from a Secret"
-    for name, doc in DOCS:
+            held = "value" not in env and "secretKeyRef" in env.get("valueFrom", {})
+            if CREDENTIAL_ENV.search(env["name"]) and env["name"] != "RAY_AUTH_MODE" and not held:
+                found.append(f"{where}: {env['name']} must come from a Secret, not a literal")
+    for name, doc in docs:
         if doc["kind"] != "ConfigMap":
             continue
         for key, text in doc["data"].items():
-            assert not CREDENTIAL_ENV.search(key) or key == "FLEET_NEO4J_USER", f"{name}: {key} belongs in a Secret"
+            if CREDENTIAL_ENV.search(key) and key != "FLEET_NEO4J_USER":
+                found.append(f"{name}: {key} belongs in a Secret")
             for line in str(text).splitlines():
-                if re.search(r"password|requirepass|token", line, re.IGNORECASE) and not line.strip().startswith("#"):
-                    assert "$" in line or "include" in line, f"{name} {key}: literal credential? {line.strip()}"
+                mentions = re.search(r"password|requirepass|token", line, re.IGNORECASE)
+                if mentions and not line.strip().startswith("#") and "$" not in line and "include" not in line:
+                    found.append(f"{name} {key}: literal credential? {line.strip()}")
+    return found
+
+
+def test_no_literal_credentials() -> None:
+    assert not literal_credentials(DOCS)
 
 
 def secrets_created_by_script() -> dict[str, set[str]]:
@@ -225,9 +237,9 @@ def test_nats_server_accepts_the_config(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def workloads() -> Iterator[tuple[str, dict[str, str]]]:
+def workloads(docs: Docs = DOCS) -> Iterator[tuple[str, dict[str, str]]]:
     """Every pod template in the manifests, with its labels."""
-    for name, doc in DOCS:
+    for name, doc in docs:
         spec = doc.get("spec", {})
         if doc["kind"] in ("Deployment", "StatefulSet"):
             yield name, spec["template"]["metadata"]["labels"]
@@ -239,18 +251,24 @@ def workloads() -> Iterator[tuple[str, dict[str, str]]]:
                 yield f"{name} {group['groupName']}", group["template"]["metadata"]["labels"]
 
 
-def test_the_namespace_denies_by_default_and_every_workload_has_its_own_network_policy() -> None:
-    policies = [doc for _, doc in DOCS if doc["kind"] == "NetworkPolicy"]
+def network_policy_gaps(docs: Docs) -> list[str]:
+    """No default-deny policy, or workloads without a NetworkPolicy of their own (empty: none)."""
+    policies = [doc for _, doc in docs if doc["kind"] == "NetworkPolicy"]
     default_deny = [
         p for p in policies
         if p["spec"]["podSelector"] == {} and set(p["spec"].get("policyTypes", [])) == {"Ingress", "Egress"}
         and not p["spec"].get("ingress") and not p["spec"].get("egress")
     ]  # fmt: skip
-    assert default_deny, "no default-deny NetworkPolicy (empty podSelector, Ingress and Egress, no rules)"
+    gaps = [] if default_deny else ["no default-deny NetworkPolicy (empty podSelector, Ingress and Egress, no rules)"]
     own = [p for p in policies if p["spec"]["podSelector"].get("matchLabels")]
-    for where, labels in workloads():
-        mine = [p for p in own if p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()]
-        assert mine, f"{where} (labels {labels}) has no NetworkPolicy of its own: add an allow list for it"
+    for where, labels in workloads(docs):
+        if not [p for p in own if p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()]:
+            gaps.append(f"{where} (labels {labels}) has no NetworkPolicy of its own: add an allow list for it")
+    return gaps
+
+
+def test_the_namespace_denies_by_default_and_every_workload_has_its_own_network_policy() -> None:
+    assert not network_policy_gaps(DOCS)
 
 
 def _strings(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
@@ -264,25 +282,82 @@ def _strings(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
         yield path, value
 
 
-def test_no_secret_held_credential_appears_in_plain_text() -> None:
-    """No URL with user info anywhere; no literal value (env or ConfigMap) for a setting that a Secret
-    holds elsewhere; the files of the repository hold none of the script's Secret keys' values."""
+def plain_text_credentials(docs: Docs) -> list[str]:
+    """URLs with user info anywhere; a literal value (env or ConfigMap) for a setting that a Secret holds
+    elsewhere (empty: none)."""
+    found = []
     from_secrets = {
         env["name"]
-        for _, container in containers()
+        for _, container in containers(docs)
         for env in container.get("env", [])
         if "secretKeyRef" in env.get("valueFrom", {})
     }
-    for name, doc in DOCS:
+    for name, doc in docs:
         for path, text in _strings(doc):
-            assert not URL_WITH_USERINFO.search(text), f"{name} {path}: a URL carries credentials"
-        if doc["kind"] == "ConfigMap":
-            leaked = from_secrets & set(doc["data"])
-            assert not leaked, f"{name}: {sorted(leaked)} come from Secrets, never from a ConfigMap"
-    for where, container in containers():
+            if URL_WITH_USERINFO.search(text):
+                found.append(f"{name} {path}: a URL carries credentials")
+        if doc["kind"] == "ConfigMap" and (leaked := from_secrets & set(doc["data"])):
+            found.append(f"{name}: {sorted(leaked)} come from Secrets, never from a ConfigMap")
+    for where, container in containers(docs):
         for env in container.get("env", []):
-            if env["name"] in from_secrets:
-                assert "value" not in env, f"{where}: {env['name']} is Secret-held elsewhere but literal here"
+            if env["name"] in from_secrets and "value" in env:
+                found.append(f"{where}: {env['name']} is Secret-held elsewhere but literal here")
+    return found
+
+
+def test_no_secret_held_credential_appears_in_plain_text() -> None:
+    assert not plain_text_credentials(DOCS)
+
+
+def _broken(change: Any) -> Docs:
+    """A deep copy of the manifests with ``change(docs)`` applied."""
+    docs: Docs = json.loads(json.dumps(DOCS))
+    change(docs)
+    return docs
+
+
+def _add_workload(docs: Docs) -> None:
+    labels = {"app.kubernetes.io/name": "fleet-sidecar-tool"}
+    container = {"name": "tool", "image": "busybox:1", "env": [{"name": "FLEET_LOG_FORMAT", "value": "json"}]}
+    deployment = {
+        "kind": "Deployment",
+        "metadata": {"name": "fleet-sidecar-tool"},
+        "spec": {"template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}}},
+    }
+    docs.append(("added.yaml#0:Deployment/fleet-sidecar-tool", deployment))
+
+
+def _container_env(docs: Docs, variable: str) -> list[dict[str, Any]]:
+    return [e for _, c in containers(docs) for e in c.get("env", []) if e["name"] == variable]
+
+
+def _settings_data(docs: Docs) -> dict[str, str]:
+    (data,) = [d["data"] for _, d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "fleet-settings"]
+    return data
+
+
+def test_the_checks_catch_a_workload_without_a_policy_and_credentials_in_plain_text() -> None:
+    """The CI checks above are not vacuous: each reports what it is there to catch."""
+    assert any("fleet-sidecar-tool" in gap for gap in network_policy_gaps(_broken(_add_workload)))
+
+    def drop_default_deny(docs: Docs) -> None:
+        docs[:] = [(name, doc) for name, doc in docs if doc.get("spec", {}).get("podSelector") != {}]
+
+    assert any("default-deny" in gap for gap in network_policy_gaps(_broken(drop_default_deny)))
+
+    def literal_password(docs: Docs) -> None:
+        env = _container_env(docs, "FLEET_NATS_PASSWORD")[0]
+        env.pop("valueFrom")
+        env["value"] = "not-a-secret-anymore"
+
+    assert any("FLEET_NATS_PASSWORD" in found for found in plain_text_credentials(_broken(literal_password)))
+    assert any("FLEET_NATS_PASSWORD" in found for found in literal_credentials(_broken(literal_password)))
+    in_url = _broken(lambda docs: _settings_data(docs).update(FLEET_VALKEY_URL="valkeys://:pw@fleet-valkey:6379/0"))
+    assert any("URL carries credentials" in found for found in plain_text_credentials(in_url))
+    in_config = _broken(lambda docs: _settings_data(docs).update(FLEET_VALKEY_PASSWORD="pw"))
+    assert any("FLEET_VALKEY_PASSWORD" in found for found in plain_text_credentials(in_config))
+    secret = {"kind": "Secret", "metadata": {"name": "fleet-nats"}, "stringData": {"admin-password": "pw"}}
+    assert literal_credentials(_broken(lambda docs: docs.append(("secret.yaml#0:Secret/fleet-nats", secret))))
 
 
 def test_every_data_link_is_tls() -> None:

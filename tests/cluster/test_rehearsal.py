@@ -3,7 +3,9 @@
 It starts a 3-node JetStream cluster, a second Ray node and the rest of the stack, kills the
 stream leader's nats-server and the Ray node mid-load, and checks that nothing acknowledged was
 lost, that the story actors came back on the other node, that the projections caught up and that
-`fleet-actors verify` is clean. Several minutes and most of a 2-core machine: run it with
+`fleet-actors verify` is clean. Its servers require credentials and its components connect to NATS
+as their roles, as in `dev up`: a projector's identity trying to delete the event stream (or purge
+or edit it) is refused. Several minutes and most of a 2-core machine: run it with
 
     FLEET_REHEARSAL=1 .venv/bin/pytest tests/cluster/test_rehearsal.py -m slow
 """
@@ -44,3 +46,7 @@ def test_multinode_rehearsal(tmp_path: Path) -> None:
     assert report["actors_on_killed_node"] and report["reactivated_elsewhere"] == report["actors_on_killed_node"]
     assert report["nats_new_leader"] and report["nats_new_leader"] != report["nats_killed"]
     assert report["verify_exit"] == 0
+    # least privilege (issue #22): the projector's identity cannot administer the event stream
+    assert set(report["projector_stream_admin"]) >= {"delete", "purge", "edit"}
+    assert set(report["projector_stream_admin"].values()) == {"refused"}, report["projector_stream_admin"]
+    assert "admin" not in report["nats_connections"] and "projector" in report["nats_connections"]

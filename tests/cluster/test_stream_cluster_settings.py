@@ -3,7 +3,9 @@
 The settings are checked on their own; then a real 3-node JetStream cluster on loopback
 (fleet_actors.devstack.nats_cluster) shows that every stream the project declares (events,
 snapshots, dead letters) follows them, that an existing R1 deployment is brought to R3 in place
-at the next start-up, and that consumers follow their stream's replicas.
+at the next start-up, and that consumers follow their stream's replicas. The cluster has the local
+stack's NATS identities per role, as in the multi-node rehearsal: it refuses clients without
+credentials, and a projector's identity may not administer a replicated stream.
 """
 
 from __future__ import annotations
@@ -12,13 +14,17 @@ import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
+import nats
+import nats.errors
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, Placement
 
 from fleet_actors.adapters.jetstream.connection import connect_nats, ensure_event_stream, stream_placement
 from fleet_actors.adapters.jetstream.dead_letter_stream import DeadLetterStream, dlq_stream
 from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore, snapshot_stream
+from fleet_actors.devstack.credentials import StackCredentials, nats_identity_settings, nats_permissions
 from fleet_actors.devstack.nats_cluster import NatsCluster
+from fleet_actors.devstack.role_probe import REFUSED, STREAM_ADMIN_ATTEMPTS, attempt_stream_administration
 from fleet_actors.errors import ConfigurationError
 from fleet_actors.settings import Settings
 
@@ -61,7 +67,12 @@ def test_invalid_cluster_settings_are_refused(variable: str, value: str) -> None
 
 @pytest.fixture(scope="module")
 def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
-    cluster = NatsCluster(Path(tmp_path_factory.mktemp("nats-cluster")), 3, server_tags=("ssd",))
+    root = Path(tmp_path_factory.mktemp("nats-cluster"))
+    # the roles of the local stack and of the rehearsal; the tests below connect as the admin (url)
+    users = StackCredentials.load_or_create(root / "credentials", graph_default="").nats
+    cluster = NatsCluster(
+        root, 3, server_tags=("ssd",), users=users, client_user="admin", permissions=nats_permissions()
+    )
     cluster.start(timeout=60)
     try:
         yield cluster
@@ -147,5 +158,29 @@ async def test_placement_that_no_server_matches_is_refused(nats_cluster: NatsClu
     try:
         with pytest.raises(Exception, match=r"(?i)peers|placement|resources"):
             await ensure_event_stream(nc, settings)
+    finally:
+        await nc.close()
+
+
+async def test_the_cluster_refuses_clients_without_credentials(nats_cluster: NatsCluster) -> None:
+    assert "@" not in nats_cluster.address
+    for node in nats_cluster:
+        with pytest.raises((nats.errors.Error, OSError)) as refused:
+            await nats.connect(node.address, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=5)
+        assert "authorization" in str(refused.value).lower() or isinstance(refused.value, nats.errors.NoServersError)
+
+
+async def test_a_projector_may_not_administer_a_replicated_stream(nats_cluster: NatsCluster) -> None:
+    admin = Settings(nats_url=nats_cluster.url, stream_name="CLUSTER_ROLES", subject_prefix="roles.events")
+    admin = admin.replace(stream_replicas=3)
+    await _declare_all(admin)
+    projector = nats_identity_settings(admin, nats_cluster.address, nats_cluster.users, "projector")
+    assert await attempt_stream_administration(projector, admin.stream_name) == dict.fromkeys(
+        STREAM_ADMIN_ATTEMPTS, REFUSED
+    )
+    nc = await connect_nats(admin)
+    try:
+        info = await nc.jsm().stream_info(admin.stream_name)
+        assert info.config.num_replicas == 3 and not info.config.description
     finally:
         await nc.close()

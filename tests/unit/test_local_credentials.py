@@ -39,3 +39,15 @@ def test_dev_up_shows_no_secret_unless_asked() -> None:
     assert _shown("FLEET_NATS_PASSWORD", "s3cret") == "***"
     assert _shown("RAY_AUTH_TOKEN_PATH", "/data/ray/auth_token") == "/data/ray/auth_token"
     assert _shown("FLEET_NEO4J_USER", "root") == "root"
+
+
+def test_fleet_env_is_private_even_over_a_file_left_by_a_killed_run(tmp_path: Path) -> None:
+    from fleet_actors.devstack import LocalStack
+
+    stack = LocalStack(tmp_path / "dev", ray=False)  # not started: only its settings are written
+    leftover = stack.env_path.with_name("fleet.env.tmp")
+    leftover.write_text("half a file")
+    leftover.chmod(0o644)
+    written = stack.write_env_file()
+    assert written.stat().st_mode & 0o777 == 0o600 and not leftover.exists()
+    assert stack.credentials.valkey in written.read_text()

@@ -7,6 +7,7 @@ from fleet_actors.adapters.valkey.context_cache import (
     ContextCache,
     connect_valkey,
     translate_valkey_error,
+    valkey_client,
     valkey_errors,
 )
 from fleet_actors.adapters.valkey.dead_letter_index import ValkeyDeadLetterIndex
@@ -24,5 +25,6 @@ __all__ = [
     "ValkeyProjectionControl",
     "connect_valkey",
     "translate_valkey_error",
+    "valkey_client",
     "valkey_errors",
 ]

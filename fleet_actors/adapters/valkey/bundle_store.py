@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import valkey.asyncio as valkey_async
 
-from fleet_actors.adapters.valkey.context_cache import valkey_auth, valkey_errors
+from fleet_actors.adapters.valkey.context_cache import valkey_client, valkey_errors
 from fleet_actors.adapters.valkey.keys import bundle_key
 from fleet_actors.settings import Settings
 
@@ -16,10 +16,7 @@ class BundleStore:
     @classmethod
     async def connect(cls, settings: Settings) -> BundleStore:
         """A client for the configured Valkey (it connects on first use)."""
-        client = valkey_async.Valkey.from_url(
-            settings.valkey_url, socket_timeout=5, socket_connect_timeout=5, **valkey_auth(settings)
-        )
-        return cls(client)
+        return cls(valkey_client(settings))
 
     async def put(self, case_id: str, bundle: bytes, ttl_seconds: int) -> str:
         """Store ``bundle`` as the case's latest, expiring after ``ttl_seconds``; returns its key."""

@@ -84,11 +84,17 @@ def valkey_auth(settings: Settings) -> dict[str, Any]:
     return auth
 
 
-async def connect_valkey(settings: Settings) -> valkey_async.Valkey:
-    """A client of the configured Valkey that has answered a ping."""
-    client = valkey_async.Valkey.from_url(
+def valkey_client(settings: Settings) -> valkey_async.Valkey:
+    """A client of the configured Valkey, with FLEET_VALKEY_USER / _PASSWORD (it connects on first use);
+    every Valkey client of the project is made here."""
+    return valkey_async.Valkey.from_url(
         settings.valkey_url, socket_timeout=5, socket_connect_timeout=5, retry_on_timeout=True, **valkey_auth(settings)
     )
+
+
+async def connect_valkey(settings: Settings) -> valkey_async.Valkey:
+    """A client of the configured Valkey that has answered a ping."""
+    client = valkey_client(settings)
     try:
         await client.ping()
     except Exception as error:
