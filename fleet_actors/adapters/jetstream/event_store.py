@@ -26,7 +26,7 @@ from fleet_actors.adapters.jetstream.connection import (
     nats_errors,
     translate_nats_error,
 )
-from fleet_actors.adapters.jetstream.direct_get import read_by_subject
+from fleet_actors.adapters.jetstream.direct_get import read_by_subject, read_payloads_by_subject
 from fleet_actors.adapters.jetstream.story_watch import StoryWatch
 from fleet_actors.codec import decode_event, encode_event
 from fleet_actors.domain.events import EventEnvelope
@@ -282,6 +282,37 @@ class JetStreamEventStore(EventStore):
     async def read(self, story_id: str, after_sequence: int = 0) -> AsyncIterator[StoredEvent]:
         async for sequence, data in self._read_raw(story_id, after_sequence):
             yield StoredEvent(decode_event(data), sequence)
+
+    async def read_envelopes(self, story_id: str, after_sequence: int = 0) -> AsyncIterator[list[EventEnvelope]]:
+        # Up to the leader's head, like _read_raw; batches without headers (read_payloads_by_subject).
+        head = await self.last_sequence(story_id)
+        for attempt in range(READ_BEHIND_RETRIES):
+            batches = read_payloads_by_subject(
+                self._nc, self._settings.stream_name, self._settings.story_filter(story_id), after_sequence + 1, head,
+                timeout=self._settings.nats_timeout, what=f"reading story {story_id!r}",
+            )  # fmt: skip
+            async for reached, payloads in batches:
+                after_sequence = reached
+                yield list(map(decode_event, payloads))
+            if after_sequence >= head:
+                return
+            await asyncio.sleep(READ_BEHIND_PAUSE * (attempt + 1))
+        raise BackendUnavailable(
+            f"reading story {story_id!r}: the replicas that answered stay behind the stream leader "
+            f"(at sequence {after_sequence}, the story's head is {head})"
+        )
+
+    async def first_sequence(self, story_id: str, after_sequence: int = 0) -> int:
+        """The sequence of the story's first event after ``after_sequence`` in the stream (0: none)."""
+        with nats_errors(f"reading story {story_id}"):
+            try:
+                msg = await self._jsm.get_msg(
+                    self._settings.stream_name, after_sequence + 1, self._settings.story_filter(story_id),
+                    direct=True, next=True,
+                )  # fmt: skip
+            except nats.js.errors.NotFoundError:
+                return 0
+        return msg.seq or 0
 
     async def story_ids(self) -> list[str]:
         """The subjects holding a creation event."""
