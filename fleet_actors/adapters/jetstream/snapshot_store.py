@@ -85,9 +85,12 @@ class JetStreamSnapshotStore(SnapshotStore):
         """Headers only (version, time, position): a story's snapshots can be large, and only one is needed."""
         with nats_errors(f"listing snapshots of story {story_id}"):
             # How many first: a consumer over none would wait for a message that never comes.
-            info = await self._jsm.stream_info(
-                snapshot_stream(self._settings), subjects_filter=snapshot_filter(self._settings, story_id)
-            )
+            try:
+                info = await self._jsm.stream_info(
+                    snapshot_stream(self._settings), subjects_filter=snapshot_filter(self._settings, story_id)
+                )
+            except nats.js.errors.NotFoundError:
+                return []  # no story actor has run yet: no snapshot stream
             if not sum((info.state.subjects or {}).values()):
                 return []
             sub = await self._js.subscribe(
