@@ -152,14 +152,20 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         figures.update({f"get_story_after_append_{k}": v for k, v in latency_summary(after_append).items()})
         figures.update({f"get_story_actor_path_{k}": v for k, v in latency_summary(actor_path).items()})
         # -- temporal reads with snapshots ---------------------------------------------------------------
+        # Points a kept snapshot reaches (the stream keeps each story's newest 20, one per 100 events),
+        # and points anywhere in the story (older ones replay from the story's start).
         rng = random.Random(7)
-        versions = [rng.randint(1, EVENTS) for _ in range(CALLS * ROUNDS)]
+        oldest_kept = max(1, EVENTS - settings.snapshot_keep * SNAPSHOT_EVERY + 1)
+        versions = [rng.randint(oldest_kept, EVENTS) for _ in range(CALLS * ROUNDS)]
+        anywhere = [rng.randint(1, EVENTS) for _ in range(CALLS)]
         at_version = [_timed(lambda v=v: client.get_story_at(story_id, v)) for v in versions]
         stamps = [history[v - 1].timestamp for v in versions[:CALLS]]
         at_time = [_timed(lambda t=t: client.get_story_at(story_id, t)) for t in stamps]
-        actor_temporal = [_timed(lambda v=v: through_actor.get_story_at(story_id, v)) for v in versions[:CALLS // 2]]
+        at_any = [_timed(lambda v=v: client.get_story_at(story_id, v)) for v in anywhere]
+        actor_temporal = [_timed(lambda v=v: through_actor.get_story_at(story_id, v)) for v in versions[: CALLS // 2]]
         figures.update({f"state_at_version_{k}": v for k, v in latency_summary(at_version).items()})
         figures.update({f"state_at_time_{k}": v for k, v in latency_summary(at_time).items()})
+        figures.update({f"state_at_any_version_{k}": v for k, v in latency_summary(at_any).items()})
         figures.update({f"state_at_actor_path_{k}": v for k, v in latency_summary(actor_temporal).items()})
         figures.update(_gateway_temporal(settings, story_id, versions[:CALLS]))
     finally:

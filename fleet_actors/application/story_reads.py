@@ -7,6 +7,7 @@ the speed of the log instead of handing every event across the actor (docs/archi
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 
 from fleet_actors.domain.events import EventEnvelope
@@ -48,13 +49,14 @@ async def read_history(
     if snapshots is not None and from_version > 1:
         after = await snapshots.sequence_before(story_id, from_version)
     out: list[EventEnvelope] = []
-    async for batch in store.read_envelopes(story_id, after):
-        if batch[0].version < from_version:
-            batch = [envelope for envelope in batch if envelope.version >= from_version]
-        out += batch
-        if limit is not None and len(out) >= limit:
-            del out[limit:]
-            break
+    async with contextlib.aclosing(store.read_envelopes(story_id, after)) as batches:
+        async for batch in batches:
+            if batch[0].version < from_version:
+                batch = [envelope for envelope in batch if envelope.version >= from_version]
+            out += batch
+            if limit is not None and len(out) >= limit:
+                del out[limit:]
+                break
     if not out and must_exist and await store.last_sequence(story_id) == 0:
         raise StoryNotFound(story_id)
     return out
@@ -79,14 +81,15 @@ async def read_state_at(
             state, after = snapshot.state, snapshot.last_sequence
     builder = StateBuilder(state)
     done = False
-    async for batch in store.read_envelopes(story_id, after):
-        for envelope in batch:
-            if (version is not None and envelope.version > version) or (at is not None and envelope.timestamp > at):
-                done = True
+    async with contextlib.aclosing(store.read_envelopes(story_id, after)) as batches:
+        async for batch in batches:
+            for envelope in batch:
+                if (version is not None and envelope.version > version) or (at is not None and envelope.timestamp > at):
+                    done = True
+                    break
+                builder.add(envelope)
+            if done:
                 break
-            builder.add(envelope)
-        if done:
-            break
     state = builder.state()
     if not state.created:
         raise StoryNotFound(story_id)

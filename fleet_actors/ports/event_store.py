@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from fleet_actors.domain.events import EventEnvelope
@@ -45,7 +45,7 @@ class EventStore(ABC):
     def read(self, story_id: str, after_sequence: int = 0) -> AsyncIterator[StoredEvent]:
         """The story's events with a sequence above ``after_sequence``, in order."""
 
-    async def read_envelopes(self, story_id: str, after_sequence: int = 0) -> AsyncIterator[list[EventEnvelope]]:
+    async def read_envelopes(self, story_id: str, after_sequence: int = 0) -> AsyncGenerator[list[EventEnvelope], None]:
         """The story's events after ``after_sequence``, decoded, in order and in batches, without their
         log positions: the fastest read, for callers that need only the events (history, temporal
         reads). The last batch may include events appended after the read began."""

@@ -12,8 +12,9 @@ usual "snapshot + later events" activation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 import nats.js.errors
 from nats.aio.client import Client
@@ -95,15 +96,16 @@ class ArchivedEventStore(EventStore):
         finally:
             await live.aclose()
 
-    async def read_envelopes(self, story_id: str, after_sequence: int = 0) -> AsyncIterator[list[EventEnvelope]]:
+    async def read_envelopes(self, story_id: str, after_sequence: int = 0) -> AsyncGenerator[list[EventEnvelope], None]:
         """The archived events below the stream's first one of the story, then the stream's fast read."""
         first_live = await self.stream.first_sequence(story_id, after_sequence)
         archived = await self._archived(story_id, after_sequence, first_live)
         for start in range(0, len(archived), ENVELOPE_BATCH):
             yield [decode_event(data) for _, data in archived[start : start + ENVELOPE_BATCH]]
         # The stream holds nothing of the story between after_sequence and first_live any more.
-        async for batch in self.stream.read_envelopes(story_id, after_sequence):
-            yield batch
+        async with contextlib.aclosing(self.stream.read_envelopes(story_id, after_sequence)) as batches:
+            async for batch in batches:
+                yield batch
 
     async def _archived(self, story_id: str, after_sequence: int, first_live: int) -> list[tuple[int, bytes]]:
         """The story's archived events after ``after_sequence`` and below ``first_live``, the sequence of

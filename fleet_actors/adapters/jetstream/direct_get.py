@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -80,7 +80,7 @@ async def _until_complete(complete: asyncio.Event, arrived: list[Msg], timeout: 
 
 async def read_payloads_by_subject(
     nc: Client, stream: str, subject_filter: str, first: int, last: int, *, timeout: float, what: str
-) -> AsyncIterator[tuple[int, list[bytes]]]:
+) -> AsyncGenerator[tuple[int, list[bytes]], None]:
     """The payloads of the messages matching ``subject_filter`` from sequence ``first`` on, in order, in
     batches: ``(last sequence of the batch, payloads)``, until a batch reaches ``last`` (its final batch
     may run past it) or the answering server has no more.

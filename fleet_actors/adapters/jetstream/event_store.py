@@ -283,7 +283,7 @@ class JetStreamEventStore(EventStore):
         async for sequence, data in self._read_raw(story_id, after_sequence):
             yield StoredEvent(decode_event(data), sequence)
 
-    async def read_envelopes(self, story_id: str, after_sequence: int = 0) -> AsyncIterator[list[EventEnvelope]]:
+    async def read_envelopes(self, story_id: str, after_sequence: int = 0) -> AsyncGenerator[list[EventEnvelope], None]:
         # Up to the leader's head, like _read_raw; batches without headers (read_payloads_by_subject).
         head = await self.last_sequence(story_id)
         for attempt in range(READ_BEHIND_RETRIES):
@@ -291,9 +291,10 @@ class JetStreamEventStore(EventStore):
                 self._nc, self._settings.stream_name, self._settings.story_filter(story_id), after_sequence + 1, head,
                 timeout=self._settings.nats_timeout, what=f"reading story {story_id!r}",
             )  # fmt: skip
-            async for reached, payloads in batches:
-                after_sequence = reached
-                yield list(map(decode_event, payloads))
+            async with contextlib.aclosing(batches):  # a reader that stops early ends the request here
+                async for reached, payloads in batches:
+                    after_sequence = reached
+                    yield list(map(decode_event, payloads))
             if after_sequence >= head:
                 return
             await asyncio.sleep(READ_BEHIND_PAUSE * (attempt + 1))
