@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -18,7 +18,7 @@ READ_BATCH = 1000
 
 async def read_by_subject(
     nc: Client, stream: str, subject_filter: str, first: int, last: int, *, timeout: float, what: str
-) -> AsyncIterator[Msg]:
+) -> AsyncGenerator[Msg, None]:
     """Messages matching ``subject_filter`` with ``first <= sequence <= last``, in order.
 
     Each yielded message carries the server's headers (Nats-Sequence, Nats-Subject, Nats-Time-Stamp).

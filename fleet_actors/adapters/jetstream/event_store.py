@@ -10,7 +10,8 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from typing import TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -52,6 +53,7 @@ H_BATCH_SEQ = "Nats-Batch-Sequence"
 H_BATCH_COMMIT = "Nats-Batch-Commit"
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_BATCH = 1000
 #: reads that a replica behind the leader ended early: how often to read on, and the first pause
@@ -284,24 +286,14 @@ class JetStreamEventStore(EventStore):
             yield StoredEvent(decode_event(data), sequence)
 
     async def read_envelopes(self, story_id: str, after_sequence: int = 0) -> AsyncGenerator[list[EventEnvelope], None]:
-        # Up to the leader's head, like _read_raw; batches without headers (read_payloads_by_subject).
-        head = await self.last_sequence(story_id)
-        for attempt in range(READ_BEHIND_RETRIES):
-            batches = read_payloads_by_subject(
-                self._nc, self._settings.stream_name, self._settings.story_filter(story_id), after_sequence + 1, head,
+        def batches(first: int, head: int) -> AsyncGenerator[tuple[int, list[bytes]], None]:
+            return read_payloads_by_subject(
+                self._nc, self._settings.stream_name, self._settings.story_filter(story_id), first, head,
                 timeout=self._settings.nats_timeout, what=f"reading story {story_id!r}",
             )  # fmt: skip
-            async with contextlib.aclosing(batches):  # a reader that stops early ends the request here
-                async for reached, payloads in batches:
-                    after_sequence = reached
-                    yield list(map(decode_event, payloads))
-            if after_sequence >= head:
-                return
-            await asyncio.sleep(READ_BEHIND_PAUSE * (attempt + 1))
-        raise BackendUnavailable(
-            f"reading story {story_id!r}: the replicas that answered stay behind the stream leader "
-            f"(at sequence {after_sequence}, the story's head is {head})"
-        )
+
+        async for _, payloads in self._to_head(story_id, after_sequence, batches):
+            yield list(map(decode_event, payloads))
 
     async def first_sequence(self, story_id: str, after_sequence: int = 0) -> int:
         """The sequence of the story's first event after ``after_sequence`` in the stream (0: none)."""
@@ -329,17 +321,30 @@ class JetStreamEventStore(EventStore):
             yield item
 
     async def _read_raw(self, story_id: str, after_sequence: int) -> AsyncIterator[tuple[int, bytes]]:
-        # Up to the head the leader reports: any replica answers a direct get, and one that is
-        # behind ends the read early. It catches up within moments; until then, read again.
-        head = await self.last_sequence(story_id)
-        for attempt in range(READ_BEHIND_RETRIES):
-            messages = read_by_subject(
-                self._nc, self._settings.stream_name, self._settings.story_filter(story_id), after_sequence + 1, head,
+        async def messages(first: int, head: int) -> AsyncGenerator[tuple[int, bytes], None]:
+            found = read_by_subject(
+                self._nc, self._settings.stream_name, self._settings.story_filter(story_id), first, head,
                 timeout=self._settings.nats_timeout, what=f"reading story {story_id!r}",
             )  # fmt: skip
-            async for msg in messages:
-                after_sequence = int((msg.headers or {})["Nats-Sequence"])  # direct gets always carry it
-                yield after_sequence, msg.data
+            async with contextlib.aclosing(found):
+                async for msg in found:
+                    yield int((msg.headers or {})["Nats-Sequence"]), msg.data  # direct gets always carry it
+
+        async for item in self._to_head(story_id, after_sequence, messages):
+            yield item
+
+    async def _to_head(
+        self, story_id: str, after_sequence: int, read: Callable[[int, int], AsyncGenerator[tuple[int, T], None]]
+    ) -> AsyncGenerator[tuple[int, T], None]:
+        """``read(first, head)``'s items (each with the sequence it reaches), up to the head the leader
+        reports: any replica answers a direct get, and one that is behind ends the read early. It
+        catches up within moments; until then, read again from where it ended."""
+        head = await self.last_sequence(story_id)
+        for attempt in range(READ_BEHIND_RETRIES):
+            async with contextlib.aclosing(read(after_sequence + 1, head)) as items:  # closed at once if we stop early
+                async for reached, item in items:
+                    after_sequence = reached
+                    yield reached, item
             if after_sequence >= head:
                 return
             await asyncio.sleep(READ_BEHIND_PAUSE * (attempt + 1))
