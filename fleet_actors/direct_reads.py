@@ -25,7 +25,7 @@ from fleet_actors.application.story_reads import read_history, read_state_at
 from fleet_actors.domain.events import EventEnvelope
 from fleet_actors.domain.state import StoryState
 from fleet_actors.domain.story import StateBuilder
-from fleet_actors.errors import StoryNotFound
+from fleet_actors.errors import EventDecodeError, StoryNotFound
 from fleet_actors.ports.event_store import EventStore
 from fleet_actors.ports.snapshot_store import Snapshot, SnapshotRef, SnapshotStore
 from fleet_actors.settings import Settings
@@ -38,6 +38,9 @@ LIVE_STATES = 64
 FOLD_LIMIT = 500
 #: decoded snapshots a client keeps for temporal reads (each as large as its story's state)
 SNAPSHOTS_KEPT = 8
+#: a temporal read starts from a decoded snapshot it holds rather than decode a newer one up to
+#: this many events closer (decoding a 10,000-event story's snapshot: ~25 ms; folding 500 events: less)
+REUSE_EVENTS = 500
 
 
 class DirectReads:
@@ -130,6 +133,41 @@ class RecentSnapshots(SnapshotStore):
 
     async def sequence_before(self, story_id: str, version: int) -> int:
         return await self._inner.sequence_before(story_id, version)
+
+    async def latest(
+        self, story_id: str, *, max_version: int | None = None, at: datetime | None = None
+    ) -> Snapshot | None:
+        """The newest snapshot at or before the point, or one held that is at most ``REUSE_EVENTS``
+        older: folding a few hundred more events costs less than decoding another snapshot."""
+        if max_version is None and at is None:
+            return await self._inner.latest(story_id)
+        held = self._held_before(story_id, max_version, at)
+        if held is not None and max_version is not None and max_version - held.version <= REUSE_EVENTS:
+            return held  # close enough without even listing the snapshots
+        for ref in reversed(await self._inner.refs(story_id)):
+            if (max_version is not None and ref.version > max_version) or (
+                at is not None and (ref.at is None or ref.at > at)
+            ):
+                continue
+            if held is not None and held.version >= ref.version - REUSE_EVENTS:
+                return held
+            try:
+                return await self.load(ref)
+            except EventDecodeError:
+                continue  # as the port's latest: an older one, or full replay, will do
+        return held
+
+    def _held_before(self, story_id: str, max_version: int | None, at: datetime | None) -> Snapshot | None:
+        """The newest decoded snapshot of the story at or before the point."""
+        best: Snapshot | None = None
+        for (held_story, _), snapshot in self._decoded.items():
+            if held_story != story_id or (max_version is not None and snapshot.version > max_version):
+                continue
+            if at is not None and (snapshot.state.updated_at is None or snapshot.state.updated_at > at):
+                continue
+            if best is None or snapshot.version > best.version:
+                best = snapshot
+        return best
 
     async def load(self, ref: SnapshotRef) -> Snapshot:
         key = (ref.story_id, ref.position)
