@@ -292,8 +292,9 @@ class JetStreamEventStore(EventStore):
                 timeout=self._settings.nats_timeout, what=f"reading story {story_id!r}",
             )  # fmt: skip
 
-        async for _, payloads in self._to_head(story_id, after_sequence, batches):
-            yield list(map(decode_event, payloads))
+        async with contextlib.aclosing(self._to_head(story_id, after_sequence, batches)) as read:
+            async for _, payloads in read:
+                yield list(map(decode_event, payloads))
 
     async def first_sequence(self, story_id: str, after_sequence: int = 0) -> int:
         """The sequence of the story's first event after ``after_sequence`` in the stream (0: none)."""
@@ -330,8 +331,9 @@ class JetStreamEventStore(EventStore):
                 async for msg in found:
                     yield int((msg.headers or {})["Nats-Sequence"]), msg.data  # direct gets always carry it
 
-        async for item in self._to_head(story_id, after_sequence, messages):
-            yield item
+        async with contextlib.aclosing(self._to_head(story_id, after_sequence, messages)) as read:
+            async for item in read:
+                yield item
 
     async def _to_head(
         self, story_id: str, after_sequence: int, read: Callable[[int, int], AsyncGenerator[tuple[int, T], None]]
