@@ -8,12 +8,13 @@ version, or raises a typed :class:`~fleet_actors.errors.StoryError`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -26,6 +27,8 @@ from fleet_actors.actors.story_actor import live_story_handle, registry_handle, 
 from fleet_actors.application.ids import new_id
 from fleet_actors.application.messages import CommandRequest, CommandResult, pack, unpack
 from fleet_actors.application.read_models import ContextView
+from fleet_actors.application.story_reads import check_point
+from fleet_actors.direct_reads import DirectReads, LoopThread
 from fleet_actors.domain import rules
 from fleet_actors.domain.alternatives import alternatives_from
 from fleet_actors.domain.commands import (
@@ -349,14 +352,27 @@ class _StoryApi(Generic[R]):
         return self.submit(story_id, command, expected_version=expected_version, command_id=command_id, actor=actor)
 
     def get_story(self, story_id: str) -> R:
-        """The story actor's current state (always up to date with the event log)."""
+        """The story's current state (always up to date with the event log): the story actor's, which
+        this client holds and keeps current with one look at the log's head per call (DirectReads)."""
         rules.check_id(story_id, "story_id")
+        if self.settings.direct_reads:
+            return self._live_state(story_id)
         return self._call(story_id, "get_state")
 
+    def _live_state(self, story_id: str) -> R:
+        raise NotImplementedError
+
     def history(self, story_id: str, from_version: int = 1, limit: int | None = None) -> R:
-        """The story's decoded events in order, from ``from_version`` (at most ``limit`` of them)."""
+        """The story's decoded events in order, from ``from_version`` (at most ``limit`` of them), read
+        from the log in this process (the story actor reads them with FLEET_DIRECT_READS=0)."""
         rules.check_id(story_id, "story_id")
+        if self.settings.direct_reads:
+            return self._direct(lambda reads: reads.history(story_id, from_version, limit))
         return self._call(story_id, "history", from_version, limit)
+
+    def _direct(self, read: Callable[[DirectReads], Coroutine[Any, Any, Any]]) -> R:
+        """Run a read on this client's own connection to the log."""
+        raise NotImplementedError
 
     def rebuild_state(self, story_id: str) -> R:
         """Replay the story's whole log in its actor (ignoring snapshots) and take a fresh snapshot."""
@@ -364,13 +380,19 @@ class _StoryApi(Generic[R]):
         return self._call(story_id, "rebuild_state")
 
     def get_story_at(self, story_id: str, at: datetime | int) -> R:
-        """The story as it was at a time (timezone-aware datetime) or right after a version (int)."""
+        """The story as it was at a time (timezone-aware datetime) or right after a version (int): the
+        newest snapshot before that point and the events after it, read in this process."""
         rules.check_id(story_id, "story_id")
         if isinstance(at, datetime):
-            return self._call(story_id, "state_at", None, at)
-        if isinstance(at, int) and not isinstance(at, bool):
-            return self._call(story_id, "state_at", at, None)
-        raise InvalidCommand("at must be a datetime or a version number", field="at")
+            version, when = None, at
+        elif isinstance(at, int) and not isinstance(at, bool):
+            version, when = at, None
+        else:
+            raise InvalidCommand("at must be a datetime or a version number", field="at")
+        if self.settings.direct_reads:
+            check_point(version, when)  # before any connection, as the actor did
+            return self._direct(lambda reads: reads.state_at(story_id, version, when))
+        return self._call(story_id, "state_at", version, when)
 
     def get_context(self, story_id: str) -> R:
         """The story from the read models (a :class:`ContextView`), which may lag behind the log."""
@@ -404,6 +426,8 @@ class FleetClient(_StoryApi[Any]):
         super().__init__(settings, OrderedDict())
         tracing.configure(settings)
         self.aio = AsyncFleetClient(settings, self._handles)
+        self._reads = DirectReads(settings)
+        self._reads_loop = LoopThread()
 
     @classmethod
     def connect(
@@ -447,12 +471,71 @@ class FleetClient(_StoryApi[Any]):
     def _query(self, method: str, *args: Any) -> Any:
         return _unwrap(ray.get(getattr(self._read_models(), method).remote(*args)))
 
+    def _direct(self, read: Callable[[DirectReads], Coroutine[Any, Any, Any]]) -> Any:
+        return self._reads_loop.run(read(self._reads))
+
+    def _live_state(self, story_id: str) -> Any:
+        state = self._direct(lambda reads: reads.live_state(story_id))
+        if state is None:
+            state, sequence = self._call(story_id, "live_state")
+            self._reads.remember(story_id, state, sequence)
+        return state
+
     def close(self) -> None:
+        """Release the connection to the log (this client's and its ``aio`` twin's in this thread's loop)."""
         self._handles.clear()
+        with contextlib.suppress(Exception):
+            self._reads_loop.run(self._reads.close())
+        self._reads_loop.stop()
+        self.aio.close_now()
 
 
 class AsyncFleetClient(_StoryApi[Awaitable[Any]]):
-    """The same API as :class:`FleetClient`, as coroutines."""
+    """The same API as :class:`FleetClient`, as coroutines; ``await close()`` releases its connection
+    to the log (opened by the first direct read, on the event loop that made it)."""
+
+    def __init__(self, settings: Settings, handles: OrderedDict[str, Any] | None = None) -> None:
+        super().__init__(settings, OrderedDict() if handles is None else handles)
+        self._reads: DirectReads | None = None
+        self._reads_loop: asyncio.AbstractEventLoop | None = None
+
+    def _direct_reads(self) -> DirectReads:
+        """This event loop's: a connection belongs to the loop it was opened on, and a caller of
+        ``asyncio.run`` gets a new loop each time (the old loop's connection went with it)."""
+        loop = asyncio.get_running_loop()
+        if self._reads is None or self._reads_loop is not loop:
+            self._reads, self._reads_loop = DirectReads(self.settings), loop
+        return self._reads
+
+    def _direct(self, read: Callable[[DirectReads], Coroutine[Any, Any, Any]]) -> Awaitable[Any]:
+        async def run() -> Any:
+            return await read(self._direct_reads())
+
+        return run()
+
+    def _live_state(self, story_id: str) -> Awaitable[Any]:
+        return self._live_state_async(story_id)
+
+    async def _live_state_async(self, story_id: str) -> Any:
+        reads = self._direct_reads()
+        state = await reads.live_state(story_id)
+        if state is None:
+            state, sequence = await self._call_async(story_id, "live_state")
+            reads.remember(story_id, state, sequence)
+        return state
+
+    async def close(self) -> None:
+        reads, self._reads, self._reads_loop = self._reads, None, None
+        if reads is not None:
+            await reads.close()
+
+    def close_now(self) -> None:
+        """Close from outside an event loop (FleetClient.close): only if this client's loop is not running."""
+        loop = self._reads_loop
+        if self._reads is not None and loop is not None and not loop.is_closed() and not loop.is_running():
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(self.close())
+        self._reads = self._reads_loop = None
 
     def _call(self, story_id: str, method: str, *args: Any, may_create: bool = False) -> Awaitable[Any]:
         return self._call_async(story_id, method, *args, may_create=may_create)

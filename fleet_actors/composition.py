@@ -77,6 +77,7 @@ __all__ = [
     "open_projector",
     "open_read_models",
     "open_read_side",
+    "open_reader_stores",
     "open_replayer",
     "open_story_stores",
     "open_stream_reader",
@@ -132,6 +133,13 @@ async def open_story_stores(settings: Settings) -> tuple[EventStore, SnapshotSto
         await nc.close()
         raise
     return await open_event_store(settings, nc, owns_connection=True), snapshots
+
+
+async def open_reader_stores(settings: Settings) -> tuple[EventStore, SnapshotStore]:
+    """A reader's stores in a caller's process (FleetClient's direct reads), on one NATS connection
+    owned by the event store: archive + stream and the snapshots; declares and changes no stream."""
+    nc = await connect_nats(settings, name="fleet-reader")
+    return await open_event_store(settings, nc, owns_connection=True), JetStreamSnapshotStore(nc, settings)
 
 
 @dataclass

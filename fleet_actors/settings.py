@@ -71,6 +71,10 @@ class Settings:
     #: every write acknowledged before the call (the story's head); past it they answer with what is
     #: there, and the response's version says which. 0 turns fresh reads off.
     fresh_read_timeout: float = 2.0
+    #: FleetClient and the gateway read a story's history, its past states and the check that its
+    #: live state is current straight from the log (and archive), in their own process. Turn off (0)
+    #: for callers that reach Ray but not NATS (a ray:// client elsewhere): the story actor reads then.
+    direct_reads: bool = True
 
     actor_idle_seconds: float = 300.0
     #: report every story actor call to Ray's task table (`ray list tasks`, the dashboard's task

@@ -90,12 +90,16 @@ class StoryHost:
 
     async def get_state(self) -> StoryState:
         """Never older than the log's head at the time of the call (another writer may have appended)."""
+        return (await self.live_state())[0]
+
+    async def live_state(self) -> tuple[StoryState, int]:
+        """The state as :meth:`get_state` gives it, and the log sequence it is current at."""
         fresh = self._runtime is None
         runtime = await self.runtime()
         state = runtime.state if fresh else await runtime.refresh()  # just loaded: nothing to check
         if not state.created:
             raise StoryNotFound(self.story_id)
-        return state
+        return state, runtime.last_sequence
 
     async def history(self, from_version: int, limit: int | None) -> list[EventEnvelope]:
         runtime = await self.runtime()
@@ -159,6 +163,8 @@ class StoryActor:
         metrics_configure(settings)
         logs.install_record_context()
         self._host = StoryHost(story_id, settings, store)
+        #: with the log sequence or not -> the last state packed, its sequence and its bytes
+        self._packed: dict[bool, tuple[StoryState, int, bytes]] = {}
         self._settings = settings
         self._idle_seconds = settings.actor_idle_seconds
         # Not asyncio.new_event_loop(): with uvloop installed, Ray makes it the policy, and this loop,
@@ -172,21 +178,41 @@ class StoryActor:
     def _reply(self, call: Callable[[], Coroutine[Any, Any, Any]]) -> bytes:
         """Run one call on the loop; the reply, a typed error included, travels packed (messages.pack):
         Ray passes bytes through untouched, and a StoryError as a value reaches the client unwrapped."""
+        return pack(self._run(call))
+
+    def _run(self, call: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+        """Run one call on the loop; its result, or the StoryError it raised."""
         self._last_used = time.monotonic()
         try:
             coroutine = call()  # unpacking the request can fail (IncompatibleRelease)
             with self._loop_lock:
-                reply = self._loop.run_until_complete(coroutine)
+                return self._loop.run_until_complete(coroutine)
         except StoryError as error:
-            reply = error
-        return pack(reply)
+            return error
+
+    def _state_reply(self, with_sequence: bool) -> bytes:
+        """The live state packed, once per state: packing a 10,000-event story's state took longer
+        than the rest of the call, and reads of a story that has not changed get the same bytes."""
+        reply = self._run(self._host.live_state)
+        if isinstance(reply, StoryError):
+            return pack(reply)
+        state, sequence = reply
+        packed = self._packed.get(with_sequence)
+        if packed is None or packed[0] is not state or packed[1] != sequence:
+            packed = (state, sequence, pack((state, sequence) if with_sequence else state))
+            self._packed[with_sequence] = packed
+        return packed[2]
 
     def execute(self, request: bytes) -> bytes:
         """A packed CommandRequest in; a packed CommandResult or StoryError out."""
         return self._reply(lambda: self._host.execute(unpack(request)))
 
     def get_state(self) -> bytes:
-        return self._reply(lambda: self._host.get_state())
+        return self._state_reply(with_sequence=False)
+
+    def live_state(self) -> bytes:
+        """A packed (state, log sequence it is current at), for clients that hold live states (DirectReads)."""
+        return self._state_reply(with_sequence=True)
 
     def history(self, from_version: int = 1, limit: int | None = None) -> bytes:
         return self._reply(lambda: self._host.history(from_version, limit))

@@ -12,6 +12,7 @@ from itertools import islice
 
 from fleet_actors.application.ids import new_id
 from fleet_actors.application.messages import CommandRequest, CommandResult
+from fleet_actors.application.story_reads import read_history, read_state_at
 from fleet_actors.domain import rules
 from fleet_actors.domain.events import DecisionAdded, EventEnvelope
 from fleet_actors.domain.phases import DEFAULT_PHASE_RULES, PhaseRules
@@ -25,7 +26,6 @@ from fleet_actors.errors import (
     EventDecodeError,
     InvalidCommand,
     StoryError,
-    StoryNotFound,
 )
 from fleet_actors.ports.event_store import EventStore, StoredEvent
 from fleet_actors.ports.snapshot_store import Snapshot, SnapshotStore
@@ -319,40 +319,8 @@ class StoryRuntime:
 
         Raises StoryNotFound if the story did not exist yet at that point.
         """
-        if (version is None) == (at is None):
-            raise InvalidCommand("give exactly one of version or at", field="at")
-        if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
-            raise InvalidCommand("version must be a positive integer", field="version")
-        if at is not None and at.tzinfo is None:
-            raise InvalidCommand("at must be timezone-aware (e.g. UTC)", field="at")
-        state, after = StoryState(self.story_id), 0
-        if self._snapshots is not None:
-            snapshot = await self._snapshots.latest(self.story_id, max_version=version, at=at)
-            if snapshot is not None:
-                state, after = snapshot.state, snapshot.last_sequence
-        builder = StateBuilder(state)
-        async for stored in self._store.read(self.story_id, after):
-            envelope = stored.envelope
-            if (version is not None and envelope.version > version) or (at is not None and envelope.timestamp > at):
-                break
-            builder.add(envelope)
-        state = builder.state()
-        if not state.created:
-            raise StoryNotFound(self.story_id)
-        return state
+        return await read_state_at(self._store, self._snapshots, self.story_id, version=version, at=at)
 
     async def history(self, from_version: int = 1, limit: int | None = None) -> list[EventEnvelope]:
         """Events from ``from_version`` on (at most ``limit``), read from the nearest snapshot below it."""
-        if limit is not None and limit < 1:
-            raise InvalidCommand("limit must be at least 1", field="limit")
-        after = 0
-        if self._snapshots is not None and from_version > 1:
-            snapshot = await self._snapshots.latest(self.story_id, max_version=from_version - 1)
-            after = snapshot.last_sequence if snapshot is not None else 0
-        out: list[EventEnvelope] = []
-        async for stored in self._store.read(self.story_id, after):
-            if stored.envelope.version >= from_version:
-                out.append(stored.envelope)
-                if limit is not None and len(out) >= limit:
-                    break
-        return out
+        return await read_history(self._store, self._snapshots, self.story_id, from_version, limit)

@@ -1,13 +1,18 @@
-"""`fleet-actors story show|history|at|rebuild-state ID`: one story, through its actor (the source of truth)."""
+"""`fleet-actors story show|history|at|rebuild-state ID`: one story, from its actor (the source of truth);
+``history`` and ``at`` read the log in this process (FLEET_DIRECT_READS, docs/architecture.md)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from fleet_actors.cli.common import add_settings_arguments, print_table, settings_from
 from fleet_actors.errors import InvalidCommand
+
+if TYPE_CHECKING:
+    from fleet_actors.client import FleetClient
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,6 +41,13 @@ def _run(args: argparse.Namespace) -> int:
     from fleet_actors.client import FleetClient
 
     client = FleetClient.connect(settings=settings_from(args), start_local=False)
+    try:
+        return _show(client, args)
+    finally:
+        client.close()
+
+
+def _show(client: FleetClient, args: argparse.Namespace) -> int:
     if args.action == "history":
         events = client.history(args.story_id, args.from_version, args.limit)
         print_table(

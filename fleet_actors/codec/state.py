@@ -201,6 +201,19 @@ def decode_snapshot(data: bytes) -> tuple[StoryState, int, list[CommandResult], 
     return proto_to_state(message), message.last_sequence, recent_commands(message), message.window_start_sequence
 
 
+def snapshot_position(data: bytes) -> tuple[str, int, int]:
+    """A snapshot's story id, version and last sequence, without building its state (a history page
+    needs only where to start reading). Raises EventDecodeError."""
+    message = state_pb2.StoryStateSnapshot()
+    try:
+        message.ParseFromString(data)
+    except DecodeError as error:
+        raise EventDecodeError(f"stored story state is corrupt: {error}") from None
+    if not message.story_id:
+        raise EventDecodeError("stored story state has no story id")
+    return message.story_id, message.version, message.last_sequence
+
+
 def state_to_json(state: StoryState) -> dict[str, Any]:
     """The context document served from Valkey: the state as JSON (proto3 JSON mapping)."""
     document: dict[str, Any] = json_format.MessageToDict(state_to_proto(state), preserving_proto_field_name=True)

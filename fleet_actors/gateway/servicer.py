@@ -124,7 +124,7 @@ class Backends:
 
     async def close(self) -> None:
         """Release every connection, whatever fails along the way."""
-        for closer in (self.read_models.close, self.events.close, self.bundles.close):
+        for closer in (self.client.close, self.read_models.close, self.events.close, self.bundles.close):
             with contextlib.suppress(Exception):
                 await closer()
 
@@ -584,14 +584,14 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
     async def GetStoryHistory(
         self, request: pb.GetStoryHistoryRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetStoryHistoryResponse:
-        """A page of the story's decoded events, read from the log through its actor."""
+        """A page of the story's decoded events, read from the log (and archive) in the gateway."""
         r = request
         story_id = rules.check_id(r.story_id, "story_id")
         limit = min(_non_negative(r.limit, "limit") or DEFAULT_HISTORY_PAGE, MAX_HISTORY_PAGE)
         start = _page_start(r.page_token) if r.page_token else _non_negative(r.from_version, "from_version") or 1
         events = await self._client.history(story_id, start, limit + 1)  # one more: is there a next page?
         page = events[:limit]
-        head = (await self._client.get_story(story_id)).version
+        head = await self._events.head_version(story_id)  # no story actor needed (nor activated)
         return pb.GetStoryHistoryResponse(
             events=[story_event(self._shown(e)) for e in page],
             next_page_token=_page_token(page[-1].version + 1) if len(events) > limit else "",

@@ -68,3 +68,9 @@ class SnapshotStore(ABC):
             except EventDecodeError:
                 continue  # corrupt or from the future: an older one, or full replay, will do
         return None
+
+    async def sequence_before(self, story_id: str, version: int) -> int:
+        """Where a read of the events from ``version`` on may start: the log sequence of the newest
+        snapshot below ``version`` (0: none, read from the story's start)."""
+        snapshot = await self.latest(story_id, max_version=version - 1) if version > 1 else None
+        return snapshot.last_sequence if snapshot is not None else 0

@@ -11,6 +11,7 @@ from fleet_actors.actors.replay_actor import run_in_process
 from fleet_actors.adapters.jetstream.retention import StreamRetention
 from fleet_actors.application.story_runtime import StoryRuntime
 from fleet_actors.composition import archiver_on
+from fleet_actors.direct_reads import DirectReads
 from fleet_actors.domain.commands import CreateStory, RecordSummary, UpdateSubtask
 from fleet_actors.domain.state import StoryState
 from fleet_actors.domain.story import fold
@@ -80,6 +81,13 @@ async def test_events_age_out_only_behind_the_archive_and_old_stories_keep_worki
     # History and temporal queries reach past the horizon, with no gap or overlap at the seam.
     assert await runtime.history() == reference
     assert await runtime.history(from_version=30, limit=3) == reference[29:32]
+    reads = DirectReads(settings)  # in a caller's process, as FleetClient reads: the same events
+    try:
+        assert await reads.history(old, 1, None) == reference
+        assert await reads.history(old, 30, 3) == reference[29:32]
+        assert await reads.state_at(old, 20, None) == fold(StoryState(old), reference[:20])
+    finally:
+        await reads.close()
     for envelope in reference:
         expected = fold(StoryState(old), reference[: envelope.version])
         assert await runtime.state_at(version=envelope.version) == expected

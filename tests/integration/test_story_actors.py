@@ -199,6 +199,25 @@ def test_get_story_is_not_older_than_the_log_after_another_writer_appended(clien
     assert client.record_summary(sid, "after", expected_version=41).version == 42
 
 
+def test_reads_in_the_caller_answer_as_the_story_actor_does(client, settings):
+    sid = new_story()
+    client.create_story(sid, "t")
+    for i in range(12):
+        client.create_subtask(sid, f"T{i}", f"task {i}", "dev")
+    client.update_subtask(sid, "T3", "IN_PROGRESS")
+    through_actor = FleetClient(settings.replace(direct_reads=False))
+    try:
+        assert client.history(sid) == through_actor.history(sid)
+        assert client.history(sid, 5, 3) == through_actor.history(sid, 5, 3)
+        stamp = client.history(sid)[6].timestamp
+        for at in (1, 7, 14, stamp):
+            assert client.get_story_at(sid, at) == through_actor.get_story_at(sid, at)
+        assert client.get_story(sid) == through_actor.get_story(sid)
+        assert asyncio.run(client.aio.history(sid, 2, 2)) == through_actor.history(sid, 2, 2)
+    finally:
+        through_actor.close()
+
+
 def test_twenty_concurrent_writers_with_the_same_expected_version(client, settings):
     sid = new_story()
     client.create_story(sid, "t")

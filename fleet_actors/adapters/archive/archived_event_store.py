@@ -12,8 +12,9 @@ usual "snapshot + later events" activation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 import nats.js.errors
 from nats.aio.client import Client
@@ -24,7 +25,7 @@ from fleet_actors.adapters.jetstream.connection import nats_errors
 from fleet_actors.codec import decode_event
 from fleet_actors.domain.events import EventEnvelope
 from fleet_actors.errors import ArchiveCorrupted
-from fleet_actors.ports.event_store import AppendResult, EventStore, StoredEvent
+from fleet_actors.ports.event_store import ENVELOPE_BATCH, AppendResult, EventStore, StoredEvent
 from fleet_actors.settings import Settings
 
 #: stream metadata key: events at or below this sequence may have been deleted (all are archived)
@@ -86,20 +87,39 @@ class ArchivedEventStore(EventStore):
         live = self.stream.read_raw(story_id, after_sequence)
         try:
             first = await anext(live, None)
-            first_live = first[0] if first is not None else math.inf
-            if first_live > after_sequence + 1:
-                purged = await purge_watermark(self.stream.connection, self._settings)
-                if purged > after_sequence:
-                    before = min(first_live, purged + 1)
-                    manifest = await self._manifest_covering(int(before) - 1)
-                    for item in await self.archive.story_rows(manifest, story_id, after_sequence, int(before)):
-                        yield item
+            for item in await self._archived(story_id, after_sequence, first[0] if first is not None else 0):
+                yield item
             if first is not None:
                 yield first
                 async for item in live:
                     yield item
         finally:
             await live.aclose()
+
+    async def read_envelopes(self, story_id: str, after_sequence: int = 0) -> AsyncGenerator[list[EventEnvelope], None]:
+        """The archived events below the stream's first one of the story, then the stream's fast read."""
+        first_live = await self.stream.first_sequence(story_id, after_sequence)
+        archived = await self._archived(story_id, after_sequence, first_live)
+        for start in range(0, len(archived), ENVELOPE_BATCH):
+            yield [decode_event(data) for _, data in archived[start : start + ENVELOPE_BATCH]]
+        # The stream holds nothing of the story between after_sequence and first_live any more.
+        async with contextlib.aclosing(self.stream.read_envelopes(story_id, after_sequence)) as batches:
+            async for batch in batches:
+                yield batch
+
+    async def _archived(self, story_id: str, after_sequence: int, first_live: int) -> list[tuple[int, bytes]]:
+        """The story's archived events after ``after_sequence`` and below ``first_live``, the sequence of
+        its first event still in the stream (0: none). No archive access unless the stream's purge
+        watermark says events after ``after_sequence`` may have been deleted."""
+        first = first_live or math.inf
+        if first <= after_sequence + 1:
+            return []
+        purged = await purge_watermark(self.stream.connection, self._settings)
+        if purged <= after_sequence:
+            return []
+        before = min(first, purged + 1)
+        manifest = await self._manifest_covering(int(before) - 1)
+        return list(await self.archive.story_rows(manifest, story_id, after_sequence, int(before)))
 
     async def _manifest_covering(self, sequence: int) -> Manifest:
         """A manifest that covers ``sequence``: the cached one, else a fresh read (it only grows)."""

@@ -10,7 +10,8 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from typing import TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -26,7 +27,7 @@ from fleet_actors.adapters.jetstream.connection import (
     nats_errors,
     translate_nats_error,
 )
-from fleet_actors.adapters.jetstream.direct_get import read_by_subject
+from fleet_actors.adapters.jetstream.direct_get import read_by_subject, read_payloads_by_subject
 from fleet_actors.adapters.jetstream.story_watch import StoryWatch
 from fleet_actors.codec import decode_event, encode_event
 from fleet_actors.domain.events import EventEnvelope
@@ -52,6 +53,7 @@ H_BATCH_SEQ = "Nats-Batch-Sequence"
 H_BATCH_COMMIT = "Nats-Batch-Commit"
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_BATCH = 1000
 #: reads that a replica behind the leader ended early: how often to read on, and the first pause
@@ -283,6 +285,29 @@ class JetStreamEventStore(EventStore):
         async for sequence, data in self._read_raw(story_id, after_sequence):
             yield StoredEvent(decode_event(data), sequence)
 
+    async def read_envelopes(self, story_id: str, after_sequence: int = 0) -> AsyncGenerator[list[EventEnvelope], None]:
+        def batches(first: int, head: int) -> AsyncGenerator[tuple[int, list[bytes]], None]:
+            return read_payloads_by_subject(
+                self._nc, self._settings.stream_name, self._settings.story_filter(story_id), first, head,
+                timeout=self._settings.nats_timeout, what=f"reading story {story_id!r}",
+            )  # fmt: skip
+
+        async with contextlib.aclosing(self._to_head(story_id, after_sequence, batches)) as read:
+            async for _, payloads in read:
+                yield list(map(decode_event, payloads))
+
+    async def first_sequence(self, story_id: str, after_sequence: int = 0) -> int:
+        """The sequence of the story's first event after ``after_sequence`` in the stream (0: none)."""
+        with nats_errors(f"reading story {story_id}"):
+            try:
+                msg = await self._jsm.get_msg(
+                    self._settings.stream_name, after_sequence + 1, self._settings.story_filter(story_id),
+                    direct=True, next=True,
+                )  # fmt: skip
+            except nats.js.errors.NotFoundError:
+                return 0
+        return msg.seq or 0
+
     async def story_ids(self) -> list[str]:
         """The subjects holding a creation event."""
         with nats_errors(f"listing the stories of stream {self._settings.stream_name}"):
@@ -297,17 +322,31 @@ class JetStreamEventStore(EventStore):
             yield item
 
     async def _read_raw(self, story_id: str, after_sequence: int) -> AsyncIterator[tuple[int, bytes]]:
-        # Up to the head the leader reports: any replica answers a direct get, and one that is
-        # behind ends the read early. It catches up within moments; until then, read again.
-        head = await self.last_sequence(story_id)
-        for attempt in range(READ_BEHIND_RETRIES):
-            messages = read_by_subject(
-                self._nc, self._settings.stream_name, self._settings.story_filter(story_id), after_sequence + 1, head,
+        async def messages(first: int, head: int) -> AsyncGenerator[tuple[int, bytes], None]:
+            found = read_by_subject(
+                self._nc, self._settings.stream_name, self._settings.story_filter(story_id), first, head,
                 timeout=self._settings.nats_timeout, what=f"reading story {story_id!r}",
             )  # fmt: skip
-            async for msg in messages:
-                after_sequence = int((msg.headers or {})["Nats-Sequence"])  # direct gets always carry it
-                yield after_sequence, msg.data
+            async with contextlib.aclosing(found):
+                async for msg in found:
+                    yield int((msg.headers or {})["Nats-Sequence"]), msg.data  # direct gets always carry it
+
+        async with contextlib.aclosing(self._to_head(story_id, after_sequence, messages)) as read:
+            async for item in read:
+                yield item
+
+    async def _to_head(
+        self, story_id: str, after_sequence: int, read: Callable[[int, int], AsyncGenerator[tuple[int, T], None]]
+    ) -> AsyncGenerator[tuple[int, T], None]:
+        """``read(first, head)``'s items (each with the sequence it reaches), up to the head the leader
+        reports: any replica answers a direct get, and one that is behind ends the read early. It
+        catches up within moments; until then, read again from where it ended."""
+        head = await self.last_sequence(story_id)
+        for attempt in range(READ_BEHIND_RETRIES):
+            async with contextlib.aclosing(read(after_sequence + 1, head)) as items:  # closed at once if we stop early
+                async for reached, item in items:
+                    after_sequence = reached
+                    yield reached, item
             if after_sequence >= head:
                 return
             await asyncio.sleep(READ_BEHIND_PAUSE * (attempt + 1))

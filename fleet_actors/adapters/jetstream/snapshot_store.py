@@ -11,6 +11,7 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
+    RawStreamMsg,
     RetentionPolicy,
     StorageType,
     StoreCompression,
@@ -20,7 +21,7 @@ from nats.js.api import (
 from nats.js.client import JetStreamContext
 
 from fleet_actors.adapters.jetstream.connection import declare_stream, nats_errors, stream_placement
-from fleet_actors.codec.state import SnapshotEncoder, decode_snapshot
+from fleet_actors.codec.state import SnapshotEncoder, decode_snapshot, snapshot_position
 from fleet_actors.errors import EventDecodeError
 from fleet_actors.ports.snapshot_store import Snapshot, SnapshotRef, SnapshotStore
 from fleet_actors.settings import Settings
@@ -84,6 +85,15 @@ class JetStreamSnapshotStore(SnapshotStore):
     async def refs(self, story_id: str) -> list[SnapshotRef]:
         """Headers only (version, time, position): a story's snapshots can be large, and only one is needed."""
         with nats_errors(f"listing snapshots of story {story_id}"):
+            # How many first: a consumer over none would wait for a message that never comes.
+            try:
+                info = await self._jsm.stream_info(
+                    snapshot_stream(self._settings), subjects_filter=snapshot_filter(self._settings, story_id)
+                )
+            except nats.js.errors.NotFoundError:
+                return []  # no story actor has run yet: no snapshot stream
+            if not sum((info.state.subjects or {}).values()):
+                return []
             sub = await self._js.subscribe(
                 snapshot_filter(self._settings, story_id),
                 ordered_consumer=True,
@@ -134,12 +144,29 @@ class JetStreamSnapshotStore(SnapshotStore):
                 pass  # fall back to the older ones
         return await super().latest(story_id, max_version=max_version, at=at)
 
-    async def load(self, ref: SnapshotRef) -> Snapshot:
+    async def sequence_before(self, story_id: str, version: int) -> int:
+        """As the port says, reading only the snapshot's position, not its state."""
+        for ref in reversed(await self.refs(story_id) if version > 1 else []):
+            if ref.version >= version:
+                continue
+            try:
+                msg = await self._get(ref)
+                found_story, found_version, last_sequence = snapshot_position(msg.data or b"")
+            except EventDecodeError:
+                continue
+            if (found_story, found_version) == (story_id, ref.version):
+                return last_sequence
+        return 0
+
+    async def _get(self, ref: SnapshotRef) -> RawStreamMsg:
         with nats_errors(f"loading a snapshot of story {ref.story_id}"):
             try:
-                msg = await self._jsm.get_msg(snapshot_stream(self._settings), seq=ref.position, direct=True)
+                return await self._jsm.get_msg(snapshot_stream(self._settings), seq=ref.position, direct=True)
             except nats.js.errors.NotFoundError:
                 raise EventDecodeError(f"snapshot {ref.position} of story {ref.story_id} is gone") from None
+
+    async def load(self, ref: SnapshotRef) -> Snapshot:
+        msg = await self._get(ref)
         state, last_sequence, commands, window_start = decode_snapshot(msg.data or b"")
         if state.story_id != ref.story_id or state.version != ref.version:
             raise EventDecodeError(f"snapshot {ref.position} does not hold story {ref.story_id} v{ref.version}")

@@ -1,0 +1,209 @@
+"""Reads of one 10,000-event story, in alternating rounds next to raw reads of the same events:
+``history`` (in the caller, and through the story actor as before) against an ordered consumer and
+batched direct gets (with and without headers); ``get_story`` of the live story (unchanged, and right
+after another writer appended); temporal reads with snapshots, from the client and through the
+gateway's GetContextAtTime.
+
+Sizes: BENCH_READS_EVENTS (10000), BENCH_READS_ROUNDS (5), BENCH_READS_CALLS (60 per round)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import statistics
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from benchmarks.harness import BenchContext, latency_summary
+from fleet_actors import FleetClient
+from fleet_actors.adapters.jetstream import JetStreamEventStore
+from fleet_actors.adapters.jetstream.direct_get import read_by_subject, read_payloads_by_subject
+from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore
+from fleet_actors.domain.state import StoryState
+from fleet_actors.domain.story import StateBuilder
+from fleet_actors.gateway import gateway_in_thread
+from fleet_actors.loadgen.histories import story_history
+from fleet_actors.ports.snapshot_store import Snapshot
+from fleet_actors.proto import context_service_pb2 as pb
+from fleet_actors.proto import context_service_pb2_grpc as pb_grpc
+
+EVENTS = int(os.environ.get("BENCH_READS_EVENTS", "10000"))
+ROUNDS = int(os.environ.get("BENCH_READS_ROUNDS", "5"))
+CALLS = int(os.environ.get("BENCH_READS_CALLS", "60"))
+SNAPSHOT_EVERY = 100
+
+
+async def _fill(store: JetStreamEventStore, snapshots: JetStreamSnapshotStore, story_id: str) -> list[Any]:
+    """The story's events appended directly (batches of 100), a snapshot after each batch as a story
+    actor takes them (the snapshot stream keeps the last 20)."""
+    history = story_history(story_id, EVENTS, start=datetime(2026, 1, 1, tzinfo=UTC))
+    head, builder = 0, StateBuilder(StoryState(story_id))
+    for first in range(0, EVENTS, SNAPSHOT_EVERY):
+        chunk = history[first : first + SNAPSHOT_EVERY]
+        head = (await store.append(story_id, head, chunk)).last_sequence
+        for envelope in chunk:
+            builder.add(envelope)
+        await snapshots.save(Snapshot(builder.state(), head))
+    return history
+
+
+class RawReads:
+    """The fastest reads nats-py offers of the same events, undecoded, on a connection of their own."""
+
+    def __init__(self, store: JetStreamEventStore, settings: Any, story_id: str, head: int) -> None:
+        self.nc, self.settings, self.story_id, self.head = store.connection, settings, story_id, head
+        self.filter = settings.story_filter(story_id)
+
+    async def ordered_consumer(self) -> int:
+        done, count = asyncio.Event(), 0
+
+        async def on_message(msg: Any) -> None:
+            nonlocal count
+            count += 1
+            if msg.metadata.num_pending == 0:
+                done.set()
+
+        sub = await self.nc.jetstream().subscribe(
+            self.filter, ordered_consumer=True, cb=on_message, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+        )
+        await done.wait()
+        await sub.unsubscribe()
+        return count
+
+    async def direct_gets(self) -> int:
+        count = 0
+        async for _ in read_by_subject(
+            self.nc, self.settings.stream_name, self.filter, 1, self.head, timeout=5.0, what="raw"
+        ):
+            count += 1
+        return count
+
+    async def direct_gets_no_headers(self) -> int:
+        count = 0
+        async for _, payloads in read_payloads_by_subject(
+            self.nc, self.settings.stream_name, self.filter, 1, self.head, timeout=5.0, what="raw"
+        ):
+            count += len(payloads)
+        return count
+
+
+def _timed(call: Any) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def run(ctx: BenchContext) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:6]
+    settings = ctx.settings.replace(stream_name=f"READS{tag.upper()}", subject_prefix=f"rd{tag}.events")
+    story_id = f"big-{tag}"
+    loop = asyncio.new_event_loop()
+    store = loop.run_until_complete(JetStreamEventStore.connect(settings))
+    snapshots = JetStreamSnapshotStore(store.connection, settings)
+    loop.run_until_complete(snapshots.ensure_stream())
+    history = loop.run_until_complete(_fill(store, snapshots, story_id))
+    head = loop.run_until_complete(store.last_sequence(story_id))
+    raw = RawReads(store, settings, story_id, head)
+    client = FleetClient(settings)
+    through_actor = FleetClient(settings.replace(direct_reads=False))
+    figures: dict[str, Any] = {"events": EVENTS, "rounds": ROUNDS, "load_before": os.getloadavg()[0]}
+    try:
+        assert client.get_story(story_id).version == EVENTS  # activates the story actor
+        assert client.history(story_id) == history  # the same events, decoded
+        # -- history against raw reads, alternating rounds ------------------------------------------
+        samples: dict[str, list[float]] = {k: [] for k in ("ordered", "direct", "direct_nohdr", "ours", "actor")}
+        for _ in range(ROUNDS):
+            for name, read in (
+                ("ordered", raw.ordered_consumer),
+                ("direct", raw.direct_gets),
+                ("direct_nohdr", raw.direct_gets_no_headers),
+            ):
+                samples[name].append(_timed(lambda read=read: _check(loop.run_until_complete(read()))))
+            samples["ours"].append(_timed(lambda: _check(len(client.history(story_id)))))
+            samples["actor"].append(_timed(lambda: _check(len(through_actor.history(story_id)))))
+        medians = {name: statistics.median(values) for name, values in samples.items()}
+        for name, value in medians.items():
+            figures[f"history_{name}_ms"] = round(value * 1000, 1)
+        named = min(medians["ordered"], medians["direct"])  # the two reads the issue names
+        fastest = min(named, medians["direct_nohdr"])
+        figures["history_ratio_vs_fastest_raw"] = round(fastest / medians["ours"], 3)
+        figures["history_ratio_vs_ordered_or_headered_direct"] = round(named / medians["ours"], 3)
+        figures["history_actor_path_ratio_vs_fastest_raw"] = round(fastest / medians["actor"], 3)
+        # -- get_story of the live story --------------------------------------------------------------
+        unchanged, after_append, actor_path = [], [], []
+        writer_head = head
+        for _ in range(ROUNDS):
+            for _ in range(CALLS):
+                unchanged.append(_timed(lambda: client.get_story(story_id)))
+            for i in range(CALLS // 4):
+                # Another writer (not this client's story actor) appends one event first.
+                envelope = _next_event(client.get_story(story_id), len(after_append) + i)
+                writer_head = loop.run_until_complete(store.append(story_id, writer_head, [envelope])).last_sequence
+                after_append.append(_timed(lambda: client.get_story(story_id)))
+            for _ in range(CALLS // 4):
+                actor_path.append(_timed(lambda: through_actor.get_story(story_id)))
+        figures.update({f"get_story_{k}": v for k, v in latency_summary(unchanged).items()})
+        figures.update({f"get_story_after_append_{k}": v for k, v in latency_summary(after_append).items()})
+        figures.update({f"get_story_actor_path_{k}": v for k, v in latency_summary(actor_path).items()})
+        # -- temporal reads with snapshots ---------------------------------------------------------------
+        # Points a kept snapshot reaches (the stream keeps each story's newest 20, one per 100 events),
+        # and points anywhere in the story (older ones replay from the story's start).
+        rng = random.Random(7)
+        oldest_kept = max(1, EVENTS - settings.snapshot_keep * SNAPSHOT_EVERY + 1)
+        versions = [rng.randint(oldest_kept, EVENTS) for _ in range(CALLS * ROUNDS)]
+        anywhere = [rng.randint(1, EVENTS) for _ in range(CALLS)]
+        at_version = [_timed(lambda v=v: client.get_story_at(story_id, v)) for v in versions]
+        stamps = [history[v - 1].timestamp for v in versions[:CALLS]]
+        at_time = [_timed(lambda t=t: client.get_story_at(story_id, t)) for t in stamps]
+        at_any = [_timed(lambda v=v: client.get_story_at(story_id, v)) for v in anywhere]
+        actor_temporal = [_timed(lambda v=v: through_actor.get_story_at(story_id, v)) for v in versions[: CALLS // 2]]
+        figures.update({f"state_at_version_{k}": v for k, v in latency_summary(at_version).items()})
+        figures.update({f"state_at_time_{k}": v for k, v in latency_summary(at_time).items()})
+        figures.update({f"state_at_any_version_{k}": v for k, v in latency_summary(at_any).items()})
+        figures.update({f"state_at_actor_path_{k}": v for k, v in latency_summary(actor_temporal).items()})
+        figures.update(_gateway_temporal(settings, story_id, versions[:CALLS]))
+    finally:
+        client.close()
+        through_actor.close()
+        loop.run_until_complete(store.close())
+        loop.close()
+    figures["load_after"] = os.getloadavg()[0]
+    return figures
+
+
+def _check(count: int) -> None:
+    if count < EVENTS:
+        raise AssertionError(f"read {count} events, expected {EVENTS}")
+
+
+def _next_event(state: StoryState, serial: int) -> Any:
+    from fleet_actors.domain.events import EventEnvelope, SummaryRecorded
+
+    return EventEnvelope(
+        f"bench-{uuid.uuid4().hex}", state.story_id, state.version + 1, datetime.now(UTC),
+        SummaryRecorded(f"from another writer {serial}"), command_id=f"other-{serial}", actor="other",
+    )  # fmt: skip
+
+
+def _gateway_temporal(settings: Any, story_id: str, versions: list[int]) -> dict[str, Any]:
+    """GetContextAtTime through a gateway in this process (its reads run in the gateway)."""
+
+    async def timed(address: str) -> list[float]:
+        latencies = []
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = pb_grpc.ContextServiceStub(channel)
+            for version in versions:
+                started = time.perf_counter()
+                await stub.GetContextAtTime(pb.GetContextAtTimeRequest(story_id=story_id, role="DEV", version=version))
+                latencies.append(time.perf_counter() - started)
+        return latencies
+
+    with gateway_in_thread(settings) as gateway:
+        latencies = asyncio.run(timed(gateway.address))
+    return {f"gateway_at_time_{k}": v for k, v in latency_summary(latencies).items()}

@@ -1,0 +1,96 @@
+"""Reads of a story's log that need no story actor: its history and its state at a past point.
+
+They run wherever they are called: in the story actor for its own use, and in the caller's process
+(FleetClient, the gateway) through :class:`fleet_actors.client.DirectReads`, which reads the log at
+the speed of the log instead of handing every event across the actor (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import datetime
+
+from fleet_actors.domain.events import EventEnvelope
+from fleet_actors.domain.state import StoryState
+from fleet_actors.domain.story import StateBuilder
+from fleet_actors.errors import InvalidCommand, StoryNotFound
+from fleet_actors.ports.event_store import EventStore
+from fleet_actors.ports.snapshot_store import SnapshotStore
+
+
+def check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise InvalidCommand("limit must be at least 1", field="limit")
+
+
+def check_point(version: int | None, at: datetime | None) -> None:
+    """A temporal read names exactly one point: a version (>= 1) or a timezone-aware time."""
+    if (version is None) == (at is None):
+        raise InvalidCommand("give exactly one of version or at", field="at")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+        raise InvalidCommand("version must be a positive integer", field="version")
+    if at is not None and at.tzinfo is None:
+        raise InvalidCommand("at must be timezone-aware (e.g. UTC)", field="at")
+
+
+async def read_history(
+    store: EventStore,
+    snapshots: SnapshotStore | None,
+    story_id: str,
+    from_version: int = 1,
+    limit: int | None = None,
+    *,
+    must_exist: bool = False,
+) -> list[EventEnvelope]:
+    """Events from ``from_version`` on (at most ``limit``), read from the nearest snapshot below it.
+    ``must_exist``: StoryNotFound for a story the log does not have (else an empty list)."""
+    check_limit(limit)
+    after = 0
+    if snapshots is not None and from_version > 1:
+        after = await snapshots.sequence_before(story_id, from_version)
+    out: list[EventEnvelope] = []
+    async with contextlib.aclosing(store.read_envelopes(story_id, after)) as batches:
+        async for batch in batches:
+            if batch[0].version < from_version:
+                batch = [envelope for envelope in batch if envelope.version >= from_version]
+            out += batch
+            if limit is not None and len(out) >= limit:
+                del out[limit:]
+                break
+    if not out and must_exist and await store.last_sequence(story_id) == 0:
+        raise StoryNotFound(story_id)
+    return out
+
+
+async def read_state_at(
+    store: EventStore,
+    snapshots: SnapshotStore | None,
+    story_id: str,
+    *,
+    version: int | None = None,
+    at: datetime | None = None,
+) -> StoryState:
+    """The story as it was after ``version``, or at time ``at`` (events stamped at or before it): the
+    newest snapshot at or before that point, then the events after it. Raises StoryNotFound if the
+    story did not exist yet at that point."""
+    check_point(version, at)
+    state, after = StoryState(story_id), 0
+    if snapshots is not None:
+        snapshot = await snapshots.latest(story_id, max_version=version, at=at)
+        if snapshot is not None:
+            state, after = snapshot.state, snapshot.last_sequence
+    builder = StateBuilder(state)
+    done = False
+    async with contextlib.aclosing(store.read_envelopes(story_id, after)) as batches:
+        async for batch in batches:
+            for envelope in batch:
+                if (version is not None and envelope.version > version) or (at is not None and envelope.timestamp > at):
+                    done = True
+                    break
+                builder.add(envelope)
+            if done:
+                break
+    state = builder.state()
+    if not state.created:
+        raise StoryNotFound(story_id)
+    return state

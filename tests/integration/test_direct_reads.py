@@ -1,0 +1,126 @@
+"""Reads in the caller's process (DirectReads) against a real nats-server: the same answers as the
+story's runtime (what the actor path serves), past states from snapshots, unknown stories typed."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import timedelta
+
+import pytest
+
+from fleet_actors import direct_reads
+from fleet_actors.adapters.jetstream import JetStreamEventStore
+from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore
+from fleet_actors.application.messages import CommandRequest
+from fleet_actors.application.story_runtime import StoryRuntime
+from fleet_actors.direct_reads import DirectReads
+from fleet_actors.domain.commands import CreateStory, RecordSummary
+from fleet_actors.domain.events import EventEnvelope
+from fleet_actors.domain.state import StoryState
+from fleet_actors.domain.story import fold
+from fleet_actors.errors import InvalidCommand, StoryNotFound
+from fleet_actors.settings import Settings
+from tests.integration.conftest import write_story
+
+Stores = tuple[JetStreamEventStore, JetStreamSnapshotStore]
+
+
+@pytest.fixture
+async def reads(stream_settings: Settings):
+    direct = DirectReads(stream_settings)
+    yield direct
+    await direct.close()
+
+
+@pytest.fixture
+async def stores(stream_settings: Settings):
+    store = await JetStreamEventStore.connect(stream_settings)
+    snapshots = JetStreamSnapshotStore(store.connection, stream_settings)
+    await snapshots.ensure_stream()
+    yield store, snapshots
+    await store.close()
+
+
+class Writer:
+    """A story's runtime with snapshots every 7 events, as a story actor runs it."""
+
+    def __init__(self, stores: Stores, story_id: str, name: str = "w") -> None:
+        self.story_id, self.store, self.name = story_id, stores[0], name
+        self.runtime = StoryRuntime(story_id, stores[0], snapshots=stores[1], snapshot_every=7)
+        self._ids = itertools.count()
+
+    async def execute(self, story_id: str, command) -> object:
+        return await self.runtime.execute(CommandRequest(story_id, command, f"{self.name}{next(self._ids)}", "tester"))
+
+    async def summaries(self, count: int, text: str = "s") -> None:
+        for i in range(count):
+            await self.execute(self.story_id, RecordSummary(f"{text} {i}"))
+
+    async def log(self) -> list[EventEnvelope]:
+        return [stored.envelope for stored in await self.store.read_all(self.story_id)]
+
+
+async def written(stores: Stores, story_id: str) -> Writer:
+    """A 45-event story, with another story's events between its own (a shared log)."""
+    writer = Writer(stores, story_id)
+    await write_story(writer.execute, story_id, extra_updates=30)
+    other = Writer(stores, story_id + "x")
+    await other.execute(other.story_id, CreateStory("another"))
+    await other.summaries(3)
+    await writer.summaries(5)
+    return writer
+
+
+async def test_history_in_the_caller_equals_the_runtime_s(reads: DirectReads, stores: Stores, unique_id):
+    sid = unique_id("H")
+    writer = await written(stores, sid)
+    reference = await writer.log()
+    assert [e.version for e in reference] == list(range(1, 46))
+    assert await reads.history(sid, 1, None) == await writer.runtime.history() == reference
+    for start, limit in [(1, 3), (8, None), (15, 4), (44, 10), (46, None), (200, 1)]:
+        expected = reference[start - 1 :][:limit] if limit else reference[start - 1 :]
+        assert await reads.history(sid, start, limit) == await writer.runtime.history(start, limit) == expected
+    with pytest.raises(InvalidCommand):
+        await reads.history(sid, 1, 0)
+
+
+async def test_past_states_from_snapshots_equal_a_full_replay(reads: DirectReads, stores: Stores, unique_id):
+    sid = unique_id("P")
+    writer = await written(stores, sid)
+    reference = await writer.log()
+    assert len(await stores[1].refs(sid)) >= 5  # the reads below start from snapshots
+    for envelope in reference:
+        expected = fold(StoryState(sid), reference[: envelope.version])
+        assert await reads.state_at(sid, envelope.version, None) == expected
+        at_time = fold(StoryState(sid), [e for e in reference if e.timestamp <= envelope.timestamp])
+        assert await reads.state_at(sid, None, envelope.timestamp) == at_time
+    with pytest.raises(StoryNotFound):
+        await reads.state_at(sid, None, reference[0].timestamp - timedelta(seconds=1))
+
+
+async def test_an_unknown_story_is_not_found(reads: DirectReads, stores: Stores, unique_id):
+    sid = unique_id("U")
+    for read in (reads.history(sid, 1, None), reads.history(sid, 5, 2), reads.state_at(sid, 1, None)):
+        with pytest.raises(StoryNotFound):
+            await read
+    with pytest.raises(StoryNotFound):
+        await reads.live_state(sid)
+
+
+async def test_a_held_live_state_follows_another_writer(reads: DirectReads, stores: Stores, unique_id, monkeypatch):
+    sid = unique_id("L")
+    writer = await written(stores, sid)
+    assert await reads.live_state(sid) is None  # not held: the story actor answers, and is remembered
+    reads.remember(sid, writer.runtime.state, writer.runtime.last_sequence)
+    assert await reads.live_state(sid) is writer.runtime.state  # nothing appended: the same state
+
+    other = Writer(stores, sid, "other")  # another writer of the same story (the importer, a second actor)
+    await other.summaries(12, "elsewhere")
+    current = await reads.live_state(sid)
+    assert current == fold(StoryState(sid), await writer.log()) and current.last_summary == "elsewhere 11"
+    assert await reads.live_state(sid) is current
+
+    # Far behind: the story actor answers rather than a long fold in the caller.
+    monkeypatch.setattr(direct_reads, "FOLD_LIMIT", 3)
+    await other.summaries(5, "more")
+    assert await reads.live_state(sid) is None
