@@ -460,6 +460,7 @@ def test_a_passivated_story_comes_back_on_a_spare_worker(client, settings):
     while not _idle_workers() and time.monotonic() < deadline:
         time.sleep(0.2)
     idle = _idle_workers()
-    assert client.get_story(sid) == before
+    # through the actor: get_story would answer from the client's own copy of the live state
+    assert client.rebuild_state(sid) == before
     actor = ray.get_actor(story_actor_name(sid), namespace=settings.ray_namespace)
     assert ray._private.state.actors(actor._actor_id.hex())["Pid"] in idle
