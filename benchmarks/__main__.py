@@ -8,7 +8,7 @@ from pathlib import Path
 
 from benchmarks.harness import run_benchmarks
 
-ALL = ["durability", "commands", "projection", "activation", "gateway", "storage", "archive", "rebuild"]
+ALL = ["durability", "commands", "projection", "activation", "gateway", "storage", "archive", "rebuild", "idle"]
 
 
 def main() -> None:
