@@ -2,11 +2,11 @@
 story actors, next to the command latency before and after that window.
 
 It starts `fleet-actors dev up` in a folder of its own (the stack a developer runs: NATS, Valkey,
-ArcadeDB, a Ray head with its dashboard, the projector pool and the gRPC gateway), activates
-``BENCH_IDLE_STORIES`` stories from a short-lived driver (a child process, which exits: the story
-actors are detached and stay live), lets the stack settle, then reads the CPU times of every
-process under `dev up` from /proc over ``BENCH_IDLE_SECONDS``. Target: under 0.1 cores in total.
-A second driver then sends commands to the same, now idle, stories: their p50 shows whether
+ArcadeDB, a Ray head with its dashboard, the projector pool and the gRPC gateway) and reads the CPU
+times of every process under `dev up` from /proc over ``BENCH_IDLE_SECONDS``, first of the stack
+alone, then after activating ``BENCH_IDLE_STORIES`` stories from a short-lived driver (a child
+process, which exits: the story actors are detached and stay live) and letting it settle. Target:
+under 0.1 cores in total. A second driver then sends commands to the same, now idle, stories: their p50 shows whether
 resting idle costs the next command anything (connections kept open, no reconnect).
 
 Run alone: ``python -m benchmarks.bench_idle`` (it needs no harness stack); in the suite:
@@ -111,12 +111,14 @@ def _label(pid: int) -> str:
         return "?"
     if words[0].startswith("ray::"):
         return words[0].split()[0]
+    if words[0].startswith("ray-dashboard-"):  # the dashboard head's module processes (JobHead, StateHead...)
+        return "ray dashboard module"
     program = Path(words[0]).name
     if program == "java":
         return "arcadedb (java)"
     if program.startswith("python"):
-        if len(words) > 1 and words[1] == "-c":
-            return "python -c (ray start, job helpers)"
+        if len(words) > 2 and words[1:3] == ["-B", "-c"]:
+            return "python multiprocessing (dashboard's forkserver, resource tracker)"
         for word in words[1:]:
             if word.endswith(".py"):
                 return f"python {Path(word).name}"
@@ -185,6 +187,8 @@ def measure(data_dir: Path) -> dict[str, Any]:
     stack = _dev_up(data_dir)
     try:
         env_file = data_dir / "fleet.env"
+        time.sleep(SETTLE)
+        bare = _measure_cpu(stack.pid, SECONDS)  # the stack alone: projectors, gateway, no story actor
         before = _drive(env_file, "idle", create=True)["latencies"]
         time.sleep(SETTLE)
         per_process = _measure_cpu(stack.pid, SECONDS)
@@ -203,6 +207,7 @@ def measure(data_dir: Path) -> dict[str, Any]:
     figures.update(
         {
             "idle_total_cores": round(total, 3),
+            "idle_total_cores_before_any_story": round(sum(cores for _, cores in bare.values()), 3),
             "target_cores": TARGET_CORES,
             "command_p50_ms_before_idle": _p50_ms(before),
             "command_p50_ms_after_idle": _p50_ms(after),
