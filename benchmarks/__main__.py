@@ -10,7 +10,7 @@ from pathlib import Path
 from benchmarks.harness import run_benchmarks
 
 ALL = ["durability", "commands", "projection", "activation", "gateway", "storage", "archive", "rebuild",
-       "graph_blue_green", "reads"]
+       "graph_blue_green", "reads", "idle"]
 #: run by name only: needs the ``bench`` extra (the peer library)
 EXTRA = ["peer"]
 

@@ -77,6 +77,11 @@ class Settings:
     direct_reads: bool = True
 
     actor_idle_seconds: float = 300.0
+    #: how often an idle story actor runs its event loop for a moment, so that its NATS connection
+    #: answers the server's pings (between calls the loop rests). Keep it well below the server's
+    #: ping interval times its allowed unanswered pings (nats-server: 2 min x 2) and below the
+    #: client's own ping interval (nats-py: 2 min).
+    actor_keep_alive_seconds: float = 30.0
     #: report every story actor call to Ray's task table (`ray list tasks`, the dashboard's task
     #: view). Off by default: on the command path it costs about a fifth of the rate (docs/benchmarks.md).
     story_task_events: bool = False
@@ -185,6 +190,8 @@ class Settings:
             raise ConfigurationError("FLEET_SPARE_WORKERS must be >= 0 (0 keeps none)")
         if self.actor_idle_seconds <= 0:
             raise ConfigurationError("FLEET_ACTOR_IDLE_SECONDS must be positive")
+        if self.actor_keep_alive_seconds <= 0:
+            raise ConfigurationError("FLEET_ACTOR_KEEP_ALIVE_SECONDS must be positive")
         if self.redact_patterns.strip():
             from fleet_actors.domain.redaction import parse_patterns
 

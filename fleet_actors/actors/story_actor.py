@@ -38,8 +38,6 @@ IDLE_QUERY_TIMEOUT = 2.0
 PASSIVATION_RETRY = 60.0
 #: event stores (one per NATS URL and stream) the registry keeps open for its existence lookups
 REGISTRY_STORES = 8
-#: seconds without a call after which the idle watcher runs the loop itself (server pings)
-KEEP_ALIVE_AFTER = 1.0
 #: how long the watcher runs the loop each time: enough to read a ping and flush the answer
 KEEP_ALIVE_RUN = 0.05
 
@@ -167,6 +165,8 @@ class StoryActor:
         self._packed: dict[bool, tuple[StoryState, int, bytes]] = {}
         self._settings = settings
         self._idle_seconds = settings.actor_idle_seconds
+        #: the idle watcher's period: passivation checks and connection keep-alives
+        self._tick = min(settings.actor_keep_alive_seconds, settings.actor_idle_seconds / 4)
         # Not asyncio.new_event_loop(): with uvloop installed, Ray makes it the policy, and this loop,
         # which runs only during calls and keep-alives, is tested and measured as the stdlib's.
         self._loop = asyncio.SelectorEventLoop()
@@ -244,9 +244,10 @@ class StoryActor:
         ray.actor.exit_actor()
 
     def _watch_idle(self) -> None:
-        interval = min(5.0, self._idle_seconds / 4)
+        # One wake-up per keep-alive period at most (FLEET_ACTOR_KEEP_ALIVE_SECONDS, 30 s by default):
+        # an idle actor's own cost is then next to nothing beside Ray's per-process floor.
         while True:
-            time.sleep(interval)
+            time.sleep(self._tick)
             try:
                 self._idle_tick()
             except Exception:  # Ray's control plane unreachable, say: the next tick tries again
@@ -260,8 +261,8 @@ class StoryActor:
             # when it exits keeps the worker process alive.
             self._passivation_asked_at = time.monotonic()
             registry_handle(self._settings).passivate_idle.remote(self._host.story_id)
-        # Calls run the loop too; between them (at most one tick plus a second) it runs here.
-        if idle >= KEEP_ALIVE_AFTER and self._loop_lock.acquire(blocking=False):
+        # Calls run the loop too; between them (at most two ticks apart) it runs here.
+        if idle >= self._tick and self._loop_lock.acquire(blocking=False):
             try:
                 self._loop.run_until_complete(asyncio.sleep(KEEP_ALIVE_RUN))
             finally:

@@ -30,6 +30,33 @@ from fleet_actors.devstack.process import LOOPBACK, ManagedServer, find_executab
 
 RAY_AUTH_MODE = "token"
 
+#: Ray's housekeeping intervals on a local node, longer than Ray's defaults (which suit clusters of
+#: many nodes under load): a dev stack that does nothing should cost next to nothing (issue 25,
+#: docs/benchmarks.md "Idle stack"). Each is a ``RAY_<name>`` setting Ray reads at process start;
+#: one set in the environment of `dev up` wins. What stays, and why: the workers' own signal check
+#: every 10 ms (hard-coded in Ray's core worker, ~5 ms of CPU per second per live actor), the
+#: health checks between GCS and raylet (a dead raylet must be noticed), and the log monitor
+#: (worker output reaches drivers), which only looks for new log files less often.
+IDLE_TUNING = {
+    # raylet: resource reports to the GCS, memory-pressure GC checks, disk and memory monitors,
+    # object manager timer, idle-worker reaping (100-250 ms by default); one node has no peers
+    "RAY_raylet_report_resources_period_milliseconds": "1000",
+    "RAY_raylet_check_gc_period_milliseconds": "1000",
+    "RAY_memory_monitor_refresh_ms": "1000",
+    "RAY_local_fs_monitor_interval_ms": "1000",
+    "RAY_object_manager_timer_freq_ms": "1000",
+    "RAY_kill_idle_workers_interval_ms": "1000",
+    # every process: event-loop statistics and the event-loop health probe (1 s by default)
+    "RAY_event_stats": "0",
+    "RAY_io_context_monitor_probe_interval_ms": "10000",
+    # the dashboard agent's reporter reads every worker's CPU and memory (psutil) every 5 s: every 30 s
+    # (the dashboard's node and worker figures refresh that often)
+    "REPORTER_UPDATE_INTERVAL_MS": "30000",
+    # the log monitor globs the log folder for new files every 0.1 s below 1,000 files: every 5 s
+    "RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0",
+    "LOG_NAME_UPDATE_INTERVAL_S": "5",
+}
+
 
 class RaySessionServer(ManagedServer):
     """A `ray start` node run in a session of its own, with a private temp dir."""
@@ -165,7 +192,7 @@ class RayHead(RaySessionServer):
         self._tmp_dir = Path(tempfile.mkdtemp(prefix="fr-", dir="/tmp"))
 
     def _environment(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {**IDLE_TUNING, **os.environ}
         # RAY_AUTH_TOKEN would win over our token file; an inherited RAY_ADDRESS (another
         # cluster's) would be used by any process of this head calling ray.init() bare.
         for name in ("RAY_AUTH_TOKEN", "RAY_ADDRESS"):

@@ -21,7 +21,7 @@ from fleet_actors.devstack.process import (
     find_executable,
     port_is_free,
 )
-from fleet_actors.devstack.ray_head import RAY_AUTH_MODE, RayHead, RaySessionServer
+from fleet_actors.devstack.ray_head import IDLE_TUNING, RAY_AUTH_MODE, RayHead, RaySessionServer
 
 #: worker processes of this node take ports from a range of this size
 WORKER_PORTS = 200
@@ -78,7 +78,7 @@ class RayWorkerNode(RaySessionServer):
         self._tmp_dir = Path(tempfile.mkdtemp(prefix="frw-", dir="/tmp"))
 
     def _environment(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {**IDLE_TUNING, **os.environ}
         for name in ("RAY_AUTH_TOKEN", "RAY_ADDRESS"):
             env.pop(name, None)
         env.update(

@@ -82,6 +82,8 @@ class ProjectorStats:
 
 
 PAUSE_POLL_SECONDS = 0.2
+#: a busy projector publishes its status at most this often (the heartbeat below covers quiet times)
+STATUS_AFTER_BATCH_SECONDS = 0.2
 #: a projector publishes its status at least this often, busy, idle or paused (its heartbeat)
 HEARTBEAT_SECONDS = 1.0
 #: how often an idle projector reads the dead-letter index again for fleet_parked_events
@@ -131,6 +133,7 @@ class Projector:
         self._next_snapshot_poll = 0.0
         self._next_heartbeat = 0.0
         self._next_parked_check = 0.0
+        self._next_control_check = 0.0
         self._paused_by = ""
         #: (start, end) of the last batch's graph and document writes, time.time_ns() (for traces)
         self._graph_ns = self._documents_ns = (0, 0)
@@ -202,10 +205,14 @@ class Projector:
             self._heartbeat()
             try:
                 await self._beat()
-                if await self._paused():
-                    await asyncio.sleep(PAUSE_POLL_SECONDS)
-                    continue
-                await self._apply_releases()
+                if self._paused_by or time.monotonic() >= self._next_control_check:
+                    # The pause and release keys: read at most every PAUSE_POLL_SECONDS rather than before
+                    # every batch (two round trips of a small batch's dozen); every time while paused.
+                    self._next_control_check = time.monotonic() + PAUSE_POLL_SECONDS
+                    if await self._paused():
+                        await asyncio.sleep(PAUSE_POLL_SECONDS)
+                        continue
+                    await self._apply_releases()
                 assert self.feed is not None, "ensure_consumer() first"
                 try:
                     msgs = await self.feed.next_batch(self.policy.batch_size, self.policy.fetch_timeout)
@@ -219,7 +226,8 @@ class Projector:
                     self._next_snapshot_poll = time.monotonic() + 1.0
                     await self.project_snapshots()
                 self._recovered()
-                await self._publish_stats()
+                if time.monotonic() - getattr(self, "_last_beat", 0.0) >= STATUS_AFTER_BATCH_SECONDS:
+                    await self._publish_stats()  # not after every batch: one write less per batch
             except ConnectionInterrupted as error:  # the client reconnects by itself: look again soon
                 self._record_error(error)
                 await asyncio.sleep(self.policy.backoff_initial)

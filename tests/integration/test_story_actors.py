@@ -417,7 +417,10 @@ def test_idle_actor_answers_server_pings_between_calls(ray_runtime, settings, tm
     # The server pings every 3 s and drops a client after two unanswered pings; the actor's loop only
     # runs during calls, so without the idle keep-alive this connection would be cut and re-made.
     server = NatsServer(tmp_path / "nats", ping_interval="3s").start().wait_ready()
-    pinged = settings.replace(nats_url=server.url, actor_idle_seconds=30, ray_namespace="ping-" + uuid.uuid4().hex[:6])
+    pinged = settings.replace(
+        nats_url=server.url, actor_idle_seconds=30, actor_keep_alive_seconds=1.0,
+        ray_namespace="ping-" + uuid.uuid4().hex[:6],
+    )  # fmt: skip
     client = FleetClient(pinged)
     sid = new_story()
     try:

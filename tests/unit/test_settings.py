@@ -16,3 +16,23 @@ def test_story_actor_memory_comes_from_the_environment_and_becomes_a_ray_reserva
 def test_a_negative_story_actor_memory_is_refused():
     with pytest.raises(ConfigurationError, match="FLEET_STORY_ACTOR_MEMORY_MB"):
         Settings(story_actor_memory_mb=-1)
+
+
+def test_the_keep_alive_period_comes_from_the_environment_and_must_be_positive():
+    assert Settings.from_env({"FLEET_ACTOR_KEEP_ALIVE_SECONDS": "45"}).actor_keep_alive_seconds == 45.0
+    with pytest.raises(ConfigurationError, match="FLEET_ACTOR_KEEP_ALIVE_SECONDS"):
+        Settings(actor_keep_alive_seconds=0)
+
+
+def test_the_dev_stack_ray_node_runs_with_longer_housekeeping_intervals_unless_told_otherwise(tmp_path, monkeypatch):
+    from fleet_actors.devstack.ray_head import IDLE_TUNING, RayHead
+
+    head = RayHead(tmp_path / "ray", 0)
+    head._prepare()
+    try:
+        monkeypatch.setenv("RAY_memory_monitor_refresh_ms", "250")
+        env = head._environment()
+    finally:
+        head._cleanup()
+    assert env["RAY_memory_monitor_refresh_ms"] == "250"  # the environment of `dev up` wins
+    assert all(env[name] == value for name, value in IDLE_TUNING.items() if name != "RAY_memory_monitor_refresh_ms")
