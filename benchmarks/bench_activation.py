@@ -151,6 +151,8 @@ def _cold_starts(settings, client: FleetClient, tag: str) -> dict[str, Any]:
     creation and first call (both find the spare workers the client keeps, if any are ready)."""
     story_id = f"cold-{tag}"
     asyncio.run(_seed(settings, story_id, COLD_EVENTS, snapshot=True))
+    # Through the actor: a client answers get_story of a story it holds from its own copy (direct reads)
+    client = FleetClient(settings.replace(direct_reads=False))
     story, bare = [], []
     for round_ in range(COLD_ROUNDS):
         assert client.get_story(story_id).version == COLD_EVENTS  # live
