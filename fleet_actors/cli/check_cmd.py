@@ -103,7 +103,7 @@ def evaluate(args: argparse.Namespace, rows: list[dict[str, Any]], paused_by: st
 
 
 def _check(args: argparse.Namespace) -> int:
-    from fleet_actors.cli import common
+    from fleet_actors import console
 
     try:
         verdict, summary = _gather(args)
@@ -111,7 +111,7 @@ def _check(args: argparse.Namespace) -> int:
         verdict, summary = Verdict(CRITICAL, [error.message]), ""
     except Exception as error:  # a probe answers even when something unforeseen happens
         verdict, summary = Verdict(UNKNOWN, [f"{type(error).__name__}: {error}"]), ""
-    if common.JSON_OUTPUT:
+    if console.JSON_OUTPUT:
         print(json.dumps({"status": NAMES[verdict.status], "findings": verdict.findings, "summary": summary,
                           "perfdata": verdict.perfdata}))  # fmt: skip
     else:

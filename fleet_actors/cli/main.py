@@ -68,10 +68,11 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from fleet_actors import console
     from fleet_actors.cli import common
 
     args = build_parser().parse_args(argv)
-    common.JSON_OUTPUT = bool(getattr(args, "json_output", False))
+    console.JSON_OUTPUT = bool(getattr(args, "json_output", False))
     if getattr(args, "command", None) not in ("dev", "gateway"):
         # A short command reports a connection failure as its one error line: no reconnect chatter.
         logging.getLogger("fleet_actors.adapters.jetstream.connection").setLevel(logging.ERROR)

@@ -88,13 +88,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _status(args: argparse.Namespace) -> int:
-    from fleet_actors.cli import common
+    from fleet_actors import console
     from fleet_actors.jobs.status import pausing_rebuild, projection_status
 
     settings = settings_from(args)
     rows = [dataclasses.asdict(s) for s in run(projection_status(settings))]
     paused_by = rows[0]["paused_by"] if rows else run(pausing_rebuild(settings))
-    if paused_by and not common.JSON_OUTPUT:
+    if paused_by and not console.JSON_OUTPUT:
         print(
             f"live projectors paused by rebuild {paused_by}: resume it (`fleet-actors rebuild --job-id {paused_by}` "
             f"with its options; `fleet-actors rebuild status {paused_by}`) or `fleet-actors rebuild cancel {paused_by}`"
@@ -214,6 +214,7 @@ def _start(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from fleet_actors import console
     from fleet_actors.cli import common
     from fleet_actors.jobs.verify import verify
 
@@ -226,7 +227,7 @@ def _verify(args: argparse.Namespace) -> int:
         )
     )
     progress.end()
-    if common.JSON_OUTPUT:
+    if console.JSON_OUTPUT:
         common.print_record(
             {"ok": report.ok, "stories": len(report.stories), "differences": report.differences, "census": census}
         )

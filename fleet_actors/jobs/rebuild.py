@@ -149,7 +149,7 @@ def execute(args: argparse.Namespace, settings: Settings) -> int:
     scope = RebuildScope(tuple(args.story or ()), since)
     job_id = args.job_id or default_job_id(args.story, since)
     rules.check_id(job_id, "job_id")
-    from fleet_actors.cli.common import ProgressLine
+    from fleet_actors.console import ProgressLine
 
     progress = ProgressLine("events")
 
@@ -195,17 +195,17 @@ def execute(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _job_action(action: str, args: argparse.Namespace, settings: Settings) -> int:
-    from fleet_actors.cli import common
+    from fleet_actors import console
     from fleet_actors.jobs.rebuild_job import cancel_job, list_jobs
 
-    common.JSON_OUTPUT = common.JSON_OUTPUT or bool(getattr(args, "json_output", False))
+    console.JSON_OUTPUT = console.JSON_OUTPUT or bool(getattr(args, "json_output", False))
     if action == "cancel":
         from fleet_actors.domain import rules
 
         rules.check_id(args.job, "job_id")
         record = asyncio.run(cancel_job(settings, args.job))
-        if common.JSON_OUTPUT:
-            common.print_record({"job": args.job, **record})
+        if console.JSON_OUTPUT:
+            console.print_record({"job": args.job, **record})
         else:
             print(
                 f"rebuild {args.job} cancelled; its consumers are removed and the live projectors resumed. "
@@ -215,7 +215,7 @@ def _job_action(action: str, args: argparse.Namespace, settings: Settings) -> in
         return 0
     rows = asyncio.run(list_jobs(settings))
     if action == "list":
-        common.print_table(rows, ["job", "state", "phase", "events", "scope", "started_at", "finished_at",
+        console.print_table(rows, ["job", "state", "phase", "events", "scope", "started_at", "finished_at",
                                   "pausing_projectors"])  # fmt: skip
         return 0
     if args.job:
@@ -225,9 +225,9 @@ def _job_action(action: str, args: argparse.Namespace, settings: Settings) -> in
                 f"there is no rebuild job {args.job!r} (see `fleet-actors rebuild list`)", field="job_id"
             )
     if not rows:
-        common.print_record({"job": "(none)"}) if common.JSON_OUTPUT else print("no rebuild jobs")
+        console.print_record({"job": "(none)"}) if console.JSON_OUTPUT else print("no rebuild jobs")
         return 0
-    common.print_record(rows[0])
+    console.print_record(rows[0])
     return 0
 
 

@@ -21,14 +21,13 @@ import contextlib
 import sys
 import threading
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fleet_actors.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
-    from fleet_actors.application.messages import CommandRequest
     from fleet_actors.settings import Settings
 
 #: the exporters FLEET_TRACES_EXPORTER accepts ("" or "none": off)
@@ -160,7 +159,20 @@ def client_span(story_id: str, command: str) -> contextlib.AbstractContextManage
     return _span("fleet.command", kind="CLIENT", **{"fleet.story_id": story_id, "fleet.command": command})
 
 
-def command_span(request: CommandRequest) -> contextlib.AbstractContextManager[Any]:
+class TracedCommand(Protocol):
+    """What a command span reads of a request (application.messages.CommandRequest)."""
+
+    @property
+    def story_id(self) -> str: ...
+    @property
+    def command_id(self) -> str: ...
+    @property
+    def command(self) -> object: ...
+    @property
+    def trace(self) -> Mapping[str, str] | None: ...
+
+
+def command_span(request: TracedCommand) -> contextlib.AbstractContextManager[Any]:
     """The story actor's span of one command, continuing the caller's trace if it sent one."""
     if _tracer is None:
         return _NULL

@@ -1,9 +1,10 @@
-"""The CLI's one table/record/progress output (cli/common.py)."""
+"""The CLI's one table/record/progress output (fleet_actors/console.py, through cli/common.py)."""
 
 from __future__ import annotations
 
 import json
 
+from fleet_actors import console
 from fleet_actors.cli import common
 
 
@@ -20,7 +21,7 @@ def test_progress_line_off_a_terminal_prints_first_every_few_seconds_and_last(ca
 
 
 def test_tables_and_records_as_json(capsys, monkeypatch) -> None:
-    monkeypatch.setattr(common, "JSON_OUTPUT", True)
+    monkeypatch.setattr(console, "JSON_OUTPUT", True)
     common.print_table([{"a": 1, "b": "x"}], ["a"])
     common.print_record({"job": "j", "state": "done"})
     out = capsys.readouterr().out

@@ -147,7 +147,7 @@ async def test_each_rebuild_is_a_new_job_and_a_finished_one_is_never_resumed(
     stream_settings, execute, unique_id, capsys
 ):
     """Issue #21 (2): a second default rebuild 'resumed' the finished job `full` and did nothing."""
-    from fleet_actors.cli import common
+    from fleet_actors import console
     from fleet_actors.errors import InvalidCommand
 
     story = unique_id("J")
@@ -156,7 +156,7 @@ async def test_each_rebuild_is_a_new_job_and_a_finished_one_is_never_resumed(
         assert await asyncio.to_thread(rebuild_job.execute, _cli_args("--in-process"), stream_settings) == 0
         out = capsys.readouterr().out
         assert "done:" in out and "(resumed)" not in out and " 0 events" not in out
-    common.JSON_OUTPUT = True
+    console.JSON_OUTPUT = True
     try:
         await asyncio.to_thread(rebuild_job.execute, _cli_args("list"), stream_settings)
         jobs = json.loads(capsys.readouterr().out)
@@ -165,7 +165,7 @@ async def test_each_rebuild_is_a_new_job_and_a_finished_one_is_never_resumed(
         await asyncio.to_thread(rebuild_job.execute, _cli_args("status"), stream_settings)
         assert json.loads(capsys.readouterr().out)["job"] == finished  # the newest
     finally:
-        common.JSON_OUTPUT = False
+        console.JSON_OUTPUT = False
     with pytest.raises(InvalidCommand, match="never run again"):
         await asyncio.to_thread(rebuild_job.execute, _cli_args("--in-process", "--job-id", finished), stream_settings)
     with pytest.raises(InvalidCommand, match="already done"):
