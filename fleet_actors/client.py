@@ -14,7 +14,7 @@ import os
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -454,19 +454,12 @@ class FleetClient(_StoryApi[Any]):
         raise BackendUnavailable(f"the actor of story {story_id!r} kept dying; see the Ray logs")
 
     def _command(self, request: CommandRequest) -> Any:
-        started, result, error = time.perf_counter(), None, None
-        with tracing.client_span(request.story_id, type(request.command).__name__):
-            request = _traced(request)
-            try:
-                result = self._call(
-                    request.story_id, "execute", pack(request), may_create=may_create_story(request.command)
-                )
-                return result
-            except BaseException as failure:
-                error = failure
-                raise
-            finally:
-                _observe_client(request, result, error, started)
+        with _observed_command(request) as sent:
+            request = sent.request
+            sent.result = self._call(
+                request.story_id, "execute", pack(request), may_create=may_create_story(request.command)
+            )
+            return sent.result
 
     def _query(self, method: str, *args: Any) -> Any:
         return _unwrap(ray.get(getattr(self._read_models(), method).remote(*args)))
@@ -547,19 +540,12 @@ class AsyncFleetClient(_StoryApi[Awaitable[Any]]):
         return self._command_async(request)
 
     async def _command_async(self, request: CommandRequest) -> Any:
-        started, result, error = time.perf_counter(), None, None
-        with tracing.client_span(request.story_id, type(request.command).__name__):
-            request = _traced(request)
-            try:
-                result = await self._call_async(
-                    request.story_id, "execute", pack(request), may_create=may_create_story(request.command)
-                )
-                return result
-            except BaseException as failure:
-                error = failure
-                raise
-            finally:
-                _observe_client(request, result, error, started)
+        with _observed_command(request) as sent:
+            request = sent.request
+            sent.result = await self._call_async(
+                request.story_id, "execute", pack(request), may_create=may_create_story(request.command)
+            )
+            return sent.result
 
     async def _query_async(self, method: str, *args: Any) -> Any:
         return _unwrap(await getattr(self._read_models(), method).remote(*args))
@@ -576,6 +562,28 @@ class AsyncFleetClient(_StoryApi[Awaitable[Any]]):
                 self._forget(story_id)
                 await asyncio.sleep(_backoff(attempt))
         raise BackendUnavailable(f"the actor of story {story_id!r} kept dying; see the Ray logs")
+
+
+@dataclasses.dataclass
+class _SentCommand:
+    request: CommandRequest
+    result: Any = None
+
+
+@contextlib.contextmanager
+def _observed_command(request: CommandRequest) -> Iterator[_SentCommand]:
+    """One command's client span and latency metric, the same for the blocking and asyncio clients:
+    the body sends ``sent.request`` (carrying the trace context) and sets ``sent.result``."""
+    started, error = time.perf_counter(), None
+    with tracing.client_span(request.story_id, type(request.command).__name__):
+        sent = _SentCommand(_traced(request))
+        try:
+            yield sent
+        except BaseException as failure:
+            error = failure
+            raise
+        finally:
+            _observe_client(sent.request, sent.result, error, started)
 
 
 def _traced(request: CommandRequest) -> CommandRequest:
