@@ -72,12 +72,12 @@ async def _steady_load(settings, rate: int, seconds: int) -> int:
 @ray.remote(num_cpus=0)
 class InstrumentationCost:
     def measure(self, batches: int, events: int, partitions: int) -> float:
-        """Microseconds per event of a projector batch's metrics (Projector._observe_batch and the
+        """Microseconds per event of a projector batch's metrics (ProjectionRunner._observe_batch and the
         gauges and counters process() sets), through ray.util.metrics as in a projector actor."""
         from types import SimpleNamespace
 
         from fleet_actors.observability.metrics import metrics
-        from fleet_actors.projections.projector import Projector
+        from fleet_actors.projections.runner import ProjectionRunner
 
         now = datetime.now(UTC)
         msgs = [
@@ -87,14 +87,14 @@ class InstrumentationCost:
             )
             for n in range(events)
         ]
-        fake = SimpleNamespace(metrics_label="projector-0-of-2")
+        fake = SimpleNamespace(names=SimpleNamespace(label="projector-0-of-2", parked_as=""))
         m = metrics()
         started = time.perf_counter()
         for _ in range(batches):
-            m.parked.set(0, fake.metrics_label)
-            m.projected_events.inc(fake.metrics_label, "applied", amount=events)
-            Projector._observe_batch(fake, msgs, msgs, started)  # type: ignore[arg-type]
-            m.projector_heartbeat.set(time.time(), fake.metrics_label)
+            m.parked.set(0, fake.names.label)
+            m.projected_events.inc(fake.names.label, "applied", amount=events)
+            ProjectionRunner._observe_batch(fake, msgs, msgs, started)  # type: ignore[arg-type]
+            m.projector_heartbeat.set(time.time(), fake.names.label)
         return (time.perf_counter() - started) / (batches * events) * 1e6
 
 

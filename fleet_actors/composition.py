@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
 
 from nats.aio.client import Client
 
@@ -49,15 +49,20 @@ from fleet_actors.ports.read_models import ContextDocuments, GraphReadModel, Pro
 from fleet_actors.ports.snapshot_store import SnapshotStore
 from fleet_actors.projections.api import Projection, projection_id
 from fleet_actors.projections.dead_letters import DeadLetters
-from fleet_actors.projections.documents_projection import ContextDocumentsProjection
-from fleet_actors.projections.graph_projection import GraphProjection
-from fleet_actors.projections.policy import DEFAULT_POLICY, ProjectorPolicy, consumer_name
-from fleet_actors.projections.projector import Projector
-from fleet_actors.projections.rebuild import REPLAY_POLICY, Replayer, replay_consumer
-from fleet_actors.projections.runner import ProjectionMetrics, ProjectionRunner
+from fleet_actors.projections.policy import (
+    DEFAULT_POLICY,
+    LIVE_CONSUMERS,
+    ProjectorPolicy,
+    consumer_name,
+)
+from fleet_actors.projections.read_models_projection import (
+    ContextDocumentsProjection,
+    GraphProjection,
+    ReadModelsProjection,
+)
+from fleet_actors.projections.rebuild import REPLAY_POLICY, Replayer
+from fleet_actors.projections.runner import ProjectionRunner, RunnerNames
 from fleet_actors.settings import Settings
-
-P = TypeVar("P", bound=Projector)
 
 __all__ = [
     "ReadSide",
@@ -202,24 +207,36 @@ async def open_projector(
     count: int,
     policy: ProjectorPolicy = DEFAULT_POLICY,
     start_sequence: int | None = None,
-) -> Projector:
-    """A live projector, connected and consuming; consumers that do not exist yet start at
-    ``start_sequence`` (or the beginning of the log)."""
-    projector = await _open_projector(Projector, settings, index, count, policy, f"fleet-{consumer_name(index, count)}")
-    try:
-        await projector.ensure_consumer(start_sequence)
-    except BaseException:
-        await projector.close()
-        raise
-    return projector
+) -> ProjectionRunner:
+    """A live projector ``index`` of ``count``: the built-in read models (the graph and the context
+    documents, version 1) on the projection runner, connected and consuming; its consumers
+    (``projector-partition-{p}``) start, if they do not exist yet, at ``start_sequence`` (or the
+    beginning of the log)."""
+
+    def live(store: EventStore, read_side: ReadSide) -> Projection:
+        return ReadModelsProjection(graph=read_side.graph, documents=read_side.documents, store=store)
+
+    names = RunnerNames(
+        id=f"{LIVE_CONSUMERS}-v1", consumer_prefix=LIVE_CONSUMERS, worker=consumer_name(index, count), parked_as="",
+        registered=False,
+    )  # fmt: skip
+    return await _open_runner(
+        settings, live, index, count, policy, names, control=True, start_sequence=start_sequence
+    )
 
 
 async def open_replayer(settings: Settings, job_id: str, index: int, count: int) -> Replayer:
-    """One of a rebuild's replayers (its consumers are bound when it replays)."""
-    replayer = await _open_projector(
-        functools.partial(Replayer, job_id=job_id), settings, index, count, REPLAY_POLICY,
-        f"fleet-{replay_consumer(job_id, index, count)}",
+    """One of a rebuild's replayers: the live graph from consumers of its own (bound when it replays)."""
+
+    def graph(store: EventStore, read_side: ReadSide) -> Projection:
+        # Every replayed story's state stays in memory until the job ends (no documents to read it from).
+        return GraphProjection(read_side.graph, store, version=1, state_cache=sys.maxsize)
+
+    replayer = await _open_runner(
+        settings, graph, index, count, REPLAY_POLICY, None, kind=functools.partial(Replayer, job_id=job_id),
+        start=False,
     )  # fmt: skip
+    assert isinstance(replayer, Replayer)
     if isinstance(replayer.store, ArchivedEventStore):
         try:
             await replayer.use_archive(replayer.store.archive)
@@ -229,10 +246,22 @@ async def open_replayer(settings: Settings, job_id: str, index: int, count: int)
     return replayer
 
 
-async def _open_projector(
-    kind: Callable[..., P], settings: Settings, index: int, count: int, policy: ProjectorPolicy, name: str
-) -> P:
-    nc = await connect_nats(settings, name=name)
+async def _open_runner(
+    settings: Settings,
+    projection: Callable[[EventStore, ReadSide], Projection],
+    index: int,
+    count: int,
+    policy: ProjectorPolicy,
+    names: RunnerNames | None,
+    *,
+    kind: Callable[..., ProjectionRunner] = ProjectionRunner,
+    control: bool = False,
+    start: bool = True,
+    start_sequence: int | None = None,
+) -> ProjectionRunner:
+    """A runner of the built-in read models (``projection`` made from the connections), with the
+    built-in dead letters and, with ``control``, the rebuilds' pause and the status rows."""
+    nc = await connect_nats(settings, name=f"fleet-{names.worker if names else f'rebuild-{index}-of-{count}'}")
     try:
         # With an archive, healing a story reads past the retention horizon.
         store = await open_event_store(settings, nc)
@@ -241,17 +270,26 @@ async def _open_projector(
     except BaseException:
         await nc.close()
         raise
-    projector = kind(
-        settings, index, count, feeds=JetStreamFeeds(nc, settings), store=store, graph=read_side.graph,
-        documents=read_side.documents, control=read_side.control, dead_letters=dead_letters(nc, read_side, settings),
-        policy=policy,
-    )  # fmt: skip
     try:
-        await projector.dead_letters.ensure_stream()
+        runner = kind(
+            projection(store, read_side),
+            settings, index, count, feeds=JetStreamFeeds(nc, settings), store=store,
+            checkpoints=ValkeyProjectionCheckpoints(await connect_valkey(settings), settings.stream_name,
+                                                    owns_client=True),
+            dead_letters=dead_letters(nc, read_side, settings), policy=policy,
+            **({"names": names} if names else {}), control=read_side.control if control else None,
+            start_sequence=start_sequence,
+        )  # fmt: skip
     except BaseException:
-        await projector.close()
+        await read_side.close()
+        await nc.close()
         raise
-    return projector
+    try:
+        await (runner.start() if start else runner.dead_letters.ensure_stream())
+    except BaseException:
+        await runner.close()
+        raise
+    return runner
 
 
 async def open_projection_checkpoints(settings: Settings) -> ProjectionCheckpoints:
@@ -260,7 +298,7 @@ async def open_projection_checkpoints(settings: Settings) -> ProjectionCheckpoin
 
 
 async def open_documents_projection(settings: Settings, version: int = 2) -> ContextDocumentsProjection:
-    """Version ``version`` of the context documents as a user projection, in key space ``v{version}``."""
+    """Version ``version`` of the context documents as a projection, in key space ``v{version}``."""
     return ContextDocumentsProjection(await ContextCache.connect(settings, space=space_of(version)), version)
 
 
@@ -271,7 +309,7 @@ def documents_projection_v2() -> ContextDocumentsProjection:
 
 
 async def open_graph_projection(settings: Settings, version: int = 2) -> GraphProjection:
-    """Version ``version`` of the graph as a user projection, in a database of its own
+    """Version ``version`` of the graph as a projection, in a database of its own
     (``{FLEET_NEO4J_DATABASE}-v{version}``, created if missing); GraphBlueGreenUnsupported where the
     server has one database (Neo4j Community: rebuild in place with ``fleet-actors rebuild``)."""
     database = graph_database(settings, version)
@@ -292,7 +330,6 @@ async def open_projection_runner(
     count: int = 1,
     policy: ProjectorPolicy = DEFAULT_POLICY,
     *,
-    metrics: ProjectionMetrics | None = None,
     start: bool = True,
 ) -> ProjectionRunner:
     """A user projection's runner ``index`` of ``count``: registered, caught up from the archive (with
@@ -312,7 +349,6 @@ async def open_projection_runner(
     runner = ProjectionRunner(
         projection, settings, index, count, feeds=JetStreamFeeds(nc, settings), store=store, checkpoints=checkpoints,
         dead_letters=DeadLetters(DeadLetterStream(nc, settings), index_client), archive=archive, policy=policy,
-        metrics=metrics,
     )  # fmt: skip
     if start:
         try:

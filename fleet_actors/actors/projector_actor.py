@@ -33,7 +33,7 @@ from fleet_actors.projections.policy import (
     partition_consumer_name,
     snapshot_consumer_name,
 )
-from fleet_actors.projections.projector import Projector
+from fleet_actors.projections.runner import ProjectionRunner
 from fleet_actors.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class ProjectorActor:
         metrics_configure(settings)
         logs.install_record_context()
         self._stop = asyncio.Event()
-        self._projector: Projector | None = None
+        self._projector: ProjectionRunner | None = None
         self._ready = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -91,7 +91,7 @@ class ProjectorActor:
 
     def status(self) -> dict[str, Any]:
         projector = self._projector
-        stats = dataclasses.asdict(projector.stats) if projector else {}
+        stats = dataclasses.asdict(projector.progress) if projector else {}
         return {
             "projector": consumer_name(self._index, self._count),
             "partitions": projector.partitions if projector else [],

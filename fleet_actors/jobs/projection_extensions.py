@@ -26,7 +26,12 @@ from fleet_actors.composition import (
 )
 from fleet_actors.errors import ConfigurationError
 from fleet_actors.projections.api import Projection, optional_hook
-from fleet_actors.projections.policy import DEFAULT_POLICY, ProjectorPolicy, partition_consumer_name
+from fleet_actors.projections.policy import (
+    DEFAULT_POLICY,
+    ProjectorPolicy,
+    partition_consumer_name,
+    snapshot_consumer_name,
+)
 from fleet_actors.projections.runner import ProjectionRunner, verify_projection
 from fleet_actors.settings import Settings
 
@@ -98,8 +103,12 @@ async def remove_projection(settings: Settings, projection: str) -> list[str]:
     target is the user's to drop). Returns the consumers deleted. Stop its runners first."""
     nc = await connect_nats(settings, name="fleet-projection-remove")
     try:
-        prefix = f"proj-{projection}-partition-"
-        mine = [c.name for c in await consumers(nc, settings.stream_name) if c.name.startswith(prefix)]
+        prefix = f"proj-{projection}"
+        mine = [
+            c.name
+            for c in await consumers(nc, settings.stream_name)
+            if c.name.startswith(f"{prefix}-partition-") or c.name == snapshot_consumer_name(prefix)
+        ]
         await delete_consumers(nc, settings.stream_name, mine)
     finally:
         await nc.close()

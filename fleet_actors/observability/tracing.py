@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -199,14 +200,13 @@ def rpc_span(method: str, metadata: Sequence[tuple[str, Any]] | None) -> context
 def applied(
     traced: Sequence[tuple[Mapping[str, str], str, int, float]],
     started_ns: int,
-    graph_ns: tuple[int, int],
-    documents_ns: tuple[int, int],
+    writes: Mapping[str, tuple[int, int]],
     projector: str,
 ) -> None:
     """Spans of a committed projector batch, one per trace found in the events' headers.
 
     ``traced``: (headers, story_id, events, lag_seconds) per traced story of the batch; the batch's
-    start and the graph and document writes' (start, end) in ``time.time_ns()``.
+    start and its targets' writes, name -> (start, end) in ``time.time_ns()`` (e.g. ``graph.write``).
     """
     if _tracer is None or not traced:
         return
@@ -233,10 +233,10 @@ def applied(
         from opentelemetry.trace import set_span_in_context
 
         inner = set_span_in_context(root)
-        for name, (start, end) in (("graph.write", graph_ns), ("documents.write", documents_ns)):
+        for name, (start, end) in writes.items():
             child = _tracer.start_span(name, context=inner, start_time=start)
             child.end(end_time=end)
-        root.end(end_time=max(graph_ns[1], documents_ns[1]))
+        root.end(end_time=max((end for _, end in writes.values()), default=time.time_ns()))
 
 
 def current_ids() -> tuple[str, str] | None:

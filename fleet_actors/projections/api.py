@@ -15,6 +15,12 @@ A projection is a plain class::
         # optional: compare the target with a replay of the story's events (returns the differences)
         async def verify(self, story_id: str, events: Sequence[EventEnvelope]) -> Sequence[str]: ...
 
+        # optional: called between batches and when idle (housekeeping of the target)
+        async def tick(self) -> None: ...
+
+Inside ``apply``, :func:`batch_positions` gives the stream positions the batch was delivered up to
+(``{stream}.{consumer}`` -> last stream sequence), for a target that records them with its writes.
+
 Register it by name (``register(DecisionsByRole())`` or a factory) and run it with
 :func:`fleet_actors.composition.open_projection_runner`; the runner
 (:mod:`fleet_actors.projections.runner`) gives it durable consumers per partition
@@ -24,6 +30,7 @@ from the archive, dead letters and a status row. See ``docs/projections.md``.
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -35,6 +42,7 @@ from fleet_actors.errors import ConfigurationError
 __all__ = [
     "Batch",
     "Projection",
+    "batch_positions",
     "consumer_prefix",
     "get",
     "load",
@@ -85,6 +93,24 @@ def projection_id(projection: Projection) -> str:
 def consumer_prefix(projection: Projection) -> str:
     """Its durable consumers are ``{prefix}-partition-{p}``."""
     return f"proj-{projection_id(projection)}"
+
+
+_positions: contextvars.ContextVar[Mapping[str, int] | None] = contextvars.ContextVar("positions", default=None)
+
+
+def batch_positions() -> Mapping[str, int]:
+    """While ``apply`` runs: the stream positions its batch was delivered up to, ``{stream}.{consumer}``
+    -> last stream sequence (empty for a batch read from the archive or the log)."""
+    return _positions.get() or {}
+
+
+def applying_at(positions: Mapping[str, int]) -> contextvars.Token[Mapping[str, int] | None]:
+    """For the runner: set the positions ``batch_positions`` answers (reset with the returned token)."""
+    return _positions.set(positions)
+
+
+def done_applying(token: contextvars.Token[Mapping[str, int] | None]) -> None:
+    _positions.reset(token)
 
 
 Factory = Callable[[], Projection]

@@ -1,11 +1,11 @@
-"""A rebuild's replayers: projectors with their own consumers from the start of the log (and the
-archive before it), their states in memory, stopping at the job's end sequence. The job that drives
+"""A rebuild's replayers: runners of the graph with their own consumers from the start of the log
+(and the archive before it), their states in memory, stopping at the job's end sequence. The job that drives
 them (pause, wipe, replay, hand-over) is :mod:`fleet_actors.jobs.rebuild_job`."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -13,12 +13,10 @@ from typing import Any
 from fleet_actors.adapters.archive import Archive, Manifest
 from fleet_actors.codec import decode_event
 from fleet_actors.domain.events import EventEnvelope
-from fleet_actors.domain.state import StoryState
-from fleet_actors.domain.story import fold
 from fleet_actors.observability.metrics import metrics
-from fleet_actors.ports.event_feed import PartitionConsumer
 from fleet_actors.projections.policy import ProjectorPolicy, owned_partitions
-from fleet_actors.projections.projector import Projector
+from fleet_actors.projections.read_models_projection import GraphProjection
+from fleet_actors.projections.runner import ProjectionRunner, RunnerNames
 from fleet_actors.settings import Settings
 
 REPLAY_POLICY = ProjectorPolicy(batch_size=1000, fetch_timeout=1.0, max_deliver=3, ack_wait=120.0)
@@ -45,44 +43,39 @@ class RebuildScope:
         return f"stories changed since {self.since.isoformat()}" if self.since else "the whole graph"
 
 
-class Replayer(Projector):
-    """A projector for one rebuild: its own consumer from the start, state kept in memory."""
+class Replayer(ProjectionRunner):
+    """A runner for one rebuild: the graph (no documents) from its own consumers from the start, its
+    states in memory, stopping at the job's end sequence."""
 
-    def __init__(self, settings: Settings, index: int, count: int, *, job_id: str, **kwargs: Any) -> None:
-        super().__init__(settings, index, count, **kwargs)
-        self.name = replay_consumer(job_id, index, count)
-        self.metrics_label = f"rebuild-{index}-of-{count}"
-        self.consumer_prefix = f"rebuild-{job_id}"
-        self._states: dict[str, StoryState] = {}
+    projection: GraphProjection
+
+    def __init__(self, projection: GraphProjection, settings: Settings, index: int, count: int, *, job_id: str,
+                 **kwargs: Any) -> None:  # fmt: skip
+        names = RunnerNames(
+            id=f"rebuild-{job_id}", consumer_prefix=f"rebuild-{job_id}", worker=replay_consumer(job_id, index, count),
+            parked_as="", registered=False, metrics_label=f"rebuild-{index}-of-{count}",
+        )  # fmt: skip
+        super().__init__(projection, settings, index, count, names=names, **kwargs)
         self.done_events = 0
         #: with an archive (FLEET_ARCHIVE_URL): the archive and its manifest; its events are replayed first
-        self.archive: Archive | None = None
+        self.rebuild_archive: Archive | None = None
         self.archive_manifest: Manifest | None = None
 
+    async def publish_progress(self, *, force: bool = False) -> None:
+        """The job reads a replayer's progress from its actor (``done_events``): nothing to publish."""
+
     async def use_archive(self, archive: Archive) -> None:
-        self.archive = archive
+        self.rebuild_archive = archive
         self.archive_manifest = await archive.manifest()
-
-    async def _load_states(self, story_ids: list[str]) -> dict[str, StoryState]:
-        return {s: self._states[s] for s in story_ids if s in self._states}
-
-    async def _save_states(
-        self, states: dict[str, StoryState], event_ids: list[str], offsets: Mapping[str, int]
-    ) -> None:
-        self._states.update(states)
-
-    def start_sequence(self, consumer: PartitionConsumer, requested: int | None) -> int | None:
-        # From the start of the log, but archived events come from the archive: with one, the stream
-        # part starts right after it.
-        archived = self.archive_manifest.last_sequence if self.archive_manifest is not None else 0
-        return archived + 1 if archived else None
 
     async def replay_until(self, end_sequence: int) -> int:
         """Apply every owned event up to ``end_sequence``; returns how many were delivered."""
-        if self.archive is not None and self.archive_manifest is not None:
-            await self.replay_archive(self.archive, self.archive_manifest, end_sequence)
-        # Each partition stops at the end: after it, the live projectors take over.
-        await self.ensure_consumer(end_sequence=end_sequence)
+        if self.rebuild_archive is not None and self.archive_manifest is not None:
+            await self.replay_archive(self.rebuild_archive, self.archive_manifest, end_sequence)
+        # From the start of the log, but archived events come from the archive: with one, the stream
+        # part starts right after it. Each partition stops at the end: the live projectors take over.
+        archived = self.archive_manifest.last_sequence if self.archive_manifest is not None else 0
+        await self.bind(archived + 1 if archived else None, end_sequence=end_sequence)
         feed = self.feed
         assert feed is not None
         while True:
@@ -92,14 +85,15 @@ class Replayer(Projector):
                 if feed.finished() or await feed.drained():
                     break
                 continue
-            await self._process_until_done(msgs, asyncio.Event())
-            self.done_events += len(msgs)
-            metrics().rebuild_events.inc(self.metrics_label, amount=len(msgs))
+            await self.process_until_done(msgs, asyncio.Event())
+            self._replayed(len(msgs))
         await self.project_snapshots_until_empty()
         return self.done_events
 
     async def project_snapshots_until_empty(self) -> None:
-        while await self.project_snapshots():
+        if self.projection.snapshots is None:
+            return
+        while await self.projection.link_snapshots(retry_after=self.policy.backoff_max):
             pass
 
     async def replay_archive(self, archive: Archive, manifest: Manifest, end_sequence: int) -> int:
@@ -123,14 +117,8 @@ class Replayer(Projector):
                 envelope = decode_event(raw)
                 by_story.setdefault(envelope.story_id, []).append(envelope)
             for story_id, envelopes in by_story.items():
-                for start in range(0, len(envelopes), self.policy.batch_size):
-                    chunk = envelopes[start : start + self.policy.batch_size]
-                    state = fold(self._states.get(story_id) or StoryState(story_id), chunk)
-                    self._states[story_id] = state
-                    await self._graph.apply({story_id: chunk}, {story_id: state})
-                    applied += len(chunk)
-        self.done_events += applied
-        metrics().rebuild_events.inc(self.metrics_label, amount=applied)
+                applied += await self._apply_chunks(story_id, envelopes)
+        self._replayed(applied)
         return applied
 
     async def replay_stories(self, story_ids: Sequence[str], end_sequence: int) -> int:
@@ -139,14 +127,19 @@ class Replayer(Projector):
             envelopes: list[EventEnvelope] = [
                 stored.envelope async for stored in self.store.read(story_id) if stored.sequence <= end_sequence
             ]
-            for start in range(0, len(envelopes), self.policy.batch_size):
-                chunk = envelopes[start : start + self.policy.batch_size]
-                state = fold(self._states.get(story_id) or StoryState(story_id), chunk)
-                self._states[story_id] = state
-                await self._graph.apply({story_id: chunk}, {story_id: state})
-                self.done_events += len(chunk)
-                metrics().rebuild_events.inc(self.metrics_label, amount=len(chunk))
+            self._replayed(await self._apply_chunks(story_id, envelopes))
         return self.done_events
+
+    async def _apply_chunks(self, story_id: str, envelopes: Sequence[EventEnvelope]) -> int:
+        """A story's events in order, a batch at a time, straight to the projection (the graph's
+        transaction skips what it holds)."""
+        for start in range(0, len(envelopes), self.policy.batch_size):
+            await self.projection.apply({story_id: tuple(envelopes[start : start + self.policy.batch_size])})
+        return len(envelopes)
+
+    def _replayed(self, events: int) -> None:
+        self.done_events += events
+        metrics().rebuild_events.inc(self.names.label, amount=events)
 
 
 Progress = Callable[[int, int, float], None]

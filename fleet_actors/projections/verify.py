@@ -65,7 +65,7 @@ async def verify_story(
     links = sum(wanted[p].total() for p in ("subtask_dependencies", "decision_relations", "impacts"))
     report.nodes, report.edges = own_nodes, own_nodes + links
     if cache is not None:
-        report.differences.extend(_document_differences(await cache.get(story_id), expected))
+        report.differences.extend(document_differences(await cache.get(story_id), expected))
     report.differences.extend(graph_differences(wanted, await actual_graph(graph, story_id)))
     return report
 
@@ -81,7 +81,7 @@ def graph_differences(want: dict[str, Counter[tuple[Any, ...]]], have: dict[str,
     return out
 
 
-def _document_differences(document: ContextDocument | None, expected: StoryState) -> list[str]:
+def document_differences(document: ContextDocument | None, expected: StoryState) -> list[str]:
     if document is None:
         return [f"context document missing (log at v{expected.version})"] if expected.version else []
     if document.state == expected:

@@ -102,7 +102,7 @@ async def test_events_age_out_only_behind_the_archive_and_old_stories_keep_worki
     running = await RunningProjectors(settings, 1).start()
     try:
         await wait_until(lambda: _ok(settings), timeout=60)
-        assert running.projectors[0].stats.healed_from_log >= 34  # v1..v34 come from the archive
+        assert running.projectors[0].progress.healed_from_log >= 34  # v1..v34 come from the archive
         await running.graph.write("MATCH (t:Subtask {uid: $uid}) DETACH DELETE t", uid=f"{old}/T1")
         assert not (await verify(settings, [old])).ok
         args = argparse.Namespace(story=[old], since=None, job_id=None, replay_actors=1, in_process=True)

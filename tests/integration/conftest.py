@@ -25,7 +25,7 @@ from fleet_actors.domain.commands import (
     UpdateSubtask,
 )
 from fleet_actors.projections.policy import ProjectorPolicy
-from fleet_actors.projections.projector import Projector
+from fleet_actors.projections.runner import ProjectionRunner
 from fleet_actors.settings import Settings
 
 #: fast redelivery and parking, so failure tests finish in seconds
@@ -88,7 +88,7 @@ async def write_story(execute: Execute, story_id: str, extra_updates: int = 0) -
 class RunningProjectors:
     def __init__(self, settings: Settings, count: int, policy: ProjectorPolicy = TEST_POLICY) -> None:
         self.settings, self.count, self.policy = settings, count, policy
-        self.projectors: list[Projector] = []
+        self.projectors: list[ProjectionRunner] = []
         self._stop = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -106,11 +106,11 @@ class RunningProjectors:
 
     @property
     def graph(self):
-        return self.projectors[0]._graph
+        return self.projectors[0].projection.graph
 
     @property
     def cache(self):
-        return self.projectors[0]._cache
+        return self.projectors[0].projection.documents
 
     @property
     def dead_letters(self):

@@ -11,6 +11,7 @@ import contextlib
 import pytest
 
 from fleet_actors.adapters.jetstream import JetStreamEventStore
+from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore
 from fleet_actors.adapters.neo4j.graph_databases import GraphDatabases, graph_database
 from fleet_actors.composition import open_graph_projection, open_read_models
 from fleet_actors.domain.commands import UpdateSubtask
@@ -20,6 +21,7 @@ from fleet_actors.jobs.verify import verify
 from fleet_actors.projections.runner import verify_projection
 from fleet_actors.settings import Settings
 from tests.integration.conftest import RunningProjectors, wait_until, write_story
+from tests.integration.test_snapshots_jetstream import runtime, write
 from tests.integration.test_user_projections import running
 
 
@@ -150,3 +152,25 @@ async def test_a_documents_version_is_dropped_once_nobody_reads_it(stream_settin
     finally:
         await left.close()
     assert not [r for r in await projection_rows(settings) if r.projection == "context-documents-v3"]
+
+
+async def test_version_2_of_the_graph_shows_the_snapshots_too(graph_settings: Settings, event_store, unique_id):
+    """Snapshot nodes come from a snapshot consumer of the version's own (``proj-graph-v2-snapshots``)."""
+    settings = graph_settings.replace(snapshot_every=3)
+    snapshots = JetStreamSnapshotStore(event_store.connection, settings)
+    await snapshots.ensure_stream()
+    sid = unique_id("GS")
+    await write(runtime(event_store, snapshots, sid, every=3), 7)
+    graph = await open_graph_projection(settings, 2)
+
+    async def nodes() -> bool:
+        rows = await graph.graph.query(  # type: ignore[attr-defined]
+            "MATCH (:Story {story_id: $id})-[:HAS_SNAPSHOT]->(c:ContextSnapshot) RETURN c.version AS v", id=sid
+        )
+        return sorted(r["v"] for r in rows) == [3, 6]
+
+    try:
+        async with running(settings, graph):
+            await wait_until(nodes, timeout=30)
+    finally:
+        await drop_version(settings, "graph", 2)

@@ -54,7 +54,7 @@ async def test_graph_and_document_follow_the_log(projectors, execute, stream_set
 async def test_both_projectors_share_the_work(projectors, execute, unique_id):
     stories = {sid: await write_story(execute, sid) for sid in (unique_id("S") for _ in range(12))}
     await wait_until(lambda: projected(projectors, stories))
-    assert all(p.stats.applied > 0 for p in projectors.projectors)
+    assert all(p.progress.applied > 0 for p in projectors.projectors)
 
 
 async def test_redelivered_events_are_not_applied_twice(stream_settings, execute, unique_id):
@@ -72,10 +72,10 @@ async def test_redelivered_events_are_not_applied_twice(stream_settings, execute
     await nc.close()
     again = await RunningProjectors(stream_settings, 1).start()
     try:
-        await wait_until(lambda: asyncio.sleep(0, again.projectors[0].stats.delivered >= version))
+        await wait_until(lambda: asyncio.sleep(0, again.projectors[0].progress.delivered >= version))
         await asyncio.sleep(0.5)
-        assert again.projectors[0].stats.applied == 0
-        assert again.projectors[0].stats.skipped_duplicates >= version
+        assert again.projectors[0].progress.applied == 0
+        assert again.projectors[0].progress.skipped_duplicates >= version
         assert await actual_graph(again.graph, sid) == before
     finally:
         await again.stop()
@@ -89,8 +89,8 @@ async def test_crash_between_graph_commit_and_ack_is_harmless(stream_settings, e
     async def crash(*args, **kwargs):
         raise RuntimeError("projector died after the graph commit")
 
-    crashing.projectors[0]._cache.commit = crash  # the graph commits, then the process dies
-    await wait_until(lambda: asyncio.sleep(0, crashing.projectors[0].stats.batches > 0))
+    crashing.projectors[0].projection.documents.commit = crash  # the graph commits, then the process dies
+    await wait_until(lambda: asyncio.sleep(0, crashing.projectors[0].progress.batches > 0))
     await crashing.stop()
     graph = await GraphStore.connect(stream_settings)
     assert (await graph.applied_versions([sid]))[sid] == version  # the graph got it; nothing was acked
@@ -178,7 +178,7 @@ async def test_a_deleted_consumer_is_re_created_by_the_projectors(projectors, ex
     and catch up by themselves; what they read a second time is not applied twice."""
     first = {sid: await write_story(execute, sid) for sid in (unique_id("S") for _ in range(3))}
     await wait_until(lambda: projected(projectors, first))
-    applied_before = sum(p.stats.applied for p in projectors.projectors)
+    applied_before = sum(p.progress.applied for p in projectors.projectors)
     nc = await nats.connect(stream_settings.nats_url)
     try:
         jsm = nc.jsm()
@@ -195,7 +195,7 @@ async def test_a_deleted_consumer_is_re_created_by_the_projectors(projectors, ex
         ) == sorted(partition_consumers)
     finally:
         await nc.close()
-    assert sum(p.stats.applied for p in projectors.projectors) - applied_before == sum(later.values())
+    assert sum(p.progress.applied for p in projectors.projectors) - applied_before == sum(later.values())
     assert await projected(projectors, first)
 
 
@@ -218,8 +218,8 @@ async def test_graph_outage_is_waited_out(local_stack, projectors, execute, stre
         versions = {unique_id("G"): 0 for _ in range(3)}
         for story_id in versions:
             versions[story_id] = await write_story(execute, story_id)
-        await wait_until(lambda: asyncio.sleep(0, any(p.stats.last_error for p in projectors.projectors)))
-        assert "unavailable" in " ".join(p.stats.last_error for p in projectors.projectors)
+        await wait_until(lambda: asyncio.sleep(0, any(p.progress.last_error for p in projectors.projectors)))
+        assert "unavailable" in " ".join(p.progress.last_error for p in projectors.projectors)
     finally:
         local_stack.arcadedb.start().wait_ready()
     await wait_until(lambda: projected(projectors, versions), timeout=60)
@@ -234,7 +234,7 @@ async def test_graph_outage_is_waited_out(local_stack, projectors, execute, stre
     await wait_until(error_cleared, timeout=30)
     rows = await projection_status(stream_settings)
     assert all(r.heartbeat_age_s is not None and r.heartbeat_age_s < 10 for r in rows)
-    assert all(p.stats.last_error_cleared_at for p in projectors.projectors if p.stats.last_error_at)
+    assert all(p.progress.last_error_cleared_at for p in projectors.projectors if p.progress.last_error_at)
 
 
 async def test_status_shows_a_stopped_pool_as_down_and_a_paused_one_as_paused(stream_settings, execute, unique_id):
@@ -306,7 +306,7 @@ async def test_the_same_events_twice_in_one_batch_apply_once(stream_settings, ex
         await wait_until(lambda: projected(running, {sid: version}))
         before = await actual_graph(running.graph, sid)
         events = [e.envelope for e in await running.projectors[0].store.read_all(sid)]
-        failures = await running.projectors[0]._project({sid: events + events})  # a redelivery inside a batch
+        failures = await running.projectors[0].project({sid: events + events})  # a redelivery inside a batch
         assert failures == {}
         assert await actual_graph(running.graph, sid) == before
     finally:

@@ -213,7 +213,7 @@ async def test_an_outage_of_the_target_is_waited_out_not_parked():
     feeds.feed.pending = deliveries(events)
     import asyncio
 
-    await r._process_until_done(await feeds.feed.next_batch(50, 0), asyncio.Event())
+    await r.process_until_done(await feeds.feed.next_batch(50, 0), asyncio.Event())
     assert projection.seen == {a: [1, 2, 3]} and r.progress.parked == 0
 
 
