@@ -1,4 +1,6 @@
-"""Projector actors: ``FLEET_PROJECTORS`` detached actors, each owning a share of the partitions.
+"""Projector actors: ``FLEET_PROJECTORS`` detached actors, each owning a share of the partitions,
+each running one projection runner (``projections/runner.py``): the built-in read models by
+default, or any projection (a user's, or version n of a built-in read model) with ``host_projection``.
 
 Ray restarts a projector that dies (``max_restarts``); its durable consumers (one per partition)
 resume at the first unacknowledged event. Consumers are named after partitions, not projectors, so
@@ -14,22 +16,25 @@ import contextlib
 import dataclasses
 import functools
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import ray
 
 from fleet_actors.actors.naming import find_live, get_or_create
 from fleet_actors.adapters.jetstream.consumers import prepare_partition_consumers
-from fleet_actors.composition import open_projector
+from fleet_actors.composition import open_projection_runner, open_projector
 from fleet_actors.errors import BackendUnavailable
 from fleet_actors.observability import logs, tracing
 from fleet_actors.observability.metrics import configure as metrics_configure
 from fleet_actors.observability.metrics import metrics
+from fleet_actors.projections.api import Projection, load
 from fleet_actors.projections.policy import (
     DEFAULT_POLICY,
     LIVE_CONSUMERS,
     ProjectorPolicy,
     consumer_name,
+    owned_partitions,
     partition_consumer_name,
     snapshot_consumer_name,
 )
@@ -40,14 +45,35 @@ log = logging.getLogger(__name__)
 
 PROJECTOR_PREFIX = "fleet:projector:"
 CONSUMER_PREFIX = "projector-"
+#: actors hosting another projection: ``fleet:projection:{name}-v{n}:{i}-of-{count}``
+HOSTED_PREFIX = "fleet:projection:"
+
+
+@dataclass(frozen=True)
+class HostedProjection:
+    """What a projector actor runs besides the built-in read models: ``module:attribute`` of a user
+    projection (importable on the cluster's workers), or version n of a built-in read model."""
+
+    target: str = ""
+    #: ``documents`` or ``graph`` for version ``version`` of a built-in read model (blue/green)
+    read_model: str = ""
+    version: int = 0
+
+    async def open(self, settings: Settings) -> Projection:
+        if self.read_model:
+            from fleet_actors.jobs.projection_extensions import open_version
+
+            return await open_version(settings, self.read_model, self.version)
+        return load(self.target)
 
 
 class ProjectorActor:
     def __init__(
         self, settings: Settings, index: int, count: int, policy: ProjectorPolicy = DEFAULT_POLICY,
-        start_sequence: int | None = None,
+        start_sequence: int | None = None, hosted: HostedProjection | None = None,
     ) -> None:  # fmt: skip
         self._settings = settings
+        self._hosted = hosted
         self._index, self._count = index, count
         self._policy = policy
         self._start_sequence = start_sequence
@@ -63,15 +89,13 @@ class ProjectorActor:
         delay = self._policy.backoff_initial
         while not self._stop.is_set():
             try:
-                projector = await open_projector(
-                    self._settings, self._index, self._count, self._policy, self._start_sequence
-                )
+                projector = await self._open()
             except Exception as error:  # servers still starting, or down: keep trying, never die
                 log.warning("projector %s cannot start yet: %s", self._index, error)
             else:
                 self._projector = projector
                 self._ready.set()
-                up = metrics().projector_up.child(consumer_name(self._index, self._count))
+                up = metrics().projector_up.child(projector.names.label)
                 up.set(1)
                 try:
                     await projector.run(self._stop)
@@ -84,6 +108,12 @@ class ProjectorActor:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._policy.backoff_max)
 
+    async def _open(self) -> ProjectionRunner:
+        if self._hosted is None:
+            return await open_projector(self._settings, self._index, self._count, self._policy, self._start_sequence)
+        projection = await self._hosted.open(self._settings)
+        return await open_projection_runner(self._settings, projection, self._index, self._count, self._policy)
+
     async def wait_ready(self, timeout: float = 60.0) -> bool:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._ready.wait(), timeout)
@@ -93,7 +123,7 @@ class ProjectorActor:
         projector = self._projector
         stats = dataclasses.asdict(projector.progress) if projector else {}
         return {
-            "projector": consumer_name(self._index, self._count),
+            "projector": projector.worker if projector else consumer_name(self._index, self._count),
             "partitions": projector.partitions if projector else [],
             "ready": self._ready.is_set(),
             **stats,
@@ -194,6 +224,53 @@ def projector_status(settings: Settings) -> list[dict[str, Any]]:
         except (ValueError, ray.exceptions.RayError, TimeoutError):
             out.append({"projector": consumer_name(i, settings.projectors), "ready": False})
     return out
+
+
+def hosted_actor_name(projection_id: str, index: int, count: int) -> str:
+    return f"{HOSTED_PREFIX}{projection_id}:{index}-of-{count}"
+
+
+def host_projection(
+    settings: Settings, hosted: HostedProjection, projection_id: str, count: int = 1,
+    policy: ProjectorPolicy = DEFAULT_POLICY, timeout: float = 120,
+) -> list[Any]:  # fmt: skip
+    """Run ``count`` runners of a projection in detached projector actors (restarted after a crash,
+    like the built-in pool) and wait until each has bound its consumers. Actors of another count
+    for the same projection are stopped first (they would share partitions)."""
+    owned_partitions(count - 1, count, settings.partitions)  # raises for a count above the partitions
+    stop_hosted(settings, projection_id, keep_count=count)
+    actor, name = projector_actor_class(), functools.partial(hosted_actor_name, projection_id)
+    handles = [
+        get_or_create(actor, name(i, count), settings, settings, i, count, policy, None, hosted) for i in range(count)
+    ]
+    ready = ray.get([h.wait_ready.remote(timeout) for h in handles])
+    if not all(ready):
+        stop_hosted(settings, projection_id)
+        raise BackendUnavailable(f"{projection_id}: its runners could not start (the actors' logs say why)")
+    return handles
+
+
+def hosted_projections(settings: Settings) -> dict[str, list[str]]:
+    """Projection id -> the names of the actors hosting it now."""
+    out: dict[str, list[str]] = {}
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        name = entry["name"]
+        if entry["namespace"] == settings.ray_namespace and name.startswith(HOSTED_PREFIX):
+            out.setdefault(name[len(HOSTED_PREFIX) :].rsplit(":", 1)[0], []).append(name)
+    return out
+
+
+def stop_hosted(settings: Settings, projection_id: str, keep_count: int = 0) -> list[str]:
+    """Stop the actors hosting a projection (except those of a pool of ``keep_count``); returns their names."""
+    keep = {hosted_actor_name(projection_id, i, keep_count) for i in range(keep_count)}
+    stopped = []
+    for name in hosted_projections(settings).get(projection_id, []):
+        if name in keep:
+            continue
+        with contextlib.suppress(ValueError, ray.exceptions.RayActorError):
+            ray.get(ray.get_actor(name, namespace=settings.ray_namespace).stop.remote())
+        stopped.append(name)
+    return stopped
 
 
 def _in_event_loop() -> bool:

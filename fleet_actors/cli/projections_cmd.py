@@ -1,4 +1,4 @@
-"""`fleet-actors projections status|start|run|remove|deploy|switch|drop`, `verify`, `dlq list|retry|skip`."""
+"""`fleet-actors projections status|start|stop|run|remove|deploy|switch|drop`, `verify`, `dlq list|retry|skip`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from fleet_actors.cli.common import add_settings_arguments, print_table, run, settings_from
+from fleet_actors.errors import ConfigurationError
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -16,9 +17,21 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     status = sub.add_parser("status", help="per consumer: pending, ack floor, lag in events and seconds, last error")
     add_settings_arguments(status)
     status.set_defaults(func=_status)
-    start = sub.add_parser("start", help="start FLEET_PROJECTORS projector actors on the Ray cluster")
+    start = sub.add_parser(
+        "start",
+        help="start FLEET_PROJECTORS projector actors on the Ray cluster (or --count actors hosting MODULE:ATTRIBUTE)",
+    )
+    start.add_argument(
+        "target", nargs="?", default="", metavar="MODULE:ATTRIBUTE",
+        help="a user projection to host in projector actors (importable on the cluster); default: the built-in pool",
+    )  # fmt: skip
+    start.add_argument("--count", type=int, default=1, help="runners of the hosted projection (partitions p %% count)")
     add_settings_arguments(start)
     start.set_defaults(func=_start)
+    stop = sub.add_parser("stop", help="stop the projector actors hosting a projection (NAME-vN)")
+    stop.add_argument("projection", metavar="NAME-vN")
+    add_settings_arguments(stop)
+    stop.set_defaults(func=_stop)
     remove = sub.add_parser(
         "remove", help="remove a user projection: its consumers, checkpoint, progress and held stories"
     )
@@ -38,12 +51,20 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     _add_read_model_arguments(deploy)
     _add_runner_arguments(deploy)
+    deploy.add_argument(
+        "--ray", action="store_true",
+        help="run it in --count detached projector actors on the Ray cluster (restarted after a crash) and return",
+    )  # fmt: skip
     deploy.set_defaults(func=_deploy)
     switch = sub.add_parser(
         "switch", help="readers read version N of the documents or the graph (1: the live one) once it verifies"
     )
     _add_read_model_arguments(switch)
     switch.add_argument("--no-check", action="store_true", help="switch without the caught-up and verify checks")
+    switch.add_argument(
+        "--wait", type=float, default=0.0, metavar="SECONDS",
+        help="the switch policy: retry the checks until they pass (at most SECONDS), then switch",
+    )  # fmt: skip
     switch.set_defaults(func=_switch)
     switch_documents = sub.add_parser("switch-documents", help="`switch documents N`")
     switch_documents.add_argument("version", type=int, metavar="N")
@@ -163,10 +184,17 @@ def _add_read_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    from fleet_actors.jobs.projection_extensions import deploy_version
+    from fleet_actors.jobs.projection_extensions import deploy_version, version_id
     from fleet_actors.observability.metrics import serve_process_metrics
 
     settings = settings_from(args)
+    if args.ray:
+        from fleet_actors.actors.projector_actor import HostedProjection
+
+        if args.version < 2:
+            raise ConfigurationError("version 1 is the live read model the projectors write", field="version")
+        hosted = HostedProjection(read_model=args.read_model, version=args.version)
+        return _host(settings, hosted, version_id(args.read_model, args.version), args.count)
     serve_process_metrics(settings)
     applied = run(deploy_version(settings, args.read_model, args.version, **_runner_options(args)))
     print(f"{args.read_model} v{args.version}: {applied} events applied")
@@ -174,9 +202,14 @@ def _deploy(args: argparse.Namespace) -> int:
 
 
 def _switch(args: argparse.Namespace) -> int:
-    from fleet_actors.jobs.projection_extensions import switch_readers
+    from fleet_actors.jobs.projection_extensions import switch_readers, switch_when_ready
 
-    differences = run(switch_readers(settings_from(args), args.read_model, args.version, check=not args.no_check))
+    settings = settings_from(args)
+    if getattr(args, "wait", 0) > 0 and not args.no_check:
+        differences = run(switch_when_ready(settings, args.read_model, args.version, wait=args.wait,
+                                            on_wait=lambda why: print(f"not yet: {why}", file=sys.stderr)))  # fmt: skip
+    else:
+        differences = run(switch_readers(settings, args.read_model, args.version, check=not args.no_check))
     for difference in differences:
         print(difference)
     if differences:
@@ -203,13 +236,41 @@ def _remove(args: argparse.Namespace) -> int:
 
 
 def _start(args: argparse.Namespace) -> int:
-    from fleet_actors.actors.projector_actor import start_projectors
+    from fleet_actors.actors.projector_actor import HostedProjection, start_projectors
+    from fleet_actors.client import connect_ray
+    from fleet_actors.projections.api import load, projection_id
+
+    settings = settings_from(args)
+    if args.target:
+        return _host(settings, HostedProjection(target=args.target), projection_id(load(args.target)), args.count)
+    connect_ray(settings, start_local=False)
+    handles = start_projectors(settings)
+    print(f"{len(handles)} projectors running in namespace {settings.ray_namespace}")
+    return 0
+
+
+def _host(settings, hosted, projection: str, count: int) -> int:
+    from fleet_actors.actors.projector_actor import host_projection
+    from fleet_actors.client import connect_ray
+
+    connect_ray(settings, start_local=False)
+    handles = host_projection(settings, hosted, projection, count)
+    print(f"{projection}: {len(handles)} runners in projector actors, namespace {settings.ray_namespace} "
+          f"(`fleet-actors projections status`; stop with `fleet-actors projections stop {projection}`)")  # fmt: skip
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from fleet_actors.actors.projector_actor import stop_hosted
     from fleet_actors.client import connect_ray
 
     settings = settings_from(args)
     connect_ray(settings, start_local=False)
-    handles = start_projectors(settings)
-    print(f"{len(handles)} projectors running in namespace {settings.ray_namespace}")
+    stopped = stop_hosted(settings, args.projection)
+    if not stopped:
+        print(f"no projector actor hosts {args.projection} in namespace {settings.ray_namespace}", file=sys.stderr)
+        return 1
+    print(f"{args.projection}: {len(stopped)} runners stopped (its consumers keep their position)", file=sys.stderr)
     return 0
 
 

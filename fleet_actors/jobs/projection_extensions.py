@@ -182,13 +182,22 @@ def _blue_green(read_model: str) -> BlueGreen:
     return BLUE_GREEN[read_model]
 
 
+async def open_version(settings: Settings, read_model: str, version: int) -> Projection:
+    """Version ``version`` (2 or more) of a built-in read model, on its own target (created if missing)."""
+    if version < 2:
+        raise ConfigurationError("version 1 is the live read model the projectors write", field="version")
+    return await _blue_green(read_model).open_version(settings, version)
+
+
 async def deploy_version(settings: Settings, read_model: str, version: int, **options: Any) -> int:
     """Run version ``version`` (2 or more) of a built-in read model beside the live one, catching up
     from the first event on its own target (created if missing): ``run_projection`` with ``options``."""
-    if version < 2:
-        raise ConfigurationError("version 1 is the live read model the projectors write", field="version")
-    projection = await _blue_green(read_model).open_version(settings, version)
-    return await run_projection(settings, projection, **options)
+    return await run_projection(settings, await open_version(settings, read_model, version), **options)
+
+
+def version_id(read_model: str, version: int) -> str:
+    """``graph-v2``, ``context-documents-v3``: the projection id of a built-in read model's version."""
+    return f"{_blue_green(read_model).projection}-v{version}"
 
 
 async def _open_pointer(settings: Settings, read_model: str) -> ActiveVersion:
@@ -237,6 +246,28 @@ async def switch_readers(
     finally:
         await pointer.client.aclose()
     return []
+
+
+async def switch_when_ready(
+    settings: Settings, read_model: str, version: int, *, wait: float, every: float = 2.0,
+    max_lag_seconds: float = 2.0, on_wait: Callable[[str], None] | None = None,
+) -> list[str]:  # fmt: skip
+    """The switch policy "as soon as it has caught up and verifies": ``switch_readers`` with its
+    checks, tried every ``every`` seconds for up to ``wait`` seconds. Returns [] once switched, else
+    the last reason it was not (not live, lagging, or the differences found)."""
+    deadline = asyncio.get_running_loop().time() + wait
+    while True:
+        try:
+            reasons = await switch_readers(settings, read_model, version, max_lag_seconds=max_lag_seconds)
+        except ConfigurationError as error:
+            reasons = [error.message]
+        if not reasons:
+            return []
+        if asyncio.get_running_loop().time() + every > deadline:
+            return reasons
+        if on_wait is not None:
+            on_wait(reasons[0])
+        await asyncio.sleep(every)
 
 
 async def switch_documents(

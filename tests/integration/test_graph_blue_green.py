@@ -16,7 +16,13 @@ from fleet_actors.adapters.neo4j.graph_databases import GraphDatabases, graph_da
 from fleet_actors.composition import open_graph_projection, open_read_models
 from fleet_actors.domain.commands import UpdateSubtask
 from fleet_actors.errors import ConfigurationError, GraphBlueGreenUnsupported
-from fleet_actors.jobs.projection_extensions import active_version, drop_version, projection_rows, switch_readers
+from fleet_actors.jobs.projection_extensions import (
+    active_version,
+    drop_version,
+    projection_rows,
+    switch_readers,
+    switch_when_ready,
+)
 from fleet_actors.jobs.verify import verify
 from fleet_actors.projections.runner import verify_projection
 from fleet_actors.settings import Settings
@@ -65,11 +71,8 @@ async def test_readers_stay_on_the_old_graph_until_the_switch(graph_settings: Se
             await asyncio.sleep(0.6)  # past a reader's cache of the active version
             assert await served() == old, "readers left the old graph before the switch"
 
-            async def switched() -> bool:
-                rows = [r for r in await projection_rows(settings) if r.projection == "graph-v2"]
-                return bool(rows) and rows[0].phase == "live" and await switch_readers(settings, "graph", 2) == []
-
-            await wait_until(switched, timeout=30)  # verify against a replay passed
+            # The switch policy: as soon as version 2 is live, caught up, and verifies against a replay.
+            assert await switch_when_ready(settings, "graph", 2, wait=30, every=0.5) == []
             assert await active_version(settings, "graph") == 2
             await asyncio.sleep(0.6)
             assert await served() == heads, "readers did not move to version 2 at the switch"

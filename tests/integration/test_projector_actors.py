@@ -49,6 +49,37 @@ async def actual_graph_for(settings, story_id):
         await graph.close()
 
 
+async def test_a_projection_hosted_in_projector_actors_catches_up_and_survives_a_kill(pool_settings, event_store):
+    """`projections deploy documents 2 --ray`: version 2 of the documents in two detached projector
+    actors; one killed mid-catch-up is restarted by Ray and the version ends equal to a replay."""
+    from fleet_actors.actors.projector_actor import HostedProjection, host_projection, hosted_actor_name, stop_hosted
+    from fleet_actors.composition import open_documents_projection
+    from fleet_actors.jobs.projection_extensions import drop_version, projection_rows
+    from fleet_actors.projections.runner import verify_projection
+
+    await seed(pool_settings, 12, 40, prefix="hp")
+    hosted = HostedProjection(read_model="documents", version=2)
+    await asyncio.to_thread(host_projection, pool_settings, hosted, "context-documents-v2", 2)
+    documents = await open_documents_projection(pool_settings, 2)
+    try:
+        ray.kill(ray.get_actor(hosted_actor_name("context-documents-v2", 1, 2), namespace=pool_settings.ray_namespace),
+                 no_restart=False)  # fmt: skip
+        stories = await event_store.story_ids()
+        heads = {s: (await event_store.read_all(s))[-1].envelope.version for s in stories}
+        deadline = time.monotonic() + 90
+        while await documents.applied_versions(stories) != heads:
+            assert time.monotonic() < deadline, "version 2 did not catch up"
+            await asyncio.sleep(0.5)
+        assert await verify_projection(documents, event_store, stories) == {}
+        rows = [r for r in await projection_rows(pool_settings) if r.projection == "context-documents-v2"]
+        assert sorted(r.worker for r in rows) == [f"proj-context-documents-v2-{i}-of-2" for i in (0, 1)]
+    finally:
+        stopped = await asyncio.to_thread(stop_hosted, pool_settings, "context-documents-v2")
+        await documents.close()
+    assert len(stopped) == 2
+    await drop_version(pool_settings, "documents", 2)
+
+
 async def test_read_your_writes_through_the_client(pool_settings, event_store, unique_id):
     await asyncio.to_thread(start_projectors, pool_settings)
     client = FleetClient(pool_settings).aio
