@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import contextvars
 import importlib
+import os
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, cast, runtime_checkable
 
@@ -149,7 +151,19 @@ def load(path: str) -> Projection:
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
         raise ConfigurationError(f"{path!r}: expected module:attribute", field="projection")
-    target = getattr(importlib.import_module(module_name), attribute)
+    # As `python -m` does: modules of the current directory (a console script's sys.path lacks it).
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        raise ConfigurationError(
+            f"{path!r}: no module {error.name!r} on the path (run from the directory that holds it, or install it)",
+            field="projection",
+        ) from error
+    target = getattr(module, attribute, None)
+    if target is None:
+        raise ConfigurationError(f"{path!r}: module {module_name!r} has no {attribute!r}", field="projection")
     return register(target, replace=True)
 
 

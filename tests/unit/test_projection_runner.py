@@ -306,3 +306,22 @@ async def test_a_poison_event_read_from_the_log_is_parked_and_skipped_by_its_ver
     await r.dead_letters.request_release(a, "skip")
     await r._apply_releases()
     assert projection.seen == {a: [1, 2, 3, 4, 5]} and await r.dead_letters.held() == {}
+
+
+def test_a_projection_is_loaded_from_the_current_directory_or_refused_in_one_line(tmp_path, monkeypatch):
+    from fleet_actors.errors import ConfigurationError
+    from fleet_actors.projections.api import load, unregister
+
+    (tmp_path / "my_projections.py").write_text(
+        "class Counting:\n    name = 'counting'\n    version = 3\n    async def apply(self, batch):\n        pass\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(tmp_path))])
+    try:
+        assert load("my_projections:Counting").version == 3  # as a console script would, without "" on sys.path
+    finally:
+        unregister("counting")
+    with pytest.raises(ConfigurationError, match="no module 'nowhere'"):
+        load("nowhere:Counting")
+    with pytest.raises(ConfigurationError, match="has no 'Missing'"):
+        load("my_projections:Missing")
