@@ -88,6 +88,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="version N of both read models (blue/green: `projections deploy`); default 1, the live ones",
     )  # fmt: skip
     verify.add_argument(
+        "--projection", default="", metavar="MODULE:ATTRIBUTE",
+        help="a projection of your own, through its verify hook, instead of the built-in read models",
+    )  # fmt: skip
+    verify.add_argument(
         "--no-census",
         action="store_true",
         help="skip the whole-graph counts and orphans (a graph database shared with other streams)",
@@ -279,6 +283,8 @@ def _verify(args: argparse.Namespace) -> int:
     from fleet_actors.cli import common
     from fleet_actors.jobs.verify import verify
 
+    if args.projection:
+        return _verify_projection(args)
     progress = common.ProgressLine("stories")
     census = not args.story and not args.no_census
     report = run(
@@ -297,6 +303,33 @@ def _verify(args: argparse.Namespace) -> int:
         print(difference)
     print(f"{len(report.stories)} stories checked, {len(report.differences)} differences")
     return 0 if report.ok else 1
+
+
+def _verify_projection(args: argparse.Namespace) -> int:
+    from fleet_actors import console
+    from fleet_actors.cli import common
+    from fleet_actors.jobs.projection_extensions import verify_against_replay
+    from fleet_actors.projections.api import load, projection_id
+
+    projection = load(args.projection)
+
+    async def verified() -> dict[str, list[str]]:
+        try:
+            return await verify_against_replay(settings_from(args), projection, args.story or ())
+        finally:
+            close = getattr(projection, "close", None)
+            if callable(close):
+                await close()
+
+    differences = run(verified())
+    found = [d for story_differences in differences.values() for d in story_differences]
+    if console.JSON_OUTPUT:
+        common.print_record({"ok": not found, "projection": projection_id(projection), "differences": found})
+        return 0 if not found else 1
+    for difference in found:
+        print(difference)
+    print(f"{projection_id(projection)}: {len(differences)} stories differ, {len(found)} differences")
+    return 0 if not found else 1
 
 
 async def _dead_letters(settings, projection: str = ""):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from fleet_actors.composition import (
     open_projection_runner,
 )
 from fleet_actors.errors import ConfigurationError
-from fleet_actors.projections.api import Projection, optional_hook
+from fleet_actors.projections.api import Projection, optional_hook, projection_id
 from fleet_actors.projections.policy import (
     DEFAULT_POLICY,
     ProjectorPolicy,
@@ -180,6 +180,20 @@ def _blue_green(read_model: str) -> BlueGreen:
     if read_model not in BLUE_GREEN:
         raise ConfigurationError(f"no blue/green for {read_model!r}: one of {sorted(BLUE_GREEN)}", field="read_model")
     return BLUE_GREEN[read_model]
+
+
+async def verify_against_replay(
+    settings: Settings, projection: Projection, story_ids: Sequence[str] = ()
+) -> dict[str, list[str]]:
+    """A projection's ``verify`` hook against a replay of each story (every story by default):
+    ``{story: differences}``, empty when equal; ConfigurationError when it has no hook."""
+    if optional_hook(projection, "verify") is None:
+        raise ConfigurationError(f"projection {projection_id(projection)} has no verify hook", field="projection")
+    store = await open_event_store(settings, update_stream=False)
+    try:
+        return await verify_projection(projection, store, list(story_ids) or await store.story_ids())
+    finally:
+        await store.close()
 
 
 async def open_version(settings: Settings, read_model: str, version: int) -> Projection:

@@ -426,3 +426,29 @@ async def test_a_blue_green_switch_of_the_documents_under_load(stream_settings: 
     print(f"blue/green under load: {len(acked)} writes, {len(reads)} reads, worst staleness {worst:.3f}s")
     assert worst <= STALENESS_BOUND
     assert len(acked) > 20 and len(reads) > 100
+
+
+async def test_verify_cli_checks_a_projection_of_your_own_through_its_hook(stream_settings: Settings, tmp_path,
+                                                                         unique_id):  # fmt: skip
+    """`fleet-actors verify --projection MODULE:ATTRIBUTE`: exit 0 when the target equals a replay,
+    1 with the differences once a row is lost (run from the directory that holds the SQLite file)."""
+    await seed(stream_settings, 3, 30, prefix=unique_id("V"))
+    projection = DecisionsByRole(str(tmp_path / "decisions.db"))
+    async with running(stream_settings, projection) as runner:
+        await wait_until(lambda: caught_up(runner), timeout=60)
+    repository = str(Path(__file__).resolve().parents[2])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    env.update(stream_settings.as_env(), PYTHONPATH=repository)
+
+    def cli_verify() -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "fleet_actors.cli.main", "verify", "--projection",
+                "examples.decisions_by_role:DecisionsByRole"]  # fmt: skip
+        return subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+    done = await asyncio.to_thread(cli_verify)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "decisions-by-role-v1: 0 stories differ" in done.stdout
+    with sqlite3.connect(tmp_path / "decisions.db") as db:
+        db.execute("DELETE FROM decisions WHERE rowid = (SELECT min(rowid) FROM decisions)")
+    done = await asyncio.to_thread(cli_verify)
+    assert done.returncode == 1 and "1 stories differ" in done.stdout, done.stdout + done.stderr
