@@ -43,6 +43,7 @@ from fleet_actors.application.read_models import ReadModels
 from fleet_actors.archive.archiver import SEGMENT_EVENTS, Archiver
 from fleet_actors.archive.export import ExportReport, check_since
 from fleet_actors.archive.export import export_events as export_stream
+from fleet_actors.errors import ConfigurationError
 from fleet_actors.ports.checkpoints import ProjectionCheckpoints
 from fleet_actors.ports.event_store import EventStore
 from fleet_actors.ports.read_models import ContextDocuments, GraphReadModel, ProjectionControl
@@ -321,6 +322,17 @@ async def open_graph_projection(settings: Settings, version: int = 2) -> GraphPr
         await graph.close()
         raise
     return GraphProjection(graph, store, version)
+
+
+async def open_read_model_version(settings: Settings, read_model: str, version: int) -> Projection:
+    """Version ``version`` (2 or more) of a built-in read model, ``documents`` or ``graph``, as a
+    projection on its own target (created if missing): blue/green, docs/projections.md section 8."""
+    openers = {"documents": open_documents_projection, "graph": open_graph_projection}
+    if read_model not in openers:
+        raise ConfigurationError(f"no blue/green for {read_model!r}: one of {sorted(openers)}", field="read_model")
+    if version < 2:
+        raise ConfigurationError("version 1 is the live read model the projectors write", field="version")
+    return await openers[read_model](settings, version)
 
 
 async def open_projection_runner(

@@ -23,7 +23,7 @@ import ray
 
 from fleet_actors.actors.naming import find_live, get_or_create
 from fleet_actors.adapters.jetstream.consumers import prepare_partition_consumers
-from fleet_actors.composition import open_projection_runner, open_projector
+from fleet_actors.composition import open_projection_runner, open_projector, open_read_model_version
 from fleet_actors.errors import BackendUnavailable
 from fleet_actors.observability import logs, tracing
 from fleet_actors.observability.metrics import configure as metrics_configure
@@ -61,9 +61,7 @@ class HostedProjection:
 
     async def open(self, settings: Settings) -> Projection:
         if self.read_model:
-            from fleet_actors.jobs.projection_extensions import open_version
-
-            return await open_version(settings, self.read_model, self.version)
+            return await open_read_model_version(settings, self.read_model, self.version)
         return load(self.target)
 
 

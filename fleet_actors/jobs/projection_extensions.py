@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,11 +18,10 @@ from fleet_actors.adapters.valkey import ContextCache, ValkeyDeadLetterIndex, co
 from fleet_actors.adapters.valkey.active_documents import space_of
 from fleet_actors.adapters.valkey.active_version import ActiveVersion
 from fleet_actors.composition import (
-    open_documents_projection,
     open_event_store,
-    open_graph_projection,
     open_projection_checkpoints,
     open_projection_runner,
+    open_read_model_version,
 )
 from fleet_actors.errors import ConfigurationError
 from fleet_actors.projections.api import Projection, optional_hook, projection_id
@@ -159,24 +158,14 @@ async def run_projection(
     return runner.progress.applied
 
 
-@dataclass(frozen=True)
-class BlueGreen:
-    """A built-in read model that can run as version n beside the live one (version 1, written by the
-    projectors) and be switched to by readers: one mechanism for the documents and the graph."""
-
-    #: its projection's name (``{projection}-v{n}`` in ``projections status``) and the pointer's
-    projection: str
-    #: version n as a projection on the public API, on its own target (key space, database)
-    open_version: Callable[[Settings, int], Awaitable[Projection]]
+#: each built-in read model that can run as version n beside the live one (version 1, written by the
+#: projectors) and be switched to by readers -> its projection's name (``{name}-v{n}`` in
+#: ``projections status``, and its readers' pointer); the versions are opened by
+#: ``composition.open_read_model_version``
+BLUE_GREEN = {"documents": "context-documents", "graph": "graph"}
 
 
-BLUE_GREEN = {
-    "documents": BlueGreen("context-documents", open_documents_projection),
-    "graph": BlueGreen("graph", open_graph_projection),
-}
-
-
-def _blue_green(read_model: str) -> BlueGreen:
+def _projection_name(read_model: str) -> str:
     if read_model not in BLUE_GREEN:
         raise ConfigurationError(f"no blue/green for {read_model!r}: one of {sorted(BLUE_GREEN)}", field="read_model")
     return BLUE_GREEN[read_model]
@@ -196,26 +185,20 @@ async def verify_against_replay(
         await store.close()
 
 
-async def open_version(settings: Settings, read_model: str, version: int) -> Projection:
-    """Version ``version`` (2 or more) of a built-in read model, on its own target (created if missing)."""
-    if version < 2:
-        raise ConfigurationError("version 1 is the live read model the projectors write", field="version")
-    return await _blue_green(read_model).open_version(settings, version)
-
-
 async def deploy_version(settings: Settings, read_model: str, version: int, **options: Any) -> int:
     """Run version ``version`` (2 or more) of a built-in read model beside the live one, catching up
     from the first event on its own target (created if missing): ``run_projection`` with ``options``."""
-    return await run_projection(settings, await open_version(settings, read_model, version), **options)
+    projection = await open_read_model_version(settings, read_model, version)
+    return await run_projection(settings, projection, **options)
 
 
 def version_id(read_model: str, version: int) -> str:
     """``graph-v2``, ``context-documents-v3``: the projection id of a built-in read model's version."""
-    return f"{_blue_green(read_model).projection}-v{version}"
+    return f"{_projection_name(read_model)}-v{version}"
 
 
 async def _open_pointer(settings: Settings, read_model: str) -> ActiveVersion:
-    return ActiveVersion(await connect_valkey(settings), settings.stream_name, _blue_green(read_model).projection)
+    return ActiveVersion(await connect_valkey(settings), settings.stream_name, _projection_name(read_model))
 
 
 async def active_version(settings: Settings, read_model: str) -> int:
@@ -234,16 +217,16 @@ async def switch_readers(
     waiting longer than ``max_lag_seconds`` and ``verify`` finds no difference (``check``); returns
     the differences (then nothing is switched). Version 1 (the live one, always kept by the
     projectors) needs no check: it is the switch back."""
-    spec = _blue_green(read_model)
+    name = _projection_name(read_model)
     if version >= 2 and check:
-        projection = f"{spec.projection}-v{version}"
+        projection = f"{name}-v{version}"
         rows = [r for r in await projection_rows(settings) if r.projection == projection]
         if not rows or any(r.phase != "live" for r in rows):
             raise ConfigurationError(f"{projection} is not running live (deploy it first: docs/projections.md)")
         lag = max(r.lag_seconds for r in rows)
         if lag > max_lag_seconds:
             raise ConfigurationError(f"{projection} has not caught up: its oldest waiting event is {lag:.1f}s old")
-        target = await spec.open_version(settings, version)
+        target = await open_read_model_version(settings, read_model, version)
         store = await open_event_store(settings, update_stream=False)
         try:
             differences = await verify_projection(target, store, await store.story_ids())
@@ -296,12 +279,12 @@ async def drop_version(settings: Settings, read_model: str, version: int) -> Non
     checkpoint, progress and held stories (``remove_projection``), then its target (the documents'
     key space ``context:v{n}:*``, the graph's database). Stop its runner first. Version 1 and the
     version readers read are refused."""
-    spec = _blue_green(read_model)
+    name = _projection_name(read_model)
     if version < 2:
         raise ConfigurationError("version 1 is the live read model: it is never dropped", field="version")
     if await active_version(settings, read_model) == version:
         raise ConfigurationError(f"readers read version {version} of the {read_model}: switch them first")
-    await remove_projection(settings, f"{spec.projection}-v{version}")
+    await remove_projection(settings, f"{name}-v{version}")
     if read_model == "graph":
         await GraphDatabases(settings).drop(graph_database(settings, version))
     else:

@@ -749,7 +749,8 @@ class ProjectionRunner:
         self.progress.heartbeat = time.time()
         record = progress_record(self)
         with contextlib.suppress(Retryable):
-            await self.checkpoints.publish_progress(self.id, self.worker, record)
+            if self.names.registered or self.archive is not None:  # its row, or where its catch-up resumes
+                await self.checkpoints.publish_progress(self.id, self.worker, record)
             if self.control is not None:
                 await self.control.publish_status(self.worker, record)
 
