@@ -93,7 +93,8 @@ class ProjectorActor:
             else:
                 self._projector = projector
                 self._ready.set()
-                up = metrics().projector_up.child(projector.names.label)
+                label = projector.names.label if self._hosted else consumer_name(self._index, self._count)
+                up = metrics().projector_up.child(label)
                 up.set(1)
                 try:
                     await projector.run(self._stop)
