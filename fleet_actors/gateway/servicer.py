@@ -37,7 +37,7 @@ from fleet_actors.domain import rules
 from fleet_actors.domain.alternatives import alternatives_from
 from fleet_actors.domain.commands import AddDecision, ApplyChanges, CreateStory, CreateSubtask, TransitionPhase
 from fleet_actors.domain.events import EventEnvelope, PhaseTransitioned, SubtaskCreated
-from fleet_actors.domain.redaction import patterns_with, redact_value
+from fleet_actors.domain.redaction import RedactionMemo, patterns_with, redact_value
 from fleet_actors.domain.state import StoryState, SubtaskStatus
 from fleet_actors.errors import (
     ConcurrencyConflict,
@@ -273,6 +273,8 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
         #: secret patterns redacted before appending (empty: off) and in responses (empty: off)
         self._append_redaction = patterns if settings.redact_on_append else ()
         self._response_redaction = patterns if settings.redact_responses else ()
+        #: a story's states share their values: each is redacted once while they are shown
+        self._redacted = RedactionMemo(self._response_redaction)
 
     def _shown_properties(self, props: Mapping[str, Any]) -> Mapping[str, Any]:
         """A graph node's properties as responses carry them: text values with secrets redacted."""
@@ -294,7 +296,7 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
             copy = object.__new__(EventEnvelope)
             copy.__dict__.update({**value.__dict__, "payload": payload})
             return copy
-        return redact_value(value, self._response_redaction)[0]
+        return self._redacted(value)
 
     def close(self) -> None:
         """End every WatchStory stream (cleanly, with OK) so that a graceful stop does not wait for them."""
