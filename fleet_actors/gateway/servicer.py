@@ -108,7 +108,13 @@ class Backends:
         from fleet_actors.composition import open_gateway_stores
 
         read_models, events, bundles = await open_gateway_stores(settings)
-        return cls(AsyncFleetClient(settings, OrderedDict()), read_models, events, bundles)
+        backends = cls(AsyncFleetClient(settings, OrderedDict()), read_models, events, bundles)
+        try:
+            await backends.client.open_reads()  # the log for history and temporal reads, before the first
+        except BaseException:
+            await backends.close()
+            raise
+        return backends
 
     async def unreachable(self, timeout: float) -> list[str]:
         """The backends that do not answer within ``timeout`` seconds (JetStream, Valkey, the graph)."""

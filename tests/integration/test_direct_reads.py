@@ -146,3 +146,24 @@ async def test_a_read_told_how_many_events_it_wants_hands_those_first_and_the_re
         assert [e for batch in batches for e in decode_events(batch)] == reference
         envelopes = [e async for batch in store.read_envelopes(sid, wanted=wanted) for e in batch]
         assert envelopes == reference
+
+
+async def test_an_async_client_opens_its_log_connection_when_asked(
+    stream_settings: Settings, stores: Stores, unique_id
+):
+    from fleet_actors.client import AsyncFleetClient
+
+    sid = unique_id("O")
+    writer = await written(stores, sid)
+    client = AsyncFleetClient(stream_settings)
+    try:
+        await client.open_reads()
+        reads = client._direct_reads()
+        opened = await reads.stores()
+        assert await client.history(sid) == await writer.log()
+        assert client._direct_reads() is reads and await reads.stores() is opened  # the one opened first
+    finally:
+        await client.close()
+    off = AsyncFleetClient(stream_settings.replace(direct_reads=False))
+    await off.open_reads()  # nothing to open: reads go to the story actor
+    assert off._reads is None
