@@ -101,6 +101,8 @@ def redact_text(text: str, patterns: tuple[Pattern, ...] = BUILTIN_PATTERNS) -> 
         return text, ()
     found: list[str] = []
     for name, regex in _compiled(patterns):
+        if regex.search(text) is None:
+            continue  # most texts hold no secret: one scan, and no replacement set up for it
         marker = MARKER.format(name=name)
 
         def replace(match: re.Match[str], marker: str = marker, name: str = name) -> str:
@@ -191,18 +193,25 @@ def _redact(
     return value
 
 
+@functools.cache
+def _text_fields(cls: type) -> tuple[str, ...]:
+    """The fields of a dataclass that may hold text to redact: all but ids and references."""
+    return tuple(
+        f.name for f in dataclasses.fields(cls) if not (f.name.endswith("_id") or f.name in _REFERENCES)
+    )
+
+
 def _redact_fields(
     value: Any, patterns: tuple[Pattern, ...], path: str, changed: list[str], seen: dict[int, tuple[Any, Any]] | None
 ) -> Any:
     """A frozen dataclass with its texts redacted (itself when none changed)."""
     updates = {}
-    for f in dataclasses.fields(value):
-        if f.name.endswith("_id") or f.name in _REFERENCES:
-            continue
-        old = getattr(value, f.name)
-        new = _redact(old, patterns, f"{path}.{f.name}" if path else f.name, changed, seen)
+    cls: type = type(value)  # as a plain `type` (Hashable for the cache)
+    for name in _text_fields(cls):
+        old = getattr(value, name)
+        new = _redact(old, patterns, f"{path}.{name}" if path else name, changed, seen)
         if new is not old:
-            updates[f.name] = new
+            updates[name] = new
     if not updates:
         return value
     copy = object.__new__(type(value))
