@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import threading
 from collections import OrderedDict
 from collections.abc import Coroutine
@@ -182,6 +183,11 @@ class RecentSnapshots(SnapshotStore):
             self._listed.popitem(last=False)
         return listed, False
 
+    def _nearest(self, story_id: str, version: int) -> Snapshot | None:
+        """The decoded snapshot of the story held closest to ``version``."""
+        held = [snapshot for (held_story, _), snapshot in self._decoded.items() if held_story == story_id]
+        return min(held, key=lambda snapshot: abs(snapshot.version - version), default=None)
+
     def _held_before(self, story_id: str, max_version: int | None, at: datetime | None) -> Snapshot | None:
         """The newest decoded snapshot of the story at or before the point."""
         best: Snapshot | None = None
@@ -198,11 +204,36 @@ class RecentSnapshots(SnapshotStore):
         key = (ref.story_id, ref.position)
         snapshot = self._decoded.get(key)
         if snapshot is None or snapshot.version != ref.version:
-            snapshot = self._decoded[key] = await self._inner.load(ref)
+            snapshot = await self._inner.load(ref)
+            nearest = self._nearest(ref.story_id, snapshot.version)
+            if nearest is not None:
+                snapshot = dataclasses.replace(snapshot, state=shared_values(snapshot.state, nearest.state))
+            self._decoded[key] = snapshot
         self._decoded.move_to_end(key)
         while len(self._decoded) > self._keep:
             self._decoded.popitem(last=False)
         return snapshot
+
+
+def shared_values(state: StoryState, held: StoryState) -> StoryState:
+    """``state`` with each nested value (subtask, decision, relation...) equal to the one ``held`` has
+    in the same place replaced by that one.
+
+    Two snapshots of a story a few hundred events apart hold mostly equal values, but decoded they
+    are distinct objects: sharing them keeps a reader's held snapshots to little more than one
+    state's memory (and its full collections short), and lets what works by identity on a story's
+    successive states (the gateway's redaction memo, the snapshot encoder) treat a newly decoded
+    snapshot as a state that grew from the one held."""
+    changes: dict[str, Any] = {}
+    for field in dataclasses.fields(StoryState):
+        new, old = getattr(state, field.name), getattr(held, field.name)
+        if isinstance(new, dict) and isinstance(old, dict) and new:
+            changes[field.name] = {key: o if (o := old.get(key)) == value else value for key, value in new.items()}
+        elif isinstance(new, tuple) and isinstance(old, tuple) and new and dataclasses.is_dataclass(new[0]):
+            changes[field.name] = tuple(
+                o if i < len(old) and (o := old[i]) == value else value for i, value in enumerate(new)
+            )
+    return dataclasses.replace(state, **changes)
 
 
 def _past(ref: SnapshotRef, max_version: int | None, at: datetime | None) -> bool:

@@ -91,3 +91,22 @@ async def test_a_snapshot_dropped_since_the_listing_is_not_relied_on():
     assert await recent.latest("S1", max_version=65) is None  # none left at or before 65: full replay
     found = await recent.latest("S1", max_version=375)
     assert found is not None and found.version == 370
+
+
+async def test_a_snapshot_decoded_next_to_a_held_one_shares_its_equal_values():
+    from fleet_actors.loadgen.histories import story_history
+
+    events = story_history("S1", 800, start=T0)
+    inner = CountingStore()
+    for version in (200, 800):  # further apart than a reader folds from a held one
+        await inner.save(Snapshot(fold(StoryState("S1"), events[:version]), version))
+    recent = RecentSnapshots(inner)
+    older = await recent.latest("S1", max_version=250)
+    newer = await recent.latest("S1", max_version=800)
+    assert older is not None and newer is not None and (older.version, newer.version) == (200, 800)
+    assert newer.state == fold(StoryState("S1"), events)  # the same state, values shared or not
+    shared = [key for key, value in newer.state.subtasks.items() if older.state.subtasks.get(key) is value]
+    unchanged = [key for key, value in newer.state.subtasks.items() if older.state.subtasks.get(key) == value]
+    assert shared == unchanged and shared  # every equal value is the held one, and there are some
+    kept = len(older.state.milestones)  # append-only: the older ones come back as held
+    assert kept and all(a is b for a, b in zip(newer.state.milestones[:kept], older.state.milestones, strict=True))
