@@ -72,7 +72,13 @@ class DirectReads:
 
     async def state_at(self, story_id: str, version: int | None, at: datetime | None) -> StoryState:
         store, snapshots = await self.stores()
-        with collector_paused():  # codec/collector.py: a snapshot's decode and a fold, no cycles
+        # The whole read with the collector paused (codec/collector.py), not only its decoding: a
+        # collection between its parts would promote the read's live temporaries (a decoded batch,
+        # the fold's states) to older generations, and their pile-up is what makes full
+        # collections (probe: two of 200 reads with a 130-140 ms one inside, against none). Other
+        # tasks of the loop run with it paused meanwhile; it is back on when the read ends (or
+        # its coroutine is closed).
+        with collector_paused():
             return await read_state_at(store, snapshots, story_id, version=version, at=at)
 
     async def live_state(self, story_id: str) -> StoryState | None:
