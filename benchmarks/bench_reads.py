@@ -254,4 +254,15 @@ def _gateway_temporal(settings: Any, story_id: str, versions: list[int]) -> dict
     with gateway_in_thread(settings) as gateway:
         latencies = asyncio.run(timed(gateway.address))
     cpu_figures = {f"gateway_at_time_cpu_{k}": v for k, v in latency_summary(cpu).items()}
-    return {**{f"gateway_at_time_{k}": v for k, v in latency_summary(latencies).items()}, **cpu_figures}
+    # With 60 calls the p99 is the slowest one: say whether that is the gateway's first read
+    first = {
+        "gateway_at_time_first_ms": round(latencies[0] * 1000, 1),
+        "gateway_at_time_first_cpu_ms": round(cpu[0] * 1000, 1),
+    }
+    later = {f"gateway_at_time_after_first_{k}": v for k, v in latency_summary(latencies[1:]).items()}
+    return {
+        **{f"gateway_at_time_{k}": v for k, v in latency_summary(latencies).items()},
+        **cpu_figures,
+        **first,
+        **later,
+    }
