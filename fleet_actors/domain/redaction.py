@@ -147,13 +147,16 @@ class RedactionMemo:
     A story's states share their values (an event replaces the few it changes, and a temporal read
     folds from a snapshot the reader keeps), so redacting a state that was shown before redacts only
     what is new: every regex over every text of a 10,000-event story's state took ~80 ms, most of a
-    GetContextAtTime. Remembers at most ``size`` values (then starts afresh). Not thread-safe.
+    GetContextAtTime. Texts are remembered by value too (roles, statuses, kinds, authors recur
+    across a state's values). Remembers at most ``size`` values and texts (then starts afresh). Not
+    thread-safe.
     """
 
     def __init__(self, patterns: tuple[Pattern, ...] = BUILTIN_PATTERNS, size: int = 100_000) -> None:
         self._patterns, self._size = patterns, size
-        #: id(value) -> (the value, kept so that its id stays its own; its redacted form)
-        self._seen: dict[int, tuple[Any, Any]] = {}
+        #: id(value) -> (the value, kept so that its id stays its own; its redacted form); and
+        #: text -> (the text, its redacted form)
+        self._seen: dict[Any, tuple[Any, Any]] = {}
 
     def __call__(self, value: T) -> T:
         if len(self._seen) > self._size:
@@ -167,13 +170,17 @@ def _redact(
     patterns: tuple[Pattern, ...],
     path: str,
     changed: list[str],
-    seen: dict[int, tuple[Any, Any]] | None = None,
+    seen: dict[Any, tuple[Any, Any]] | None = None,
 ) -> Any:
     """``seen``: a :class:`RedactionMemo`'s values (``changed`` then misses what it already held)."""
     if isinstance(value, str):
+        if seen is not None and (known := seen.get(value)) is not None:
+            return known[1]
         text, found = redact_text(value, patterns)
         if found:
             changed.append(path or "text")
+        if seen is not None:
+            seen[value] = (value, text if found else value)
         return text if found else value
     if isinstance(value, Mapping):
         items = {k: _redact(v, patterns, f"{path}.{k}" if path else str(k), changed, seen) for k, v in value.items()}
@@ -202,7 +209,7 @@ def _text_fields(cls: type) -> tuple[str, ...]:
 
 
 def _redact_fields(
-    value: Any, patterns: tuple[Pattern, ...], path: str, changed: list[str], seen: dict[int, tuple[Any, Any]] | None
+    value: Any, patterns: tuple[Pattern, ...], path: str, changed: list[str], seen: dict[Any, tuple[Any, Any]] | None
 ) -> Any:
     """A frozen dataclass with its texts redacted (itself when none changed)."""
     updates = {}
