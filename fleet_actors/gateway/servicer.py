@@ -33,6 +33,7 @@ from fleet_actors.application.ids import new_id
 from fleet_actors.application.read_models import ContextView, ReadModels
 from fleet_actors.client import AsyncFleetClient
 from fleet_actors.codec import decode_event
+from fleet_actors.codec.collector import collector_paused
 from fleet_actors.domain import rules
 from fleet_actors.domain.alternatives import alternatives_from
 from fleet_actors.domain.commands import AddDecision, ApplyChanges, CreateStory, CreateSubtask, TransitionPhase
@@ -366,8 +367,11 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
                 f"subtask_id {subtask_id!r} not found in story {state.story_id!r}; answered without a focus"
             )
             subtask_id = ""
-        state = self._shown(state)
-        assembled = assemble_context(state, scope, subtask_id=subtask_id, token_budget=token_budget, tools=TOOLS_TEXT)
+        with collector_paused():  # a redacted state's copies and the text: thousands of objects, no cycles
+            state = self._shown(state)
+            assembled = assemble_context(
+                state, scope, subtask_id=subtask_id, token_budget=token_budget, tools=TOOLS_TEXT
+            )
         return pb.GetContextResponse(
             context=assembled.context,
             token_count=assembled.token_count,
