@@ -25,6 +25,7 @@ from fleet_actors import FleetClient
 from fleet_actors.adapters.jetstream import JetStreamEventStore
 from fleet_actors.adapters.jetstream.direct_get import read_by_subject, read_payloads_by_subject
 from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore
+from fleet_actors.codec.state import decode_snapshot
 from fleet_actors.domain.state import StoryState
 from fleet_actors.domain.story import StateBuilder
 from fleet_actors.gateway import gateway_in_thread
@@ -32,6 +33,7 @@ from fleet_actors.loadgen.histories import story_history
 from fleet_actors.ports.snapshot_store import Snapshot
 from fleet_actors.proto import context_service_pb2 as pb
 from fleet_actors.proto import context_service_pb2_grpc as pb_grpc
+from fleet_actors.proto import state_pb2
 
 EVENTS = int(os.environ.get("BENCH_READS_EVENTS", "10000"))
 ROUNDS = int(os.environ.get("BENCH_READS_ROUNDS", "5"))
@@ -93,10 +95,15 @@ class RawReads:
         return count
 
 
-def _timed(call: Any) -> float:
+def _timed(call: Any, cpu: list[float] | None = None) -> float:
+    """Wall-clock seconds of ``call()``; with ``cpu``, this process's CPU seconds appended to it."""
+    started_cpu = time.process_time()
     started = time.perf_counter()
     call()
-    return time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    if cpu is not None:
+        cpu.append(time.process_time() - started_cpu)
+    return elapsed
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:
@@ -118,18 +125,28 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         assert client.history(story_id) == history  # the same events, decoded
         # -- history against raw reads, alternating rounds ------------------------------------------
         samples: dict[str, list[float]] = {k: [] for k in ("ordered", "direct", "direct_nohdr", "ours", "actor")}
+        #: this process's CPU (every thread: the client's reads run on its own loop thread) per read
+        cpu: dict[str, list[float]] = {"direct_nohdr": [], "ours": []}
         for _ in range(ROUNDS):
             for name, read in (
                 ("ordered", raw.ordered_consumer),
                 ("direct", raw.direct_gets),
                 ("direct_nohdr", raw.direct_gets_no_headers),
             ):
-                samples[name].append(_timed(lambda read=read: _check(loop.run_until_complete(read()))))
-            samples["ours"].append(_timed(lambda: _check(len(client.history(story_id)))))
+                samples[name].append(_timed(lambda read=read: _check(loop.run_until_complete(read())), cpu.get(name)))
+            samples["ours"].append(_timed(lambda: _check(len(client.history(story_id))), cpu["ours"]))
             samples["actor"].append(_timed(lambda: _check(len(through_actor.history(story_id)))))
         medians = {name: statistics.median(values) for name, values in samples.items()}
         for name, value in medians.items():
             figures[f"history_{name}_ms"] = round(value * 1000, 1)
+        figures["history_ratio_per_round_vs_nohdr"] = [
+            round(a / b, 2) for a, b in zip(samples["direct_nohdr"], samples["ours"], strict=True)
+        ]
+        for name, values in cpu.items():
+            figures[f"history_{name}_cpu_ms"] = round(statistics.median(values) * 1000, 1)
+        figures["history_cpu_ratio_vs_nohdr"] = round(
+            statistics.median(cpu["direct_nohdr"]) / statistics.median(cpu["ours"]), 3
+        )
         named = min(medians["ordered"], medians["direct"])  # the two reads the issue names
         fastest = min(named, medians["direct_nohdr"])
         figures["history_ratio_vs_fastest_raw"] = round(fastest / medians["ours"], 3)
@@ -152,22 +169,31 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         figures.update({f"get_story_after_append_{k}": v for k, v in latency_summary(after_append).items()})
         figures.update({f"get_story_actor_path_{k}": v for k, v in latency_summary(actor_path).items()})
         # -- temporal reads with snapshots ---------------------------------------------------------------
-        # Points a kept snapshot reaches (the stream keeps each story's newest 20, one per 100 events),
-        # and points anywhere in the story (older ones replay from the story's start).
+        # Points a kept snapshot reaches (the stream keeps each story's newest 20, one per 100 events:
+        # v8,100-v10,000; until 2026-12-02 afternoon the range began at v8,001, and the 1 % of points
+        # below v8,100 replayed the story from its start), and points anywhere in the story (older
+        # ones replay from the story's start).
         rng = random.Random(7)
-        oldest_kept = max(1, EVENTS - settings.snapshot_keep * SNAPSHOT_EVERY + 1)
+        oldest_kept = max(1, EVENTS - (settings.snapshot_keep - 1) * SNAPSHOT_EVERY)
         versions = [rng.randint(oldest_kept, EVENTS) for _ in range(CALLS * ROUNDS)]
         anywhere = [rng.randint(1, EVENTS) for _ in range(CALLS)]
-        at_version = [_timed(lambda v=v: client.get_story_at(story_id, v)) for v in versions]
+        cpu_at_version: list[float] = []
+        at_version = [_timed(lambda v=v: client.get_story_at(story_id, v), cpu_at_version) for v in versions]
         stamps = [history[v - 1].timestamp for v in versions[:CALLS]]
-        at_time = [_timed(lambda t=t: client.get_story_at(story_id, t)) for t in stamps]
+        cpu_at_time: list[float] = []
+        at_time = [_timed(lambda t=t: client.get_story_at(story_id, t), cpu_at_time) for t in stamps]
         at_any = [_timed(lambda v=v: client.get_story_at(story_id, v)) for v in anywhere]
         actor_temporal = [_timed(lambda v=v: through_actor.get_story_at(story_id, v)) for v in versions[: CALLS // 2]]
         figures.update({f"state_at_version_{k}": v for k, v in latency_summary(at_version).items()})
         figures.update({f"state_at_time_{k}": v for k, v in latency_summary(at_time).items()})
+        # This process's CPU per read: what a call costs when it does not wait for a core (the
+        # machine is shared; a loaded one stretches the wall-clock tail, not this)
+        figures.update({f"state_at_version_cpu_{k}": v for k, v in latency_summary(cpu_at_version).items()})
+        figures.update({f"state_at_time_cpu_{k}": v for k, v in latency_summary(cpu_at_time).items()})
         figures.update({f"state_at_any_version_{k}": v for k, v in latency_summary(at_any).items()})
         figures.update({f"state_at_actor_path_{k}": v for k, v in latency_summary(actor_temporal).items()})
         figures.update(_gateway_temporal(settings, story_id, versions[:CALLS]))
+        figures.update(_snapshot_decode(loop, snapshots, story_id))
     finally:
         client.close()
         through_actor.close()
@@ -175,6 +201,25 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         loop.close()
     figures["load_after"] = os.getloadavg()[0]
     return figures
+
+
+def _snapshot_decode(
+    loop: asyncio.AbstractEventLoop, snapshots: JetStreamSnapshotStore, story_id: str
+) -> dict[str, Any]:
+    """The newest snapshot's decode (min of 20, alternating with its protobuf parse alone, the floor
+    of any decode of it)."""
+    refs = loop.run_until_complete(snapshots.refs(story_id))
+    data = loop.run_until_complete(snapshots._get(refs[-1])).data or b""
+    decode, parse = [], []
+    for _ in range(20):
+        decode.append(_timed(lambda: decode_snapshot(data)))
+        parse.append(_timed(lambda: state_pb2.StoryStateSnapshot.FromString(data)))
+    return {
+        "snapshot_bytes": len(data),
+        "snapshot_decode_min_ms": round(min(decode) * 1000, 2),
+        "snapshot_decode_p50_ms": round(statistics.median(decode) * 1000, 2),
+        "snapshot_parse_only_min_ms": round(min(parse) * 1000, 2),
+    }
 
 
 def _check(count: int) -> None:
@@ -193,17 +238,31 @@ def _next_event(state: StoryState, serial: int) -> Any:
 
 def _gateway_temporal(settings: Any, story_id: str, versions: list[int]) -> dict[str, Any]:
     """GetContextAtTime through a gateway in this process (its reads run in the gateway)."""
+    cpu: list[float] = []
 
     async def timed(address: str) -> list[float]:
         latencies = []
         async with grpc.aio.insecure_channel(address) as channel:
             stub = pb_grpc.ContextServiceStub(channel)
             for version in versions:
-                started = time.perf_counter()
+                started_cpu, started = time.process_time(), time.perf_counter()
                 await stub.GetContextAtTime(pb.GetContextAtTimeRequest(story_id=story_id, role="DEV", version=version))
                 latencies.append(time.perf_counter() - started)
+                cpu.append(time.process_time() - started_cpu)  # the gateway's and this caller's
         return latencies
 
     with gateway_in_thread(settings) as gateway:
         latencies = asyncio.run(timed(gateway.address))
-    return {f"gateway_at_time_{k}": v for k, v in latency_summary(latencies).items()}
+    cpu_figures = {f"gateway_at_time_cpu_{k}": v for k, v in latency_summary(cpu).items()}
+    # With 60 calls the p99 is the slowest one: say whether that is the gateway's first read
+    first = {
+        "gateway_at_time_first_ms": round(latencies[0] * 1000, 1),
+        "gateway_at_time_first_cpu_ms": round(cpu[0] * 1000, 1),
+    }
+    later = {f"gateway_at_time_after_first_{k}": v for k, v in latency_summary(latencies[1:]).items()}
+    return {
+        **{f"gateway_at_time_{k}": v for k, v in latency_summary(latencies).items()},
+        **cpu_figures,
+        **first,
+        **later,
+    }

@@ -500,6 +500,12 @@ class AsyncFleetClient(_StoryApi[Awaitable[Any]]):
             self._reads, self._reads_loop = DirectReads(self.settings), loop
         return self._reads
 
+    async def open_reads(self) -> None:
+        """Open the connection to the log for direct reads now, on this event loop, rather than in the
+        first read (which would pay for connecting). No-op with direct reads off."""
+        if self.settings.direct_reads:
+            await self._direct_reads().stores()
+
     def _direct(self, read: Callable[[DirectReads], Coroutine[Any, Any, Any]]) -> Awaitable[Any]:
         async def run() -> Any:
             return await read(self._direct_reads())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import threading
 from collections import OrderedDict
 from collections.abc import Coroutine
@@ -22,6 +23,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from fleet_actors.application.story_reads import read_history, read_state_at
+from fleet_actors.codec.collector import collector_paused
 from fleet_actors.domain.events import EventEnvelope
 from fleet_actors.domain.state import StoryState
 from fleet_actors.domain.story import StateBuilder
@@ -70,7 +72,14 @@ class DirectReads:
 
     async def state_at(self, story_id: str, version: int | None, at: datetime | None) -> StoryState:
         store, snapshots = await self.stores()
-        return await read_state_at(store, snapshots, story_id, version=version, at=at)
+        # The whole read with the collector paused (codec/collector.py), not only its decoding: a
+        # collection between its parts would promote the read's live temporaries (a decoded batch,
+        # the fold's states) to older generations, and their pile-up is what makes full
+        # collections (probe: two of 200 reads with a 130-140 ms one inside, against none). Other
+        # tasks of the loop run with it paused meanwhile; it is back on when the read ends (or
+        # its coroutine is closed).
+        with collector_paused():
+            return await read_state_at(store, snapshots, story_id, version=version, at=at)
 
     async def live_state(self, story_id: str) -> StoryState | None:
         """The story's state as of the log's head now, from what this client holds; None when the story
@@ -118,12 +127,16 @@ class DirectReads:
 
 
 class RecentSnapshots(SnapshotStore):
-    """A snapshot store that keeps the last few snapshots it decoded: a snapshot never changes once
-    saved, and decoding a 10,000-event story's state costs more than the rest of a temporal read."""
+    """A snapshot store that keeps the last few snapshots it decoded, and each story's listing: a
+    snapshot never changes once saved, decoding a 10,000-event story's state costs more than the rest
+    of a temporal read, and listing a story's snapshots (an ordered consumer over their headers) cost
+    a temporal read 6-15 ms of its ~20."""
 
-    def __init__(self, inner: SnapshotStore, keep: int = SNAPSHOTS_KEPT) -> None:
-        self._inner, self._keep = inner, keep
+    def __init__(self, inner: SnapshotStore, keep: int = SNAPSHOTS_KEPT, listings: int = LIVE_STATES) -> None:
+        self._inner, self._keep, self._listings = inner, keep, listings
         self._decoded: OrderedDict[tuple[str, int], Snapshot] = OrderedDict()
+        #: story id -> its snapshots as last listed, oldest first
+        self._listed: OrderedDict[str, list[SnapshotRef]] = OrderedDict()
 
     async def save(self, snapshot: Snapshot) -> None:
         await self._inner.save(snapshot)
@@ -144,18 +157,42 @@ class RecentSnapshots(SnapshotStore):
         held = self._held_before(story_id, max_version, at)
         if held is not None and max_version is not None and max_version - held.version <= REUSE_EVENTS:
             return held  # close enough without even listing the snapshots
-        for ref in reversed(await self._inner.refs(story_id)):
-            if (max_version is not None and ref.version > max_version) or (
-                at is not None and (ref.at is None or ref.at > at)
-            ):
+        refs, remembered = await self._listing(story_id, max_version, at)
+        for ref in reversed(refs):
+            if _past(ref, max_version, at) or (at is not None and ref.at is None):
                 continue
             if held is not None and held.version >= ref.version - REUSE_EVENTS:
                 return held
             try:
                 return await self.load(ref)
             except EventDecodeError:
+                if remembered:  # gone since it was listed (the stream keeps a story's newest few)
+                    self._listed.pop(story_id, None)
+                    return await self.latest(story_id, max_version=max_version, at=at)
                 continue  # as the port's latest: an older one, or full replay, will do
         return held
+
+    async def _listing(
+        self, story_id: str, max_version: int | None, at: datetime | None
+    ) -> tuple[list[SnapshotRef], bool]:
+        """The story's snapshots, and whether from the listing remembered. A remembered listing whose
+        newest snapshot lies past the point still answers: snapshots are saved in version order, so
+        any saved since lies past it too and would not be chosen; an older one may have been dropped
+        since (then :meth:`latest` lists again)."""
+        listed = self._listed.get(story_id)
+        if listed and _past(listed[-1], max_version, at):
+            self._listed.move_to_end(story_id)
+            return listed, True
+        listed = self._listed[story_id] = await self._inner.refs(story_id)
+        self._listed.move_to_end(story_id)
+        while len(self._listed) > self._listings:
+            self._listed.popitem(last=False)
+        return listed, False
+
+    def _nearest(self, story_id: str, version: int) -> Snapshot | None:
+        """The decoded snapshot of the story held closest to ``version``."""
+        held = [snapshot for (held_story, _), snapshot in self._decoded.items() if held_story == story_id]
+        return min(held, key=lambda snapshot: abs(snapshot.version - version), default=None)
 
     def _held_before(self, story_id: str, max_version: int | None, at: datetime | None) -> Snapshot | None:
         """The newest decoded snapshot of the story at or before the point."""
@@ -173,11 +210,43 @@ class RecentSnapshots(SnapshotStore):
         key = (ref.story_id, ref.position)
         snapshot = self._decoded.get(key)
         if snapshot is None or snapshot.version != ref.version:
-            snapshot = self._decoded[key] = await self._inner.load(ref)
-            while len(self._decoded) > self._keep:
-                self._decoded.popitem(last=False)
+            snapshot = await self._inner.load(ref)
+            nearest = self._nearest(ref.story_id, snapshot.version)
+            if nearest is not None:
+                snapshot = dataclasses.replace(snapshot, state=shared_values(snapshot.state, nearest.state))
+            self._decoded[key] = snapshot
         self._decoded.move_to_end(key)
+        while len(self._decoded) > self._keep:
+            self._decoded.popitem(last=False)
         return snapshot
+
+
+def shared_values(state: StoryState, held: StoryState) -> StoryState:
+    """``state`` with each nested value (subtask, decision, relation...) equal to the one ``held`` has
+    in the same place replaced by that one.
+
+    Two snapshots of a story a few hundred events apart hold mostly equal values, but decoded they
+    are distinct objects: sharing them keeps a reader's held snapshots to little more than one
+    state's memory (and its full collections short), and lets what works by identity on a story's
+    successive states (the gateway's redaction memo, the snapshot encoder) treat a newly decoded
+    snapshot as a state that grew from the one held."""
+    changes: dict[str, Any] = {}
+    for field in dataclasses.fields(StoryState):
+        new, old = getattr(state, field.name), getattr(held, field.name)
+        if isinstance(new, dict) and isinstance(old, dict) and new:
+            changes[field.name] = {key: o if (o := old.get(key)) == value else value for key, value in new.items()}
+        elif isinstance(new, tuple) and isinstance(old, tuple) and new and dataclasses.is_dataclass(new[0]):
+            changes[field.name] = tuple(
+                o if i < len(old) and (o := old[i]) == value else value for i, value in enumerate(new)
+            )
+    return dataclasses.replace(state, **changes)
+
+
+def _past(ref: SnapshotRef, max_version: int | None, at: datetime | None) -> bool:
+    """Whether the snapshot covers events after the point (a version, or a time)."""
+    return (max_version is not None and ref.version > max_version) or (
+        at is not None and ref.at is not None and ref.at > at
+    )
 
 
 class LoopThread:

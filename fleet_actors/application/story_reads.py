@@ -17,6 +17,10 @@ from fleet_actors.errors import InvalidCommand, StoryNotFound
 from fleet_actors.ports.event_store import EventStore
 from fleet_actors.ports.snapshot_store import SnapshotStore
 
+#: the first batch of a temporal read by time (the events between a snapshot and the point: up to
+#: the snapshots' interval, 100 by default, or a few hundred from a snapshot a reader reuses)
+TIME_READ_BATCH = 250
+
 
 def check_limit(limit: int | None) -> None:
     if limit is not None and limit < 1:
@@ -49,7 +53,7 @@ async def read_history(
     if snapshots is not None and from_version > 1:
         after = await snapshots.sequence_before(story_id, from_version)
     out: list[EventEnvelope] = []
-    async with contextlib.aclosing(store.read_envelopes(story_id, after)) as batches:
+    async with contextlib.aclosing(store.read_envelopes(story_id, after, wanted=limit)) as batches:
         async for batch in batches:
             if batch[0].version < from_version:
                 batch = [envelope for envelope in batch if envelope.version >= from_version]
@@ -80,16 +84,24 @@ async def read_state_at(
         if snapshot is not None:
             state, after = snapshot.state, snapshot.last_sequence
     builder = StateBuilder(state)
-    done = False
-    async with contextlib.aclosing(store.read_envelopes(story_id, after)) as batches:
-        async for batch in batches:
-            for envelope in batch:
-                if (version is not None and envelope.version > version) or (at is not None and envelope.timestamp > at):
-                    done = True
+    # Every event of the story has the next version: up to a version, exactly this many are needed
+    # (a read by time stops at the first event stamped after the point, usually within a snapshot
+    # interval or a few).
+    wanted = version - state.version if version is not None else TIME_READ_BATCH
+    done = wanted <= 0
+    if not done:
+        async with contextlib.aclosing(store.read_envelopes(story_id, after, wanted=wanted)) as batches:
+            async for batch in batches:
+                for envelope in batch:
+                    if (version is not None and envelope.version > version) or (
+                        at is not None and envelope.timestamp > at
+                    ):
+                        done = True
+                        break
+                    builder.add(envelope)
+                done = done or (version is not None and builder.version >= version)
+                if done:
                     break
-                builder.add(envelope)
-            if done:
-                break
     state = builder.state()
     if not state.created:
         raise StoryNotFound(story_id)

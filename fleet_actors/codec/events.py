@@ -6,13 +6,14 @@ import dataclasses
 import functools
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError
 
+from fleet_actors.codec.collector import collector_paused
 from fleet_actors.codec.upcasting import upcast
 from fleet_actors.domain.events import EVENT_TYPES, VALUE_TYPES, Event, EventEnvelope
 from fleet_actors.errors import EventDecodeError
@@ -135,6 +136,13 @@ def fill_message(target: Message, value_object: object, plan: tuple[_Field, ...]
                 fill_message(items.add(), item, _value_plan(field.value_type))
 
 
+def decode_events(payloads: Iterable[bytes]) -> list[EventEnvelope]:
+    """:func:`decode_event` of each, with the cyclic collector paused (codec/collector.py): a batch
+    of a story's events is thousands of new objects, none in a cycle."""
+    with collector_paused():
+        return list(map(decode_event, payloads))
+
+
 def decode_event(data: bytes) -> EventEnvelope:
     """Parse, upcast to the current schema and build the domain event. Raises EventDecodeError."""
     message = events_pb2.ContextEvent()
@@ -152,14 +160,13 @@ def decode_event(data: bytes) -> EventEnvelope:
     cls = decoder.cls
     stored_version = message.schema_version or 1
     if stored_version == cls.schema_version:
-        fields = decoder.read_current(getattr(message, event_type))
-    else:  # the upcasters may need the legacy fields, which then stay behind
-        fields = upcast(event_type, stored_version, cls.schema_version, decoder.read_all(getattr(message, event_type)))
-        fields = {k: v for k, v in fields.items() if k in decoder.names}
+        return decoder.build(message, getattr(message, event_type), stored_version)
+    # The upcasters may need the legacy fields, which then stay behind.
+    fields = upcast(event_type, stored_version, cls.schema_version, decoder.read_all(getattr(message, event_type)))
+    fields = {k: v for k, v in fields.items() if k in decoder.names}
     stamp = message.timestamp
-    # Filled directly, as their __init__ would (decoding is on every read path: a history of 10,000
-    # events spent more time in the frozen dataclasses' field-by-field __init__ than in parsing).
-    # The envelope's __post_init__ only defaults schema_version, which is given here.
+    # Filled directly, as their __init__ would (see _builder). The envelope's __post_init__ only
+    # defaults schema_version, which is given here.
     event: Event = object.__new__(cls)
     event.__dict__.update(fields)
     envelope: EventEnvelope = object.__new__(EventEnvelope)
@@ -184,10 +191,10 @@ class _Decoder:
     cls: type[Event]
     #: the dataclass's field names (a stored payload may carry legacy ones besides)
     names: frozenset[str]
-    #: the dataclass's fields of a payload in the current shape
-    read_current: Callable[[Any], dict[str, object]]
     #: every field of the message, legacy ones included (for the upcasters)
     read_all: Callable[[Any], dict[str, object]]
+    #: the envelope of a payload in the current shape: (message, payload, schema version) -> envelope
+    build: Callable[[Any, Any, int], EventEnvelope]
 
 
 def _decoder(cls: type[Event], plan: tuple[_Field, ...]) -> _Decoder:
@@ -195,7 +202,54 @@ def _decoder(cls: type[Event], plan: tuple[_Field, ...]) -> _Decoder:
         raise RuntimeError(f"{cls.__name__} has a __post_init__, which decode_event would skip")
     names = frozenset(_DATACLASS_FIELDS[cls.event_type])
     current = tuple(f for f in plan if f.name in names)
-    return _Decoder(cls, names, _reader(current), _reader(plan))
+    return _Decoder(cls, names, _reader(plan), _builder(cls, current))
+
+
+def _builder(cls: type[Event], plan: tuple[_Field, ...]) -> Callable[[Any, Any, int], EventEnvelope]:
+    """The envelope and event of a payload in the current shape, written out as one function per
+    event type (as ``dataclasses`` writes ``__init__``): two dict displays reading each field, then
+    both instances handed their fields at once, as their __init__ would fill them (decoding is on
+    every read path: a history of 10,000 events spent more time in the frozen dataclasses'
+    field-by-field __init__ and in a generic per-field loop than in parsing). The envelope's
+    __post_init__ only defaults schema_version, which is given here."""
+    scope: dict[str, Any] = {
+        "cls": cls, "Envelope": EventEnvelope, "new": object.__new__, "set_dict": object.__setattr__,
+        "EPOCH": _EPOCH, "timedelta": timedelta, "tuple": tuple, "as_dict": _as_dict,
+    }  # fmt: skip
+    values = []
+    for i, field in enumerate(plan):
+        read = f"p.{field.name}"
+        if field.kind == _ENUM:
+            scope[f"names{i}"] = field.names
+            read = f"names{i}.get(p.{field.name}, '')"
+        elif field.kind == _REPEATED:
+            read = f"tuple(p.{field.name})"
+        elif field.kind == _MAP:
+            read = f"as_dict(p.{field.name})"
+        elif field.kind == _MESSAGES:
+            scope[f"nested{i}"] = _special_reader(field)
+            read = f"nested{i}(p)"
+        values.append(f"{field.name!r}: {read}")
+    source = f"""def build(m, p, schema_version):
+    event = new(cls)
+    set_dict(event, "__dict__", {{{", ".join(values)}}})
+    envelope = new(Envelope)
+    stamp = m.timestamp
+    set_dict(envelope, "__dict__", {{
+        "event_id": m.event_id, "story_id": m.aggregate_id, "version": m.version,
+        "timestamp": EPOCH + timedelta(0, stamp.seconds, stamp.nanos // 1000), "payload": event,
+        "command_id": m.command_id, "actor": m.actor, "schema_version": schema_version,
+        "redacted": tuple(m.redacted),
+    }})
+    return envelope
+"""
+    exec(source, scope)  # names from our own dataclasses and protos only
+    build: Callable[[Any, Any, int], EventEnvelope] = scope["build"]
+    return build
+
+
+def _as_dict(value: Any) -> dict[Any, Any]:
+    return {key: value[key] for key in value} if value else {}  # dict(value) goes through the ABC
 
 
 def _reader(plan: tuple[_Field, ...]) -> Callable[[Any], dict[str, object]]:
@@ -227,11 +281,7 @@ def _special_reader(field: _Field) -> Callable[[Any], object]:
         return lambda payload: tuple(getattr(payload, name))
     if field.kind == _MAP:
 
-        def mapping(payload: Any) -> object:
-            value = getattr(payload, name)
-            return {key: value[key] for key in value} if value else {}  # dict(value) goes through the ABC
-
-        return mapping
+        return lambda payload: _as_dict(getattr(payload, name))
     value_type = field.value_type
     assert value_type is not None  # every _MESSAGES field carries its value type
     nested = _value_plan(value_type)

@@ -33,11 +33,12 @@ from fleet_actors.application.ids import new_id
 from fleet_actors.application.read_models import ContextView, ReadModels
 from fleet_actors.client import AsyncFleetClient
 from fleet_actors.codec import decode_event
+from fleet_actors.codec.collector import collector_paused
 from fleet_actors.domain import rules
 from fleet_actors.domain.alternatives import alternatives_from
 from fleet_actors.domain.commands import AddDecision, ApplyChanges, CreateStory, CreateSubtask, TransitionPhase
 from fleet_actors.domain.events import EventEnvelope, PhaseTransitioned, SubtaskCreated
-from fleet_actors.domain.redaction import patterns_with, redact_value
+from fleet_actors.domain.redaction import RedactionMemo, patterns_with, redact_value
 from fleet_actors.domain.state import StoryState, SubtaskStatus
 from fleet_actors.errors import (
     ConcurrencyConflict,
@@ -108,7 +109,13 @@ class Backends:
         from fleet_actors.composition import open_gateway_stores
 
         read_models, events, bundles = await open_gateway_stores(settings)
-        return cls(AsyncFleetClient(settings, OrderedDict()), read_models, events, bundles)
+        backends = cls(AsyncFleetClient(settings, OrderedDict()), read_models, events, bundles)
+        try:
+            await backends.client.open_reads()  # the log for history and temporal reads, before the first
+        except BaseException:
+            await backends.close()
+            raise
+        return backends
 
     async def unreachable(self, timeout: float) -> list[str]:
         """The backends that do not answer within ``timeout`` seconds (JetStream, Valkey, the graph)."""
@@ -273,6 +280,8 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
         #: secret patterns redacted before appending (empty: off) and in responses (empty: off)
         self._append_redaction = patterns if settings.redact_on_append else ()
         self._response_redaction = patterns if settings.redact_responses else ()
+        #: a story's states share their values: each is redacted once while they are shown
+        self._redacted = RedactionMemo(self._response_redaction)
 
     def _shown_properties(self, props: Mapping[str, Any]) -> Mapping[str, Any]:
         """A graph node's properties as responses carry them: text values with secrets redacted."""
@@ -294,7 +303,7 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
             copy = object.__new__(EventEnvelope)
             copy.__dict__.update({**value.__dict__, "payload": payload})
             return copy
-        return redact_value(value, self._response_redaction)[0]
+        return self._redacted(value)
 
     def close(self) -> None:
         """End every WatchStory stream (cleanly, with OK) so that a graceful stop does not wait for them."""
@@ -358,8 +367,11 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
                 f"subtask_id {subtask_id!r} not found in story {state.story_id!r}; answered without a focus"
             )
             subtask_id = ""
-        state = self._shown(state)
-        assembled = assemble_context(state, scope, subtask_id=subtask_id, token_budget=token_budget, tools=TOOLS_TEXT)
+        with collector_paused():  # a redacted state's copies and the text: thousands of objects, no cycles
+            state = self._shown(state)
+            assembled = assemble_context(
+                state, scope, subtask_id=subtask_id, token_budget=token_budget, tools=TOOLS_TEXT
+            )
         return pb.GetContextResponse(
             context=assembled.context,
             token_count=assembled.token_count,

@@ -45,10 +45,17 @@ class EventStore(ABC):
     def read(self, story_id: str, after_sequence: int = 0) -> AsyncIterator[StoredEvent]:
         """The story's events with a sequence above ``after_sequence``, in order."""
 
-    async def read_envelopes(self, story_id: str, after_sequence: int = 0) -> AsyncGenerator[list[EventEnvelope], None]:
+    async def read_envelopes(
+        self, story_id: str, after_sequence: int = 0, *, wanted: int | None = None
+    ) -> AsyncGenerator[list[EventEnvelope], None]:
         """The story's events after ``after_sequence``, decoded, in order and in batches, without their
         log positions: the fastest read, for callers that need only the events (history, temporal
-        reads). The last batch may include events appended after the read began."""
+        reads). The last batch may include events appended after the read began.
+
+        ``wanted``: how many events the caller expects to need (a hint; every event is still
+        yielded if it reads on): a store may make its first batch that size and read no further
+        ahead until the caller asks for more (a temporal read folds a few hundred events of a story
+        of thousands)."""
         batch: list[EventEnvelope] = []
         async for stored in self.read(story_id, after_sequence):
             batch.append(stored.envelope)

@@ -88,3 +88,31 @@ def test_operators_extend_the_patterns() -> None:
     for bad in ("[]", '{"x": "("}', '{"bad name": "x"}', "not json"):
         with pytest.raises(ConfigurationError):
             parse_patterns(bad)
+
+
+def test_a_memo_redacts_states_as_redact_value_does_and_each_shared_value_once():
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    from fleet_actors.domain.redaction import RedactionMemo, redact_value
+    from fleet_actors.domain.state import Decision, StoryState, Subtask
+
+    at = datetime(2026, 6, 1, tzinfo=UTC)
+    leaky = Subtask("T1", "deploy", "db password=hunter2 now", "DEV", "PENDING", (), 1, 2, at, at)
+    clean = Subtask("T2", "docs", "nothing to hide", "DEV", "PENDING", ("T1",), 1, 2, at, at)
+    decision = Decision("D1", "ARCH", "keys", "use sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123456789", (), "a", at, {})
+    twin = Subtask("T3", "again", "db password=hunter2 now", "DEV", "PENDING", (), 1, 2, at, at)  # a text seen before
+    state = StoryState("S1", 3, True, "t", "password=hunter2", subtasks={"T1": leaky, "T2": clean, "T3": twin},
+                       decisions={"D1": decision})  # fmt: skip
+    memo = RedactionMemo(BUILTIN_PATTERNS)
+    first = memo(state)
+    assert first == redact_value(state, BUILTIN_PATTERNS)[0]
+    assert "hunter2" not in repr(first) and "sk-ant" not in repr(first)
+    assert first.subtasks["T2"] is clean  # nothing to redact: the value itself
+    assert first.subtasks["T3"].description == first.subtasks["T1"].description == "db password=[REDACTED:password] now"
+    # The next version shares the values it did not change: they come back as they were redacted.
+    later = replace(state, version=4, last_summary="token: bearer 4f9c2a7b1e6d8c3a5f0b9e2d7c4a1f8e")
+    second = memo(later)
+    assert second == redact_value(later, BUILTIN_PATTERNS)[0]
+    assert second.subtasks["T1"] is first.subtasks["T1"] and "4f9c2a7b" not in second.last_summary
+    assert memo(state) is first

@@ -124,3 +124,46 @@ async def test_a_held_live_state_follows_another_writer(reads: DirectReads, stor
     monkeypatch.setattr(direct_reads, "FOLD_LIMIT", 3)
     await other.summaries(5, "more")
     assert await reads.live_state(sid) is None
+
+
+async def test_a_read_told_how_many_events_it_wants_hands_those_first_and_the_rest_when_asked(
+    stores: Stores, stream_settings: Settings, unique_id
+):
+    from fleet_actors.adapters.jetstream.direct_get import read_payloads_by_subject
+    from fleet_actors.codec import decode_events
+
+    sid = unique_id("W")
+    writer = await written(stores, sid)
+    store, reference = stores[0], await writer.log()
+    head = await store.last_sequence(sid)
+    for wanted in (1, 4, 45, 5000):
+        read = read_payloads_by_subject(
+            store.connection, stream_settings.stream_name, stream_settings.story_filter(sid), 1, head,
+            timeout=5.0, what="test", wanted=wanted,
+        )  # fmt: skip
+        batches = [payloads async for _, payloads in read]
+        assert len(batches[0]) == min(wanted, 45)
+        assert [e for batch in batches for e in decode_events(batch)] == reference
+        envelopes = [e async for batch in store.read_envelopes(sid, wanted=wanted) for e in batch]
+        assert envelopes == reference
+
+
+async def test_an_async_client_opens_its_log_connection_when_asked(
+    stream_settings: Settings, stores: Stores, unique_id
+):
+    from fleet_actors.client import AsyncFleetClient
+
+    sid = unique_id("O")
+    writer = await written(stores, sid)
+    client = AsyncFleetClient(stream_settings)
+    try:
+        await client.open_reads()
+        reads = client._direct_reads()
+        opened = await reads.stores()
+        assert await client.history(sid) == await writer.log()
+        assert client._direct_reads() is reads and await reads.stores() is opened  # the one opened first
+    finally:
+        await client.close()
+    off = AsyncFleetClient(stream_settings.replace(direct_reads=False))
+    await off.open_reads()  # nothing to open: reads go to the story actor
+    assert off._reads is None

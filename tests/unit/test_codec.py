@@ -125,3 +125,32 @@ def test_redacted_fields_survive_the_round_trip():
     envelope = EventEnvelope("ev1", "S1", 1, AT, SummaryRecorded("[REDACTED:password]"), redacted=("summary",))
     assert decode_event(encode_event(envelope)).redacted == ("summary",)
     assert decode_event(encode_event(EventEnvelope("ev2", "S1", 2, AT, SummaryRecorded("s")))).redacted == ()
+
+
+def test_a_batch_decodes_as_each_event_does_and_leaves_the_collector_as_it_found_it():
+    import gc
+
+    from fleet_actors.codec import decode_events
+
+    envelopes = [
+        EventEnvelope(f"e{i}", "S1", i + 1, AT + timedelta(seconds=i), event) for i, event in enumerate(SAMPLES)
+    ]
+    payloads = [encode_event(envelope) for envelope in envelopes]
+    assert decode_events(payloads) == [decode_event(data) for data in payloads] == envelopes
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        decode_events(payloads)
+        assert not gc.isenabled()  # a caller that turned it off keeps it off
+    finally:
+        gc.enable()
+
+
+def test_the_collector_comes_back_on_after_a_failed_decode():
+    import gc
+
+    from fleet_actors.codec import decode_events
+
+    with pytest.raises(EventDecodeError):
+        decode_events([encode_event(EventEnvelope("e1", "S1", 1, AT, SAMPLES[0])), b"\xff\xff garbage"])
+    assert gc.isenabled()

@@ -293,3 +293,18 @@ async def test_a_story_with_many_values_is_snapshotted_less_often(monkeypatch):
     reader = make_runtime(store, snapshots, every=5)
     await reader.load()
     assert reader.state == writer.state and reader.replayed_on_load == 12
+
+
+@pytest.mark.parametrize("events", [0, 1, 400])
+def test_a_snapshot_decodes_to_the_state_and_commands_it_was_taken_of(events):
+    # Generated builders read every field of every value type: nested alternatives, metadata and
+    # property maps, dependencies, timestamps (absent ones stay None), the carried command results.
+    from fleet_actors.loadgen.histories import story_history
+
+    history = story_history("S1", events, start=T0) if events else []
+    state = fold(StoryState("S1"), history)
+    assert events < 400 or (any(d.alternatives for d in state.decisions.values()) and state.milestones)
+    results = [CommandResult("S1", n, (f"e{n}", f"f{n}"), f"c{n}", f"D{n}" if n % 2 else None) for n in range(5)]
+    decoded, last_sequence, commands, window_start = decode_snapshot(encode_state(state, 900, results, 3))
+    assert (decoded, last_sequence, commands, window_start) == (state, 900, results, 3)
+    assert decoded.created_at == state.created_at and (events or decoded.updated_at is None)

@@ -22,7 +22,7 @@ from nats.aio.client import Client
 from fleet_actors.adapters.archive.segments import Archive, Manifest
 from fleet_actors.adapters.jetstream import JetStreamEventStore
 from fleet_actors.adapters.jetstream.connection import nats_errors
-from fleet_actors.codec import decode_event
+from fleet_actors.codec import decode_event, decode_events
 from fleet_actors.domain.events import EventEnvelope
 from fleet_actors.errors import ArchiveCorrupted
 from fleet_actors.ports.event_store import ENVELOPE_BATCH, AppendResult, EventStore, StoredEvent
@@ -96,14 +96,16 @@ class ArchivedEventStore(EventStore):
         finally:
             await live.aclose()
 
-    async def read_envelopes(self, story_id: str, after_sequence: int = 0) -> AsyncGenerator[list[EventEnvelope], None]:
+    async def read_envelopes(
+        self, story_id: str, after_sequence: int = 0, *, wanted: int | None = None
+    ) -> AsyncGenerator[list[EventEnvelope], None]:
         """The archived events below the stream's first one of the story, then the stream's fast read."""
         first_live = await self.stream.first_sequence(story_id, after_sequence)
         archived = await self._archived(story_id, after_sequence, first_live)
         for start in range(0, len(archived), ENVELOPE_BATCH):
-            yield [decode_event(data) for _, data in archived[start : start + ENVELOPE_BATCH]]
+            yield decode_events(data for _, data in archived[start : start + ENVELOPE_BATCH])
         # The stream holds nothing of the story between after_sequence and first_live any more.
-        async with contextlib.aclosing(self.stream.read_envelopes(story_id, after_sequence)) as batches:
+        async with contextlib.aclosing(self.stream.read_envelopes(story_id, after_sequence, wanted=wanted)) as batches:
             async for batch in batches:
                 yield batch
 

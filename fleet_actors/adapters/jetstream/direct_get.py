@@ -79,7 +79,15 @@ async def _until_complete(complete: asyncio.Event, arrived: list[Msg], timeout: 
 
 
 async def read_payloads_by_subject(
-    nc: Client, stream: str, subject_filter: str, first: int, last: int, *, timeout: float, what: str
+    nc: Client,
+    stream: str,
+    subject_filter: str,
+    first: int,
+    last: int,
+    *,
+    timeout: float,
+    what: str,
+    wanted: int | None = None,
 ) -> AsyncGenerator[tuple[int, list[bytes]], None]:
     """The payloads of the messages matching ``subject_filter`` from sequence ``first`` on, in order, in
     batches: ``(last sequence of the batch, payloads)``, until a batch reaches ``last`` (its final batch
@@ -89,6 +97,10 @@ async def read_payloads_by_subject(
     (``no_hdr``, nats-server 2.11+), so nats-py parses none, and the next batch is asked for before
     this one is handed over, so the caller's decoding overlaps the server's reading. Without headers
     a message carries no sequence: only each batch's end (the server's EOB) says where it stopped.
+
+    ``wanted`` (how many messages the caller expects to need): the first batch is that many (at
+    most ``READ_BATCH``), and the next one is asked for only when the caller comes back for more,
+    so a read that stops there costs the server and nats-py no message it does not use.
     """
     if last < first:
         return
@@ -107,13 +119,14 @@ async def read_payloads_by_subject(
 
     sub = await nc.subscribe(nc.new_inbox(), cb=collect)
 
-    async def ask(sequence: int) -> None:
-        request = {"seq": sequence, "next_by_subj": subject_filter, "batch": READ_BATCH, "no_hdr": True}
+    async def ask(sequence: int, batch: int = READ_BATCH) -> None:
+        request = {"seq": sequence, "next_by_subj": subject_filter, "batch": batch, "no_hdr": True}
         await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=sub.subject)
 
     try:
         with nats_errors(what):
-            await ask(first)
+            ahead = wanted is None  # ask for the next batch before handing this one over
+            await ask(first, READ_BATCH if wanted is None else max(1, min(wanted, READ_BATCH)))
             while True:
                 while True:  # a batch that keeps arriving is slow, one that stops has stalled
                     seen = arrived
@@ -131,11 +144,14 @@ async def read_payloads_by_subject(
                 reached = int(headers["Nats-Last-Sequence"])
                 # Nats-Num-Pending: how many matched from the request's sequence on, this batch included
                 more = reached < last and len(payloads) < int(headers.get("Nats-Num-Pending", "0"))
-                if more:
+                if more and ahead:
                     await ask(reached + 1)
                 if payloads:
                     yield reached, payloads
                 if not more:
                     return
+                if not ahead:  # the caller wants more than it expected: read ahead from now on
+                    ahead = True
+                    await ask(reached + 1)
     finally:
         await sub.unsubscribe()

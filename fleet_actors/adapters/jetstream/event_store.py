@@ -29,7 +29,7 @@ from fleet_actors.adapters.jetstream.connection import (
 )
 from fleet_actors.adapters.jetstream.direct_get import read_by_subject, read_payloads_by_subject
 from fleet_actors.adapters.jetstream.story_watch import StoryWatch
-from fleet_actors.codec import decode_event, encode_event
+from fleet_actors.codec import decode_event, decode_events, encode_event
 from fleet_actors.domain.events import EventEnvelope
 from fleet_actors.errors import (
     AppendOutcomeUnknown,
@@ -285,16 +285,18 @@ class JetStreamEventStore(EventStore):
         async for sequence, data in self._read_raw(story_id, after_sequence):
             yield StoredEvent(decode_event(data), sequence)
 
-    async def read_envelopes(self, story_id: str, after_sequence: int = 0) -> AsyncGenerator[list[EventEnvelope], None]:
+    async def read_envelopes(
+        self, story_id: str, after_sequence: int = 0, *, wanted: int | None = None
+    ) -> AsyncGenerator[list[EventEnvelope], None]:
         def batches(first: int, head: int) -> AsyncGenerator[tuple[int, list[bytes]], None]:
             return read_payloads_by_subject(
                 self._nc, self._settings.stream_name, self._settings.story_filter(story_id), first, head,
-                timeout=self._settings.nats_timeout, what=f"reading story {story_id!r}",
+                timeout=self._settings.nats_timeout, what=f"reading story {story_id!r}", wanted=wanted,
             )  # fmt: skip
 
         async with contextlib.aclosing(self._to_head(story_id, after_sequence, batches)) as read:
             async for _, payloads in read:
-                yield list(map(decode_event, payloads))
+                yield decode_events(payloads)
 
     async def first_sequence(self, story_id: str, after_sequence: int = 0) -> int:
         """The sequence of the story's first event after ``after_sequence`` in the stream (0: none)."""
