@@ -4,7 +4,7 @@ waiting for a process to start.
 Ray runs every actor in a worker process of its own, and a story that activates (first use, or again
 after passivation) waits for a new process to start: 1.4-1.8 s of the 2 s cold start measured on a
 loaded 2-core machine. The raylet keeps a pool of started, idle workers and places a new actor on one
-of them when one fits (same job and runtime environment, never used). It fills that pool by itself
+of them when one fits (the same job or none yet, the same runtime environment, never used). It fills that pool by itself
 only for the first driver; its ``PrestartWorkers`` call (what Ray's core worker asks for a backlog of
 tasks) starts more on request and keeps them for a while, beyond its limit of idle workers.
 
