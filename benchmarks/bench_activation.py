@@ -17,6 +17,7 @@ import statistics
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -153,7 +154,9 @@ def _cold_starts(settings, client: FleetClient, tag: str) -> dict[str, Any]:
     asyncio.run(_seed(settings, story_id, COLD_EVENTS, snapshot=True))
     # Through the actor: a client answers get_story of a story it holds from its own copy (direct reads)
     client = FleetClient(settings.replace(direct_reads=False))
-    story, bare = [], []
+    story: list[float] = []
+    bare: list[float] = []
+    story_on_spare = bare_on_spare = 0
     for round_ in range(COLD_ROUNDS):
         assert client.get_story(story_id).version == COLD_EVENTS  # live
         handle = find_live(story_actor_name(story_id), settings)
@@ -162,20 +165,44 @@ def _cold_starts(settings, client: FleetClient, tag: str) -> dict[str, Any]:
         while find_live(story_actor_name(story_id), settings) is not None:
             time.sleep(0.05)
         time.sleep(2.0)  # the replacement spare starts meanwhile, as between two uses of a story
+        idle = _idle_workers()
         started = time.perf_counter()
         actor = Bare.options(name=f"bare-{tag}-{round_}", lifetime="detached").remote()
-        ray.get(actor.call.remote())
+        bare_on_spare += ray.get(actor.call.remote()) in idle
         bare.append(time.perf_counter() - started)
         SPARES.activated(settings.spare_workers)  # as a client does after creating a story actor
         ray.kill(actor)
         time.sleep(2.0)
+        idle = _idle_workers()
         started = time.perf_counter()
         assert client.get_story(story_id).version == COLD_EVENTS
         story.append(time.perf_counter() - started)
+        story_on_spare += _actor_pid(story_actor_name(story_id), settings) in idle
     figures = {f"cold_story_{k}": v for k, v in latency_summary(story).items()}
+    figures["cold_story_rounds_on_a_spare"] = f"{story_on_spare}/{COLD_ROUNDS}"
     figures |= {f"bare_actor_{k}": v for k, v in latency_summary(bare).items()}
+    figures["bare_actor_rounds_on_a_spare"] = f"{bare_on_spare}/{COLD_ROUNDS}"
     figures["cold_story_to_bare_actor_p50"] = round(figures["cold_story_p50_ms"] / figures["bare_actor_p50_ms"], 2)
     return figures
+
+
+def _idle_workers() -> set[int]:
+    """Pids of the local raylet's idle workers (Ray titles them ray::IDLE): the spares, among others."""
+    raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
+    idle = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+                if parent == raylet and Path(f"/proc/{entry}/cmdline").read_bytes().startswith(b"ray::IDLE"):
+                    idle.add(int(entry))
+    return idle
+
+
+def _actor_pid(name: str, settings) -> int:
+    handle = ray.get_actor(name, namespace=settings.ray_namespace)
+    return int(ray._private.state.actors(handle._actor_id.hex())["Pid"])
 
 
 def _growth(settings, tag: str) -> dict[str, Any]:
@@ -216,8 +243,9 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     settings = ctx.settings.replace(stream_name=f"ACT{tag.upper()}", subject_prefix=f"act{tag}.events")
     story_id = f"big-{tag}"
     figures = asyncio.run(_measure(settings, story_id))
-    # Through Ray: a passivated actor re-created by name (worker start, connect, snapshot, 50 events).
-    client = FleetClient(settings)
+    # Through Ray: a passivated actor re-created by name (worker start, connect, snapshot, 50 events);
+    # through the actor (a client with direct reads answers get_story from its own copy)
+    client = FleetClient(settings.replace(direct_reads=False))
     client.get_story(story_id)
     handle = ray.get_actor(story_actor_name(story_id), namespace=settings.ray_namespace)
     with contextlib.suppress(ray.exceptions.RayActorError):

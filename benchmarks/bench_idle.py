@@ -5,9 +5,12 @@ It starts `fleet-actors dev up` in a folder of its own (the stack a developer ru
 ArcadeDB, a Ray head with its dashboard, the projector pool and the gRPC gateway) and reads the CPU
 times of every process under `dev up` from /proc over ``BENCH_IDLE_SECONDS``, first of the stack
 alone, then after activating ``BENCH_IDLE_STORIES`` stories from a short-lived driver (a child
-process, which exits: the story actors are detached and stay live) and letting it settle. Target:
-under 0.1 cores in total. A second driver then sends commands to the same, now idle, stories: their p50 shows whether
-resting idle costs the next command anything (connections kept open, no reconnect).
+process, which exits: the story actors are detached and stay live) and letting it settle, and a third
+time once those stories have passivated for being idle (``BENCH_IDLE_PASSIVATE_SECONDS``, given to the
+drivers as FLEET_ACTOR_IDLE_SECONDS: 90 s, shorter than the default 120 s so that the run stays short).
+Target: under 0.1 cores in total. A second driver then reads and sends commands to the same stories:
+the first read of each re-activates it (on a spare worker when one is ready), and the commands' p50
+and p99 against those before the idle time show what resting cost the next command.
 
 Run alone: ``python -m benchmarks.bench_idle`` (it needs no harness stack); in the suite:
 ``python -m benchmarks idle``.
@@ -36,6 +39,10 @@ SECONDS = float(os.environ.get("BENCH_IDLE_SECONDS", "30"))
 SETTLE = float(os.environ.get("BENCH_IDLE_SETTLE", "15"))
 #: commands per story in each latency round (sequential, one story after the other)
 COMMANDS = int(os.environ.get("BENCH_IDLE_COMMANDS", "4"))
+#: idle seconds after which the drivers' story actors passivate (FLEET_ACTOR_IDLE_SECONDS); longer
+#: than SETTLE + SECONDS, so that the live window has every story live
+PASSIVATE = float(os.environ.get("BENCH_IDLE_PASSIVATE_SECONDS", "90"))
+STORY_ACTOR = "ray::StoryActor"
 TARGET_CORES = 0.1
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -147,7 +154,12 @@ def _drive(env_file: Path, prefix: str, create: bool) -> dict[str, Any]:
     out = env_file.parent / f"idle-drive-{prefix}-{int(create)}.json"
     from fleet_actors.settings import load_env_file
 
-    env = {**os.environ, **load_env_file(env_file), "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {
+        **os.environ,
+        **load_env_file(env_file),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "FLEET_ACTOR_IDLE_SECONDS": str(PASSIVATE),
+    }
     subprocess.run(
         [sys.executable, "-m", "benchmarks.bench_idle", "--drive", str(out), prefix, str(int(create))],
         env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600,
@@ -179,6 +191,18 @@ def _driver_main(out: str, prefix: str, create: bool) -> None:
     Path(out).write_text(json.dumps({"latencies": latencies, "first": first}))
 
 
+def _count(root: int, label: str) -> int:
+    return sum(1 for pid in _descendants(root) if _label(pid) == label)
+
+
+def _wait_for_passivation(root: int, timeout: float) -> float:
+    """Seconds until no story actor process is left under ``root`` (``timeout`` if some are)."""
+    started = time.monotonic()
+    while _count(root, STORY_ACTOR) and time.monotonic() - started < timeout:
+        time.sleep(1.0)
+    return time.monotonic() - started
+
+
 def _p50_ms(latencies: list[float]) -> float:
     return round(statistics.median(latencies) * 1000, 2)
 
@@ -192,6 +216,10 @@ def measure(data_dir: Path) -> dict[str, Any]:
         before = _drive(env_file, "idle", create=True)["latencies"]
         time.sleep(SETTLE)
         per_process = _measure_cpu(stack.pid, SECONDS)
+        waited = _wait_for_passivation(stack.pid, PASSIVATE + 120)
+        left = _count(stack.pid, STORY_ACTOR)
+        time.sleep(SETTLE / 3)
+        passivated = _measure_cpu(stack.pid, SECONDS)
         drive = _drive(env_file, "idle", create=False)
         after, first = drive["latencies"], drive["first"]
     finally:
@@ -204,14 +232,23 @@ def measure(data_dir: Path) -> dict[str, Any]:
     }
     for label, (count, cores) in per_process.items():
         figures[f"cores {label} (x{count})"] = round(cores, 4)
+    for label, (count, cores) in passivated.items():
+        figures[f"passivated: cores {label} (x{count})"] = round(cores, 4)
     figures.update(
         {
             "idle_total_cores": round(total, 3),
             "idle_total_cores_before_any_story": round(sum(cores for _, cores in bare.values()), 3),
+            "passivate_after_idle_s": PASSIVATE,
+            "waited_for_passivation_s": round(waited, 1),
+            "story_actors_left_after_wait": left,
+            "idle_total_cores_after_passivation": round(sum(cores for _, cores in passivated.values()), 3),
+            "spare_workers_after_passivation": passivated.get("ray::IDLE", (0, 0.0))[0],
+            "cores_spare_workers_after_passivation": round(passivated.get("ray::IDLE", (0, 0.0))[1], 4),
             "target_cores": TARGET_CORES,
             "command_p50_ms_before_idle": _p50_ms(before),
             "command_p50_ms_after_idle": _p50_ms(after),
             "first_read_per_story_after_idle_p50_ms": _p50_ms(first),
+            "first_read_per_story_after_idle_p99_ms": round(percentile(first, 99) * 1000, 2),
             "command_p99_ms_before_idle": round(percentile(before, 99) * 1000, 2),
             "command_p99_ms_after_idle": round(percentile(after, 99) * 1000, 2),
             "after_to_before_p50": round(statistics.median(after) / statistics.median(before), 3),

@@ -138,9 +138,13 @@ class _StoryApi(Generic[R]):
         if not exists:
             raise StoryNotFound(story_id)
         handle = story_handle(story_id, self.settings)
-        SPARES.activated(self.settings.spare_workers)  # the next activation's worker, started meanwhile
         self._remember(story_id, handle)
         return handle
+
+    def _activated(self) -> None:
+        """A story actor activated and answered: ask for the next activation's worker (after the
+        answer, not to compete with this activation for the CPU)."""
+        SPARES.activated(self.settings.spare_workers)
 
     def _remember(self, story_id: str, handle: Any) -> None:
         self._handles[story_id] = handle
@@ -441,12 +445,16 @@ class FleetClient(_StoryApi[Any]):
         for attempt in range(ACTOR_RETRIES):
             try:
                 handle = self._known_handle(story_id)
-                if handle is None:
+                activating = handle is None
+                if activating:
                     exists = may_create or _unwrap(
                         ray.get(self._registry().story_exists.remote(story_id, self.settings))
                     )
                     handle = self._activate(story_id, exists)
-                return _unwrap(unpack(ray.get(getattr(handle, method).remote(*args))))
+                reply = ray.get(getattr(handle, method).remote(*args))
+                if activating:
+                    self._activated()
+                return _unwrap(unpack(reply))
             except _ACTOR_GONE:  # the story actor (or the registry, restarting) is gone
                 # Passivated or died: the next call re-activates it by name from the event log.
                 self._forget(story_id)
@@ -560,10 +568,14 @@ class AsyncFleetClient(_StoryApi[Awaitable[Any]]):
         for attempt in range(ACTOR_RETRIES):
             try:
                 handle = self._known_handle(story_id)
-                if handle is None:
+                activating = handle is None
+                if activating:
                     exists = may_create or _unwrap(await self._registry().story_exists.remote(story_id, self.settings))
                     handle = self._activate(story_id, exists)
-                return _unwrap(unpack(await getattr(handle, method).remote(*args)))
+                reply = await getattr(handle, method).remote(*args)
+                if activating:
+                    self._activated()
+                return _unwrap(unpack(reply))
             except _ACTOR_GONE:  # the story actor (or the registry, restarting) is gone
                 self._forget(story_id)
                 await asyncio.sleep(_backoff(attempt))
@@ -604,7 +616,9 @@ def _observe_client(request: CommandRequest, result: Any, error: BaseException |
 
 
 def _backoff(attempt: int) -> float:
-    return min(0.05 * 2**attempt, 1.0)
+    """No wait before the first retry: a cached handle whose actor passivated is the common case, and
+    the retry re-activates the story at once; then 0.1 s doubling up to 1 s."""
+    return 0.0 if attempt == 0 else min(0.05 * 2**attempt, 1.0)
 
 
 __all__ = ["AsyncFleetClient", "CommandResult", "ContextView", "EventEnvelope", "FleetClient", "StoryState"]

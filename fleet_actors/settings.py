@@ -76,7 +76,11 @@ class Settings:
     #: for callers that reach Ray but not NATS (a ray:// client elsewhere): the story actor reads then.
     direct_reads: bool = True
 
-    actor_idle_seconds: float = 300.0
+    #: an idle story actor passivates after this many seconds. Its Ray worker process costs ~6 ms of
+    #: CPU per second while it lives (Ray's own per-process timers, docs/benchmarks.md "Idle stack"),
+    #: a re-activation on a spare worker ~0.1 s and the spare's replacement ~0.6 s of CPU: about two
+    #: minutes of idling cost as much as passivating and coming back
+    actor_idle_seconds: float = 120.0
     #: how often an idle story actor runs its event loop for a moment, so that its NATS connection
     #: answers the server's pings (between calls the loop rests). Keep it well below the server's
     #: ping interval times its allowed unanswered pings (nats-server: 2 min x 2) and below the

@@ -4,16 +4,24 @@ waiting for a process to start.
 Ray runs every actor in a worker process of its own, and a story that activates (first use, or again
 after passivation) waits for a new process to start: 1.4-1.8 s of the 2 s cold start measured on a
 loaded 2-core machine. The raylet keeps a pool of started, idle workers and places a new actor on one
-of them when one fits (same job and runtime environment, never used). It fills that pool by itself
+of them when one fits (the same job or none yet, the same runtime environment, never used). It fills that pool by itself
 only for the first driver; its ``PrestartWorkers`` call (what Ray's core worker asks for a backlog of
 tasks) starts more on request and keeps them for a while, beyond its limit of idle workers.
 
-Every worker of a cluster this project starts also imports the story actor's code while it starts
-(PRELOAD_MODULES), so a spare holds it already. The process that creates story actors (a client:
-the gateway, the CLI, a benchmark) asks for ``spare_workers`` of them when it first activates a
-story, and for one more after each activation, so that the next one finds a spare. Best effort: any
-failure (another Ray version, Ray Client, a job with a runtime environment, whose workers would not
-fit) leaves activation as it was, a process start.
+Every worker of a cluster this project starts also imports the story actor's code while it starts, and
+then freezes what it imported out of the garbage collector's sight (PRELOAD_MODULES, actors/preload.py):
+a spare holds the code already, and the first snapshot decode on it no longer pays for a full
+collection over Ray's ~100,000 objects (80 of a warm activation's ~100 ms of CPU here).
+
+The spares belong to no job: the raylet hands them to the first actor of any job that fits (same
+runtime environment), so the gateway, the CLI and short-lived drivers share them, and a driver's exit
+does not take them along. The process that creates story actors (a client: the gateway, the CLI, a
+benchmark) asks for ``spare_workers`` of them when it first activates a story and for a replacement
+after each activation (once the activation is done, not to compete with it for the CPU), keeping
+``spare_workers`` in its count; at most ``spare_workers`` are asked for within START_SECONDS, so
+that a burst of activations, which also start new processes while spares are still starting, does
+not pile idle spares up. Best effort: any failure (another Ray version, Ray Client, a job with a
+runtime environment, whose workers would not fit) leaves activation as it was, a process start.
 """
 
 from __future__ import annotations
@@ -32,14 +40,16 @@ log = logging.getLogger(__name__)
 #: what a story actor imports, preloaded by every worker of a cluster this project starts (``ray start``
 #: with ``RAY_preload_python_modules``, or ``ray.init(_system_config=ray_system_config())``) while it
 #: starts: a spare then holds them when a story activates on it (~0.3-0.5 s here otherwise)
-PRELOAD_MODULES = ("fleet_actors.actors.story_actor", "fleet_actors.composition")
+PRELOAD_MODULES = ("fleet_actors.actors.preload",)
 #: seconds the raylet keeps a spare beyond its own count of idle workers (one per free CPU, kept until
-#: used); a spare past this is stopped if the pool holds more
-KEEP_ALIVE_SECONDS = 60
-#: a process asks for at most ``spare_workers`` spares in this many seconds: each activation asks for
-#: a replacement, but during a burst actors also start on new processes, and the spares asked for
-#: meanwhile would pile up (each an idle process of ~50 MB)
-REQUEST_WINDOW = 10.0
+#: used); a spare past this is stopped if the pool holds more, and the client counts it gone. Long
+#: enough that stories passivated after a few idle minutes come back on one
+KEEP_ALIVE_SECONDS = 600
+#: a process asks for at most ``spare_workers`` spares in this many seconds (about the time a worker
+#: takes to start on a busy 2-core machine): during a burst, actors also start on new processes while
+#: the spares are starting, and replacements asked for each would pile up (each an idle process of
+#: ~70 MB that also costs ~6 ms of CPU per second, docs/benchmarks.md "Idle stack")
+START_SECONDS = 2.0
 #: seconds to wait for the raylet to take the request (it answers at once; the workers start after)
 REQUEST_TIMEOUT = 5.0
 
@@ -50,31 +60,35 @@ def ray_system_config() -> dict[str, Any]:
 
 
 class SpareWorkers:
-    """Keeps ``count`` started workers ready for this process's story actors (one pool per Ray job)."""
+    """Keeps ``count`` started workers ready for this process's story actors."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._asked: deque[float] = deque()  # when each spare of the last REQUEST_WINDOW was asked for
-        self._first = True
+        self._spares: deque[float] = deque()  # when each spare still counted as ready was asked for
+        self._asked: deque[float] = deque()  # when each spare of the last START_SECONDS was asked for
 
     def activated(self, count: int) -> None:
-        """A story actor was just created, on a spare or on a new process: ask for its replacement
-        (for ``count`` spares the first time), unless ``count`` were asked for in REQUEST_WINDOW."""
+        """A story actor was just activated, on a spare or on a new process: it took the oldest spare
+        (if any is counted); ask for as many as the pool lacks, within ``count`` per START_SECONDS."""
         now = self._clock()
-        while self._asked and now - self._asked[0] >= REQUEST_WINDOW:
+        while self._spares and now - self._spares[0] >= KEEP_ALIVE_SECONDS:
+            self._spares.popleft()  # the raylet may have stopped it
+        if self._spares:
+            self._spares.popleft()
+        while self._asked and now - self._asked[0] >= START_SECONDS:
             self._asked.popleft()
-        wanted = min(count if self._first else 1, count - len(self._asked))
+        wanted = min(count - len(self._spares), count - len(self._asked))
         if wanted > 0 and prestart(wanted):
-            self._first = False
+            self._spares.extend([now] * wanted)
             self._asked.extend([now] * wanted)
 
 
-#: the spares of this process's Ray job (the raylet starts a job's workers for that job alone)
+#: the spares this process keeps
 SPARES = SpareWorkers()
 
 
 def prestart(count: int, keep_alive_seconds: int = KEEP_ALIVE_SECONDS) -> bool:
-    """Ask the local raylet to start ``count`` idle workers for this job; returns at once (False when
+    """Ask the local raylet to start ``count`` idle workers for any job; returns at once (False when
     it cannot be asked: Ray not joined, Ray Client, a job runtime environment)."""
     try:
         request = _request(count, keep_alive_seconds)
@@ -99,9 +113,8 @@ def _request(count: int, keep_alive_seconds: int) -> Any | None:
     from ray.core.generated import common_pb2, node_manager_pb2
 
     request: Any = node_manager_pb2.PrestartWorkersRequest  # type: ignore[attr-defined]  # generated, no stubs
-    return request(
+    return request(  # no job_id: workers of no job, which the raylet assigns to the first job that uses one
         language=common_pb2.PYTHON,  # type: ignore[attr-defined]
-        job_id=bytes.fromhex(context.get_job_id()),
         keep_alive_duration_secs=keep_alive_seconds,
         num_workers=count,
     )

@@ -450,6 +450,29 @@ def _idle_workers() -> set[int]:
     return idle
 
 
+@ray.remote(num_cpus=0)
+class _WorkerReadiness:
+    # an actor, not a task: a worker that ran a task stays idle afterwards, and Ray never places an
+    # actor on it (the spare-worker test below would count it as a spare)
+    def check(self) -> tuple[int, bool, bool]:
+        import gc
+        import sys
+
+        return gc.get_freeze_count(), "fleet_actors.actors.story_actor" in sys.modules, "pydantic" in sys.modules
+
+
+def test_workers_start_with_the_story_actor_code_and_their_imports_frozen(ray_runtime):
+    # actors/preload.py, run by every worker as it starts: a story activating on a spare neither
+    # imports our code nor Ray's first-task modules, and its first snapshot decode does not walk
+    # every imported object in a full collection
+    actor = _WorkerReadiness.remote()
+    try:
+        frozen, story_code, ray_first_task = ray.get(actor.check.remote())
+    finally:
+        ray.kill(actor)
+    assert frozen > 10_000 and story_code and ray_first_task
+
+
 def test_a_passivated_story_comes_back_on_a_spare_worker(client, settings):
     # actors/spare_workers.py: the raylet takes the request on this Ray version, and a story that
     # re-activates once a spare is idle starts on it (no process start) with the same state.
