@@ -14,7 +14,7 @@ import os
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -507,6 +507,21 @@ class AsyncFleetClient(_StoryApi[Awaitable[Any]]):
         if self._reads is None or self._reads_loop is not loop:
             self._reads, self._reads_loop = DirectReads(self.settings), loop
         return self._reads
+
+    async def stream_history(
+        self, story_id: str, from_version: int = 1, limit: int | None = None
+    ) -> AsyncGenerator[list[EventEnvelope], None]:
+        """``history`` a batch at a time (a few hundred events each), as they are read from the log in
+        this process: the first events arrive before the last are read. ``async for batch in ...``."""
+        rules.check_id(story_id, "story_id")
+        if not self.settings.direct_reads:
+            yield await self._call_async(story_id, "history", from_version, limit)
+            return
+        async with contextlib.aclosing(
+            self._direct_reads().stream_history(story_id, from_version, limit)
+        ) as batches:
+            async for batch in batches:
+                yield batch
 
     async def open_reads(self) -> None:
         """Open the connection to the log for direct reads now, on this event loop, rather than in the

@@ -18,11 +18,11 @@ import contextlib
 import dataclasses
 import threading
 from collections import OrderedDict
-from collections.abc import Coroutine
+from collections.abc import AsyncGenerator, Coroutine
 from datetime import datetime
 from typing import Any, TypeVar
 
-from fleet_actors.application.story_reads import read_history, read_state_at
+from fleet_actors.application.story_reads import read_history, read_state_at, stream_history
 from fleet_actors.codec.collector import collector_paused
 from fleet_actors.domain.events import EventEnvelope
 from fleet_actors.domain.state import StoryState
@@ -69,6 +69,16 @@ class DirectReads:
     async def history(self, story_id: str, from_version: int, limit: int | None) -> list[EventEnvelope]:
         store, snapshots = await self.stores()
         return await read_history(store, snapshots, story_id, from_version, limit, must_exist=True)
+
+    async def stream_history(
+        self, story_id: str, from_version: int, limit: int | None
+    ) -> AsyncGenerator[list[EventEnvelope], None]:
+        store, snapshots = await self.stores()
+        async with contextlib.aclosing(
+            stream_history(store, snapshots, story_id, from_version, limit, must_exist=True)
+        ) as batches:
+            async for batch in batches:
+                yield batch
 
     async def state_at(self, story_id: str, version: int | None, at: datetime | None) -> StoryState:
         store, snapshots = await self.stores()

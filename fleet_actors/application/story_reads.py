@@ -8,6 +8,7 @@ the speed of the log instead of handing every event across the actor (docs/archi
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncGenerator
 from datetime import datetime
 
 from fleet_actors.domain.events import EventEnvelope
@@ -48,22 +49,44 @@ async def read_history(
 ) -> list[EventEnvelope]:
     """Events from ``from_version`` on (at most ``limit``), read from the nearest snapshot below it.
     ``must_exist``: StoryNotFound for a story the log does not have (else an empty list)."""
+    out: list[EventEnvelope] = []
+    async with contextlib.aclosing(
+        stream_history(store, snapshots, story_id, from_version, limit, must_exist=must_exist)
+    ) as batches:
+        async for batch in batches:
+            out += batch
+    return out
+
+
+async def stream_history(
+    store: EventStore,
+    snapshots: SnapshotStore | None,
+    story_id: str,
+    from_version: int = 1,
+    limit: int | None = None,
+    *,
+    must_exist: bool = False,
+) -> AsyncGenerator[list[EventEnvelope], None]:
+    """``read_history`` a batch at a time, as the log hands them over: the first events reach the
+    caller before the last are read, and a long history is never held whole."""
     check_limit(limit)
     after = 0
     if snapshots is not None and from_version > 1:
         after = await snapshots.sequence_before(story_id, from_version)
-    out: list[EventEnvelope] = []
+    left = limit
     async with contextlib.aclosing(store.read_envelopes(story_id, after, wanted=limit)) as batches:
         async for batch in batches:
             if batch[0].version < from_version:
                 batch = [envelope for envelope in batch if envelope.version >= from_version]
-            out += batch
-            if limit is not None and len(out) >= limit:
-                del out[limit:]
+            if left is not None:
+                batch, left = batch[:left], left - min(left, len(batch))
+            if batch:
+                must_exist = False
+                yield batch
+            if left == 0:
                 break
-    if not out and must_exist and await store.last_sequence(story_id) == 0:
+    if must_exist and await store.last_sequence(story_id) == 0:
         raise StoryNotFound(story_id)
-    return out
 
 
 async def read_state_at(

@@ -167,3 +167,37 @@ async def test_an_async_client_opens_its_log_connection_when_asked(
     off = AsyncFleetClient(stream_settings.replace(direct_reads=False))
     await off.open_reads()  # nothing to open: reads go to the story actor
     assert off._reads is None
+
+
+async def test_history_streams_in_batches_that_add_up_to_the_history(stores, reads, unique_id, monkeypatch):
+    from fleet_actors.adapters.jetstream import direct_get
+
+    monkeypatch.setattr(direct_get, "READ_BATCH", 10)  # 26 events: several batches
+    story_id = unique_id("STREAM")
+    writer = Writer(stores, story_id)
+    await writer.execute(story_id, CreateStory("streamed", "d"))
+    await writer.summaries(25)
+    batches = [batch async for batch in reads.stream_history(story_id, 1, None)]
+    assert len(batches) >= 3 and all(batches)
+    assert [e for batch in batches for e in batch] == await reads.history(story_id, 1, None) == await writer.log()
+    window = [e.version async for batch in reads.stream_history(story_id, 5, 12) for e in batch]
+    assert window == list(range(5, 17))
+    with pytest.raises(StoryNotFound):
+        [batch async for batch in reads.stream_history(unique_id("none"), 1, None)]
+
+
+async def test_the_asyncio_client_streams_a_history_in_the_callers_process(stores, stream_settings, unique_id):
+    from fleet_actors.client import AsyncFleetClient
+
+    story_id = unique_id("CSTREAM")
+    writer = Writer(stores, story_id)
+    await writer.execute(story_id, CreateStory("streamed", "d"))
+    await writer.summaries(4)
+    client = AsyncFleetClient(stream_settings)  # direct reads: no Ray needed for the log
+    try:
+        streamed = [e async for batch in client.stream_history(story_id, 2) for e in batch]
+        assert streamed == (await writer.log())[1:]
+        with pytest.raises(InvalidCommand):
+            [b async for b in client.stream_history("bad id!")]
+    finally:
+        await client.close()
