@@ -37,7 +37,7 @@ from fleet_actors.adapters.valkey import (
     valkey_client,
 )
 from fleet_actors.adapters.valkey.active_documents import space_of
-from fleet_actors.adapters.valkey.active_version import ActiveVersion
+from fleet_actors.adapters.valkey.active_version import ActiveVersion, ReadModelVersions, read_model_versions
 from fleet_actors.application.active_graph import ActiveGraph
 from fleet_actors.application.read_models import ReadModels
 from fleet_actors.archive.archiver import SEGMENT_EVENTS, Archiver
@@ -156,6 +156,8 @@ class ReadSide:
     documents: ContextDocuments
     control: ProjectionControl
     dead_letter_index: ValkeyDeadLetterIndex
+    #: the versions of the graph and the documents opened, ``{"graph": g, "documents": d}``
+    versions: dict[str, int]
 
     async def close(self) -> None:
         for closer in (self.graph.close, self.documents.close):
@@ -163,20 +165,27 @@ class ReadSide:
                 await closer()
 
 
-async def open_read_side(settings: Settings, version: int = 1) -> ReadSide:
+async def open_read_side(settings: Settings, version: int | None = None, *, read: bool = False) -> ReadSide:
     """The graph, the context documents, the control records and the dead-letter index; ``version``:
-    of the graph and the documents (blue/green, docs/projections.md; 1, the live ones, by default)."""
+    of both read models (blue/green, docs/projections.md); by default each read model's version the
+    live projectors write (1 until ``projections promote``), with ``read`` the version readers read."""
     client = await connect_valkey(settings)
     try:
-        graph = await GraphStore.connect(settings, database=graph_database(settings, version))
+        versions = (
+            await read_model_versions(client, settings.stream_name, written=not read)
+            if version is None
+            else {"graph": version, "documents": version}
+        )
+        graph = await GraphStore.connect(settings, database=graph_database(settings, versions["graph"]))
     except BaseException:
         await client.aclose()
         raise
     return ReadSide(
         graph=graph,
-        documents=ContextCache(client, space=space_of(version)),
+        documents=ContextCache(client, space=space_of(versions["documents"])),
         control=ValkeyProjectionControl(client, settings.stream_name),
         dead_letter_index=ValkeyDeadLetterIndex(client, settings),
+        versions=versions,
     )
 
 
@@ -285,12 +294,19 @@ async def _open_runner(
         await read_side.close()
         await nc.close()
         raise
+    if control:
+        runner.progress.targets = dict(read_side.versions)
     try:
         await (runner.start() if start else runner.dead_letters.ensure_stream())
     except BaseException:
         await runner.close()
         raise
     return runner
+
+
+async def open_read_model_versions(settings: Settings) -> ReadModelVersions:
+    """The versions of the built-in read models the live projectors write."""
+    return ReadModelVersions(await connect_valkey(settings), settings.stream_name)
 
 
 async def open_projection_checkpoints(settings: Settings) -> ProjectionCheckpoints:

@@ -23,7 +23,12 @@ import ray
 
 from fleet_actors.actors.naming import find_live, get_or_create
 from fleet_actors.adapters.jetstream.consumers import prepare_partition_consumers
-from fleet_actors.composition import open_projection_runner, open_projector, open_read_model_version
+from fleet_actors.composition import (
+    open_projection_runner,
+    open_projector,
+    open_read_model_version,
+    open_read_model_versions,
+)
 from fleet_actors.errors import BackendUnavailable
 from fleet_actors.observability import logs, tracing
 from fleet_actors.observability.metrics import configure as metrics_configure
@@ -43,6 +48,8 @@ from fleet_actors.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: seconds between two looks at the versions readers read (the live projectors follow them)
+RETARGET_CHECK_SECONDS = 2.0
 PROJECTOR_PREFIX = "fleet:projector:"
 CONSUMER_PREFIX = "projector-"
 #: actors hosting another projection: ``fleet:projection:{name}-v{n}:{i}-of-{count}``
@@ -96,16 +103,45 @@ class ProjectorActor:
                 label = projector.names.label if self._hosted else consumer_name(self._index, self._count)
                 up = metrics().projector_up.child(label)
                 up.set(1)
+                round_stop = asyncio.Event()
+                watcher = asyncio.create_task(self._until_stopped_or_retargeted(projector, round_stop))
                 try:
-                    await projector.run(self._stop)
-                    continue  # stopped
+                    await projector.run(round_stop)
+                    continue  # stopped, or the readers were switched: reopened on the versions they read
                 except Exception:  # a failure run() does not wait out itself: start afresh, never die
                     log.exception("projector %s failed; reopening it", self._index)
                 finally:
+                    round_stop.set()
+                    await asyncio.gather(watcher, return_exceptions=True)
                     up.set(0)
                     await projector.close()
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._policy.backoff_max)
+
+    async def _until_stopped_or_retargeted(self, projector: ProjectionRunner, round_stop: asyncio.Event) -> None:
+        """End the runner's round when the actor stops or, for the built-in read models, when another
+        version was promoted (``projections promote``): reopened, the runner writes that one."""
+        pointers = None
+        try:
+            while not round_stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), RETARGET_CHECK_SECONDS)
+                if self._stop.is_set():
+                    break
+                if self._hosted is not None:
+                    continue
+                with contextlib.suppress(Exception):  # Valkey away: keep writing what it writes
+                    pointers = pointers or await open_read_model_versions(self._settings)
+                    wanted = await pointers.get()
+                    if wanted != projector.progress.targets:
+                        log.info("projector %s: promoted %s, it wrote %s: reopening", self._index, wanted,
+                                 projector.progress.targets)  # fmt: skip
+                        break
+        finally:
+            round_stop.set()
+            if pointers is not None:
+                with contextlib.suppress(Exception):
+                    await pointers.close()
 
     async def _open(self) -> ProjectionRunner:
         if self._hosted is None:

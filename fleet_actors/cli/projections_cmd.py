@@ -1,4 +1,4 @@
-"""`fleet-actors projections status|start|stop|run|remove|deploy|switch|drop`, `verify`, `dlq list|retry|skip`."""
+"""`fleet-actors projections status|start|stop|run|remove|deploy|switch|promote|drop`, `verify`, `dlq ...`."""
 
 from __future__ import annotations
 
@@ -71,6 +71,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     switch_documents.add_argument("--no-check", action="store_true", help="switch without the checks")
     add_settings_arguments(switch_documents)
     switch_documents.set_defaults(func=_switch, read_model="documents")
+    promote = sub.add_parser(
+        "promote",
+        help="the live projectors write version N of the documents or the graph (readers read it; its runner can stop)",
+    )
+    _add_read_model_arguments(promote)
+    promote.set_defaults(func=_promote)
     drop = sub.add_parser(
         "drop", help="drop version N of the documents or the graph (not read): its consumers, records and target"
     )
@@ -84,8 +90,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     verify.add_argument("--story", action="append", metavar="ID", help="only this story (repeatable)")
     verify.add_argument("--graph-only", action="store_true", help="skip the Valkey context documents")
     verify.add_argument(
-        "--version", type=int, default=1, metavar="N",
-        help="version N of both read models (blue/green: `projections deploy`); default 1, the live ones",
+        "--version", type=int, default=None, metavar="N",
+        help="version N of both read models (blue/green: `projections deploy`); default: the versions readers read",
     )  # fmt: skip
     verify.add_argument(
         "--projection", default="", metavar="MODULE:ATTRIBUTE",
@@ -124,7 +130,7 @@ def _status(args: argparse.Namespace) -> int:
             f"live projectors paused by rebuild {paused_by}: resume it (`fleet-actors rebuild --job-id {paused_by}` "
             f"with its options; `fleet-actors rebuild status {paused_by}`) or `fleet-actors rebuild cancel {paused_by}`"
         )
-    print_table(rows, ["consumer", "projector", "state", "pending", "ack_pending", "ack_floor", "lag_events",
+    print_table(rows, ["consumer", "projector", "state", "writes", "pending", "ack_pending", "ack_floor", "lag_events",
                        "lag_seconds", "applied", "parked", "last_error_at", "last_error"])  # fmt: skip
     _print_user_projections(args)
     return 0
@@ -188,7 +194,7 @@ def _add_read_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    from fleet_actors.jobs.projection_extensions import deploy_version, version_id
+    from fleet_actors.jobs.projection_extensions import deploy_version, mark_deployed, version_id
     from fleet_actors.observability.metrics import serve_process_metrics
 
     settings = settings_from(args)
@@ -198,6 +204,7 @@ def _deploy(args: argparse.Namespace) -> int:
         if args.version < 2:
             raise ConfigurationError("version 1 is the live read model the projectors write", field="version")
         hosted = HostedProjection(read_model=args.read_model, version=args.version)
+        run(mark_deployed(settings, args.read_model, args.version))
         return _host(settings, hosted, version_id(args.read_model, args.version), args.count)
     serve_process_metrics(settings)
     applied = run(deploy_version(settings, args.read_model, args.version, **_runner_options(args)))
@@ -220,6 +227,18 @@ def _switch(args: argparse.Namespace) -> int:
         print(f"{len(differences)} differences: readers stay where they are")
         return 1
     print(f"readers now read version {args.version} of the {args.read_model}")
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from fleet_actors.jobs.projection_extensions import promote_version, version_id
+
+    run(promote_version(settings_from(args), args.read_model, args.version))
+    print(
+        f"the live projectors write version {args.version} of the {args.read_model} (they reopen on it within "
+        f"seconds); stop its own runners (`fleet-actors projections stop {version_id(args.read_model, args.version)}`"
+        " or the `deploy` process) once `projections status` shows them writing it"
+    )
     return 0
 
 

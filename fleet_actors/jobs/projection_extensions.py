@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,10 +21,12 @@ from fleet_actors.adapters.valkey.active_version import ActiveVersion
 from fleet_actors.composition import (
     open_event_store,
     open_projection_checkpoints,
+    open_projection_control,
     open_projection_runner,
     open_read_model_version,
 )
 from fleet_actors.errors import ConfigurationError
+from fleet_actors.jobs.status import HEARTBEAT_STALE_SECONDS
 from fleet_actors.projections.api import Projection, optional_hook, projection_id
 from fleet_actors.projections.policy import (
     DEFAULT_POLICY,
@@ -189,7 +192,17 @@ async def deploy_version(settings: Settings, read_model: str, version: int, **op
     """Run version ``version`` (2 or more) of a built-in read model beside the live one, catching up
     from the first event on its own target (created if missing): ``run_projection`` with ``options``."""
     projection = await open_read_model_version(settings, read_model, version)
+    await mark_deployed(settings, read_model, version)
     return await run_projection(settings, projection, **options)
+
+
+async def mark_deployed(settings: Settings, read_model: str, version: int) -> None:
+    """A version deployed again after a drop is built afresh: it may be switched to once it verifies."""
+    pointer = await _open_pointer(settings, read_model)
+    try:
+        await pointer.mark_dropped(version, dropped=False)
+    finally:
+        await pointer.client.aclose()
 
 
 def version_id(read_model: str, version: int) -> str:
@@ -197,14 +210,82 @@ def version_id(read_model: str, version: int) -> str:
     return f"{_projection_name(read_model)}-v{version}"
 
 
-async def _open_pointer(settings: Settings, read_model: str) -> ActiveVersion:
-    return ActiveVersion(await connect_valkey(settings), settings.stream_name, _projection_name(read_model))
+async def _open_pointer(settings: Settings, read_model: str, *, written: bool = False) -> ActiveVersion:
+    return ActiveVersion(
+        await connect_valkey(settings), settings.stream_name, _projection_name(read_model), written=written
+    )
 
 
 async def active_version(settings: Settings, read_model: str) -> int:
+    """The version of a built-in read model readers read."""
     pointer = await _open_pointer(settings, read_model)
     try:
         return await pointer.get()
+    finally:
+        await pointer.client.aclose()
+
+
+async def written_version(settings: Settings, read_model: str) -> int:
+    """The version of a built-in read model the live projectors write (1 until ``promote``)."""
+    pointer = await _open_pointer(settings, read_model, written=True)
+    try:
+        return await pointer.get()
+    finally:
+        await pointer.client.aclose()
+
+
+async def _dropped(settings: Settings, read_model: str) -> set[int]:
+    pointer = await _open_pointer(settings, read_model)
+    try:
+        return await pointer.dropped()
+    finally:
+        await pointer.client.aclose()
+
+
+async def _projectors_writing(settings: Settings, read_model: str, version: int) -> list[str]:
+    """The live projectors (a heartbeat in the last seconds) that report writing this version."""
+    control = await open_projection_control(settings)
+    try:
+        writing = []
+        for name, status in sorted((await control.statuses()).items()):
+            fresh = time.time() - float(status.get("heartbeat") or 0.0) <= HEARTBEAT_STALE_SECONDS
+            if fresh and int((status.get("targets") or {}).get(read_model, 1)) == version:
+                writing.append(name)
+        return writing
+    finally:
+        await control.close()
+
+
+async def _check_live_and_caught_up(settings: Settings, projection: str, max_lag_seconds: float) -> None:
+    rows = [r for r in await projection_rows(settings) if r.projection == projection]
+    if not rows or any(r.phase != "live" for r in rows):
+        raise ConfigurationError(f"{projection} is not running live (deploy it first: docs/projections.md)")
+    lag = max(r.lag_seconds for r in rows)
+    if lag > max_lag_seconds:
+        raise ConfigurationError(f"{projection} has not caught up: its oldest waiting event is {lag:.1f}s old")
+
+
+async def promote_version(settings: Settings, read_model: str, version: int, *, max_lag_seconds: float = 2.0) -> None:
+    """Make the live projectors write version ``version`` of a built-in read model (the one readers
+    read, live and caught up on its own runner): they reopen on it within seconds, their consumers
+    and positions unchanged, each story going on from the version the target holds. Its runner can
+    then be stopped, and the version written before dropped once nobody reads it."""
+    name = _projection_name(read_model)
+    if version == await written_version(settings, read_model):
+        return
+    if await active_version(settings, read_model) != version:
+        raise ConfigurationError(f"readers do not read version {version} of the {read_model}: switch them first")
+    if version in await _dropped(settings, read_model):
+        raise ConfigurationError(f"version {version} of the {read_model} was dropped")
+    if version < 2:
+        raise ConfigurationError(
+            f"version 1 of the {read_model} is no longer written and would be behind: deploy a new version instead",
+            field="version",
+        )
+    await _check_live_and_caught_up(settings, f"{name}-v{version}", max_lag_seconds)
+    pointer = await _open_pointer(settings, read_model, written=True)
+    try:
+        await pointer.switch(version)
     finally:
         await pointer.client.aclose()
 
@@ -218,14 +299,16 @@ async def switch_readers(
     the differences (then nothing is switched). Version 1 (the live one, always kept by the
     projectors) needs no check: it is the switch back."""
     name = _projection_name(read_model)
-    if version >= 2 and check:
-        projection = f"{name}-v{version}"
-        rows = [r for r in await projection_rows(settings) if r.projection == projection]
-        if not rows or any(r.phase != "live" for r in rows):
-            raise ConfigurationError(f"{projection} is not running live (deploy it first: docs/projections.md)")
-        lag = max(r.lag_seconds for r in rows)
-        if lag > max_lag_seconds:
-            raise ConfigurationError(f"{projection} has not caught up: its oldest waiting event is {lag:.1f}s old")
+    if version in await _dropped(settings, read_model):
+        raise ConfigurationError(f"version {version} of the {read_model} was dropped: deploy a new version")
+    written = await written_version(settings, read_model)
+    if version == 1 and written != 1:
+        raise ConfigurationError(
+            f"version 1 of the {read_model} is no longer written (the projectors write version {written}): "
+            "it would serve old data", field="version",
+        )  # fmt: skip
+    if version >= 2 and version != written and check:
+        await _check_live_and_caught_up(settings, f"{name}-v{version}", max_lag_seconds)
         target = await open_read_model_version(settings, read_model, version)
         store = await open_event_store(settings, update_stream=False)
         try:
@@ -275,21 +358,33 @@ async def switch_documents(
 
 
 async def drop_version(settings: Settings, read_model: str, version: int) -> None:
-    """Drop version ``version`` of a built-in read model that readers no longer read: its consumers,
-    checkpoint, progress and held stories (``remove_projection``), then its target (the documents'
-    key space ``context:v{n}:*``, the graph's database). Stop its runner first. Version 1 and the
-    version readers read are refused."""
+    """Drop version ``version`` of a built-in read model that nobody reads or writes any more: its
+    consumers, checkpoint, progress and held stories (``remove_projection``), then its target (the
+    graph's database; this stream's context documents of that version), and remember it as dropped
+    (never switched to again). Stop its runner first. Refused while readers read it or the live
+    projectors write it (version 1 until another version is promoted)."""
     name = _projection_name(read_model)
-    if version < 2:
-        raise ConfigurationError("version 1 is the live read model: it is never dropped", field="version")
     if await active_version(settings, read_model) == version:
         raise ConfigurationError(f"readers read version {version} of the {read_model}: switch them first")
+    if await written_version(settings, read_model) == version:
+        raise ConfigurationError(
+            f"the live projectors write version {version} of the {read_model}: promote another version first"
+        )
+    if writing := await _projectors_writing(settings, read_model, version):
+        raise ConfigurationError(f"{', '.join(writing)} still write version {version}: wait for them to reopen")
     await remove_projection(settings, f"{name}-v{version}")
     if read_model == "graph":
-        await GraphDatabases(settings).drop(graph_database(settings, version))
+        await GraphDatabases(settings).drop(graph_database(settings, version), live_too=version == 1)
     else:
+        store = await open_event_store(settings, update_stream=False)
         documents = await ContextCache.connect(settings, space=space_of(version))
         try:
-            await documents.drop_space()
+            await documents.drop_stories(await store.story_ids())
         finally:
             await documents.close()
+            await store.close()
+    pointer = await _open_pointer(settings, read_model)
+    try:
+        await pointer.mark_dropped(version)
+    finally:
+        await pointer.client.aclose()

@@ -68,6 +68,7 @@ async def projection_status(settings: Settings, now: float | None = None) -> lis
                     heartbeat_age_s=age,
                     paused_by=paused_by,
                     last_error_at=stats.get("last_error_at", "") if stats.get("last_error") else "",
+                    writes=", ".join(f"{name} v{v}" for name, v in sorted((stats.get("targets") or {}).items())),
                 )
             )
         return out

@@ -14,15 +14,16 @@ async def verify(
     documents: bool = True,
     census: bool = False,
     progress: Progress | None = None,
-    version: int = 1,
+    version: int | None = None,
 ) -> VerifyReport:
     """Compare the graph (and, unless ``documents`` is False, the context documents) with the log:
     the whole history (archive + stream with FLEET_ARCHIVE_URL), every story unless ``story_ids``.
     ``census``: also the whole graph's counts and orphans (for a graph database that holds this log only).
-    ``version``: the version of both read models to check (blue/green; 1, the live ones)."""
+    ``version``: the version of both read models to check (blue/green); by default the versions
+    readers read (each read model's own; 1 until a switch)."""
     store = await open_event_store(settings, update_stream=False)
     try:
-        read_side = await open_read_side(settings, version)
+        read_side = await open_read_side(settings, version, read=True)
         try:
             return await verify_all(
                 store,

@@ -325,6 +325,10 @@ class ProjectionControl(ABC):
         """The status a projector last published ({} if none)."""
 
     @abstractmethod
+    async def statuses(self) -> dict[str, dict[str, Any]]:
+        """Every projector's last published status, of any pool size (stale ones included: see ``heartbeat``)."""
+
+    @abstractmethod
     async def job_progress(self, job_id: str) -> dict[str, str]: ...
 
     @abstractmethod

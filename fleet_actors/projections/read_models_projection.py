@@ -68,6 +68,8 @@ class ReadModelsProjection:
         self._state_cache = state_cache
         self._owns_targets = owns_targets
         self._states: collections.OrderedDict[str, StoryState] = collections.OrderedDict()
+        #: story -> the version this projection last wrote to its graph
+        self._written: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._next_snapshot_poll = 0.0
         #: the last batch's graph and document writes, (start, end) in time.time_ns() (for traces)
         self.write_spans: dict[str, tuple[int, int]] = {}
@@ -78,13 +80,25 @@ class ReadModelsProjection:
     # --- the projection API -------------------------------------------------------------------
 
     async def applied_versions(self, story_ids: Sequence[str]) -> dict[str, int]:
-        if self.documents is not None:
+        """The lower of the targets' versions: each story's events go on from where the target that
+        is furthest behind stands (the graph and the documents may be versions written by others
+        too, e.g. after readers were switched to a version another runner built)."""
+        if self.graph is None:
+            assert self.documents is not None
             return await self.documents.versions(story_ids)
+        graph = await self._graph_versions(story_ids)
+        if self.documents is None:
+            return graph
+        documents = await self.documents.versions(story_ids)
+        return {story_id: min(documents.get(story_id, 0), graph.get(story_id, 0)) for story_id in story_ids}
+
+    async def _graph_versions(self, story_ids: Sequence[str]) -> dict[str, int]:
+        """The graph's version of each story: the one this projection last wrote there, else read (a
+        read of the graph every batch cost a replay a third of its rate). Should the graph have moved
+        meanwhile, its write transaction still skips what it holds and reports what it lacks, which
+        ``apply`` heals from the log."""
         assert self.graph is not None
-        # Graph only: the version of a story this projection wrote last is its cached state's (a read of
-        # the graph per batch halved a replay's rate). Should the graph have moved meanwhile, its write
-        # transaction still skips what it holds and reports what it lacks, which ``apply`` heals.
-        known = {story_id: self._states[story_id].version for story_id in story_ids if story_id in self._states}
+        known = {story_id: self._written[story_id] for story_id in story_ids if story_id in self._written}
         missing = [story_id for story_id in story_ids if story_id not in known]
         if missing:
             known.update(await self.graph.applied_versions(missing))
@@ -103,8 +117,12 @@ class ReadModelsProjection:
         for story_id, state in states.items():
             self._states[story_id] = state
             self._states.move_to_end(story_id)
-        while len(self._states) > self._state_cache:
-            self._states.popitem(last=False)
+            if self.graph is not None:
+                self._written[story_id] = state.version
+                self._written.move_to_end(story_id)
+        for cache in (self._states, self._written):
+            while len(cache) > self._state_cache:
+                cache.popitem(last=False)
 
     async def use_snapshot_notices(self, notices: SnapshotNotices) -> None:
         """From the runner: the snapshot notices of a consumer of this projection's own."""
@@ -197,6 +215,7 @@ class ReadModelsProjection:
                     raise ProjectionGap(f"story {story_id!r}: the graph (at {graph_version}) could not be caught up")
             except ProjectionGap:
                 self._states.pop(story_id, None)
+                self._written.pop(story_id, None)
                 raise
 
     async def _verify_graph(self, story_id: str, events: Sequence[EventEnvelope]) -> list[str]:

@@ -34,7 +34,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -154,6 +154,8 @@ class RunnerProgress:
     #: seconds from an event being stored to its projection committing (recent events)
     lag_p50_ms: float = 0.0
     lag_p99_ms: float = 0.0
+    #: the built-in read models: the version of each it writes, ``{"graph": g, "documents": d}``
+    targets: dict[str, int] = field(default_factory=dict)
 
 
 class ProjectionRunner:

@@ -29,3 +29,5 @@ class ConsumerStatus:
     #: the rebuild job that keeps the live projectors off the graph ("" when none)
     paused_by: str = ""
     last_error_at: str = ""
+    #: the versions of the read models its projector writes, e.g. "graph v2, documents v1"
+    writes: str = ""

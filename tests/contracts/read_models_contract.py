@@ -167,6 +167,7 @@ class ProjectionControlContract:
         assert await control.status(projector) == {}
         await control.publish_status(projector, {"applied": 3, "last_error": ""})
         assert await control.status(projector) == {"applied": 3, "last_error": ""}
+        assert (await control.statuses())[projector] == {"applied": 3, "last_error": ""}  # any pool size's
         assert await control.job_progress(job) == {}
         await control.record_job_progress(job, end_sequence="10", phase="pause")
         await control.record_job_progress(job, phase="replay")

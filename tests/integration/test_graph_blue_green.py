@@ -12,6 +12,7 @@ import pytest
 
 from fleet_actors.adapters.jetstream import JetStreamEventStore
 from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore
+from fleet_actors.adapters.neo4j import GraphStore
 from fleet_actors.adapters.neo4j.graph_databases import GraphDatabases, graph_database
 from fleet_actors.composition import open_graph_projection, open_read_models
 from fleet_actors.domain.commands import UpdateSubtask
@@ -177,3 +178,47 @@ async def test_version_2_of_the_graph_shows_the_snapshots_too(graph_settings: Se
             await wait_until(nodes, timeout=30)
     finally:
         await drop_version(settings, "graph", 2)
+
+
+async def test_a_promoted_version_is_written_by_the_live_projectors_and_version_1_can_go(
+    graph_settings: Settings, execute, unique_id
+):
+    """After the switch: `projections promote graph 2` hands version 2 to the live projectors (they
+    reopen on it; their consumers stay), its own runner stops, and version 1, which nobody reads or
+    writes any more, is dropped; readers can no longer be switched back to it."""
+    from fleet_actors.jobs.projection_extensions import promote_version, written_version
+
+    settings = graph_settings
+    stories = [unique_id("GP") for _ in range(2)]
+    heads = {s: await write_story(execute, s) for s in stories}
+    live = await RunningProjectors(settings, 1).start()
+    try:
+        await wait_until(lambda: _equal(live.graph.applied_versions(stories), heads))
+        graph = await open_graph_projection(settings, 2)
+        async with running(settings, graph):
+            await wait_until(lambda: _equal(graph.applied_versions(stories), heads), timeout=60)
+            with pytest.raises(ConfigurationError, match="switch them first"):
+                await promote_version(settings, "graph", 2)
+            assert await switch_when_ready(settings, "graph", 2, wait=30, every=0.5) == []
+            await promote_version(settings, "graph", 2)
+        assert await written_version(settings, "graph") == 2
+        with pytest.raises(ConfigurationError, match="still write version 1"):
+            await drop_version(settings, "graph", 1)  # the running projector has not reopened yet
+        await live.stop()
+        live = await RunningProjectors(settings, 1).start()  # a projector actor reopens by itself
+        assert live.projectors[0].progress.targets == {"graph": 2, "documents": 1}
+        for story in stories:  # version 2's own runner is gone: the projectors keep it current
+            heads[story] = (await execute(story, UpdateSubtask("T1", "BLOCKED"))).version
+        check = await GraphStore.connect(settings, database=graph_database(settings, 2))
+        try:
+            await wait_until(lambda: _equal(check.applied_versions(stories), heads))
+        finally:
+            await check.close()
+        await wait_until(lambda: asyncio.sleep(1.2, True))  # a heartbeat that says what it writes now
+        await drop_version(settings, "graph", 1)
+        assert settings.neo4j_database not in await GraphDatabases(settings)._arcadedb("list databases")
+        with pytest.raises(ConfigurationError, match="was dropped"):
+            await switch_readers(settings, "graph", 1)
+        assert (await verify(settings, stories)).ok  # the versions readers read: graph v2, documents v1
+    finally:
+        await live.stop()

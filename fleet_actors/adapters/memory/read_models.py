@@ -196,6 +196,9 @@ class InMemoryProjectionControl(ProjectionControl):
     async def status(self, projector: str) -> dict[str, Any]:
         return dict(self._status.get(projector, {}))
 
+    async def statuses(self) -> dict[str, dict[str, Any]]:
+        return {projector: dict(status) for projector, status in self._status.items()}
+
     async def job_progress(self, job_id: str) -> dict[str, str]:
         return dict(self._progress.get(job_id, {}))
 

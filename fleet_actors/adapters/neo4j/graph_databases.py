@@ -81,11 +81,12 @@ class GraphDatabases:
         else:
             await self._system("CREATE DATABASE $name IF NOT EXISTS WAIT", name)
 
-    async def drop(self, name: str) -> None:
-        """Drop database ``name`` (and everything in it) if it exists."""
+    async def drop(self, name: str, *, live_too: bool = False) -> None:
+        """Drop database ``name`` (and everything in it) if it exists. ``FLEET_NEO4J_DATABASE`` (the graph's
+        version 1) only with ``live_too``, once nobody reads or writes it (``projections drop graph 1``)."""
         kind = await self.check_supported()
         _check_name(name)
-        if name == self._settings.neo4j_database:
+        if name == self._settings.neo4j_database and not live_too:
             raise ConfigurationError(f"{name} is the live graph database: it is never dropped", field="database")
         if kind == "arcadedb":
             if name in await self._arcadedb("list databases"):

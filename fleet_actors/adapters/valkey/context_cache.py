@@ -121,6 +121,16 @@ class ContextCache(ContextDocuments):
     async def close(self) -> None:
         await self._client.aclose()
 
+    async def drop_stories(self, story_ids: Sequence[str]) -> int:
+        """Delete these stories' documents of this key space (a version dropped: the stories of one
+        stream, whichever key space; other streams' documents stay). Returns the documents deleted."""
+        deleted = 0
+        with valkey_errors("dropping context documents"):
+            for start in range(0, len(story_ids), 500):
+                keys = [context_key(story_id, self._space) for story_id in story_ids[start : start + 500]]
+                deleted += await self._client.unlink(*keys)
+        return deleted
+
     async def drop_space(self) -> int:
         """Delete every document of this key space (a documents version that is no longer read); the
         live documents (no space) are never dropped. Returns the documents deleted."""

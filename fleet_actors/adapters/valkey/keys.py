@@ -70,6 +70,16 @@ def active_version_key(stream: str, read_model: str) -> str:
     return f"projection:{stream}:{read_model}:active"
 
 
+def written_version_key(stream: str, read_model: str) -> str:
+    """The version of a built-in read model the live projectors write (absent: 1; ``projections promote``)."""
+    return f"projection:{stream}:{read_model}:written"
+
+
+def dropped_versions_key(stream: str, read_model: str) -> str:
+    """The versions of a built-in read model dropped (a set): never switched to again."""
+    return f"projection:{stream}:{read_model}:dropped"
+
+
 def registered_projections_key(stream: str) -> str:
     return f"projection:{stream}:registered"
 

@@ -63,6 +63,16 @@ class ValkeyProjectionControl(ProjectionControl):
             raw = await self._client.get(status_key(self._stream, projector))
         return json.loads(raw) if raw else {}
 
+    async def statuses(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        with valkey_errors("reading the projectors' statuses"):
+            async for key in self._client.scan_iter(match=status_key(self._stream, "*"), count=200):
+                name = (key.decode() if isinstance(key, bytes) else key).split(":")[-2]
+                raw = await self._client.get(key)
+                if raw:
+                    out[name] = json.loads(raw)
+        return out
+
     async def job_progress(self, job_id: str) -> dict[str, str]:
         with valkey_errors("reading the rebuild's progress"):
             raw = await self._client.hgetall(job_key(self._stream, job_id))  # type: ignore[misc]  # valkey-py stubs: Awaitable[T] | T
