@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -198,11 +198,8 @@ async def deploy_version(settings: Settings, read_model: str, version: int, **op
 
 async def mark_deployed(settings: Settings, read_model: str, version: int) -> None:
     """A version deployed again after a drop is built afresh: it may be switched to once it verifies."""
-    pointer = await _open_pointer(settings, read_model)
-    try:
-        await pointer.mark_dropped(version, dropped=False)
-    finally:
-        await pointer.client.aclose()
+    async with _pointers(settings, read_model) as pointers:
+        await pointers.readers.mark_dropped(version, dropped=False)
 
 
 def version_id(read_model: str, version: int) -> str:
@@ -210,36 +207,36 @@ def version_id(read_model: str, version: int) -> str:
     return f"{_projection_name(read_model)}-v{version}"
 
 
-async def _open_pointer(settings: Settings, read_model: str, *, written: bool = False) -> ActiveVersion:
-    return ActiveVersion(
-        await connect_valkey(settings), settings.stream_name, _projection_name(read_model), written=written
-    )
+@dataclass
+class _Pointers:
+    """A built-in read model's pointers on one connection: the version readers read (and the versions
+    dropped) and the version the live projectors write."""
+
+    readers: ActiveVersion
+    writers: ActiveVersion
+
+
+@contextlib.asynccontextmanager
+async def _pointers(settings: Settings, read_model: str) -> AsyncIterator[_Pointers]:
+    name = _projection_name(read_model)
+    client = await connect_valkey(settings)
+    try:
+        readers = ActiveVersion(client, settings.stream_name, name)
+        yield _Pointers(readers, ActiveVersion(client, settings.stream_name, name, written=True))
+    finally:
+        await client.aclose()
 
 
 async def active_version(settings: Settings, read_model: str) -> int:
     """The version of a built-in read model readers read."""
-    pointer = await _open_pointer(settings, read_model)
-    try:
-        return await pointer.get()
-    finally:
-        await pointer.client.aclose()
+    async with _pointers(settings, read_model) as pointers:
+        return await pointers.readers.get()
 
 
 async def written_version(settings: Settings, read_model: str) -> int:
     """The version of a built-in read model the live projectors write (1 until ``promote``)."""
-    pointer = await _open_pointer(settings, read_model, written=True)
-    try:
-        return await pointer.get()
-    finally:
-        await pointer.client.aclose()
-
-
-async def _dropped(settings: Settings, read_model: str) -> set[int]:
-    pointer = await _open_pointer(settings, read_model)
-    try:
-        return await pointer.dropped()
-    finally:
-        await pointer.client.aclose()
+    async with _pointers(settings, read_model) as pointers:
+        return await pointers.writers.get()
 
 
 async def _projectors_writing(settings: Settings, read_model: str, version: int) -> list[str]:
@@ -271,23 +268,20 @@ async def promote_version(settings: Settings, read_model: str, version: int, *, 
     and positions unchanged, each story going on from the version the target holds. Its runner can
     then be stopped, and the version written before dropped once nobody reads it."""
     name = _projection_name(read_model)
-    if version == await written_version(settings, read_model):
-        return
-    if await active_version(settings, read_model) != version:
-        raise ConfigurationError(f"readers do not read version {version} of the {read_model}: switch them first")
-    if version in await _dropped(settings, read_model):
-        raise ConfigurationError(f"version {version} of the {read_model} was dropped")
-    if version < 2:
-        raise ConfigurationError(
-            f"version 1 of the {read_model} is no longer written and would be behind: deploy a new version instead",
-            field="version",
-        )
-    await _check_live_and_caught_up(settings, f"{name}-v{version}", max_lag_seconds)
-    pointer = await _open_pointer(settings, read_model, written=True)
-    try:
-        await pointer.switch(version)
-    finally:
-        await pointer.client.aclose()
+    async with _pointers(settings, read_model) as pointers:
+        if version == await pointers.writers.get():
+            return
+        if await pointers.readers.get() != version:
+            raise ConfigurationError(f"readers do not read version {version} of the {read_model}: switch them first")
+        if version in await pointers.readers.dropped():
+            raise ConfigurationError(f"version {version} of the {read_model} was dropped")
+        if version < 2:
+            raise ConfigurationError(
+                f"version 1 of the {read_model} is no longer written and would be behind: deploy a new version "
+                "instead", field="version",
+            )  # fmt: skip
+        await _check_live_and_caught_up(settings, f"{name}-v{version}", max_lag_seconds)
+        await pointers.writers.switch(version)
 
 
 async def switch_readers(
@@ -299,9 +293,10 @@ async def switch_readers(
     the differences (then nothing is switched). Version 1 (the live one, always kept by the
     projectors) needs no check: it is the switch back."""
     name = _projection_name(read_model)
-    if version in await _dropped(settings, read_model):
+    async with _pointers(settings, read_model) as pointers:
+        dropped, written = await pointers.readers.dropped(), await pointers.writers.get()
+    if version in dropped:
         raise ConfigurationError(f"version {version} of the {read_model} was dropped: deploy a new version")
-    written = await written_version(settings, read_model)
     if version == 1 and written != 1:
         raise ConfigurationError(
             f"version 1 of the {read_model} is no longer written (the projectors write version {written}): "
@@ -320,11 +315,8 @@ async def switch_readers(
                 await close()  # type: ignore[misc]
         if differences:
             return [d for story_differences in differences.values() for d in story_differences]
-    pointer = await _open_pointer(settings, read_model)
-    try:
-        await pointer.switch(version)
-    finally:
-        await pointer.client.aclose()
+    async with _pointers(settings, read_model) as pointers:
+        await pointers.readers.switch(version)
     return []
 
 
@@ -364,9 +356,11 @@ async def drop_version(settings: Settings, read_model: str, version: int) -> Non
     (never switched to again). Stop its runner first. Refused while readers read it or the live
     projectors write it (version 1 until another version is promoted)."""
     name = _projection_name(read_model)
-    if await active_version(settings, read_model) == version:
+    async with _pointers(settings, read_model) as pointers:
+        read, written = await pointers.readers.get(), await pointers.writers.get()
+    if read == version:
         raise ConfigurationError(f"readers read version {version} of the {read_model}: switch them first")
-    if await written_version(settings, read_model) == version:
+    if written == version:
         raise ConfigurationError(
             f"the live projectors write version {version} of the {read_model}: promote another version first"
         )
@@ -383,8 +377,5 @@ async def drop_version(settings: Settings, read_model: str, version: int) -> Non
         finally:
             await documents.close()
             await store.close()
-    pointer = await _open_pointer(settings, read_model)
-    try:
-        await pointer.mark_dropped(version)
-    finally:
-        await pointer.client.aclose()
+    async with _pointers(settings, read_model) as pointers:
+        await pointers.readers.mark_dropped(version)

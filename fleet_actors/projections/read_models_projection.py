@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from fleet_actors.domain.events import EventEnvelope
 from fleet_actors.domain.state import StoryState
 from fleet_actors.domain.story import fold
 from fleet_actors.errors import ProjectionGap
 from fleet_actors.ports.event_feed import SnapshotNotices
-from fleet_actors.ports.event_store import EventStore, StoredEvent
+from fleet_actors.ports.event_store import EventStore
 from fleet_actors.ports.read_models import ContextDocuments, GraphReadModel, SnapshotLink, expected_graph
 from fleet_actors.projections.api import batch_positions
 from fleet_actors.projections.verify import actual_graph, document_differences, graph_differences
@@ -48,14 +48,14 @@ class ReadModelsProjection:
         *,
         graph: GraphReadModel | None,
         documents: ContextDocuments | None,
-        store: EventStore,
+        store: EventStore | None,
         name: str = "read-models",
         version: int = 1,
         state_cache: int = STATE_CACHE,
-        owns_targets: bool = True,
     ) -> None:
         """``store``: the log, to fold a story whose state is neither cached nor in a document and to
-        catch the graph up. The runner hands it snapshot notices to show as ContextSnapshot nodes
+        catch the graph up (None: a documents-only projection, whose guard hands it each story's
+        events from its document on). The runner hands it snapshot notices to show as ContextSnapshot nodes
         (``use_snapshot_notices``; graph only)."""
         if graph is None and documents is None:
             raise ValueError("a read-models projection needs a graph, documents, or both")
@@ -66,16 +66,11 @@ class ReadModelsProjection:
         self.store = store
         self.snapshots: SnapshotNotices | None = None
         self._state_cache = state_cache
-        self._owns_targets = owns_targets
+        #: the states this projection last wrote (most recent last): the graph holds these versions
         self._states: collections.OrderedDict[str, StoryState] = collections.OrderedDict()
-        #: story -> the version this projection last wrote to its graph
-        self._written: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._next_snapshot_poll = 0.0
         #: the last batch's graph and document writes, (start, end) in time.time_ns() (for traces)
         self.write_spans: dict[str, tuple[int, int]] = {}
-        #: events the graph skipped (it had them) and events read back from the log, since the start
-        self.graph_duplicates = 0
-        self.healed_from_log = 0
 
     # --- the projection API -------------------------------------------------------------------
 
@@ -98,7 +93,7 @@ class ReadModelsProjection:
         meanwhile, its write transaction still skips what it holds and reports what it lacks, which
         ``apply`` heals from the log."""
         assert self.graph is not None
-        known = {story_id: self._written[story_id] for story_id in story_ids if story_id in self._written}
+        known = {story_id: self._states[story_id].version for story_id in story_ids if story_id in self._states}
         missing = [story_id for story_id in story_ids if story_id not in known]
         if missing:
             known.update(await self.graph.applied_versions(missing))
@@ -117,12 +112,8 @@ class ReadModelsProjection:
         for story_id, state in states.items():
             self._states[story_id] = state
             self._states.move_to_end(story_id)
-            if self.graph is not None:
-                self._written[story_id] = state.version
-                self._written.move_to_end(story_id)
-        for cache in (self._states, self._written):
-            while len(cache) > self._state_cache:
-                cache.popitem(last=False)
+        while len(self._states) > self._state_cache:
+            self._states.popitem(last=False)
 
     async def use_snapshot_notices(self, notices: SnapshotNotices) -> None:
         """From the runner: the snapshot notices of a consumer of this projection's own."""
@@ -162,8 +153,6 @@ class ReadModelsProjection:
         return differences
 
     async def close(self) -> None:
-        if not self._owns_targets:
-            return
         for target in (self.graph, self.documents):
             if target is not None:
                 await target.close()
@@ -193,29 +182,27 @@ class ReadModelsProjection:
         return {story_id: fold(known[story_id], events) for story_id, events in batch.items()}
 
     async def _state_from_log(self, story_id: str, version: int) -> StoryState:
+        if self.store is None:
+            raise ProjectionGap(f"story {story_id!r}: its document is not at version {version} and there is no log")
         events = await read_log(self.store, story_id, 0, version)
         _contiguous(story_id, events, 0, version)
-        self.healed_from_log += len(events)
         return fold(StoryState(story_id), events)
 
     async def _apply_graph(
         self, batch: Mapping[str, Sequence[EventEnvelope]], states: Mapping[str, StoryState]
     ) -> None:
-        assert self.graph is not None
+        assert self.graph is not None and self.store is not None
         result = await self.graph.apply(batch, states)
-        self.graph_duplicates += max(0, sum(map(len, batch.values())) - result.applied_events - len(result.gaps))
         for story_id, graph_version in result.gaps.items():
             # The graph is behind these events: apply its missing events from the log, then these.
             state = states[story_id]
             missing = await read_log(self.store, story_id, graph_version, state.version)
-            self.healed_from_log += max(0, len(missing) - len(batch[story_id]))
             try:
                 _contiguous(story_id, missing, graph_version, state.version)
                 if story_id in (await self.graph.apply({story_id: missing}, {story_id: state})).gaps:
                     raise ProjectionGap(f"story {story_id!r}: the graph (at {graph_version}) could not be caught up")
             except ProjectionGap:
                 self._states.pop(story_id, None)
-                self._written.pop(story_id, None)
                 raise
 
     async def _verify_graph(self, story_id: str, events: Sequence[EventEnvelope]) -> list[str]:
@@ -243,8 +230,8 @@ class ReadModelsProjection:
 
 
 class GraphProjection(ReadModelsProjection):
-    """Version n of the decision graph, in a database of its own (graph blue/green); with
-    ``name="rebuild"``-style arguments also the in-place rebuild's replayers."""
+    """Version n of the decision graph, in a database of its own (graph blue/green); on the live
+    graph, the in-place rebuild's replayers (``composition.open_replayer``)."""
 
     def __init__(self, graph: GraphReadModel, store: EventStore, version: int = 2, **options: object) -> None:
         super().__init__(graph=graph, documents=None, store=store, name="graph", version=version, **options)  # type: ignore[arg-type]
@@ -258,8 +245,7 @@ class ContextDocumentsProjection(ReadModelsProjection):
     def __init__(self, documents: ContextDocuments, version: int = 2, store: EventStore | None = None) -> None:
         # The runner hands each story's events from its document's version on: the log is only
         # read for a document that went missing between the guard and the fold.
-        super().__init__(graph=None, documents=documents, store=store or _NO_LOG, name="context-documents",
-                         version=version)  # fmt: skip
+        super().__init__(graph=None, documents=documents, store=store, name="context-documents", version=version)
 
 
 async def read_log(store: EventStore, story_id: str, after_version: int, up_to_version: int) -> list[EventEnvelope]:
@@ -275,14 +261,3 @@ def _contiguous(story_id: str, events: Sequence[EventEnvelope], after: int, up_t
     """The log's events after ``after`` must run without a hole up to ``up_to``."""
     if [e.version for e in events] != list(range(after + 1, up_to + 1)):
         raise ProjectionGap(f"story {story_id!r}: the log lacks events between versions {after} and {up_to}")
-
-
-class _NoLog:
-    """For a documents-only projection without a log: every fold starts from a document."""
-
-    async def read(self, story_id: str) -> AsyncIterator[StoredEvent]:
-        raise ProjectionGap(f"story {story_id!r}: its document is missing and this projection has no log to fold from")
-        yield  # pragma: no cover
-
-
-_NO_LOG: EventStore = _NoLog()  # type: ignore[assignment]

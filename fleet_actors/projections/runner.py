@@ -88,7 +88,7 @@ log = logging.getLogger(__name__)
 PROGRESS_EVERY = 0.2
 #: a runner publishes its progress at least this often, busy, idle or paused
 HEARTBEAT_SECONDS = 1.0
-#: how often a runner with a control reads the pause and release keys (every time while paused)
+#: how often a runner reads the release (and, with a control, the pause) keys; every time while paused
 PAUSE_POLL_SECONDS = 0.2
 PAUSE_ACK_TTL = 5
 #: how often an idle runner reads the dead-letter index again for fleet_parked_events
@@ -322,18 +322,14 @@ class ProjectionRunner:
         while not stop.is_set():
             self._heartbeat()
             try:
-                if self.control is not None and (
-                    self.progress.paused_by or time.monotonic() >= self._next_control_check
-                ):
+                if self.progress.paused_by or time.monotonic() >= self._next_control_check:
                     # The pause and release keys: read at most every PAUSE_POLL_SECONDS rather than
                     # before every batch; every time while paused.
                     self._next_control_check = time.monotonic() + PAUSE_POLL_SECONDS
-                    if await self._paused():
+                    if self.control is not None and await self._paused():
                         await self.publish_progress()
                         await asyncio.sleep(PAUSE_POLL_SECONDS)
                         continue
-                    await self._apply_releases()
-                elif self.control is None:
                     await self._apply_releases()
                 assert self.feed is not None, "start() first"
                 try:
