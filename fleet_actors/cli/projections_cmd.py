@@ -167,8 +167,19 @@ def _add_runner_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--until-caught-up", action="store_true", help="stop once nothing is pending")
 
 
+def _check_share(settings, index: int, count: int) -> None:
+    """Runner ``index`` of ``count`` must fit the stream's partitions: one line, before connecting."""
+    if not 0 <= index < count <= settings.partitions:
+        raise ConfigurationError(
+            f"runner {index} of {count} does not fit the {settings.partitions} partitions "
+            f"(--count 1 to {settings.partitions}, --index 0 to count - 1)", field="count",
+        )  # fmt: skip
+
+
 def _runner_options(args: argparse.Namespace) -> dict[str, Any]:
     from fleet_actors.projections.policy import ProjectorPolicy
+
+    _check_share(settings_from(args), args.index, args.count)
 
     return {"index": args.index, "count": args.count, "policy": ProjectorPolicy(batch_size=args.batch_size),
             "until_caught_up": args.until_caught_up, "report": _report_progress}  # fmt: skip
@@ -179,10 +190,11 @@ def _run_projection(args: argparse.Namespace) -> int:
     from fleet_actors.observability.metrics import serve_process_metrics
     from fleet_actors.projections.api import load
 
+    options = _runner_options(args)  # checked before the projection is made (it may open its target)
     projection = load(args.target)
     settings = settings_from(args)
     serve_process_metrics(settings)
-    applied = run(run_projection(settings, projection, **_runner_options(args)))
+    applied = run(run_projection(settings, projection, **options))
     print(f"projection {projection.name}-v{projection.version}: {applied} events applied")
     return 0
 
@@ -203,6 +215,7 @@ def _deploy(args: argparse.Namespace) -> int:
 
         if args.version < 2:
             raise ConfigurationError("version 1 is the live read model the projectors write", field="version")
+        _check_share(settings, 0, args.count)
         hosted = HostedProjection(read_model=args.read_model, version=args.version)
         run(mark_deployed(settings, args.read_model, args.version))
         return _host(settings, hosted, version_id(args.read_model, args.version), args.count)
@@ -265,6 +278,7 @@ def _start(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     if args.target:
+        _check_share(settings, 0, args.count)  # before the projection is made (it may open its target)
         return _host(settings, HostedProjection(target=args.target), projection_id(load(args.target)), args.count)
     connect_ray(settings, start_local=False)
     handles = start_projectors(settings)
@@ -276,6 +290,7 @@ def _host(settings, hosted, projection: str, count: int) -> int:
     from fleet_actors.actors.projector_actor import host_projection
     from fleet_actors.client import connect_ray
 
+    _check_share(settings, 0, count)
     connect_ray(settings, start_local=False)
     handles = host_projection(settings, hosted, projection, count)
     print(f"{projection}: {len(handles)} runners in projector actors, namespace {settings.ray_namespace} "

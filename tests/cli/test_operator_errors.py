@@ -121,3 +121,25 @@ def test_ctrl_c_in_dev_seed_is_one_line(local_stack, settings, tmp_path: Path, u
             seed.kill()
     assert seed.returncode == 130
     assert "interrupted" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("projections", "start", "examples.decisions_by_role:DecisionsByRole", "--count", "0"),
+        ("projections", "deploy", "graph", "2", "--ray", "--count", "999"),
+        ("projections", "run", "examples.decisions_by_role:DecisionsByRole", "--index", "3", "--count", "2"),
+    ],
+    ids=lambda argv: " ".join(argv),
+)
+def test_a_share_of_partitions_that_does_not_fit_is_one_line_before_connecting(
+    down_env: dict[str, str], argv: tuple[str, ...], tmp_path: Path
+) -> None:
+    env = {**down_env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run(
+        [sys.executable, "-m", "fleet_actors.cli.main", *argv], env=env, capture_output=True, text=True, timeout=60,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2, done
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "does not fit" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "decisions.db").exists()
