@@ -45,13 +45,15 @@ def values(samples: Samples, name: str, **labels: str) -> list[float]:
     return [v for n, sample_labels, v in samples if n == name and labels.items() <= sample_labels.items()]
 
 
-async def eventually(check: Callable[[Samples], bool], url: str, timeout: float = 60) -> Samples:
+async def eventually(check: Callable[[Samples], bool | list[str]], url: str, timeout: float = 60) -> Samples:
+    """Scrape until `check` holds; a check may name what is still missing (an empty list is met)."""
     deadline = time.monotonic() + timeout
     while True:
         samples = await asyncio.to_thread(scrape, url)
-        if check(samples):
+        outcome = check(samples)
+        if outcome is True or outcome == []:
             return samples
-        assert time.monotonic() < deadline, "the metrics did not move in time"
+        assert time.monotonic() < deadline, f"the metrics did not move in {timeout:.0f} s: {outcome or 'check false'}"
         await asyncio.sleep(1)
 
 
@@ -89,46 +91,50 @@ async def test_metrics_move_on_the_real_stack(pool_settings, event_store, unique
     finally:
         await nc.close()
 
-    def moved(samples: Samples) -> bool:
+    def unmet(samples: Samples) -> list[str]:
+        """What has not reached the endpoint yet: each process exports its metrics on its own
+        interval, so the story actors' counters can arrive before the registry's gauges."""
+
         def delta(name: str, **labels: str) -> float:
             return total(samples, name, **labels) - total(before, name, **labels)
 
-        return (
-            delta("ray_fleet_commands_total", command="CreateStory", outcome="accepted") >= 2
-            and delta("ray_fleet_commands_total", command="CreateStory", outcome="duplicate") >= 1
-            and delta("ray_fleet_commands_total", command="CreateSubtask", outcome="conflict") >= 1
-            and delta("ray_fleet_commands_total", outcome="rejected", reason="FAILED_PRECONDITION") >= 1
-            and delta("ray_fleet_events_parked_total") >= 1
-            and delta("ray_fleet_projection_events_total", result="applied") >= 4
-        )
+        def highest(name: str, **labels: str) -> float:
+            return max(values(samples, name, **labels), default=float("-inf"))
 
-    samples = await eventually(moved, url)
+        checks = {
+            # counters: accepted, duplicate, conflict, rejected, parked, applied
+            "accepted creates": delta("ray_fleet_commands_total", command="CreateStory", outcome="accepted") >= 2,
+            "duplicate create": delta("ray_fleet_commands_total", command="CreateStory", outcome="duplicate") >= 1,
+            "conflict": delta("ray_fleet_commands_total", command="CreateSubtask", outcome="conflict") >= 1,
+            "rejection": delta("ray_fleet_commands_total", outcome="rejected", reason="FAILED_PRECONDITION") >= 1,
+            "parked event": delta("ray_fleet_events_parked_total") >= 1,
+            "applied events": delta("ray_fleet_projection_events_total", result="applied") >= 4,
+            # histograms: the actor's command latency, the append latency, activation time, batch sizes
+            "command latency": delta("ray_fleet_command_duration_seconds_count", command="CreateSubtask") >= 2,
+            "command latency sum": delta("ray_fleet_command_duration_seconds_sum") > 0,
+            "append latency": delta("ray_fleet_append_duration_seconds_count", outcome="ok") >= 4,
+            "activations": delta("ray_fleet_story_activations_total") >= 2,
+            "activation time": delta("ray_fleet_story_activation_duration_seconds_count") >= 2,
+            "batch sizes": delta("ray_fleet_projection_batch_events_count") >= 1,
+            "apply time": delta("ray_fleet_projection_apply_duration_seconds_count") >= 1,
+            "redelivery": delta("ray_fleet_projection_redeliveries_total") >= 1,  # the poison event, before parking
+            # gauges: parked now, live actors against the cap, the pool alive and not paused, lag per partition
+            "parked gauge": highest("ray_fleet_parked_events") >= 1,
+            "live stories": highest("ray_fleet_live_stories") >= 2,
+            "live cap": highest("ray_fleet_live_stories_cap") == pool_settings.max_live_stories,
+            "lag seconds": bool(values(samples, "ray_fleet_projection_lag_seconds")),
+            "lag events": bool(values(samples, "ray_fleet_projection_lag_events")),
+        }
+        for index in range(pool_settings.projectors):
+            label = f"projector-{index}-of-{pool_settings.projectors}"
+            checks[f"{label} up"] = 1 in values(samples, "ray_fleet_projector_up", projector=label)
+            checks[f"{label} heartbeat"] = (
+                highest("ray_fleet_projector_heartbeat_timestamp_seconds", projector=label) > time.time() - 30
+            )
+        return [name for name, met in checks.items() if not met]
 
-    def delta(name: str, **labels: str) -> float:
-        return total(samples, name, **labels) - total(before, name, **labels)
+    samples = await eventually(unmet, url)
 
-    # histograms: the actor's command latency, the append latency, activation time, batch sizes
-    assert delta("ray_fleet_command_duration_seconds_count", command="CreateSubtask") >= 2
-    assert delta("ray_fleet_command_duration_seconds_sum") > 0
-    assert delta("ray_fleet_append_duration_seconds_count", outcome="ok") >= 4
-    assert delta("ray_fleet_append_duration_seconds_count", outcome="conflict") >= 0  # caught before the append
-    assert delta("ray_fleet_story_activations_total") >= 2
-    assert delta("ray_fleet_story_activation_duration_seconds_count") >= 2
-    assert delta("ray_fleet_projection_batch_events_count") >= 1
-    assert delta("ray_fleet_projection_apply_duration_seconds_count") >= 1
-    assert delta("ray_fleet_projection_redeliveries_total") >= 1  # the poison event came back before parking
-    # gauges: parked now, live actors against the cap, the pool alive and not paused, lag per partition
-    assert max(values(samples, "ray_fleet_parked_events")) >= 1
-    assert max(values(samples, "ray_fleet_live_stories")) >= 2
-    assert max(values(samples, "ray_fleet_live_stories_cap")) == pool_settings.max_live_stories
-    for index in range(pool_settings.projectors):
-        label = f"projector-{index}-of-{pool_settings.projectors}"
-        assert 1 in values(samples, "ray_fleet_projector_up", projector=label)
-        assert (
-            max(values(samples, "ray_fleet_projector_heartbeat_timestamp_seconds", projector=label)) > time.time() - 30
-        )
-    assert values(samples, "ray_fleet_projection_lag_seconds")
-    assert values(samples, "ray_fleet_projection_lag_events")
     # no story id ever becomes a label value of ours (Ray's own actor metrics name the actors)
     ours = [labels for n, labels, _ in samples if n.startswith("ray_fleet_")]
     assert not any(story in value for labels in ours for value in labels.values())
