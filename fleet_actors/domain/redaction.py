@@ -18,6 +18,7 @@ import functools
 import json
 import re
 from collections.abc import Mapping
+from datetime import date, datetime
 from typing import Any, TypeVar
 
 from fleet_actors.errors import ConfigurationError
@@ -155,68 +156,97 @@ class RedactionMemo:
     def __init__(self, patterns: tuple[Pattern, ...] = BUILTIN_PATTERNS, size: int = 100_000) -> None:
         self._patterns, self._size = patterns, size
         #: id(value) -> (the value, kept so that its id stays its own; its redacted form); and
-        #: text -> (the text, its redacted form)
+        #: text -> (the text, its redacted form, or None when it holds no secret)
         self._seen: dict[Any, tuple[Any, Any]] = {}
 
     def __call__(self, value: T) -> T:
         if len(self._seen) > self._size:
             self._seen.clear()
-        redacted: T = _redact(value, self._patterns, "", [], self._seen)
+        redacted: T = _redact(value, self._patterns, None, [], self._seen)
         return redacted
+
+
+#: types whose values hold no text: returned as they are, without a look at their shape
+_NO_TEXT: frozenset[type] = frozenset({int, float, bool, type(None), bytes, datetime, date})
 
 
 def _redact(
     value: Any,
     patterns: tuple[Pattern, ...],
-    path: str,
+    path: str | None,
     changed: list[str],
     seen: dict[Any, tuple[Any, Any]] | None = None,
 ) -> Any:
-    """``seen``: a :class:`RedactionMemo`'s values (``changed`` then misses what it already held)."""
-    if isinstance(value, str):
+    """``path`` None: nobody asks for the paths (a :class:`RedactionMemo`), so none are built.
+    ``seen``: a memo's values (``changed`` then misses what it already held).
+
+    A state is tens of thousands of values, most of them ids, numbers and short texts: the exact
+    type is looked at first, the abstract Mapping and the dataclass check only for what is left."""
+    kind: type = type(value)  # as a plain `type` (Hashable for the cache)
+    if kind is str or (kind not in _NO_TEXT and isinstance(value, str)):
         if seen is not None and (known := seen.get(value)) is not None:
-            return known[1]
+            # An equal text is often another object: a clean one stays the object it is, or every
+            # value holding it would look changed and be copied.
+            return value if known[1] is None else known[1]
         text, found = redact_text(value, patterns)
         if found:
             changed.append(path or "text")
         if seen is not None:
-            seen[value] = (value, text if found else value)
+            seen[value] = (value, text if found else None)
         return text if found else value
-    if isinstance(value, Mapping):
-        items = {k: _redact(v, patterns, f"{path}.{k}" if path else str(k), changed, seen) for k, v in value.items()}
-        return items if any(items[k] is not value[k] for k in items) else value
-    if isinstance(value, tuple):
-        redacted = tuple(_redact(v, patterns, f"{path}[{i}]", changed, seen) for i, v in enumerate(value))
+    if kind in _NO_TEXT:
+        return value
+    if kind is tuple:
+        if path is None:
+            redacted = tuple([_redact(v, patterns, None, changed, seen) for v in value])
+        else:
+            redacted = tuple(_redact(v, patterns, f"{path}[{i}]", changed, seen) for i, v in enumerate(value))
         return redacted if any(a is not b for a, b in zip(redacted, value, strict=True)) else value
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        if seen is not None:
-            known = seen.get(id(value))
-            if known is not None and known[0] is value:
-                return known[1]
-            result = _redact_fields(value, patterns, path, changed, seen)
-            seen[id(value)] = (value, result)
-            return result
-        return _redact_fields(value, patterns, path, changed, seen)
-    return value
+    if kind is dict or isinstance(value, Mapping):
+        items = {k: _redact(v, patterns, _child(path, k), changed, seen) for k, v in value.items()}
+        return items if any(items[k] is not value[k] for k in items) else value
+    fields = _text_fields(kind)
+    if fields is None:
+        return value
+    if seen is not None:
+        known = seen.get(id(value))
+        if known is not None and known[0] is value:
+            return known[1]
+        result = _redact_fields(value, fields, patterns, path, changed, seen)
+        seen[id(value)] = (value, result)
+        return result
+    return _redact_fields(value, fields, patterns, path, changed, seen)
+
+
+def _child(path: str | None, name: object) -> str | None:
+    if path is None:
+        return None
+    return f"{path}.{name}" if path else str(name)
 
 
 @functools.cache
-def _text_fields(cls: type) -> tuple[str, ...]:
-    """The fields of a dataclass that may hold text to redact: all but ids and references."""
-    return tuple(
-        f.name for f in dataclasses.fields(cls) if not (f.name.endswith("_id") or f.name in _REFERENCES)
-    )
+def _text_fields(cls: type) -> tuple[str, ...] | None:
+    """The fields of a dataclass that may hold text to redact: all but ids and references (None:
+    ``cls`` is not a dataclass)."""
+    if not dataclasses.is_dataclass(cls):
+        return None
+    return tuple(f.name for f in dataclasses.fields(cls) if not (f.name.endswith("_id") or f.name in _REFERENCES))
 
 
 def _redact_fields(
-    value: Any, patterns: tuple[Pattern, ...], path: str, changed: list[str], seen: dict[Any, tuple[Any, Any]] | None
+    value: Any,
+    fields: tuple[str, ...],
+    patterns: tuple[Pattern, ...],
+    path: str | None,
+    changed: list[str],
+    seen: dict[Any, tuple[Any, Any]] | None,
 ) -> Any:
     """A frozen dataclass with its texts redacted (itself when none changed)."""
     updates = {}
-    cls: type = type(value)  # as a plain `type` (Hashable for the cache)
-    for name in _text_fields(cls):
-        old = getattr(value, name)
-        new = _redact(old, patterns, f"{path}.{name}" if path else name, changed, seen)
+    attributes = value.__dict__
+    for name in fields:
+        old = attributes[name]
+        new = _redact(old, patterns, _child(path, name), changed, seen)
         if new is not old:
             updates[name] = new
     if not updates:

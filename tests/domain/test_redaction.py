@@ -116,3 +116,26 @@ def test_a_memo_redacts_states_as_redact_value_does_and_each_shared_value_once()
     assert second == redact_value(later, BUILTIN_PATTERNS)[0]
     assert second.subtasks["T1"] is first.subtasks["T1"] and "4f9c2a7b" not in second.last_summary
     assert memo(state) is first
+
+
+def test_a_memo_returns_a_clean_state_itself_when_its_texts_are_equal_to_ones_seen_as_other_objects():
+    """Decoded states carry equal texts as distinct objects; a memo that answered a text with the
+    first object it saw made every value holding it look changed, and copied the whole state."""
+    from datetime import UTC, datetime
+
+    from fleet_actors.domain.redaction import RedactionMemo
+    from fleet_actors.domain.state import StoryState, Subtask
+
+    at = datetime(2026, 6, 1, tzinfo=UTC)
+
+    def text(word: str) -> str:
+        return "".join([word, " ", "text"])  # a new object of an equal value, each time
+
+    def subtask(sid: str) -> Subtask:
+        return Subtask(sid, text("title"), text("nothing to hide"), "DEV", "PENDING", (), 1, 2, at, at)
+
+    memo = RedactionMemo(BUILTIN_PATTERNS)
+    assert memo(StoryState("S1", 2, True, text("t"), subtasks={"T1": subtask("T1")})).title == "t text"
+    second = StoryState("S2", 2, True, text("t"), subtasks={"T1": subtask("T1"), "T2": subtask("T2")})
+    assert text("t") is not text("t")
+    assert memo(second) is second
