@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from fleet_actors.adapters.jetstream import JetStreamEventStore
 from fleet_actors.adapters.jetstream.event_store import MAX_BATCH
+from fleet_actors.domain.events import EventEnvelope
 from fleet_actors.errors import ConcurrencyConflict, InvalidCommand, StoryAlreadyExists
 from fleet_actors.loadgen.histories import story_history
+from fleet_actors.ports.event_store import EventStore
 from fleet_actors.settings import Settings
 
 
@@ -56,7 +58,7 @@ async def seed(
     return SeedReport(stories, written, time.monotonic() - started)
 
 
-async def _append_story(store: JetStreamEventStore, history) -> None:
+async def _append_story(store: EventStore, history: Sequence[EventEnvelope]) -> None:
     sequence = 0
     story_id = history[0].story_id
     for start in range(0, len(history), MAX_BATCH):
@@ -67,8 +69,9 @@ async def _append_story(store: JetStreamEventStore, history) -> None:
                 raise
             result = None
         # The first batch expects a new story: a conflict, or the same events found at its head (a
-        # re-run with the same seed), means it exists already.
-        if start == 0 and (result is None or result.already_stored):
+        # re-run with the same seed), means it exists already; found after an attempt of this
+        # append timed out, they are that attempt's.
+        if start == 0 and (result is None or (result.already_stored and not result.after_timeout)):
             exists = StoryAlreadyExists(story_id)
             exists.message = f"{exists.message}: seed with another --prefix"
             exists.args = (exists.message,)

@@ -26,6 +26,9 @@ class AppendResult:
     last_sequence: int
     #: True if the events were already stored by an earlier attempt (a retried append)
     already_stored: bool = False
+    #: with ``already_stored``: an attempt of this very call timed out before they were found, so
+    #: they are most likely its own (without it, they were there before the call began)
+    after_timeout: bool = False
 
 
 class EventStore(ABC):

@@ -168,7 +168,7 @@ class JetStreamEventStore(EventStore):
                 # find its own events by command id.
                 head_seq, head_id = await self._head(story_id)
                 if head_id == events[-1].event_id:
-                    return AppendResult(head_seq, already_stored=True)
+                    return AppendResult(head_seq, already_stored=True, after_timeout=timeouts > 0)
                 raise ConcurrencyConflict(
                     f"story {story_id!r} was changed by another writer "
                     f"(expected last sequence {expected_sequence}, found {head_seq})",
@@ -190,7 +190,7 @@ class JetStreamEventStore(EventStore):
             with contextlib.suppress(StoryError):
                 head_seq, head_id = await self._head(story_id)
         if head_id == events[-1].event_id:
-            return AppendResult(head_seq, already_stored=True)
+            return AppendResult(head_seq, already_stored=True, after_timeout=True)
         if not self._nc.is_connected:
             raise AppendOutcomeUnknown(
                 f"the connection to NATS was lost while appending to story {story_id!r}, so the events may "
