@@ -31,17 +31,25 @@ class ActiveGraph(GraphReadModel):
         self._open_version = open_version
         self._close_pointer = close_pointer
         self._graphs: dict[int, GraphReadModel] = {}
+        self._active = 0
         self._opening = asyncio.Lock()
 
     async def graph(self) -> GraphReadModel:
-        """The active version's graph."""
+        """The active version's graph. Versions that are no longer read are closed (a switched-from
+        or dropped version's driver would otherwise stay open for the reader's lifetime): all but
+        the active one and the one before it, which reads begun before the switch may still use."""
         version = await self._pointer.current()
         graph = self._graphs.get(version)
-        if graph is None:
+        if graph is None or version != self._active:
             async with self._opening:
                 if version not in self._graphs:
                     self._graphs[version] = await self._open_version(version)
                 graph = self._graphs[version]
+                if version != self._active:
+                    stale = [v for v in self._graphs if v not in (version, self._active)]
+                    self._active = version
+                    for old in stale:
+                        await self._graphs.pop(old).close()
         return graph
 
     async def apply(

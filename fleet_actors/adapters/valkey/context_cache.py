@@ -22,7 +22,7 @@ import valkey.exceptions
 from fleet_actors.adapters.valkey.keys import context_key, offset_key, processed_key
 from fleet_actors.codec.state import SnapshotEncoder, decode_state, state_from_json
 from fleet_actors.domain.state import StoryState
-from fleet_actors.errors import BackendError, BackendUnavailable, ConfigurationError, EventDecodeError, StoryError
+from fleet_actors.errors import BackendError, BackendUnavailable, EventDecodeError, StoryError
 from fleet_actors.ports.read_models import ContextDocument, ContextDocuments
 from fleet_actors.settings import Settings
 from fleet_actors.urls import redact_url
@@ -129,23 +129,6 @@ class ContextCache(ContextDocuments):
             for start in range(0, len(story_ids), 500):
                 keys = [context_key(story_id, self._space) for story_id in story_ids[start : start + 500]]
                 deleted += await self._client.unlink(*keys)
-        return deleted
-
-    async def drop_space(self) -> int:
-        """Delete every document of this key space (a documents version that is no longer read); the
-        live documents (no space) are never dropped. Returns the documents deleted."""
-        if not self._space:
-            raise ConfigurationError("the live context documents are never dropped", field="version")
-        deleted = 0
-        with valkey_errors("dropping a context documents version"):
-            batch: list[str | bytes] = []
-            async for key in self._client.scan_iter(match=context_key("*", self._space), count=500):
-                batch.append(key)
-                if len(batch) >= 500:
-                    deleted += await self._client.unlink(*batch)
-                    batch = []
-            if batch:
-                deleted += await self._client.unlink(*batch)
         return deleted
 
     async def ping(self) -> None:
