@@ -105,6 +105,35 @@ class RaySessionServer(ManagedServer):
                 shutil.copytree(live, self.logs_path, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.sock"))
 
 
+def ray_node_environment(tmp_dir: Path, token_path: Path, *, metrics: bool) -> dict[str, str]:
+    """The environment of a `ray start` of this project's, head or worker node: the idle tuning
+    (any RAY_* already set wins), token auth, and every worker preloading the story actor's code."""
+    env = {**IDLE_TUNING, **os.environ}
+    # RAY_AUTH_TOKEN would win over our token file; an inherited RAY_ADDRESS (another
+    # cluster's) would be used by any process of this node calling ray.init() bare.
+    for name in ("RAY_AUTH_TOKEN", "RAY_ADDRESS"):
+        env.pop(name, None)
+    env.update(
+        RAY_TMPDIR=str(tmp_dir),
+        RAY_AUTH_MODE=RAY_AUTH_MODE,
+        RAY_AUTH_TOKEN_PATH=str(token_path),
+        RAY_USAGE_STATS_ENABLED="0",
+        # On SIGTERM the node otherwise drains for up to 30 s while detached actors
+        # (every story actor) are alive; a dev stack has nothing to hand over.
+        RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
+        # the raylet then starts the agent with --disable-metrics-collection: no open /metrics
+        RAY_enable_metrics_collection="1" if metrics else "0",
+        # `ray job submit -- python -m fleet_actors...` runs `python` from this PATH: it must
+        # be the interpreter that has fleet-actors installed, not whatever the shell found first.
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+        # every worker imports the story actor's code as it starts, before it idles in the pool
+        # (spare workers): not when a story activates on it. An environment variable is read by
+        # each node's own processes, so worker nodes need it as much as the head.
+        RAY_preload_python_modules=",".join(PRELOAD_MODULES),
+    )
+    return env
+
+
 class RayHead(RaySessionServer):
     """A single-node Ray cluster with its dashboard (needed by `ray job submit`) on loopback."""
 
@@ -192,29 +221,11 @@ class RayHead(RaySessionServer):
         self._tmp_dir = Path(tempfile.mkdtemp(prefix="fr-", dir="/tmp"))
 
     def _environment(self) -> dict[str, str]:
-        env = {**IDLE_TUNING, **os.environ}
-        # RAY_AUTH_TOKEN would win over our token file; an inherited RAY_ADDRESS (another
-        # cluster's) would be used by any process of this head calling ray.init() bare.
-        for name in ("RAY_AUTH_TOKEN", "RAY_ADDRESS"):
-            env.pop(name, None)
+        assert self._tmp_dir is not None, "prepared first"
+        env = ray_node_environment(self._tmp_dir, self.token_path, metrics=self.metrics)
         env.update(
-            RAY_TMPDIR=str(self._tmp_dir),
-            RAY_AUTH_MODE=RAY_AUTH_MODE,
-            RAY_AUTH_TOKEN_PATH=str(self.token_path),
-            RAY_USAGE_STATS_ENABLED="0",
-            # On SIGTERM the node otherwise drains for up to 30 s while detached actors
-            # (every story actor) are alive; a dev stack has nothing to hand over.
-            RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
-            # the raylet then starts the agent with --disable-metrics-collection: no open /metrics
-            RAY_enable_metrics_collection="1" if self.metrics else "0",
             DASHBOARD_METRIC_PORT=str(self.dashboard_metrics_port),
             AUTOSCALER_METRIC_PORT=str(self.autoscaler_metrics_port),
-            # `ray job submit -- python -m fleet_actors...` runs `python` from this PATH: it must
-            # be the interpreter that has fleet-actors installed, not whatever the shell found first.
-            PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
-            # every worker imports the story actor's code as it starts, before it idles in the pool
-            # (spare workers): not when a story activates on it
-            RAY_preload_python_modules=",".join(PRELOAD_MODULES),
         )
         return env
 

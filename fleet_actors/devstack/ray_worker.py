@@ -11,7 +11,6 @@ import json
 import os
 import secrets
 import socket
-import sys
 import tempfile
 from pathlib import Path
 from typing import Self
@@ -21,7 +20,7 @@ from fleet_actors.devstack.process import (
     find_executable,
     port_is_free,
 )
-from fleet_actors.devstack.ray_head import IDLE_TUNING, RAY_AUTH_MODE, RayHead, RaySessionServer
+from fleet_actors.devstack.ray_head import RayHead, RaySessionServer, ray_node_environment
 
 #: worker processes of this node take ports from a range of this size
 WORKER_PORTS = 200
@@ -78,20 +77,9 @@ class RayWorkerNode(RaySessionServer):
         self._tmp_dir = Path(tempfile.mkdtemp(prefix="frw-", dir="/tmp"))
 
     def _environment(self) -> dict[str, str]:
-        env = {**IDLE_TUNING, **os.environ}
-        for name in ("RAY_AUTH_TOKEN", "RAY_ADDRESS"):
-            env.pop(name, None)
-        env.update(
-            RAY_TMPDIR=str(self._tmp_dir),
-            RAY_AUTH_MODE=RAY_AUTH_MODE,
-            RAY_AUTH_TOKEN_PATH=str(self.head.token_path),
-            RAY_USAGE_STATS_ENABLED="0",
-            RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
-            # as on the head: Ray's metrics endpoint (every interface, no token) only when the head has it
-            RAY_enable_metrics_collection="1" if self.head.metrics else "0",
-            PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
-        )
-        return env
+        # as on the head: Ray's metrics endpoint (every interface, no token) only when the head has it
+        assert self._tmp_dir is not None, "prepared first"
+        return ray_node_environment(self._tmp_dir, self.head.token_path, metrics=self.head.metrics)
 
     def _command(self) -> list[str]:
         command = [

@@ -36,3 +36,24 @@ def test_the_dev_stack_ray_node_runs_with_longer_housekeeping_intervals_unless_t
         head._cleanup()
     assert env["RAY_memory_monitor_refresh_ms"] == "250"  # the environment of `dev up` wins
     assert all(env[name] == value for name, value in IDLE_TUNING.items() if name != "RAY_memory_monitor_refresh_ms")
+
+
+def test_worker_nodes_preload_the_story_actor_code_and_use_the_heads_token(tmp_path):
+    """Worker nodes (scripts/rehearse_multinode.py): the environment is read by each node's own processes, so the
+    preload of the story actor's code (spare workers) must be set there as on the head."""
+    from fleet_actors.actors.spare_workers import PRELOAD_MODULES
+    from fleet_actors.devstack.ray_head import IDLE_TUNING, RayHead
+    from fleet_actors.devstack.ray_worker import RayWorkerNode
+
+    head = RayHead(tmp_path / "ray", 0)
+    head._prepare()
+    worker = RayWorkerNode(tmp_path / "worker", head)
+    try:
+        worker._prepare()
+        env = worker._environment()
+    finally:
+        worker._cleanup()
+        head._cleanup()
+    assert env["RAY_preload_python_modules"] == ",".join(PRELOAD_MODULES)
+    assert env["RAY_AUTH_TOKEN_PATH"] == str(head.token_path)
+    assert all(name in env for name in IDLE_TUNING)
