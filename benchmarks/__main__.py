@@ -9,8 +9,19 @@ from pathlib import Path
 
 from benchmarks.harness import run_benchmarks
 
-ALL = ["durability", "commands", "projection", "activation", "gateway", "storage", "archive", "rebuild",
-       "graph_blue_green", "reads", "idle"]
+ALL = [
+    "durability",
+    "commands",
+    "projection",
+    "activation",
+    "gateway",
+    "storage",
+    "archive",
+    "rebuild",
+    "graph_blue_green",
+    "reads",
+    "idle",
+]
 #: run by name only: needs the ``bench`` extra (the peer library)
 EXTRA = ["peer"]
 

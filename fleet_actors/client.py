@@ -517,9 +517,7 @@ class AsyncFleetClient(_StoryApi[Awaitable[Any]]):
         if not self.settings.direct_reads:
             yield await self._call_async(story_id, "history", from_version, limit)
             return
-        async with contextlib.aclosing(
-            self._direct_reads().stream_history(story_id, from_version, limit)
-        ) as batches:
+        async with contextlib.aclosing(self._direct_reads().stream_history(story_id, from_version, limit)) as batches:
             async for batch in batches:
                 yield batch
 

@@ -230,9 +230,7 @@ async def open_projector(
         id=f"{LIVE_CONSUMERS}-v1", consumer_prefix=LIVE_CONSUMERS, worker=consumer_name(index, count), parked_as="",
         registered=False,
     )  # fmt: skip
-    return await _open_runner(
-        settings, live, index, count, policy, names, control=True, start_sequence=start_sequence
-    )
+    return await _open_runner(settings, live, index, count, policy, names, control=True, start_sequence=start_sequence)
 
 
 async def open_replayer(settings: Settings, job_id: str, index: int, count: int) -> Replayer:

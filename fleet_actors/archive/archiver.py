@@ -45,6 +45,8 @@ class StreamLog(Protocol):
     async def publish_watermark(self, cut: int) -> None: ...
 
     async def close(self) -> None: ...
+
+
 log = logging.getLogger(__name__)
 
 SEGMENT_EVENTS = 50_000

@@ -323,7 +323,11 @@ def _verify(args: argparse.Namespace) -> int:
     census = not args.story and not args.no_census
     report = run(
         verify(
-            settings_from(args), args.story, documents=not args.graph_only, census=census, progress=progress,
+            settings_from(args),
+            args.story,
+            documents=not args.graph_only,
+            census=census,
+            progress=progress,
             version=args.version,
         )
     )

@@ -280,7 +280,6 @@ def _special_reader(field: _Field) -> Callable[[Any], object]:
     if field.kind == _REPEATED:
         return lambda payload: tuple(getattr(payload, name))
     if field.kind == _MAP:
-
         return lambda payload: _as_dict(getattr(payload, name))
     value_type = field.value_type
     assert value_type is not None  # every _MESSAGES field carries its value type

@@ -286,8 +286,6 @@ def _set_scalar(target: Message, name: str, value: Any) -> None:
     setattr(target, name, value)
 
 
-
-
 @functools.cache
 def _builder(cls: type, descriptor: Any) -> Callable[[Message], Any]:
     """How to build a value of ``cls`` from its message, worked out once per type: activation from a
@@ -320,10 +318,7 @@ def _read_expression(name: str, field: Any, scope: dict[str, Any]) -> str:
     """The expression reading field ``name`` of message ``m`` as the domain value has it."""
     if field.message_type is not None:
         if field.message_type.full_name == "google.protobuf.Timestamp":
-            return (
-                f"(EPOCH + timedelta(0, (t := m.{name}).seconds, t.nanos // 1000))"
-                f" if m.HasField({name!r}) else None"
-            )
+            return f"(EPOCH + timedelta(0, (t := m.{name}).seconds, t.nanos // 1000)) if m.HasField({name!r}) else None"
         if field.message_type.GetOptions().map_entry:
             scope["as_dict"] = _as_dict
             return f"as_dict(m.{name})"

@@ -187,6 +187,7 @@ _GRAPH_NODE_TYPES = {
 _WIRE_TYPES = {label: wire for label, _, wire in _GRAPH_NODE_TYPES.values()}
 _UNMODELLED_NODE_TYPES = ("project", "epic")
 
+
 def _graph_node(eid: str, labels: list[str], props: Mapping[str, Any]) -> pb.GraphNode:
     label = labels[0] if labels else ""
     return pb.GraphNode(

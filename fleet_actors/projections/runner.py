@@ -792,4 +792,3 @@ def skipped_event(story_id: str, version: int) -> EventEnvelope:
 
 def _frozen(batch: Mapping[str, list[EventEnvelope]]) -> dict[str, tuple[EventEnvelope, ...]]:
     return {story_id: tuple(story_events) for story_id, story_events in batch.items()}
-

@@ -89,9 +89,10 @@ async def test_registered_after_archived_history_it_ends_as_a_replay_and_goes_on
 
         projection = DecisionsByRole(str(tmp_path / "decisions.db"))
         async with running(settings, projection) as runner:
-            assert runner.progress.archive_applied > old_events // 2 and runner.progress.archive_through == (
-                await archive.manifest()
-            ).last_sequence
+            assert (
+                runner.progress.archive_applied > old_events // 2
+                and runner.progress.archive_through == (await archive.manifest()).last_sequence
+            )
             await wait_until(lambda: caught_up(runner), timeout=120)
             heads = {s: (await store.read_all(s))[-1].envelope.version for s in stories}
             assert_applied_once(projection, heads)

@@ -139,9 +139,7 @@ def subject(story_id: str, partition: int = 0) -> str:
 
 
 def deliveries(events: Sequence[EventEnvelope], first_sequence: int = 1) -> list[Msg]:
-    return [
-        Msg(subject(e.story_id), encode_event(e), Meta(Seq(first_sequence + i))) for i, e in enumerate(events)
-    ]
+    return [Msg(subject(e.story_id), encode_event(e), Meta(Seq(first_sequence + i))) for i, e in enumerate(events)]
 
 
 def runner(projection, store=None, archive=None) -> tuple[ProjectionRunner, FakeFeeds]:
@@ -178,9 +176,10 @@ async def test_redeliveries_and_out_of_order_copies_are_applied_once(own_checkpo
     projection = Recording(own_checkpoint=own_checkpoint)
     r, feeds = runner(projection, store)
     await r.start()
-    assert set(feeds.started_at) == {"proj-recording-v1-partition-0"} and feeds.started_at[
-        "proj-recording-v1-partition-0"
-    ] is None  # from the first event
+    assert (
+        set(feeds.started_at) == {"proj-recording-v1-partition-0"}
+        and feeds.started_at["proj-recording-v1-partition-0"] is None
+    )  # from the first event
     feeds.feed.pending = deliveries(events) + deliveries(events[2:4] + events[:2])
     await drain(r)
     assert projection.seen == {a: [1, 2, 3, 4, 5], b: [1, 2, 3]}

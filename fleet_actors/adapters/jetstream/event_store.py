@@ -105,8 +105,10 @@ class JetStreamEventStore(EventStore):
         if self._nc.is_closed and self._owns_connection:
             log.warning("the NATS connection was closed under us; connecting again")
             nc = await connect_nats(self._settings)
-            self._nc, self._js, self._jsm = nc, nc.jetstream(timeout=self._settings.nats_timeout), nc.jsm(
-                timeout=self._settings.nats_timeout
+            self._nc, self._js, self._jsm = (
+                nc,
+                nc.jetstream(timeout=self._settings.nats_timeout),
+                nc.jsm(timeout=self._settings.nats_timeout),
             )
         if not self._nc.is_connected:
             raise ConnectionInterrupted("the NATS connection is down (reconnecting)")

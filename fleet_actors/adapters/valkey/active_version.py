@@ -74,9 +74,7 @@ READ_MODELS = {"graph": "graph", "documents": "context-documents"}
 async def read_model_versions(client: valkey_async.Valkey, stream: str, *, written: bool = False) -> dict[str, int]:
     """The version readers read of each built-in read model, ``{"graph": g, "documents": d}`` (with
     ``written``: the version the live projectors write; docs/projections.md, section 8)."""
-    return {
-        name: await ActiveVersion(client, stream, key, written=written).get() for name, key in READ_MODELS.items()
-    }
+    return {name: await ActiveVersion(client, stream, key, written=written).get() for name, key in READ_MODELS.items()}
 
 
 class ReadModelVersions:

@@ -1,22 +1,22 @@
 """Every Valkey key fleet-actors uses, in one place.
 
-    context:{story_id}                       hash {version, doc}: a story's context document
-    context:{space}:{story_id}               the same in a key space of its own (ContextDocumentsProjection)
-    processed:{event_id}                     an event id already projected (TTL)
-    consumer:{name}:offset                   the last stream sequence a consumer committed
-    projection:pause:{stream}                the rebuild job that asked the live projectors to pause
-    projection:paused:{stream}:{consumer}    a consumer's acknowledgement of that pause (TTL)
-    projector:{stream}:{name}:status         a projector's published status (JSON)
-    rebuild:{stream}:{job_id}                hash: a rebuild job's end sequence and phase
-    dlq:{stream}:held / dlq:{stream}:release hashes: stories held for a parked event / release requests
-                                             (``dlq:held`` without a stream: before 2026-12, still read)
-    dlq:{stream}:{projection}:held / :release   the same for a user projection (projections/api.py)
-    projection:{stream}:registered           hash {projection id: JSON record}: user projections
-    projection:{stream}:context-documents:active   the documents version readers read (absent: 1)
-    projection:{stream}:graph:active         the graph version (database) readers read (absent: 1)
-    projection:{stream}:{id}:versions        hash {story: applied version}: a user projection's checkpoint
-    projection:{stream}:{id}:progress        hash {worker: JSON progress}: its runners' progress
-    rehydration:{case_id}                    a persisted RehydrateSession bundle (TTL)
+context:{story_id}                       hash {version, doc}: a story's context document
+context:{space}:{story_id}               the same in a key space of its own (ContextDocumentsProjection)
+processed:{event_id}                     an event id already projected (TTL)
+consumer:{name}:offset                   the last stream sequence a consumer committed
+projection:pause:{stream}                the rebuild job that asked the live projectors to pause
+projection:paused:{stream}:{consumer}    a consumer's acknowledgement of that pause (TTL)
+projector:{stream}:{name}:status         a projector's published status (JSON)
+rebuild:{stream}:{job_id}                hash: a rebuild job's end sequence and phase
+dlq:{stream}:held / dlq:{stream}:release hashes: stories held for a parked event / release requests
+                                         (``dlq:held`` without a stream: before 2026-12, still read)
+dlq:{stream}:{projection}:held / :release   the same for a user projection (projections/api.py)
+projection:{stream}:registered           hash {projection id: JSON record}: user projections
+projection:{stream}:context-documents:active   the documents version readers read (absent: 1)
+projection:{stream}:graph:active         the graph version (database) readers read (absent: 1)
+projection:{stream}:{id}:versions        hash {story: applied version}: a user projection's checkpoint
+projection:{stream}:{id}:progress        hash {worker: JSON progress}: its runners' progress
+rehydration:{case_id}                    a persisted RehydrateSession bundle (TTL)
 """
 
 from __future__ import annotations
