@@ -26,7 +26,7 @@ from fleet_actors.composition import (
     open_read_model_version,
 )
 from fleet_actors.errors import ConfigurationError
-from fleet_actors.jobs.status import HEARTBEAT_STALE_SECONDS
+from fleet_actors.jobs.status import HEARTBEAT_STALE_SECONDS, pausing_rebuild
 from fleet_actors.projections.api import Projection, optional_hook, projection_id
 from fleet_actors.projections.policy import (
     DEFAULT_POLICY,
@@ -280,6 +280,14 @@ async def promote_version(settings: Settings, read_model: str, version: int, *, 
                 f"version 1 of the {read_model} is no longer written and would be behind: deploy a new version "
                 "instead", field="version",
             )  # fmt: skip
+        job = await pausing_rebuild(settings)
+        if job:
+            # The rebuild replays into the version written when it began; handing the projectors
+            # another one meanwhile would leave it rebuilding a graph nobody writes any more.
+            raise ConfigurationError(
+                f"rebuild {job} is rebuilding what the live projectors write: promote once it has ended "
+                f"(`fleet-actors rebuild status {job}`)"
+            )
         await _check_live_and_caught_up(settings, f"{name}-v{version}", max_lag_seconds)
         await pointers.writers.switch(version)
 

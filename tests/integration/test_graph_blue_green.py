@@ -14,7 +14,7 @@ from fleet_actors.adapters.jetstream import JetStreamEventStore
 from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore
 from fleet_actors.adapters.neo4j import GraphStore
 from fleet_actors.adapters.neo4j.graph_databases import GraphDatabases, graph_database
-from fleet_actors.composition import open_graph_projection, open_read_models
+from fleet_actors.composition import open_graph_projection, open_projection_control, open_read_models
 from fleet_actors.domain.commands import UpdateSubtask
 from fleet_actors.errors import ConfigurationError, GraphBlueGreenUnsupported
 from fleet_actors.jobs.projection_extensions import (
@@ -200,6 +200,15 @@ async def test_a_promoted_version_is_written_by_the_live_projectors_and_version_
             with pytest.raises(ConfigurationError, match="switch them first"):
                 await promote_version(settings, "graph", 2)
             assert await switch_when_ready(settings, "graph", 2, wait=30, every=0.5) == []
+            control = await open_projection_control(settings)
+            try:  # a rebuild in progress replays into version 1: no promotion under its feet
+                await control.pause("rebuild-in-progress")
+                with pytest.raises(ConfigurationError, match="rebuild rebuild-in-progress is rebuilding"):
+                    await promote_version(settings, "graph", 2)
+            finally:
+                await control.resume()
+                await control.close()
+            assert await written_version(settings, "graph") == 1
             await promote_version(settings, "graph", 2)
         assert await written_version(settings, "graph") == 2
         with pytest.raises(ConfigurationError, match="still write version 1"):
