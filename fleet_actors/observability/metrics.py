@@ -21,8 +21,10 @@ metric objects and their labelled children are created once and cached.
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -315,6 +317,15 @@ class FleetMetrics:
             ("outcome",),
             LATENCY_BUCKETS,
         )
+        # --- the process itself ---
+        self.gc_pauses = make(
+            h,
+            "fleet_gc_pause_seconds",
+            "Time the cyclic garbage collector held the process (every thread waits), by generation (2: a full "
+            "collection, as long as the objects the process holds are many)",
+            ("generation",),
+            LATENCY_BUCKETS,
+        )
         # --- connections ---
         self.nats_connection_events = make(
             c,
@@ -380,9 +391,34 @@ def serve_process_metrics(settings: Settings) -> int | None:
     a rebuild's driver) serves its metrics on ``FLEET_METRICS_ADDRESS`` when it is set, and says where."""
     port = serve_metrics(settings.metrics_address)
     if port is not None:
+        watch_collector_pauses()
         host = settings.metrics_address.rpartition(":")[0] or "127.0.0.1"
         logging.getLogger("fleet_actors.metrics").info("metrics on http://%s:%s/metrics", host, port)
     return port
+
+
+_collector_watched = False
+
+
+def watch_collector_pauses() -> None:
+    """Observe every run of the cyclic garbage collector in this process as ``fleet_gc_pause_seconds``
+    (once per process). A reader that holds many decoded states (the gateway's live states and
+    snapshots) pays for them in every full collection, on whichever request happens to be running:
+    this is how an operator tells such a pause from a slow backend."""
+    global _collector_watched
+    if _collector_watched:
+        return
+    _collector_watched = True
+    started = [0.0]
+
+    def on_collection(phase: str, info: dict[str, int]) -> None:
+        # The collector is not re-entrant and runs under the GIL: a start and its stop pair up.
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            metrics().gc_pauses.observe(time.perf_counter() - started[0], str(info["generation"]))
+
+    gc.callbacks.append(on_collection)
 
 
 def stop_metrics_servers() -> None:

@@ -76,3 +76,34 @@ def test_a_zero_increment_never_reaches_ray() -> None:
     child.inc(0)
     child.inc(3)
     assert calls == [3]
+
+
+def test_collector_pauses_are_observed_by_generation_once_watched() -> None:
+    import gc
+
+    from fleet_actors.observability.metrics import watch_collector_pauses
+
+    full = metrics().gc_pauses.child("2")
+    before = full._sum.get(), sum(bucket.get() for bucket in full._buckets)
+    watch_collector_pauses()
+    watch_collector_pauses()  # once per process: not two observations per collection
+    callbacks = len(gc.callbacks)
+    gc.collect()
+    count = sum(bucket.get() for bucket in full._buckets)
+    assert count == before[1] + 1 and full._sum.get() > before[0]
+    watch_collector_pauses()
+    assert len(gc.callbacks) == callbacks
+
+
+def test_a_process_serving_its_metrics_watches_its_collector(monkeypatch) -> None:
+    from fleet_actors.observability.metrics import serve_process_metrics, stop_metrics_servers
+
+    monkeypatch.setattr(metrics_module, "_collector_watched", False)
+    installed: list[bool] = []
+    monkeypatch.setattr(metrics_module.gc, "callbacks", [])
+    try:
+        assert serve_process_metrics(Settings(metrics_address="127.0.0.1:0")) is not None
+        installed.append(len(metrics_module.gc.callbacks) == 1)
+    finally:
+        stop_metrics_servers()
+    assert installed == [True]
