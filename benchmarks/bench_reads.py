@@ -9,6 +9,7 @@ Sizes: BENCH_READS_EVENTS (10000), BENCH_READS_ROUNDS (5), BENCH_READS_CALLS (60
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import random
 import statistics
@@ -25,6 +26,7 @@ from fleet_actors import FleetClient
 from fleet_actors.adapters.jetstream import JetStreamEventStore
 from fleet_actors.adapters.jetstream.direct_get import read_by_subject, read_payloads_by_subject
 from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore
+from fleet_actors.codec.collector import freeze_long_lived
 from fleet_actors.codec.state import decode_snapshot
 from fleet_actors.domain.state import StoryState
 from fleet_actors.domain.story import StateBuilder
@@ -256,8 +258,25 @@ def _gateway_temporal(settings: Any, story_id: str, versions: list[int]) -> dict
                 cpu.append(time.process_time() - started_cpu)  # the gateway's and this caller's
         return latencies
 
+    full_collections: list[float] = []  # this process's full garbage collections during the calls
+    started_collection = [0.0]
+
+    def on_collection(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started_collection[0] = time.perf_counter()
+        elif info["generation"] == 2:
+            full_collections.append(time.perf_counter() - started_collection[0])
+
     with gateway_in_thread(settings) as gateway:
-        latencies = asyncio.run(timed(gateway.address))
+        freeze_long_lived()  # as `fleet-actors gateway` does once it serves
+        gc.callbacks.append(on_collection)
+        try:
+            latencies = asyncio.run(timed(gateway.address))
+        finally:
+            gc.callbacks.remove(on_collection)
+        started = time.perf_counter()
+        gc.collect()  # what a full collection would hold the gateway for now
+        full_collection_now = time.perf_counter() - started
     cpu_figures = {f"gateway_at_time_cpu_{k}": v for k, v in latency_summary(cpu).items()}
     # With 60 calls the p99 is the slowest one: say whether that is the gateway's first read
     first = {
@@ -266,6 +285,8 @@ def _gateway_temporal(settings: Any, story_id: str, versions: list[int]) -> dict
     }
     later = {f"gateway_at_time_after_first_{k}": v for k, v in latency_summary(latencies[1:]).items()}
     return {
+        "gateway_at_time_full_collections_ms": [round(pause * 1000, 1) for pause in full_collections],
+        "gateway_full_collection_after_calls_ms": round(full_collection_now * 1000, 1),
         **{f"gateway_at_time_{k}": v for k, v in latency_summary(latencies).items()},
         **cpu_figures,
         **first,

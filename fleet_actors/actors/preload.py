@@ -15,11 +15,11 @@ whatever is garbage at this point is collected first.
 from __future__ import annotations
 
 import contextlib
-import gc
 
 # imported to be loaded in the worker before it idles (the story actor imports composition lazily)
 import fleet_actors.actors.story_actor
 import fleet_actors.composition  # noqa: F401
+from fleet_actors.codec.collector import freeze_long_lived
 
 #: modules Ray imports when a worker first serializes a task's result (ray.util.serialization_addons)
 RAY_FIRST_TASK_MODULES = ("ray._common.pydantic_compat", "ray._private.arrow_serialization")
@@ -34,11 +34,5 @@ def import_ray_first_task_modules() -> None:
             importlib.import_module(name)
 
 
-def freeze_imports() -> None:
-    """Collect what is garbage now, then keep every object left out of later collections."""
-    gc.collect()
-    gc.freeze()
-
-
 import_ray_first_task_modules()
-freeze_imports()
+freeze_long_lived()

@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from fleet_actors.client import connect_ray
+from fleet_actors.codec.collector import freeze_long_lived
 from fleet_actors.errors import ConfigurationError
 from fleet_actors.gateway.observed import ObservedInterceptor
 from fleet_actors.gateway.scope_policy import ScopePolicy
@@ -343,6 +344,9 @@ async def _run(settings: Settings, grace: float, ready: Callable[[RunningGateway
         loop.add_signal_handler(signum, stop.set)
     serve_process_metrics(settings)
     gateway = await serve(settings)
+    # Its imports and connections live as long as the process: out of every full collection's walk
+    # from now on (half of each full collection's pause in a gateway, docs/benchmarks.md).
+    freeze_long_lived()
     try:
         if ready is not None:
             ready(gateway)
