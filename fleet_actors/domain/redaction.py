@@ -196,7 +196,7 @@ def _redact(
         return text if found else value
     if kind in _NO_TEXT:
         return value
-    if kind is tuple:
+    if kind is tuple or isinstance(value, tuple):
         if path is None:
             redacted = tuple([_redact(v, patterns, None, changed, seen) for v in value])
         else:

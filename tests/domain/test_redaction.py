@@ -139,3 +139,17 @@ def test_a_memo_returns_a_clean_state_itself_when_its_texts_are_equal_to_ones_se
     second = StoryState("S2", 2, True, text("t"), subtasks={"T1": subtask("T1"), "T2": subtask("T2")})
     assert text("t") is not text("t")
     assert memo(second) is second
+
+
+def test_tuples_of_any_kind_are_redacted_inside():
+    from typing import NamedTuple
+
+    from fleet_actors.domain.redaction import RedactionMemo, redact_value
+
+    class Pair(NamedTuple):
+        key: str
+        value: str
+
+    pair = Pair("db", "password=hunter2")
+    assert "hunter2" not in repr(redact_value(pair)[0])
+    assert "hunter2" not in repr(RedactionMemo()(pair))
