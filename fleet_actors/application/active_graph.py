@@ -5,6 +5,7 @@ switched to (``projections switch graph N``), each version a database of its own
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -49,7 +50,8 @@ class ActiveGraph(GraphReadModel):
                     stale = [v for v in self._graphs if v not in (version, self._active)]
                     self._active = version
                     for old in stale:
-                        await self._graphs.pop(old).close()
+                        with contextlib.suppress(Exception):  # a read must not fail on a driver it no longer uses
+                            await self._graphs.pop(old).close()
         return graph
 
     async def apply(

@@ -410,13 +410,17 @@ def watch_collector_pauses() -> None:
         return
     _collector_watched = True
     started = [0.0]
+    # Made now, not in the callback: a collection can start inside any allocation, also one made
+    # while this thread holds the lock that making a child takes, which the callback would then wait
+    # for forever. Observing a made child only adds floats under its lock (floats start no collection).
+    by_generation = tuple(metrics().gc_pauses.child(str(generation)) for generation in range(3))
 
     def on_collection(phase: str, info: dict[str, int]) -> None:
         # The collector is not re-entrant and runs under the GIL: a start and its stop pair up.
         if phase == "start":
             started[0] = time.perf_counter()
         else:
-            metrics().gc_pauses.observe(time.perf_counter() - started[0], str(info["generation"]))
+            by_generation[info["generation"]].observe(time.perf_counter() - started[0])
 
     gc.callbacks.append(on_collection)
 
