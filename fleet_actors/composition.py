@@ -158,6 +158,9 @@ class ReadSide:
     dead_letter_index: ValkeyDeadLetterIndex
     #: the versions of the graph and the documents opened, ``{"graph": g, "documents": d}``
     versions: dict[str, int]
+    #: a runner's checkpoints, on the same connection; closing them closes it (a projection of the
+    #: graph alone, like the rebuild's replayers, never closes the documents)
+    checkpoints: ValkeyProjectionCheckpoints
 
     async def close(self) -> None:
         for closer in (self.graph.close, self.documents.close):
@@ -186,6 +189,7 @@ async def open_read_side(settings: Settings, version: int | None = None, *, read
         control=ValkeyProjectionControl(client, settings.stream_name),
         dead_letter_index=ValkeyDeadLetterIndex(client, settings),
         versions=versions,
+        checkpoints=ValkeyProjectionCheckpoints(client, settings.stream_name, owns_client=True),
     )
 
 
@@ -282,8 +286,7 @@ async def _open_runner(
         runner = kind(
             projection(store, read_side),
             settings, index, count, feeds=JetStreamFeeds(nc, settings), store=store,
-            checkpoints=ValkeyProjectionCheckpoints(await connect_valkey(settings), settings.stream_name,
-                                                    owns_client=True),
+            checkpoints=read_side.checkpoints,
             dead_letters=dead_letters(nc, read_side, settings), policy=policy,
             **({"names": names} if names else {}), control=read_side.control if control else None,
             start_sequence=start_sequence,

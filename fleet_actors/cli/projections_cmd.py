@@ -290,7 +290,6 @@ def _host(settings, hosted, projection: str, count: int) -> int:
     from fleet_actors.actors.projector_actor import host_projection
     from fleet_actors.client import connect_ray
 
-    _check_share(settings, 0, count)
     connect_ray(settings, start_local=False)
     handles = host_projection(settings, hosted, projection, count)
     print(f"{projection}: {len(handles)} runners in projector actors, namespace {settings.ray_namespace} "
@@ -347,7 +346,7 @@ def _verify_projection(args: argparse.Namespace) -> int:
     from fleet_actors import console
     from fleet_actors.cli import common
     from fleet_actors.jobs.projection_extensions import verify_against_replay
-    from fleet_actors.projections.api import load, projection_id
+    from fleet_actors.projections.api import load, optional_hook, projection_id
 
     projection = load(args.projection)
 
@@ -355,9 +354,9 @@ def _verify_projection(args: argparse.Namespace) -> int:
         try:
             return await verify_against_replay(settings_from(args), projection, args.story or ())
         finally:
-            close = getattr(projection, "close", None)
-            if callable(close):
-                await close()
+            close = optional_hook(projection, "close")
+            if close is not None:
+                await close()  # type: ignore[misc]
 
     differences = run(verified())
     found = [d for story_differences in differences.values() for d in story_differences]

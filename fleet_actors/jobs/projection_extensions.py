@@ -313,11 +313,9 @@ async def switch_readers(
     if version >= 2 and version != written and check:
         await _check_live_and_caught_up(settings, f"{name}-v{version}", max_lag_seconds)
         target = await open_read_model_version(settings, read_model, version)
-        store = await open_event_store(settings, update_stream=False)
         try:
-            differences = await verify_projection(target, store, await store.story_ids())
+            differences = await verify_against_replay(settings, target)
         finally:
-            await store.close()
             close = optional_hook(target, "close")
             if close is not None:
                 await close()  # type: ignore[misc]

@@ -64,14 +64,11 @@ class ValkeyProjectionControl(ProjectionControl):
         return json.loads(raw) if raw else {}
 
     async def statuses(self) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
         with valkey_errors("reading the projectors' statuses"):
-            async for key in self._client.scan_iter(match=status_key(self._stream, "*"), count=200):
-                name = (key.decode() if isinstance(key, bytes) else key).split(":")[-2]
-                raw = await self._client.get(key)
-                if raw:
-                    out[name] = json.loads(raw)
-        return out
+            keys = [key async for key in self._client.scan_iter(match=status_key(self._stream, "*"), count=200)]
+            values = await self._client.mget(keys) if keys else []  # one round trip for all of them
+        names = [(key.decode() if isinstance(key, bytes) else key).split(":")[-2] for key in keys]
+        return {name: json.loads(raw) for name, raw in zip(names, values, strict=True) if raw}
 
     async def job_progress(self, job_id: str) -> dict[str, str]:
         with valkey_errors("reading the rebuild's progress"):
