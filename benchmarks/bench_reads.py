@@ -27,7 +27,8 @@ from fleet_actors.adapters.jetstream import JetStreamEventStore
 from fleet_actors.adapters.jetstream.direct_get import read_by_subject, read_payloads_by_subject
 from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore
 from fleet_actors.codec.collector import freeze_long_lived
-from fleet_actors.codec.state import decode_snapshot
+from fleet_actors.codec.events import decode_event_with_protobuf, decode_events
+from fleet_actors.codec.state import decode_snapshot, decode_snapshot_with_protobuf
 from fleet_actors.domain.state import StoryState
 from fleet_actors.domain.story import StateBuilder
 from fleet_actors.gateway import gateway_in_thread
@@ -97,6 +98,15 @@ class RawReads:
         return count
 
 
+async def _payloads(raw: RawReads) -> list[bytes]:
+    out: list[bytes] = []
+    async for _, payloads in read_payloads_by_subject(
+        raw.nc, raw.settings.stream_name, raw.filter, 1, raw.head, timeout=5.0, what="raw"
+    ):
+        out += payloads
+    return out
+
+
 def _timed(call: Any, cpu: list[float] | None = None) -> float:
     """Wall-clock seconds of ``call()``; with ``cpu``, this process's CPU seconds appended to it."""
     started_cpu = time.process_time()
@@ -159,6 +169,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         figures["history_ratio_vs_fastest_raw"] = round(fastest / medians["ours"], 3)
         figures["history_ratio_vs_ordered_or_headered_direct"] = round(named / medians["ours"], 3)
         figures["history_actor_path_ratio_vs_fastest_raw"] = round(fastest / medians["actor"], 3)
+        figures.update(_event_decode(loop.run_until_complete(_payloads(raw))))
         # -- get_story of the live story --------------------------------------------------------------
         unchanged, after_append, actor_path = [], [], []
         writer_head = head
@@ -213,19 +224,36 @@ def run(ctx: BenchContext) -> dict[str, Any]:
 def _snapshot_decode(
     loop: asyncio.AbstractEventLoop, snapshots: JetStreamSnapshotStore, story_id: str
 ) -> dict[str, Any]:
-    """The newest snapshot's decode (min of 20, alternating with its protobuf parse alone, the floor
-    of any decode of it)."""
+    """The newest snapshot's decode (min of 20), alternating with its decode by the protobuf runtime
+    alone (the path before the compiled decoder, and the one it leaves older shapes to) and with the
+    protobuf parse alone."""
     refs = loop.run_until_complete(snapshots.refs(story_id))
     data = loop.run_until_complete(snapshots._get(refs[-1])).data or b""
-    decode, parse = [], []
+    decode, with_protobuf, parse = [], [], []
     for _ in range(20):
         decode.append(_timed(lambda: decode_snapshot(data)))
+        with_protobuf.append(_timed(lambda: decode_snapshot_with_protobuf(data)))
         parse.append(_timed(lambda: state_pb2.StoryStateSnapshot.FromString(data)))
     return {
         "snapshot_bytes": len(data),
         "snapshot_decode_min_ms": round(min(decode) * 1000, 2),
         "snapshot_decode_p50_ms": round(statistics.median(decode) * 1000, 2),
+        "snapshot_decode_protobuf_path_min_ms": round(min(with_protobuf) * 1000, 2),
+        "snapshot_decode_ratio_vs_protobuf_path": round(min(decode) / min(with_protobuf), 3),
         "snapshot_parse_only_min_ms": round(min(parse) * 1000, 2),
+    }
+
+
+def _event_decode(payloads: list[bytes]) -> dict[str, Any]:
+    """The story's 10,000 events decoded in one batch (min of 5), alternating with the protobuf
+    runtime's path: what decoding costs a history, apart from reading it."""
+    compiled, with_protobuf = [], []
+    for _ in range(5):
+        compiled.append(_timed(lambda: decode_events(payloads)))
+        with_protobuf.append(_timed(lambda: [decode_event_with_protobuf(data) for data in payloads]))
+    return {
+        "event_decode_us": round(min(compiled) / len(payloads) * 1e6, 2),
+        "event_decode_protobuf_path_us": round(min(with_protobuf) / len(payloads) * 1e6, 2),
     }
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError
 
+from fleet_actors.codec import wire
 from fleet_actors.codec.collector import collector_paused
 from fleet_actors.codec.upcasting import upcast
 from fleet_actors.domain.events import EVENT_TYPES, VALUE_TYPES, Event, EventEnvelope
@@ -140,11 +141,31 @@ def decode_events(payloads: Iterable[bytes]) -> list[EventEnvelope]:
     """:func:`decode_event` of each, with the cyclic collector paused (codec/collector.py): a batch
     of a story's events is thousands of new objects, none in a cycle."""
     with collector_paused():
-        return list(map(decode_event, payloads))
+        if _compiled_decode_all is None:
+            return list(map(decode_event_with_protobuf, payloads))
+        data = payloads if isinstance(payloads, list) else list(payloads)
+        envelopes, missing = _compiled_decode_all(_ENVELOPE_SHAPE, data)
+        if missing:
+            pairs = zip(envelopes, data, strict=True)
+            envelopes = [envelope or decode_event_with_protobuf(payload) for envelope, payload in pairs]
+        return envelopes
 
 
 def decode_event(data: bytes) -> EventEnvelope:
-    """Parse, upcast to the current schema and build the domain event. Raises EventDecodeError."""
+    """Parse, upcast to the current schema and build the domain event. Raises EventDecodeError.
+
+    An event stored in its type's current shape is decoded by the compiled decoder (codec/wire.py);
+    anything else (older shapes, which the upcasters read, and bytes it does not expect) by the
+    protobuf runtime, which raises the errors."""
+    if _compiled_decode is not None:
+        envelope = _compiled_decode(_ENVELOPE_SHAPE, data)
+        if envelope is not None:
+            return envelope  # type: ignore[no-any-return]
+    return decode_event_with_protobuf(data)
+
+
+def decode_event_with_protobuf(data: bytes) -> EventEnvelope:
+    """:func:`decode_event` by the protobuf runtime alone (every event it is given)."""
     message = events_pb2.ContextEvent()
     try:
         message.ParseFromString(data)
@@ -313,3 +334,29 @@ def _value_plan(value_type: type) -> tuple[_Field, ...]:
 
 
 _DECODERS = {name: _decoder(cls, _FIELD_PLANS[name]) for name, cls in EVENT_TYPES.items()}
+
+
+def _enum_names(enum: EnumDescriptor) -> dict[int, str]:
+    return _enum_maps(enum)[0]
+
+
+_WIRE_RULES = wire.ShapeRules(epoch=_EPOCH, missing_timestamp=_EPOCH, classes=VALUE_TYPES, enum_names=_enum_names)
+_ENVELOPE_SHAPE = wire.shape(
+    EventEnvelope,
+    events_pb2.ContextEvent.DESCRIPTOR,
+    _WIRE_RULES,
+    renames={"aggregate_id": "story_id"},
+    oneof=(
+        "payload",
+        {
+            name: wire.shape(cls, events_pb2.ContextEvent.DESCRIPTOR.fields_by_name[name].message_type, _WIRE_RULES)
+            for name, cls in EVENT_TYPES.items()
+        },
+    ),
+    # Only events stored in their payload type's current shape (the rest are upcast), whose
+    # schema_version is then the one EventEnvelope's __post_init__ would default it to.
+    check=("schema_version", "payload", "schema_version"),
+    post_init_checked=True,
+)
+_compiled_decode = wire.decode
+_compiled_decode_all = wire.decode_all

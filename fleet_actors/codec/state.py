@@ -15,6 +15,7 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
+from fleet_actors.codec import wire
 from fleet_actors.codec.collector import collector_paused
 from fleet_actors.codec.events import set_timestamp
 from fleet_actors.codec.upcasting import upcast
@@ -209,6 +210,17 @@ def decode_snapshot(data: bytes) -> tuple[StoryState, int, list[CommandResult], 
 
 
 def _decode_snapshot(data: bytes) -> tuple[StoryState, int, list[CommandResult], int]:
+    # A snapshot in the current shape: the compiled decoder (codec/wire.py); anything else (older
+    # shapes, which are upcast, and bytes it does not expect) the protobuf runtime.
+    if wire.decode is not None:
+        fields = wire.decode(_SNAPSHOT_SHAPE, data)
+        if fields is not None and fields["schema_version"] == STATE_SCHEMA_VERSION and fields["story_id"]:
+            return _state_of(fields), fields["last_sequence"], _commands_of(fields), fields["window_start_sequence"]
+    return decode_snapshot_with_protobuf(data)
+
+
+def decode_snapshot_with_protobuf(data: bytes) -> tuple[StoryState, int, list[CommandResult], int]:
+    """:func:`decode_snapshot` by the protobuf runtime alone (every snapshot it is given)."""
     message = state_pb2.StoryStateSnapshot()
     try:
         message.ParseFromString(data)
@@ -219,6 +231,30 @@ def _decode_snapshot(data: bytes) -> tuple[StoryState, int, list[CommandResult],
     if not message.story_id:
         raise EventDecodeError("stored story state has no story id")
     return proto_to_state(message), message.last_sequence, recent_commands(message), message.window_start_sequence
+
+
+def _state_of(fields: dict[str, Any]) -> StoryState:
+    """The state from the compiled decoder's fields (as :func:`proto_to_state` builds it)."""
+    values = {name: fields[name] for name in _STATE_FIELDS}
+    values["subtasks"] = {subtask.subtask_id: subtask for subtask in values["subtasks"]}
+    values["decisions"] = {decision.decision_id: decision for decision in values["decisions"]}
+    state: StoryState = object.__new__(StoryState)
+    object.__setattr__(state, "__dict__", values)
+    return state
+
+
+def _commands_of(fields: dict[str, Any]) -> list[CommandResult]:
+    """:func:`recent_commands` from the compiled decoder's fields."""
+    story_id, new, set_dict = fields["story_id"], object.__new__, object.__setattr__
+    out = []
+    for r in fields["recent_commands"]:
+        result = new(CommandResult)
+        set_dict(result, "__dict__", {
+            "story_id": story_id, "version": r["version"], "event_ids": r["event_ids"],
+            "command_id": r["command_id"], "decision_id": r["decision_id"] or None, "duplicate": False,
+        })  # fmt: skip
+        out.append(result)
+    return out
 
 
 def snapshot_position(data: bytes) -> tuple[str, int, int]:
@@ -362,3 +398,21 @@ def _set(target: Message, name: str, value: Any) -> None:
 
 def _get(source: Message, name: str) -> Any:
     return _reader(name, source.DESCRIPTOR.fields_by_name[name])(source)
+
+
+_STATE_FIELDS = tuple(field.name for field in dataclasses.fields(StoryState))
+if hasattr(StoryState, "__post_init__"):  # _state_of fills it directly
+    raise RuntimeError("StoryState has a __post_init__, which _state_of would skip")
+_SNAPSHOT_SHAPE = wire.shape(
+    None,
+    state_pb2.StoryStateSnapshot.DESCRIPTOR,
+    wire.ShapeRules(
+        epoch=_EPOCH,
+        missing_timestamp=None,
+        classes={
+            **VALUE_TYPES,
+            **{message.DESCRIPTOR.name: cls for cls, message in _NESTED.values()},  # type: ignore[attr-defined]
+            "CommandRecord": None,
+        },
+    ),
+)

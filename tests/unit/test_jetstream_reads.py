@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 
 import pytest
@@ -46,7 +47,43 @@ async def test_a_read_that_a_replica_behind_ended_early_reads_on_to_the_head(sto
     read, calls = replica_reads(caught_up_after=2)
     monkeypatch.setattr(event_store, "read_by_subject", read)
     assert [sequence async for sequence, _ in store.read_raw("S1")] == STORED
-    assert calls == [(1, HEAD), (5, HEAD), (5, HEAD)]  # each attempt from where the last one ended
+    # The first read starts while the head is asked for (unbounded); each later one goes from where
+    # the last one ended, up to the head reported.
+    assert calls == [(1, event_store.UNKNOWN_HEAD), (5, HEAD), (5, HEAD)]
+
+
+async def test_a_read_stopped_early_leaves_no_head_lookup_behind(store, monkeypatch):
+    read, _ = replica_reads(caught_up_after=0)
+    monkeypatch.setattr(event_store, "read_by_subject", read)
+    asked = asyncio.Event()
+
+    async def slow_head(story_id: str) -> int:
+        asked.set()
+        await asyncio.sleep(30)
+        return HEAD
+
+    monkeypatch.setattr(store, "last_sequence", slow_head)
+    before = set(asyncio.all_tasks())
+    reads = store.read_raw("S1")
+    assert (await anext(reads))[0] == 1
+    await reads.aclose()
+    for _ in range(100):  # a cancelled task ends on its next turn of the loop
+        if set(asyncio.all_tasks()) == before:
+            break
+        await asyncio.sleep(0.01)
+    assert asked.is_set() and set(asyncio.all_tasks()) == before  # the lookup was cancelled, not left waiting
+
+
+async def test_a_failed_head_lookup_fails_the_read(store, monkeypatch):
+    read, _ = replica_reads(caught_up_after=0)
+    monkeypatch.setattr(event_store, "read_by_subject", read)
+
+    async def no_head(story_id: str) -> int:
+        raise BackendUnavailable("reading story S1: NATS is unreachable")
+
+    monkeypatch.setattr(store, "last_sequence", no_head)
+    with pytest.raises(BackendUnavailable, match="unreachable"):
+        [sequence async for sequence, _ in store.read_raw("S1")]
 
 
 async def test_a_replica_that_stays_behind_is_an_outage_not_a_short_history(store, monkeypatch):
