@@ -244,3 +244,27 @@ def test_a_batch_mixing_legacy_and_current_events_decodes_each_as_it_would_alone
     mixed = [data for pair in zip(current, legacy, strict=False) for data in pair] + current[len(legacy) :]
     decoded = decode_events(iter(mixed))  # any iterable, as the archive hands them over
     assert decoded == [decode_event_with_protobuf(data) for data in mixed]
+
+
+SMALL_SNAPSHOT = encode_state(
+    _state(story_history("S-damaged", 25, start=AT)),
+    25,
+    [CommandResult("S-damaged", 3, ("e1",), "c1", "D1")],
+    2,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(cut=st.integers(min_value=0), flips=st.lists(st.tuples(st.integers(0), st.integers(0, 255)), max_size=4))
+def test_damaged_snapshots_are_left_to_the_protobuf_path_or_decoded_as_it_would(cut, flips):
+    data = bytearray(SMALL_SNAPSHOT)
+    for position, value in flips:
+        data[position % len(data)] = value
+    damaged = bytes(data[: cut % (len(data) + 1)])
+    try:
+        expected = decode_snapshot_with_protobuf(damaged)
+    except (EventDecodeError, OverflowError, ValueError):
+        with pytest.raises((EventDecodeError, OverflowError, ValueError)):
+            decode_snapshot(damaged)
+        return
+    assert decode_snapshot(damaged) == expected
