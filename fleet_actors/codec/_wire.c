@@ -41,7 +41,8 @@ typedef struct {
     int slot;
     int kind;
     PyObject *extra; /* borrowed from Shape.keep */
-    PyObject *last;  /* the text this field decoded to last (strings, map keys), owned */
+    PyObject *last;  /* the value this field decoded to last (texts, map keys, timestamps), owned */
+    int64_t last_seconds, last_nanos; /* the timestamp ``last`` is */
 } FieldSpec;
 
 typedef struct {
@@ -123,7 +124,7 @@ decode_text(const unsigned char *start, Py_ssize_t size, PyObject **last)
 }
 
 static PyObject *
-decode_timestamp(const unsigned char *p, const unsigned char *end, PyObject *epoch)
+decode_timestamp(const unsigned char *p, const unsigned char *end, FieldSpec *spec)
 {
     int64_t seconds = 0;
     int64_t nanos = 0;
@@ -141,6 +142,10 @@ decode_timestamp(const unsigned char *p, const unsigned char *end, PyObject *epo
     /* A valid Timestamp: nanos in [0, 1e9) and a year in 1..9999 (seconds within ±3.2e11). */
     if (nanos < 0 || nanos > 999999999 || seconds < -62135596800LL || seconds > 253402300799LL)
         return &fallback_marker_storage;
+    /* The events of one command share their timestamp, and so do many values of a state: the
+     * same instant as this field's last one is that (immutable) datetime again. */
+    if (spec->last != NULL && spec->last_seconds == seconds && spec->last_nanos == nanos)
+        return Py_NewRef(spec->last);
     int64_t days = seconds / 86400;
     int64_t rest = seconds % 86400;
     if (rest < 0) {
@@ -158,9 +163,15 @@ decode_timestamp(const unsigned char *p, const unsigned char *end, PyObject *epo
     int day = (int)(doy - (153 * mp + 2) / 5 + 1);
     int month = (int)(mp < 10 ? mp + 3 : mp - 9);
     int year = (int)(yoe + era * 400 + (month <= 2));
-    return PyDateTimeAPI->DateTime_FromDateAndTime(year, month, day, (int)(rest / 3600), (int)(rest / 60 % 60),
-                                                   (int)(rest % 60), (int)(nanos / 1000),
-                                                   PyDateTime_DATE_GET_TZINFO(epoch), PyDateTimeAPI->DateTimeType);
+    PyObject *moment = PyDateTimeAPI->DateTime_FromDateAndTime(
+        year, month, day, (int)(rest / 3600), (int)(rest / 60 % 60), (int)(rest % 60), (int)(nanos / 1000),
+        PyDateTime_DATE_GET_TZINFO(spec->extra), PyDateTimeAPI->DateTimeType);
+    if (moment != NULL) {
+        Py_XSETREF(spec->last, Py_NewRef(moment));
+        spec->last_seconds = seconds;
+        spec->last_nanos = nanos;
+    }
+    return moment;
 }
 
 static PyObject *decode_message(Shape *shape, const unsigned char *p, const unsigned char *end);
@@ -306,7 +317,7 @@ decode_message(Shape *shape, const unsigned char *p, const unsigned char *end)
             if (kind == K_STRING || kind == K_REPEATED_STRING)
                 value = decode_text(start, size, &spec->last);
             else if (kind == K_TIMESTAMP)
-                value = decode_timestamp(start, start + size, spec->extra);
+                value = decode_timestamp(start, start + size, spec);
             else
                 value = decode_message((Shape *)spec->extra, start, start + size);
             if (value == NULL)
