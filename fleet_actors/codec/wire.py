@@ -113,8 +113,9 @@ def shape(
             fields.append((field.number, 0, FALLBACK, None))
             continue
         kind, default, extra = _kind(field, rules)
-        if kind == MAP:
+        if kind == MAP or default is _FRESH_DICT:
             fresh[slots[name]] = True
+            default = None
         defaults[slots[name]] = default
         fields.append((field.number, slots[name], kind, extra))
     checked = None if check is None else (slots[check[0]], slots[check[1]], check[2])
@@ -122,29 +123,35 @@ def shape(
 
 
 def _kind(field: FieldDescriptor, rules: ShapeRules) -> tuple[int, Any, Any]:
-    """(kind, value when absent, extra) of one field; FALLBACK for what the decoder does not read."""
+    """(kind, value when absent, extra) of one field. A kind the decoder does not read is FALLBACK:
+    a message that sets it goes to the protobuf runtime, and one that does not gets the value
+    the protobuf path gives an absent field (MAP's absent value is a new dict: see shape())."""
     message = field.message_type
     if message is not None:
         if message.GetOptions().map_entry:
             key, value = message.fields_by_name["key"], message.fields_by_name["value"]
             if key.type == value.type == FieldDescriptor.TYPE_STRING:
                 return MAP, None, None
-        elif message.full_name == _TIMESTAMP and not field.is_repeated:
+            return FALLBACK, _FRESH_DICT, None
+        if message.full_name == _TIMESTAMP and not field.is_repeated:
             return TIMESTAMP, rules.missing_timestamp, rules.epoch
-        elif field.is_repeated:
+        if field.is_repeated:
             if message.name not in rules.classes:
                 raise RuntimeError(f"{field.full_name}: no domain class for {message.name}")
             return REPEATED_MESSAGE, (), shape(rules.classes[message.name], message, rules)
-        return FALLBACK, None, None
-    if field.type == FieldDescriptor.TYPE_ENUM and not field.is_repeated:
+        raise RuntimeError(f"{field.full_name}: a message field with no domain value the decoder knows")
+    if field.is_repeated:
+        return (REPEATED_STRING if field.type == FieldDescriptor.TYPE_STRING else FALLBACK), (), None
+    if field.type == FieldDescriptor.TYPE_ENUM:
         names = dict(rules.enum_names(field.enum_type))
         return ENUM, names.get(0, ""), names
-    if field.type == FieldDescriptor.TYPE_STRING and field.is_repeated:
-        return REPEATED_STRING, (), None
-    if field.type in _SCALARS and not field.is_repeated:
+    if field.type in _SCALARS:
         kind, default = _SCALARS[field.type]
         return kind, default, None
-    return FALLBACK, None, None
+    return FALLBACK, field.default_value, None  # floats, bytes, fixed and zigzag integers
+
+
+_FRESH_DICT = object()  # an absent map: a new {} each time
 
 
 #: ``decode(shape, data)``: the value ``data`` decodes to, or None when the protobuf runtime must

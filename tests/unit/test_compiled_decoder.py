@@ -268,3 +268,42 @@ def test_damaged_snapshots_are_left_to_the_protobuf_path_or_decoded_as_it_would(
             decode_snapshot(damaged)
         return
     assert decode_snapshot(damaged) == expected
+
+
+def _odd_message() -> tuple[object, type]:
+    """A message with fields of kinds the decoder does not read (a future schema might add them)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    proto = descriptor_pb2.FieldDescriptorProto
+    file = descriptor_pb2.FileDescriptorProto(name="wire_odd.proto", package="wireodd", syntax="proto3")
+    odd = file.message_type.add(name="Odd")
+    entry = odd.nested_type.add(name="ScoresEntry")
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, type=proto.TYPE_STRING, label=proto.LABEL_OPTIONAL)
+    entry.field.add(name="value", number=2, type=proto.TYPE_INT32, label=proto.LABEL_OPTIONAL)
+    odd.field.add(name="title", number=1, type=proto.TYPE_STRING, label=proto.LABEL_OPTIONAL)
+    odd.field.add(name="ratio", number=2, type=proto.TYPE_DOUBLE, label=proto.LABEL_OPTIONAL)
+    odd.field.add(name="blob", number=3, type=proto.TYPE_BYTES, label=proto.LABEL_OPTIONAL)
+    odd.field.add(name="counts", number=4, type=proto.TYPE_INT32, label=proto.LABEL_REPEATED)
+    odd.field.add(
+        name="scores", number=5, type=proto.TYPE_MESSAGE, label=proto.LABEL_REPEATED,
+        type_name=".wireodd.Odd.ScoresEntry",
+    )  # fmt: skip
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    descriptor = pool.FindMessageTypeByName("wireodd.Odd")
+    return descriptor, message_factory.GetMessageClass(descriptor)
+
+
+def test_fields_of_kinds_it_does_not_read_send_their_messages_to_protobuf_and_read_as_absent_otherwise():
+    descriptor, message = _odd_message()
+    rules = wire.ShapeRules(epoch=datetime(1970, 1, 1, tzinfo=UTC), missing_timestamp=None, classes={})
+    odd = wire.shape(None, descriptor, rules)  # type: ignore[arg-type]
+    decode = wire.decode
+    assert decode is not None
+    # absent: what the protobuf runtime reads for them
+    plain = decode(odd, message(title="t").SerializeToString())
+    assert plain == {"title": "t", "ratio": 0.0, "blob": b"", "counts": (), "scores": {}}
+    # set: the protobuf runtime's to decode
+    for value in ({"ratio": 1.5}, {"blob": b"x"}, {"counts": [1]}, {"scores": {"a": 1}}):
+        assert decode(odd, message(title="t", **value).SerializeToString()) is None
