@@ -93,6 +93,11 @@ def evaluate(args: argparse.Namespace, rows: list[dict[str, Any]], paused_by: st
         since_progress = time.time() - float(job.get("heartbeat", "0") or 0)
         status = CRITICAL if since_progress >= args.paused_crit else WARNING
         verdict.add(status, f"projectors paused by rebuild {paused_by}")
+    if not compiled_decoder():
+        verdict.add(
+            WARNING,
+            "this installation has no compiled decoder (reads decode 4-6x slower): reinstall with a C compiler",
+        )
     verdict.perfdata += [
         f"lag_events={lag_events};{args.lag_events_warn};{args.lag_events_crit}",
         f"lag_seconds={lag_seconds:.1f}s;{args.lag_seconds_warn:g};{args.lag_seconds_crit:g}",
@@ -100,6 +105,12 @@ def evaluate(args: argparse.Namespace, rows: list[dict[str, Any]], paused_by: st
         f"projectors_alive={len(projectors - down)};;",
     ]
     return verdict
+
+
+def compiled_decoder() -> bool:
+    from fleet_actors.codec import wire
+
+    return wire.COMPILED
 
 
 def _check(args: argparse.Namespace) -> int:

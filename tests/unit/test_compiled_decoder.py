@@ -307,3 +307,19 @@ def test_fields_of_kinds_it_does_not_read_send_their_messages_to_protobuf_and_re
     # set: the protobuf runtime's to decode
     for value in ({"ratio": 1.5}, {"blob": b"x"}, {"counts": [1]}, {"scores": {"a": 1}}):
         assert decode(odd, message(title="t", **value).SerializeToString()) is None
+
+
+def test_the_health_check_warns_when_the_decoder_is_not_compiled(monkeypatch):
+    import argparse
+
+    from fleet_actors.cli import check_cmd
+
+    args = argparse.Namespace(
+        lag_events_warn=1000, lag_events_crit=10000, lag_seconds_warn=30.0, lag_seconds_crit=300.0,
+        parked_warn=1, parked_crit=100, paused_crit=3600.0, no_projectors=True,
+    )  # fmt: skip
+    assert check_cmd.evaluate(args, [], "", {}).status == check_cmd.OK
+    monkeypatch.setattr(check_cmd, "compiled_decoder", lambda: False)
+    verdict = check_cmd.evaluate(args, [], "", {})
+    assert verdict.status == check_cmd.WARNING
+    assert "no compiled decoder" in verdict.line("")
