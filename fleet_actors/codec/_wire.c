@@ -108,13 +108,13 @@ decode_text(const unsigned char *start, Py_ssize_t size, PyObject **last)
 {
     /* The same text as this field's last one (a story's id in each of its events, an actor, a
      * map's keys...) is that object again: no new string, and one copy of it in memory. Only ASCII
-     * texts are compared, whose characters are their UTF-8 bytes. */
-    PyObject *previous = *last;
+     * texts are compared, whose characters are their UTF-8 bytes. ``last`` NULL: no such memory. */
+    PyObject *previous = last != NULL ? *last : NULL;
     if (previous != NULL && PyUnicode_GET_LENGTH(previous) == size &&
         memcmp(PyUnicode_DATA(previous), start, (size_t)size) == 0)
         return Py_NewRef(previous);
     PyObject *text = PyUnicode_DecodeUTF8((const char *)start, size, NULL);
-    if (text != NULL && size <= 256 && PyUnicode_IS_COMPACT_ASCII(text))
+    if (last != NULL && text != NULL && size <= 256 && PyUnicode_IS_COMPACT_ASCII(text))
         Py_XSETREF(*last, Py_NewRef(text));
     if (text == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
         PyErr_Clear(); /* the protobuf runtime reports it */
@@ -190,9 +190,7 @@ decode_map_entry(PyObject *target, const unsigned char *p, const unsigned char *
         uint64_t number = tag >> 3;
         if (number != 1 && number != 2)
             goto done;
-        PyObject *unused = NULL;
-        PyObject *text = decode_text(start, size, number == 1 ? last_key : &unused);
-        Py_XDECREF(unused);
+        PyObject *text = decode_text(start, size, number == 1 ? last_key : NULL);
         if (text == NULL) {
             status = -1;
             goto done;
@@ -342,11 +340,6 @@ decode_message(Shape *shape, const unsigned char *p, const unsigned char *end)
         }
     }
 
-    /* A dict (shapes without a class), or the instance, untracked (see untracked_tuple):
-     * object.__new__(cls), then each field set as object.__setattr__ would, which is what a frozen
-     * dataclass's __init__ does (codec/wire.py checks that the class has no __post_init__ or
-     * __new__ of its own). Set one by one, the fields go into the instance's inline values with
-     * its class's shared keys: no dict is made. */
     if (shape->check_name != NULL) {
         PyObject *of = values[shape->check_of];
         if (of == NULL || values[shape->check_value] == NULL)
@@ -361,6 +354,11 @@ decode_message(Shape *shape, const unsigned char *p, const unsigned char *end)
         if (!same)
             goto fallback;
     }
+    /* A dict (shapes without a class), or the instance, untracked (see untracked_tuple):
+     * object.__new__(cls), then each field set as object.__setattr__ would, which is what a frozen
+     * dataclass's __init__ does (codec/wire.py checks that the class has no __post_init__ or
+     * __new__ of its own). Set one by one, the fields go into the instance's inline values with
+     * its class's shared keys: no dict is made. */
     PyObject *target;
     if (shape->cls == Py_None)
         target = PyDict_New();
@@ -600,8 +598,7 @@ wire_decode_all(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         missing += value == Py_None;
         PyList_SET_ITEM(out, i, value);
     }
-    PyObject *result = Py_BuildValue("(Nn)", out, missing);
-    return result;
+    return Py_BuildValue("(Nn)", out, missing);
 }
 
 static PyMethodDef wire_methods[] = {

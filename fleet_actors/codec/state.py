@@ -29,6 +29,8 @@ from fleet_actors.proto import state_pb2
 STATE_SCHEMA_VERSION = 2
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: the state's fields that are mappings of their values by id (the snapshot holds them as lists)
+_KEYED_BY = {"subtasks": "subtask_id", "decisions": "decision_id"}
 _NESTED = {
     "subtasks": (Subtask, state_pb2.SubtaskState),
     "decisions": (Decision, state_pb2.DecisionState),
@@ -69,7 +71,7 @@ def proto_to_state(message: state_pb2.StoryStateSnapshot) -> StoryState:
             cls, message_type = _NESTED[field.name]
             descriptor = message_type.DESCRIPTOR  # type: ignore[attr-defined]
             items = list(map(_builder(cls, descriptor), getattr(message, field.name)))
-            key = {"subtasks": "subtask_id", "decisions": "decision_id"}.get(field.name)
+            key = _KEYED_BY.get(field.name)
             values[field.name] = {getattr(i, key): i for i in items} if key else tuple(items)
         else:
             values[field.name] = _get(message, field.name)
@@ -84,15 +86,22 @@ if tuple(f.name for f in dataclasses.fields(CommandResult)) != _COMMAND_FIELDS o
 
 
 def recent_commands(message: state_pb2.StoryStateSnapshot) -> list[CommandResult]:
-    """The carried command results, filled directly as their __init__ would (a snapshot carries up
-    to a thousand, and the frozen dataclass's __init__ was a sixth of its decode)."""
-    story_id, new, set_dict = message.story_id, object.__new__, object.__setattr__
+    """The carried command results of a parsed snapshot."""
+    records = ((r.version, tuple(r.event_ids), r.command_id, r.decision_id) for r in message.recent_commands)
+    return _command_results(message.story_id, records)
+
+
+def _command_results(story_id: str, records: Iterable[tuple[int, tuple[str, ...], str, str]]) -> list[CommandResult]:
+    """Carried command results from (version, event ids, command id, decision id), filled directly as
+    their __init__ would (a snapshot carries up to a thousand, and the frozen dataclass's __init__
+    was a sixth of its decode)."""
+    new, set_dict = object.__new__, object.__setattr__
     out = []
-    for r in message.recent_commands:
+    for version, event_ids, command_id, decision_id in records:
         result = new(CommandResult)
         set_dict(result, "__dict__", {
-            "story_id": story_id, "version": r.version, "event_ids": tuple(r.event_ids),
-            "command_id": r.command_id, "decision_id": r.decision_id or None, "duplicate": False,
+            "story_id": story_id, "version": version, "event_ids": event_ids,
+            "command_id": command_id, "decision_id": decision_id or None, "duplicate": False,
         })  # fmt: skip
         out.append(result)
     return out
@@ -236,8 +245,8 @@ def decode_snapshot_with_protobuf(data: bytes) -> tuple[StoryState, int, list[Co
 def _state_of(fields: dict[str, Any]) -> StoryState:
     """The state from the compiled decoder's fields (as :func:`proto_to_state` builds it)."""
     values = {name: fields[name] for name in _STATE_FIELDS}
-    values["subtasks"] = {subtask.subtask_id: subtask for subtask in values["subtasks"]}
-    values["decisions"] = {decision.decision_id: decision for decision in values["decisions"]}
+    for name, key in _KEYED_BY.items():
+        values[name] = {getattr(value, key): value for value in values[name]}
     state: StoryState = object.__new__(StoryState)
     object.__setattr__(state, "__dict__", values)
     return state
@@ -245,16 +254,8 @@ def _state_of(fields: dict[str, Any]) -> StoryState:
 
 def _commands_of(fields: dict[str, Any]) -> list[CommandResult]:
     """:func:`recent_commands` from the compiled decoder's fields."""
-    story_id, new, set_dict = fields["story_id"], object.__new__, object.__setattr__
-    out = []
-    for r in fields["recent_commands"]:
-        result = new(CommandResult)
-        set_dict(result, "__dict__", {
-            "story_id": story_id, "version": r["version"], "event_ids": r["event_ids"],
-            "command_id": r["command_id"], "decision_id": r["decision_id"] or None, "duplicate": False,
-        })  # fmt: skip
-        out.append(result)
-    return out
+    records = ((r["version"], r["event_ids"], r["command_id"], r["decision_id"]) for r in fields["recent_commands"])
+    return _command_results(fields["story_id"], records)
 
 
 def snapshot_position(data: bytes) -> tuple[str, int, int]:

@@ -37,17 +37,15 @@ except ImportError:  # built without a C compiler: the protobuf runtime decodes 
 
 COMPILED: bool = _wire is not None
 
-#: How a shape fills one slot (the numbers are _wire.c's ``enum Kind``).
-STRING, INT32, INT64, UINT64, BOOL, ENUM, TIMESTAMP = 0, 1, 2, 3, 4, 5, 6
-REPEATED_STRING, MAP, REPEATED_MESSAGE, MESSAGE, FALLBACK = 7, 8, 9, 10, 11
-
+#: How a shape fills one slot from each scalar field type: the name of the extension's kind (its
+#: numbers are _wire.c's ``enum Kind``, exported under these names) and the value when absent.
 _SCALARS = {
-    FieldDescriptor.TYPE_STRING: (STRING, ""),
-    FieldDescriptor.TYPE_INT32: (INT32, 0),
-    FieldDescriptor.TYPE_INT64: (INT64, 0),
-    FieldDescriptor.TYPE_UINT32: (UINT64, 0),
-    FieldDescriptor.TYPE_UINT64: (UINT64, 0),
-    FieldDescriptor.TYPE_BOOL: (BOOL, False),
+    FieldDescriptor.TYPE_STRING: ("STRING", ""),
+    FieldDescriptor.TYPE_INT32: ("INT32", 0),
+    FieldDescriptor.TYPE_INT64: ("INT64", 0),
+    FieldDescriptor.TYPE_UINT32: ("UINT64", 0),
+    FieldDescriptor.TYPE_UINT64: ("UINT64", 0),
+    FieldDescriptor.TYPE_BOOL: ("BOOL", False),
 }
 _TIMESTAMP = "google.protobuf.Timestamp"
 
@@ -109,24 +107,24 @@ def shape(
     fields = []
     for field in descriptor.fields:
         if field.name in members:
-            fields.append((field.number, slots[oneof_name], MESSAGE, members[field.name]))
+            fields.append((field.number, slots[oneof_name], _wire.MESSAGE, members[field.name]))
             continue
         name = renames.get(field.name, field.name)
         if name not in slots:  # a legacy field: written by older code only, which upcasting reads
-            fields.append((field.number, 0, FALLBACK, None))
+            fields.append((field.number, 0, _wire.FALLBACK, None))
             continue
         kind, default, extra = _kind(field, rules)
-        if kind == MAP or default is _FRESH_DICT:
+        if kind == "MAP" or default is _FRESH_DICT:
             fresh[slots[name]] = True
             default = None
         defaults[slots[name]] = default
-        fields.append((field.number, slots[name], kind, extra))
+        fields.append((field.number, slots[name], getattr(_wire, kind), extra))
     checked = None if check is None else (slots[check[0]], slots[check[1]], check[2])
     return _wire.Shape(cls, tuple(names), tuple(defaults), tuple(fresh), tuple(fields), checked)
 
 
-def _kind(field: FieldDescriptor, rules: ShapeRules) -> tuple[int, Any, Any]:
-    """(kind, value when absent, extra) of one field. A kind the decoder does not read is FALLBACK:
+def _kind(field: FieldDescriptor, rules: ShapeRules) -> tuple[str, Any, Any]:
+    """(kind's name, value when absent, extra) of one field. A kind the decoder does not read is FALLBACK:
     a message that sets it goes to the protobuf runtime, and one that does not gets the value
     the protobuf path gives an absent field (MAP's absent value is a new dict: see shape())."""
     message = field.message_type
@@ -134,24 +132,24 @@ def _kind(field: FieldDescriptor, rules: ShapeRules) -> tuple[int, Any, Any]:
         if message.GetOptions().map_entry:
             key, value = message.fields_by_name["key"], message.fields_by_name["value"]
             if key.type == value.type == FieldDescriptor.TYPE_STRING:
-                return MAP, None, None
-            return FALLBACK, _FRESH_DICT, None
+                return "MAP", None, None
+            return "FALLBACK", _FRESH_DICT, None
         if message.full_name == _TIMESTAMP and not field.is_repeated:
-            return TIMESTAMP, rules.missing_timestamp, rules.epoch
+            return "TIMESTAMP", rules.missing_timestamp, rules.epoch
         if field.is_repeated:
             if message.name not in rules.classes:
                 raise RuntimeError(f"{field.full_name}: no domain class for {message.name}")
-            return REPEATED_MESSAGE, (), shape(rules.classes[message.name], message, rules)
+            return "REPEATED_MESSAGE", (), shape(rules.classes[message.name], message, rules)
         raise RuntimeError(f"{field.full_name}: a message field with no domain value the decoder knows")
     if field.is_repeated:
-        return (REPEATED_STRING if field.type == FieldDescriptor.TYPE_STRING else FALLBACK), (), None
+        return ("REPEATED_STRING" if field.type == FieldDescriptor.TYPE_STRING else "FALLBACK"), (), None
     if field.type == FieldDescriptor.TYPE_ENUM:
         names = dict(rules.enum_names(field.enum_type))
-        return ENUM, names.get(0, ""), names
+        return "ENUM", names.get(0, ""), names
     if field.type in _SCALARS:
         kind, default = _SCALARS[field.type]
         return kind, default, None
-    return FALLBACK, field.default_value, None  # floats, bytes, fixed and zigzag integers
+    return "FALLBACK", field.default_value, None  # floats, bytes, fixed and zigzag integers
 
 
 _FRESH_DICT = object()  # an absent map: a new {} each time
