@@ -4,7 +4,8 @@ batched direct gets (with and without headers); ``get_story`` of the live story 
 after another writer appended); temporal reads with snapshots, from the client and through the
 gateway's GetContextAtTime.
 
-Sizes: BENCH_READS_EVENTS (10000), BENCH_READS_ROUNDS (5), BENCH_READS_CALLS (60 per round)."""
+Sizes: BENCH_READS_EVENTS (10000), BENCH_READS_ROUNDS (5), BENCH_READS_HISTORY_ROUNDS (15),
+BENCH_READS_CALLS (60 per round)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStor
 from fleet_actors.codec.collector import freeze_long_lived
 from fleet_actors.codec.events import decode_event_with_protobuf, decode_events
 from fleet_actors.codec.state import decode_snapshot, decode_snapshot_with_protobuf
+from fleet_actors.direct_reads import DirectReads
 from fleet_actors.domain.state import StoryState
 from fleet_actors.domain.story import StateBuilder
 from fleet_actors.gateway import gateway_in_thread
@@ -41,6 +43,8 @@ from fleet_actors.proto import state_pb2
 
 EVENTS = int(os.environ.get("BENCH_READS_EVENTS", "10000"))
 ROUNDS = int(os.environ.get("BENCH_READS_ROUNDS", "5"))
+#: rounds of the history reads (each ~50 ms): a round's ratio varied 0.74-1.11 within one run
+HISTORY_ROUNDS = int(os.environ.get("BENCH_READS_HISTORY_ROUNDS", "15"))
 CALLS = int(os.environ.get("BENCH_READS_CALLS", "60"))
 SNAPSHOT_EVERY = 100
 
@@ -133,7 +137,10 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     raw = RawReads(store, settings, story_id, head)
     client = FleetClient(settings)
     through_actor = FleetClient(settings.replace(direct_reads=False))
-    figures: dict[str, Any] = {"events": EVENTS, "rounds": ROUNDS, "load_before": os.getloadavg()[0]}
+    in_loop = DirectReads(settings)
+    figures: dict[str, Any] = {
+        "events": EVENTS, "rounds": ROUNDS, "history_rounds": HISTORY_ROUNDS, "load_before": os.getloadavg()[0],
+    }  # fmt: skip
     try:
         assert client.get_story(story_id).version == EVENTS  # activates the story actor
         assert client.history(story_id) == history  # the same events, decoded
@@ -143,7 +150,9 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         timestamps = [envelope.timestamp for envelope in history]
         del history
         # -- history against raw reads, alternating rounds ------------------------------------------
-        samples: dict[str, list[float]] = {k: [] for k in ("ordered", "direct", "direct_nohdr", "ours", "actor")}
+        samples: dict[str, list[float]] = {
+            k: [] for k in ("ordered", "direct", "direct_nohdr", "ours", "ours_in_callers_loop", "actor")
+        }
         #: this process's CPU (every thread: the client's reads run on its own loop thread) per read
         cpu: dict[str, list[float]] = {"direct_nohdr": [], "ours": []}
         frees: list[float] = []
@@ -155,6 +164,14 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             samples["ours"].append(_timed(lambda: held.append(client.history(story_id)), cpu["ours"]))
             _check(len(held[0]))
             frees.append(_timed(held.clear))
+
+        def in_the_callers_loop() -> None:
+            # The same read on this thread's loop, as an asyncio caller makes it (AsyncFleetClient):
+            # what the synchronous client's own loop thread adds
+            read = in_loop.history(story_id, 1, None)
+            samples["ours_in_callers_loop"].append(_timed(lambda: held.append(loop.run_until_complete(read))))
+            _check(len(held[0]))
+            held.clear()
 
         def through_the_actor() -> None:
             samples["actor"].append(_timed(lambda: held.append(through_actor.history(story_id))))
@@ -169,9 +186,10 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             raw_read("direct", raw.direct_gets),
             raw_read("direct_nohdr", raw.direct_gets_no_headers),
             ours,
+            in_the_callers_loop,
             through_the_actor,
         ]
-        for round_ in range(ROUNDS):
+        for round_ in range(HISTORY_ROUNDS):
             # Each round starts one read later, so that no read always follows the same one (the
             # server may still be busy with the read before) and every read takes every place.
             for read in reads[round_ % len(reads) :] + reads[: round_ % len(reads)]:
@@ -180,6 +198,9 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         for name, value in medians.items():
             figures[f"history_{name}_ms"] = round(value * 1000, 1)
         figures["history_result_free_ms"] = round(statistics.median(frees) * 1000, 1)
+        for name in ("direct_nohdr", "ours"):  # the spread (some rounds stall one read or the other)
+            figures[f"history_{name}_per_round_ms"] = [round(v * 1000, 1) for v in samples[name]]
+            figures[f"history_{name}_cpu_per_round_ms"] = [round(v * 1000, 1) for v in cpu[name]]
         figures["history_ratio_per_round_vs_nohdr"] = [
             round(a / b, 2) for a, b in zip(samples["direct_nohdr"], samples["ours"], strict=True)
         ]
@@ -191,6 +212,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         named = min(medians["ordered"], medians["direct"])  # the two reads the issue names
         fastest = min(named, medians["direct_nohdr"])
         figures["history_ratio_vs_fastest_raw"] = round(fastest / medians["ours"], 3)
+        figures["history_in_callers_loop_ratio_vs_fastest_raw"] = round(fastest / medians["ours_in_callers_loop"], 3)
         figures["history_ratio_vs_ordered_or_headered_direct"] = round(named / medians["ours"], 3)
         figures["history_and_free_ratio_vs_fastest_raw"] = round(
             fastest / (medians["ours"] + figures["history_result_free_ms"] / 1000), 3
@@ -242,6 +264,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     finally:
         client.close()
         through_actor.close()
+        loop.run_until_complete(in_loop.close())
         loop.run_until_complete(store.close())
         loop.close()
     figures["load_after"] = os.getloadavg()[0]

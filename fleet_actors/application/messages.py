@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import copyreg
+import dataclasses
+import io
+import operator
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fleet_actors.codec.filling import fill_statement
 from fleet_actors.domain.commands import Command
+from fleet_actors.domain.events import EVENT_TYPES, VALUE_TYPES, EventEnvelope
 from fleet_actors.domain.results import CommandResult
 from fleet_actors.errors import IncompatibleRelease
 
@@ -37,7 +44,11 @@ def pack(message: Any) -> bytes:
     (docs/benchmarks.md). Only fleet-actors' own importable types travel this way, between processes
     of one Ray cluster, which already trust each other's pickles.
     """
-    return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.dispatch_table = _DISPATCH
+    pickler.dump(message)
+    return buffer.getvalue()
 
 
 def unpack(data: bytes) -> Any:
@@ -51,3 +62,33 @@ def unpack(data: bytes) -> Any:
             "story actor run different fleet-actors releases; restart the story actors once every "
             "node runs the new release (docs/operations.md, upgrades)"
         ) from None
+
+
+#: The story actor's messages carry events, which are slotted frozen dataclasses. The pickling
+#: ``dataclasses`` gives those looks their fields up for every value, and made a history of events
+#: twice as slow to pack and to read back (docs/benchmarks.md, slotted events): each of them packs
+#: as its field values instead, restored by a function written out for its class.
+_SLOTTED_TYPES = (EventEnvelope, *VALUE_TYPES.values(), *EVENT_TYPES.values())
+
+
+def _restorer(cls: type) -> Callable[[tuple[Any, ...]], Any]:
+    scope: dict[str, Any] = {"new": object.__new__, "cls": cls}
+    names = [field.name for field in dataclasses.fields(cls)]
+    fill = fill_statement(cls, "value", [(name, f"values[{i}]") for i, name in enumerate(names)], scope)
+    exec(f"def restore(values):\n    value = new(cls)\n    {fill}\n    return value\n", scope)  # our fields only
+    restore: Callable[[tuple[Any, ...]], Any] = scope["restore"]
+    return restore
+
+
+def _reducer(cls: type) -> Callable[[Any], tuple[Any, ...]]:
+    names = [field.name for field in dataclasses.fields(cls)]
+    values = operator.attrgetter(*names) if len(names) > 1 else (lambda value: (getattr(value, names[0]),))
+    return lambda value: (_restored, (cls, values(value)))
+
+
+def _restored(cls: type, values: tuple[Any, ...]) -> Any:
+    return _RESTORERS[cls](values)
+
+
+_RESTORERS = {cls: _restorer(cls) for cls in _SLOTTED_TYPES}
+_DISPATCH = {**copyreg.dispatch_table, **{cls: _reducer(cls) for cls in _SLOTTED_TYPES}}

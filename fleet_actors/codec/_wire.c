@@ -19,6 +19,7 @@
 #include <Python.h>
 #include <datetime.h>
 #include <stdint.h>
+#include <structmember.h>
 
 enum Kind {
     K_NONE = -1,     /* no field has this number: fall back */
@@ -61,6 +62,10 @@ typedef struct {
     Py_ssize_t check_value;
     Py_ssize_t check_of;
     PyObject *check_name;
+    /* per slot: where instances of a slotted class (``__slots__``, as the events are) keep that
+     * field, stored there directly; NULL when the class is not slotted, whose fields are set as
+     * object.__setattr__ sets them */
+    Py_ssize_t *offsets;
 } Shape;
 
 static PyTypeObject ShapeType;
@@ -357,8 +362,9 @@ decode_message(Shape *shape, const unsigned char *p, const unsigned char *end)
     /* A dict (shapes without a class), or the instance, untracked (see untracked_tuple):
      * object.__new__(cls), then each field set as object.__setattr__ would, which is what a frozen
      * dataclass's __init__ does (codec/wire.py checks that the class has no __post_init__ or
-     * __new__ of its own). Set one by one, the fields go into the instance's inline values with
-     * its class's shared keys: no dict is made. */
+     * __new__ of its own). A slotted class's fields are stored in their slots (see slot_offsets);
+     * otherwise, set one by one, they go into the instance's inline values with its class's
+     * shared keys: no dict is made. */
     PyObject *target;
     if (shape->cls == Py_None)
         target = PyDict_New();
@@ -374,6 +380,11 @@ decode_message(Shape *shape, const unsigned char *p, const unsigned char *end)
             value = untracked_tuple(value);
         else
             value = Py_NewRef(value);
+        if (value != NULL && shape->offsets != NULL) {
+            /* a new instance's slots are NULL: the reference moves into the slot */
+            *(PyObject **)((char *)target + shape->offsets[i]) = value;
+            continue;
+        }
         PyObject *name = PyTuple_GET_ITEM(shape->names, i);
         if (value == NULL || (shape->cls == Py_None ? PyDict_SetItem(target, name, value)
                                                     : PyObject_GenericSetAttr(target, name, value)) < 0) {
@@ -415,6 +426,7 @@ Shape_dealloc(Shape *self)
         Py_CLEAR(self->fields[n].last);
     PyMem_Free(self->fresh_dict);
     PyMem_Free(self->repeated);
+    PyMem_Free(self->offsets);
     PyMem_Free(self->fields);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -431,6 +443,35 @@ Shape_traverse(Shape *self, visitproc visit, void *arg)
 
 /* Shape(cls, names, defaults, fresh_dict, fields[, check]): ``fields`` a tuple of
  * (number, slot, kind, extra); ``check`` (value slot, slot of the object, attribute name). */
+/* When every name is a slot of ``cls`` (an object member, as ``__slots__`` makes, within the
+ * instance), their offsets go into shape->offsets; otherwise it stays NULL and fields are set by
+ * name. The instance comes from object.__new__, so each slot starts NULL. */
+static int
+slot_offsets(Shape *shape, PyTypeObject *cls, PyObject *names)
+{
+    Py_ssize_t n = PyTuple_GET_SIZE(names);
+    Py_ssize_t *offsets = PyMem_Calloc((size_t)n + 1, sizeof(Py_ssize_t));
+    if (offsets == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *descr = _PyType_Lookup(cls, PyTuple_GET_ITEM(names, i)); /* borrowed, no error set */
+        PyMemberDef *member = descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type)
+                                  ? ((PyMemberDescrObject *)descr)->d_member
+                                  : NULL;
+        if (member == NULL || member->type != T_OBJECT_EX || (member->flags & READONLY)
+            || member->offset < (Py_ssize_t)sizeof(PyObject)
+            || member->offset > cls->tp_basicsize - (Py_ssize_t)sizeof(PyObject *)) {
+            PyMem_Free(offsets);
+            return 0;
+        }
+        offsets[i] = member->offset;
+    }
+    shape->offsets = offsets;
+    return 0;
+}
+
 static int
 Shape_init(Shape *self, PyObject *args, PyObject *kwargs)
 {
@@ -522,12 +563,26 @@ Shape_init(Shape *self, PyObject *args, PyObject *kwargs)
         self->check_of = of_slot;
         self->check_name = Py_NewRef(name);
     }
+    if (cls != Py_None && slot_offsets(self, (PyTypeObject *)cls, names) < 0)
+        return -1;
     self->cls = Py_NewRef(cls);
     self->names = Py_NewRef(names);
     self->defaults = Py_NewRef(defaults);
     self->keep = Py_NewRef(fields);
     return 0;
 }
+
+static PyObject *
+Shape_get_slotted(Shape *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(self->offsets != NULL);
+}
+
+static PyGetSetDef Shape_getset[] = {
+    {"slotted", (getter)Shape_get_slotted, NULL, "whether the fields are stored in the class's slots", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
 
 static PyTypeObject ShapeType = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -539,6 +594,7 @@ static PyTypeObject ShapeType = {
     .tp_init = (initproc)Shape_init,
     .tp_dealloc = (destructor)Shape_dealloc,
     .tp_traverse = (traverseproc)Shape_traverse,
+    .tp_getset = Shape_getset,
 };
 
 /* ---- module ----------------------------------------------------------------------------------- */

@@ -15,6 +15,7 @@ from google.protobuf.message import DecodeError
 
 from fleet_actors.codec import wire
 from fleet_actors.codec.collector import collector_paused
+from fleet_actors.codec.filling import fill_statement, filled
 from fleet_actors.codec.upcasting import upcast
 from fleet_actors.domain.events import EVENT_TYPES, VALUE_TYPES, Event, EventEnvelope
 from fleet_actors.errors import EventDecodeError
@@ -188,21 +189,12 @@ def decode_event_with_protobuf(data: bytes) -> EventEnvelope:
     stamp = message.timestamp
     # Filled directly, as their __init__ would (see _builder). The envelope's __post_init__ only
     # defaults schema_version, which is given here.
-    event: Event = object.__new__(cls)
-    event.__dict__.update(fields)
-    envelope: EventEnvelope = object.__new__(EventEnvelope)
-    envelope.__dict__.update(
-        event_id=message.event_id,
-        story_id=message.aggregate_id,
-        version=message.version,
-        timestamp=_EPOCH + timedelta(0, stamp.seconds, stamp.nanos // 1000),
-        payload=event,
-        command_id=message.command_id,
-        actor=message.actor,
-        schema_version=stored_version,
-        redacted=tuple(message.redacted),
-    )
-    return envelope
+    return filled(EventEnvelope, {
+        "event_id": message.event_id, "story_id": message.aggregate_id, "version": message.version,
+        "timestamp": _EPOCH + timedelta(0, stamp.seconds, stamp.nanos // 1000), "payload": filled(cls, fields),
+        "command_id": message.command_id, "actor": message.actor, "schema_version": stored_version,
+        "redacted": tuple(message.redacted),
+    })  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -234,7 +226,7 @@ def _builder(cls: type[Event], plan: tuple[_Field, ...]) -> Callable[[Any, Any, 
     field-by-field __init__ and in a generic per-field loop than in parsing). The envelope's
     __post_init__ only defaults schema_version, which is given here."""
     scope: dict[str, Any] = {
-        "cls": cls, "Envelope": EventEnvelope, "new": object.__new__, "set_dict": object.__setattr__,
+        "cls": cls, "Envelope": EventEnvelope, "new": object.__new__,
         "EPOCH": _EPOCH, "timedelta": timedelta, "tuple": tuple, "as_dict": _as_dict,
     }  # fmt: skip
     values = []
@@ -250,18 +242,19 @@ def _builder(cls: type[Event], plan: tuple[_Field, ...]) -> Callable[[Any, Any, 
         elif field.kind == _MESSAGES:
             scope[f"nested{i}"] = _special_reader(field)
             read = f"nested{i}(p)"
-        values.append(f"{field.name!r}: {read}")
+        values.append((field.name, read))
+    envelope = {
+        "event_id": "m.event_id", "story_id": "m.aggregate_id", "version": "m.version",
+        "timestamp": "EPOCH + timedelta(0, stamp.seconds, stamp.nanos // 1000)", "payload": "event",
+        "command_id": "m.command_id", "actor": "m.actor", "schema_version": "schema_version",
+        "redacted": "tuple(m.redacted)",
+    }  # fmt: skip
     source = f"""def build(m, p, schema_version):
     event = new(cls)
-    set_dict(event, "__dict__", {{{", ".join(values)}}})
+    {fill_statement(cls, "event", values, scope)}
     envelope = new(Envelope)
     stamp = m.timestamp
-    set_dict(envelope, "__dict__", {{
-        "event_id": m.event_id, "story_id": m.aggregate_id, "version": m.version,
-        "timestamp": EPOCH + timedelta(0, stamp.seconds, stamp.nanos // 1000), "payload": event,
-        "command_id": m.command_id, "actor": m.actor, "schema_version": schema_version,
-        "redacted": tuple(m.redacted),
-    }})
+    {fill_statement(EventEnvelope, "envelope", envelope.items(), scope)}
     return envelope
 """
     exec(source, scope)  # names from our own dataclasses and protos only

@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError, Message
 from fleet_actors.codec import wire
 from fleet_actors.codec.collector import collector_paused
 from fleet_actors.codec.events import set_timestamp
+from fleet_actors.codec.filling import fill_statement
 from fleet_actors.codec.upcasting import upcast
 from fleet_actors.domain.events import VALUE_TYPES
 from fleet_actors.domain.results import CommandResult
@@ -334,18 +335,18 @@ def _builder(cls: type, descriptor: Any) -> Callable[[Message], Any]:
     most of a 10,000-event snapshot's decode on calls. Callers of a repeated field look the
     builder up once for all its items.
     """
-    scope: dict[str, Any] = {"cls": cls, "new": object.__new__, "set_dict": object.__setattr__}
+    scope: dict[str, Any] = {"cls": cls, "new": object.__new__}
     scope.update(EPOCH=_EPOCH, timedelta=timedelta, tuple=tuple, map=map)
-    values = []
-    for field in dataclasses.fields(cls):
-        values.append(f"{field.name!r}: {_read_expression(field.name, descriptor.fields_by_name[field.name], scope)}")
-    display = "{" + ", ".join(values) + "}"
+    values = [
+        (field.name, _read_expression(field.name, descriptor.fields_by_name[field.name], scope))
+        for field in dataclasses.fields(cls)
+    ]
     if hasattr(cls, "__post_init__"):
-        body = f"    return cls(**{display})"
+        body = "    return cls(" + ", ".join(f"{name}={expression}" for name, expression in values) + ")"
     else:
         # A frozen dataclass's __init__ sets each field through object.__setattr__; with no
-        # __post_init__ to run after it, handing the instance its fields at once is faster.
-        body = f"    value = new(cls)\n    set_dict(value, '__dict__', {display})\n    return value"
+        # __post_init__ to run after it, filling the instance directly is faster.
+        body = f"    value = new(cls)\n    {fill_statement(cls, 'value', values, scope)}\n    return value"
     exec(f"def build(m):\n{body}\n", scope)  # field names from our own dataclasses and protos only
     build: Callable[[Message], Any] = scope["build"]
     return build

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 
@@ -59,3 +60,8 @@ def alternatives_from(value: str | Iterable[Alternative | str | tuple[str, str]]
                 field="alternatives",
             )
     return tuple(out)
+
+
+def alternatives_json(alternatives: Iterable[Alternative]) -> str:
+    """The alternatives as the read models keep them: a JSON list of ``{"title", "reason"}``."""
+    return json.dumps([{"title": a.title, "reason": a.reason} for a in alternatives])

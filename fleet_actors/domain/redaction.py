@@ -243,14 +243,16 @@ def _redact_fields(
 ) -> Any:
     """A frozen dataclass with its texts redacted (itself when none changed)."""
     updates = {}
-    attributes = value.__dict__
     for name in fields:
-        old = attributes[name]
+        old = getattr(value, name)
         new = _redact(old, patterns, _child(path, name), changed, seen)
         if new is not old:
             updates[name] = new
     if not updates:
         return value
+    # Filled as __init__ would, without re-running it (nor a __post_init__) over the kept fields;
+    # object.__setattr__ sets a slot (events) as well as a __dict__ entry (states).
     copy = object.__new__(type(value))
-    copy.__dict__.update({**value.__dict__, **updates})
+    for field in dataclasses.fields(value):
+        object.__setattr__(copy, field.name, updates.get(field.name, getattr(value, field.name)))
     return copy

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -301,9 +302,7 @@ class ContextServicer(pb_grpc.ContextServiceServicer):
             payload, _ = redact_value(value.payload, self._response_redaction)
             if payload is value.payload:
                 return value
-            copy = object.__new__(EventEnvelope)
-            copy.__dict__.update({**value.__dict__, "payload": payload})
-            return copy
+            return dataclasses.replace(value, payload=payload)
         return self._redacted(value)
 
     def close(self) -> None:

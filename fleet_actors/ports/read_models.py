@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fleet_actors.domain.alternatives import alternatives_json
 from fleet_actors.domain.events import EventEnvelope
 from fleet_actors.domain.state import StoryState
 
@@ -140,7 +141,7 @@ def expected_graph(state: StoryState) -> dict[str, Counter[tuple[Any, ...]]]:
                 d.decision_type,
                 d.title,
                 d.rationale,
-                json.dumps([a.__dict__ for a in d.alternatives]),
+                alternatives_json(d.alternatives),
                 d.decided_by,
                 _iso(d.decided_at),
                 json.dumps(dict(d.metadata), sort_keys=True),

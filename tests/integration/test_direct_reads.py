@@ -148,6 +148,63 @@ async def test_a_read_told_how_many_events_it_wants_hands_those_first_and_the_re
         assert envelopes == reference
 
 
+async def test_a_read_hands_events_over_as_they_arrive_in_order_and_ends_at_the_story_s_head(
+    stores: Stores, stream_settings: Settings, unique_id, monkeypatch
+):
+    from fleet_actors.adapters.jetstream import direct_get
+    from fleet_actors.codec import decode_events
+
+    sid = unique_id("HAND")
+    writer = await written(stores, sid)
+    store, reference = stores[0], await writer.log()
+    head = await store.last_sequence(sid)
+
+    async def read(wanted: int | None = None) -> list[tuple[int, list[bytes]]]:
+        found = direct_get.read_payloads_by_subject(
+            store.connection, stream_settings.stream_name, stream_settings.story_filter(sid), 1, head,
+            timeout=5.0, what="test", wanted=wanted,
+        )  # fmt: skip
+        return [item async for item in found]
+
+    # After the batch the caller wanted, batches grow fourfold (a read that stops soon takes little)
+    assert [len(payloads) for _, payloads in await read(wanted=2)] == [2, 8, 32, 3]
+
+    # Batches of 20 (the story's 45 events and the other story's 4 between them), handed over 7 at a time
+    monkeypatch.setattr(direct_get, "READ_BATCH", 20)
+    monkeypatch.setattr(direct_get, "HANDOFF", 7)
+    handed = await read()
+    assert [len(payloads) for _, payloads in handed] == [7, 7, 6, 7, 7, 6, 5]
+    assert [e for _, payloads in handed for e in decode_events(payloads)] == reference
+    reached = [sequence for sequence, _ in handed]
+    assert reached == sorted(reached) and reached[-1] == head  # where the read surely is, exact at the end
+    # A batch bounded by bytes: the server sends one message each time; every event still comes once
+    monkeypatch.setattr(direct_get, "READ_MAX_BYTES", 1)
+    handed = await read()
+    assert len(handed) == len(reference) and [e for _, p in handed for e in decode_events(p)] == reference
+
+
+async def test_the_next_batch_is_asked_for_on_the_wire_before_a_batch_is_handed_over(
+    stores: Stores, stream_settings: Settings, unique_id, monkeypatch
+):
+    """nats-py only queues a publish for its flusher task: unless the read lets that task run, the
+    server would get the next request only once the caller has decoded this batch, and nothing
+    would overlap (a 10,000-event history waited a round trip per batch)."""
+    from fleet_actors.adapters.jetstream import direct_get
+
+    sid = unique_id("AHEAD")
+    await written(stores, sid)
+    store = stores[0]
+    monkeypatch.setattr(direct_get, "READ_BATCH", 10)
+    found = direct_get.read_payloads_by_subject(
+        store.connection, stream_settings.stream_name, stream_settings.story_filter(sid), 1,
+        await store.last_sequence(sid), timeout=5.0, what="test",
+    )  # fmt: skip
+    unsent = []
+    async for _ in found:
+        unsent.append(store.connection._pending_data_size)  # bytes published and not yet written
+    assert len(unsent) >= 5 and unsent == [0] * len(unsent)
+
+
 async def test_an_async_client_opens_its_log_connection_when_asked(
     stream_settings: Settings, stores: Stores, unique_id
 ):

@@ -42,6 +42,22 @@ def test_a_request_with_nested_commands_round_trips():
     assert unpack(pack(request)) == request
 
 
+def test_a_history_of_slotted_events_round_trips_field_for_field():
+    from datetime import UTC, datetime
+
+    from fleet_actors.codec import decode_events, encode_event
+    from fleet_actors.loadgen.histories import story_history
+
+    history = story_history("story-1", 400, start=datetime(2026, 1, 1, tzinfo=UTC))
+    for events in (history, decode_events([encode_event(e) for e in history])):  # built, and decoded
+        copy = unpack(pack(events))
+        assert copy == events
+        assert [type(e.payload) for e in copy] == [type(e.payload) for e in events]
+        assert all(not hasattr(e, "__dict__") for e in copy[:5])
+    decision = next(e for e in history if e.event_type == "decision_added" and e.payload.alternatives)
+    assert unpack(pack(decision)).payload.alternatives == decision.payload.alternatives
+
+
 def test_results_and_states_round_trip():
     result = CommandResult("story-1", 4, ("e1", "e2"), "cmd-1", decision_id="D1", duplicate=True)
     assert unpack(pack(result)) == result

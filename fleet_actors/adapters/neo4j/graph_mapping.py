@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fleet_actors.domain.alternatives import alternatives_json
 from fleet_actors.domain.events import (
     ContextCreated,
     DecisionAdded,
@@ -227,7 +228,7 @@ def plan_graph_writes(events: Sequence[EventEnvelope], states: Iterable[StorySta
                         "decision_type": event.decision_type,
                         "title": event.title,
                         "rationale": event.rationale,
-                        "alternatives": json.dumps([a.__dict__ for a in event.alternatives]),
+                        "alternatives": alternatives_json(event.alternatives),
                         "decided_by": event.decided_by or envelope.actor,
                         "metadata": json.dumps(dict(event.metadata), sort_keys=True),
                     },
