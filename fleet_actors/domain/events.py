@@ -189,3 +189,23 @@ class EventEnvelope:
     @property
     def event_type(self) -> str:
         return self.payload.event_type
+
+
+def _refuse_pickles_with_a_dict(cls: type) -> None:
+    """A slotted frozen dataclass unpickles from its field values (as ``dataclasses`` pickles it,
+    and as the story actor's messages carry it). A pickle of an earlier release, whose events had a
+    ``__dict__``, brings that dict instead, which the generic ``__setstate__`` would read silently
+    as the values (every field set to a field's name): refused, so that the reader says which
+    release mismatch it met (application/messages.py: IncompatibleRelease)."""
+    setstate = getattr(cls, "__setstate__")  # noqa: B009 - written by dataclass(), unknown to the type checker
+
+    def __setstate__(self: object, state: object) -> None:
+        if isinstance(state, dict):
+            raise TypeError(f"a {cls.__name__} pickled by another release of fleet-actors (with a __dict__)")
+        setstate(self, state)
+
+    setattr(cls, "__setstate__", __setstate__)  # noqa: B010 - replaces the one dataclass() wrote
+
+
+for _cls in (EventEnvelope, Alternative, *EVENT_TYPES.values()):
+    _refuse_pickles_with_a_dict(_cls)

@@ -58,6 +58,32 @@ def test_a_history_of_slotted_events_round_trips_field_for_field():
     assert unpack(pack(decision)).payload.alternatives == decision.payload.alternatives
 
 
+def test_an_event_pickled_by_an_earlier_release_is_refused_not_misread():
+    """Events had a __dict__ before they were slotted: such a pickle brings that dict, which the
+    generic __setstate__ would read as field values (event_id == "event_id", and so on)."""
+    import copy
+    import copyreg
+    import io
+    import pickle
+    from datetime import UTC, datetime
+
+    from fleet_actors.domain.events import EventEnvelope, SummaryRecorded
+
+    envelope = EventEnvelope("e1", "story-1", 1, datetime(2026, 1, 1, tzinfo=UTC), SummaryRecorded("s"))
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def as_before(value: object) -> tuple[object, ...]:  # what pickle made of an instance with a __dict__
+        return copyreg.__newobj__, (type(value),), {f: getattr(value, f) for f in value.__slots__}  # type: ignore[attr-defined]
+
+    pickler.dispatch_table = {EventEnvelope: as_before, SummaryRecorded: as_before}
+    pickler.dump(envelope)
+    with pytest.raises(IncompatibleRelease, match="another release"):
+        unpack(buffer.getvalue())
+    assert copy.deepcopy(envelope) == envelope  # the generic pickling of its field values still works
+    assert pickle.loads(pickle.dumps(envelope)) == envelope
+
+
 def test_results_and_states_round_trip():
     result = CommandResult("story-1", 4, ("e1", "e2"), "cmd-1", decision_id="D1", duplicate=True)
     assert unpack(pack(result)) == result
