@@ -105,8 +105,9 @@ class DirectReads:
         if head != sequence:
             builder, folded = StateBuilder(state), 0
             # From the held position on; events it already holds (a read may pass the head it
-            # was given) are recognised by their version.
-            async with contextlib.aclosing(store.read_envelopes(story_id, sequence)) as batches:
+            # was given) are recognised by their version. Past FOLD_LIMIT the actor answers: the
+            # read asks for no more than that first.
+            async with contextlib.aclosing(store.read_envelopes(story_id, sequence, wanted=FOLD_LIMIT + 1)) as batches:
                 async for batch in batches:
                     for envelope in batch:
                         if envelope.version > builder.version:

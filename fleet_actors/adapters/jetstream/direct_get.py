@@ -17,7 +17,7 @@ from fleet_actors.errors import BackendUnavailable
 HEADED_READ_BATCH = 1000
 #: a read of payloads (read_payloads_by_subject): messages asked for at once, at most this many bytes...
 READ_BATCH = 10_000
-READ_MAX_BYTES = 8 * 1024 * 1024
+READ_MAX_BYTES = 2 * 1024 * 1024
 #: ... handed to the caller as they arrive, this many at a time
 HANDOFF = 1000
 
@@ -103,10 +103,11 @@ async def read_payloads_by_subject(
     - the server sends no headers (``no_hdr``, nats-server 2.11+), so nats-py parses none;
     - it is asked for large batches (``READ_BATCH`` messages or ``READ_MAX_BYTES``, whichever comes
       first), because each batch costs a round trip in which the server sends nothing (a 10,000-event
-      read took 55 ms in batches of 1,000 and 44 ms in one); the bytes bound keeps a batch of large
-      events well under the server's slow-consumer limit (64 MiB pending);
+      read took 55 ms in batches of 1,000 and 44 ms in one); the bytes bound caps what a read holds
+      for a caller that is slower than the server (a gRPC stream to a slow client): the batch
+      arriving and the one asked for ahead, 4 MiB (the server sends at least one event a batch);
     - the payloads are handed over as they arrive, ``HANDOFF`` at a time, so the caller decodes the
-      first events while the rest are on their way, and no read holds a whole batch undecoded;
+      first events while the rest are on their way;
     - the next batch is asked for, and the request sent, before the last part of this one is handed
       over, so the caller's decoding overlaps the server's reading.
 
