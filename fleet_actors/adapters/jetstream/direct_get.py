@@ -178,6 +178,8 @@ async def read_payloads_by_subject(
                     continue
                 status = headers.get("Status")
                 if status == "404":  # nothing (more) matches
+                    if payloads:  # not seen from a server: it ends a batch that sent any with an EOB
+                        yield reached, payloads
                     return
                 if status != "204":
                     raise BackendUnavailable(f"{what} failed: {status} {headers}")
