@@ -13,7 +13,7 @@ from typing import Any
 
 from fleet_actors.codec.filling import fill_statement
 from fleet_actors.domain.commands import Command
-from fleet_actors.domain.events import EVENT_TYPES, VALUE_TYPES, EventEnvelope
+from fleet_actors.domain.events import SLOTTED_TYPES
 from fleet_actors.domain.results import CommandResult
 from fleet_actors.errors import IncompatibleRelease
 
@@ -64,13 +64,6 @@ def unpack(data: bytes) -> Any:
         ) from None
 
 
-#: The story actor's messages carry events, which are slotted frozen dataclasses. The pickling
-#: ``dataclasses`` gives those looks their fields up for every value, and made a history of events
-#: twice as slow to pack and to read back (docs/benchmarks.md, slotted events): each of them packs
-#: as its field values instead, restored by a function written out for its class.
-_SLOTTED_TYPES = (EventEnvelope, *VALUE_TYPES.values(), *EVENT_TYPES.values())
-
-
 def _restorer(cls: type) -> Callable[[tuple[Any, ...]], Any]:
     scope: dict[str, Any] = {"new": object.__new__, "cls": cls}
     names = [field.name for field in dataclasses.fields(cls)]
@@ -90,5 +83,9 @@ def _restored(cls: type, values: tuple[Any, ...]) -> Any:
     return _RESTORERS[cls](values)
 
 
-_RESTORERS = {cls: _restorer(cls) for cls in _SLOTTED_TYPES}
-_DISPATCH = {**copyreg.dispatch_table, **{cls: _reducer(cls) for cls in _SLOTTED_TYPES}}
+# The story actor's messages carry events, which are slotted frozen dataclasses. The pickling
+# ``dataclasses`` gives those looks their fields up for every value, and made a history of events
+# twice as slow to pack and to read back (docs/benchmarks.md, slotted events): each of them packs
+# as its field values instead, restored by a function written out for its class.
+_RESTORERS = {cls: _restorer(cls) for cls in SLOTTED_TYPES}
+_DISPATCH = {**copyreg.dispatch_table, **{cls: _reducer(cls) for cls in SLOTTED_TYPES}}

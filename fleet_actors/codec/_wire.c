@@ -441,8 +441,6 @@ Shape_traverse(Shape *self, visitproc visit, void *arg)
     return 0;
 }
 
-/* Shape(cls, names, defaults, fresh_dict, fields[, check]): ``fields`` a tuple of
- * (number, slot, kind, extra); ``check`` (value slot, slot of the object, attribute name). */
 /* When every name is a slot of ``cls`` (an object member, as ``__slots__`` makes, within the
  * instance), their offsets go into shape->offsets; otherwise it stays NULL and fields are set by
  * name. The instance comes from object.__new__, so each slot starts NULL. */
@@ -472,6 +470,8 @@ slot_offsets(Shape *shape, PyTypeObject *cls, PyObject *names)
     return 0;
 }
 
+/* Shape(cls, names, defaults, fresh_dict, fields[, check]): ``fields`` a tuple of
+ * (number, slot, kind, extra); ``check`` (value slot, slot of the object, attribute name). */
 static int
 Shape_init(Shape *self, PyObject *args, PyObject *kwargs)
 {

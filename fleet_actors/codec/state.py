@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError, Message
 from fleet_actors.codec import wire
 from fleet_actors.codec.collector import collector_paused
 from fleet_actors.codec.events import set_timestamp
-from fleet_actors.codec.filling import fill_statement
+from fleet_actors.codec.filling import fill_statement, filled
 from fleet_actors.codec.upcasting import upcast
 from fleet_actors.domain.events import VALUE_TYPES
 from fleet_actors.domain.results import CommandResult
@@ -248,9 +248,7 @@ def _state_of(fields: dict[str, Any]) -> StoryState:
     values = {name: fields[name] for name in _STATE_FIELDS}
     for name, key in _KEYED_BY.items():
         values[name] = {getattr(value, key): value for value in values[name]}
-    state: StoryState = object.__new__(StoryState)
-    object.__setattr__(state, "__dict__", values)
-    return state
+    return filled(StoryState, values)
 
 
 def _commands_of(fields: dict[str, Any]) -> list[CommandResult]:

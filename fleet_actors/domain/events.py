@@ -207,5 +207,8 @@ def _refuse_pickles_with_a_dict(cls: type) -> None:
     setattr(cls, "__setstate__", __setstate__)  # noqa: B010 - replaces the one dataclass() wrote
 
 
-for _cls in (EventEnvelope, Alternative, *EVENT_TYPES.values()):
+#: every slotted value of this module: the envelope, the values nested in events, and the events
+SLOTTED_TYPES: tuple[type, ...] = (EventEnvelope, *VALUE_TYPES.values(), *EVENT_TYPES.values())
+
+for _cls in SLOTTED_TYPES:
     _refuse_pickles_with_a_dict(_cls)
