@@ -1,5 +1,6 @@
 """Build hook: generate the protobuf/gRPC modules from protos/ into fleet_actors/_generated, and
-build the compiled decoder (fleet_actors/codec/_wire.c) where a C compiler is found.
+build the compiled decoder (fleet_actors/codec/_wire.c) and the bulk reads' frame scanner
+(fleet_actors/adapters/jetstream/_frames.c) where a C compiler is found.
 
 The generated code is never committed nor edited by hand; every build (wheel or editable
 install) produces it from the .proto sources with the pinned grpcio-tools.
@@ -56,5 +57,10 @@ class BuildPyWithProtos(build_py):
 # cannot be built (no C compiler), the package decodes with the protobuf runtime alone, slower
 # (fleet_actors/codec/wire.py says which at run time).
 WIRE = Extension("fleet_actors.codec._wire", ["fleet_actors/codec/_wire.c"], optional=True)
+# The scanner that cuts bulk reads' messages out of nats-py's read buffer (adapters/jetstream/_frames.c).
+# Optional too: without it, those messages take nats-py's parser (adapters/jetstream/nats_client.py).
+FRAMES = Extension(
+    "fleet_actors.adapters.jetstream._frames", ["fleet_actors/adapters/jetstream/_frames.c"], optional=True
+)
 
-setup(cmdclass={"build_py": BuildPyWithProtos}, ext_modules=[WIRE])
+setup(cmdclass={"build_py": BuildPyWithProtos}, ext_modules=[WIRE, FRAMES])

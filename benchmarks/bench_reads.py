@@ -21,12 +21,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+import nats
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from benchmarks.harness import BenchContext, latency_summary
 from fleet_actors import FleetClient
 from fleet_actors.adapters.jetstream import JetStreamEventStore
 from fleet_actors.adapters.jetstream.direct_get import read_by_subject, read_payloads_by_subject
+from fleet_actors.adapters.jetstream.nats_client import FleetNatsClient
 from fleet_actors.adapters.jetstream.snapshot_store import JetStreamSnapshotStore
 from fleet_actors.codec.collector import freeze_long_lived
 from fleet_actors.codec.events import decode_event_with_protobuf, decode_events
@@ -64,10 +66,13 @@ async def _fill(store: JetStreamEventStore, snapshots: JetStreamSnapshotStore, s
 
 
 class RawReads:
-    """The fastest reads nats-py offers of the same events, undecoded, on a connection of their own."""
+    """The fastest reads nats-py offers of the same events, undecoded. The batched direct gets
+    without headers run on a plain nats-py connection of their own (a subscription callback per
+    message); ``ours_undecoded`` is the same read through our client's sink (the frame scanner),
+    without decoding: what the history's read costs apart from decoding."""
 
-    def __init__(self, store: JetStreamEventStore, settings: Any, story_id: str, head: int) -> None:
-        self.nc, self.settings, self.story_id, self.head = store.connection, settings, story_id, head
+    def __init__(self, store: JetStreamEventStore, plain: Any, settings: Any, story_id: str, head: int) -> None:
+        self.nc, self.plain, self.settings, self.story_id, self.head = store.connection, plain, settings, story_id, head
         self.filter = settings.story_filter(story_id)
 
     async def ordered_consumer(self) -> int:
@@ -96,20 +101,26 @@ class RawReads:
 
     async def direct_gets_no_headers(self) -> int:
         count = 0
-        async for _, payloads in self._batches():
+        async for _, payloads in self._batches(self.plain):
+            count += len(payloads)
+        return count
+
+    async def ours_undecoded(self) -> int:
+        count = 0
+        async for _, payloads in self._batches(self.nc):
             count += len(payloads)
         return count
 
     async def payloads(self) -> list[bytes]:
-        """The same read as :meth:`direct_gets_no_headers`, the payloads kept (to time decoding apart)."""
+        """The same read as :meth:`ours_undecoded`, the payloads kept (to time decoding apart)."""
         out: list[bytes] = []
-        async for _, payloads in self._batches():
+        async for _, payloads in self._batches(self.nc):
             out += payloads
         return out
 
-    def _batches(self) -> Any:
+    def _batches(self, connection: Any) -> Any:
         return read_payloads_by_subject(
-            self.nc, self.settings.stream_name, self.filter, 1, self.head, timeout=5.0, what="raw"
+            connection, self.settings.stream_name, self.filter, 1, self.head, timeout=5.0, what="raw"
         )
 
 
@@ -134,7 +145,11 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     loop.run_until_complete(snapshots.ensure_stream())
     history = loop.run_until_complete(_fill(store, snapshots, story_id))
     head = loop.run_until_complete(store.last_sequence(story_id))
-    raw = RawReads(store, settings, story_id, head)
+    plain = loop.run_until_complete(
+        nats.connect(settings.nats_url, user=settings.nats_user or None, password=settings.nats_password or None)
+    )
+    assert not isinstance(plain, FleetNatsClient)
+    raw = RawReads(store, plain, settings, story_id, head)
     client = FleetClient(settings)
     through_actor = FleetClient(settings.replace(direct_reads=False))
     in_loop = DirectReads(settings)
@@ -151,10 +166,11 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         del history
         # -- history against raw reads, alternating rounds ------------------------------------------
         samples: dict[str, list[float]] = {
-            k: [] for k in ("ordered", "direct", "direct_nohdr", "ours", "ours_in_callers_loop", "actor")
+            k: []
+            for k in ("ordered", "direct", "direct_nohdr", "ours_undecoded", "ours", "ours_in_callers_loop", "actor")
         }
         #: this process's CPU (every thread: the client's reads run on its own loop thread) per read
-        cpu: dict[str, list[float]] = {"direct_nohdr": [], "ours": []}
+        cpu: dict[str, list[float]] = {"direct_nohdr": [], "ours_undecoded": [], "ours": []}
         frees: list[float] = []
         held: list[Any] = []
 
@@ -185,6 +201,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             raw_read("ordered", raw.ordered_consumer),
             raw_read("direct", raw.direct_gets),
             raw_read("direct_nohdr", raw.direct_gets_no_headers),
+            raw_read("ours_undecoded", raw.ours_undecoded),
             ours,
             in_the_callers_loop,
             through_the_actor,
@@ -198,7 +215,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         for name, value in medians.items():
             figures[f"history_{name}_ms"] = round(value * 1000, 1)
         figures["history_result_free_ms"] = round(statistics.median(frees) * 1000, 1)
-        for name in ("direct_nohdr", "ours"):  # the spread (some rounds stall one read or the other)
+        for name in ("direct_nohdr", "ours_undecoded", "ours"):  # the spread (some rounds stall one read or the other)
             figures[f"history_{name}_per_round_ms"] = [round(v * 1000, 1) for v in samples[name]]
             figures[f"history_{name}_cpu_per_round_ms"] = [round(v * 1000, 1) for v in cpu[name]]
         figures["history_ratio_per_round_vs_nohdr"] = [
@@ -212,6 +229,9 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         named = min(medians["ordered"], medians["direct"])  # the two reads the issue names
         fastest = min(named, medians["direct_nohdr"])
         figures["history_ratio_vs_fastest_raw"] = round(fastest / medians["ours"], 3)
+        # the same read without decoding, through our client: what decoding costs on top of the read
+        figures["history_ratio_vs_ours_undecoded"] = round(medians["ours_undecoded"] / medians["ours"], 3)
+        figures["history_undecoded_ratio_vs_fastest_raw"] = round(fastest / medians["ours_undecoded"], 3)
         # paired: each round's two reads ran next to each other, under the same conditions
         per_round = figures["history_ratio_per_round_vs_nohdr"]
         figures["history_ratio_vs_nohdr_median_of_rounds"] = statistics.median(per_round)
@@ -269,6 +289,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         through_actor.close()
         loop.run_until_complete(in_loop.close())
         loop.run_until_complete(store.close())
+        loop.run_until_complete(plain.close())
         loop.close()
     figures["load_after"] = os.getloadavg()[0]
     return figures

@@ -183,6 +183,44 @@ async def test_a_read_hands_events_over_as_they_arrive_in_order_and_ends_at_the_
     assert len(handed) == len(reference) and [e for _, p in handed for e in decode_events(p)] == reference
 
 
+async def test_a_read_hands_over_the_same_lists_through_nats_py_s_own_dispatch(
+    stores: Stores, stream_settings: Settings, unique_id, monkeypatch
+):
+    """The sink's way (the frame scanner, or nats-py's parser and a sink) and a plain nats-py client
+    (a subscription callback) hand over the same payloads in the same lists."""
+    import nats
+    from nats.protocol.parser import Parser
+
+    from fleet_actors.adapters.jetstream import direct_get
+    from fleet_actors.adapters.jetstream.nats_client import COMPILED, FleetNatsClient, _BulkParser
+
+    sid = unique_id("WAYS")
+    await written(stores, sid)
+    store = stores[0]
+    head = await store.last_sequence(sid)
+    monkeypatch.setattr(direct_get, "READ_BATCH", 20)
+    monkeypatch.setattr(direct_get, "HANDOFF", 7)
+    parsed_by_nats_py = FleetNatsClient()
+    parsed_by_nats_py._ps = Parser(parsed_by_nats_py)
+    await parsed_by_nats_py.connect(stream_settings.nats_url)
+    plain = await nats.connect(stream_settings.nats_url)
+    assert isinstance(store.connection._ps, _BulkParser) == COMPILED
+    try:
+        handed = []
+        for connection in (store.connection, parsed_by_nats_py, plain):
+            found = direct_get.read_payloads_by_subject(
+                connection, stream_settings.stream_name, stream_settings.story_filter(sid), 1, head,
+                timeout=5.0, what="test",
+            )  # fmt: skip
+            handed.append([item async for item in found])
+        assert [len(payloads) for _, payloads in handed[0]] == [7, 7, 6, 7, 7, 6, 5]
+        assert handed[0] == handed[1] == handed[2]
+        assert store.connection.sinks == parsed_by_nats_py.sinks == {}  # each read took its sink away
+    finally:
+        await parsed_by_nats_py.close()
+        await plain.close()
+
+
 async def test_the_next_batch_is_asked_for_on_the_wire_before_a_batch_is_handed_over(
     stores: Stores, stream_settings: Settings, unique_id, monkeypatch
 ):

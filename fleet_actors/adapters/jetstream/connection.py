@@ -24,6 +24,7 @@ from nats.js.api import (
 )
 from nats.js.manager import JetStreamManager
 
+from fleet_actors.adapters.jetstream.nats_client import FleetNatsClient
 from fleet_actors.errors import BackendUnavailable, ConfigurationError, ConnectionInterrupted, ServerTooOld, StoryError
 from fleet_actors.observability.metrics import metrics
 from fleet_actors.settings import Settings
@@ -166,6 +167,12 @@ async def _first_connect(events: _ConnectionLog, timeout: float, connecting: Awa
     raise events.last_error if events.last_error is not None else TimeoutError()
 
 
+async def _connected(nc: FleetNatsClient, servers: list[str], **options: Any) -> FleetNatsClient:
+    """``nats.connect``, with our client class (bulk reads' sinks)."""
+    await nc.connect(servers, **options)
+    return nc
+
+
 def _describe(error: BaseException) -> str:
     if isinstance(error, ConnectionRefusedError):
         return "connection refused"
@@ -190,7 +197,8 @@ async def connect_nats(settings: Settings, *, name: str = "fleet-actors") -> Cli
         nc = await _first_connect(
             events,
             settings.nats_timeout,
-            nats.connect(
+            _connected(
+                FleetNatsClient(),
                 # a comma-separated list seeds the connection with several cluster members; the client
                 # also learns the others from the server it reaches and fails over between them
                 servers,

@@ -11,6 +11,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from fleet_actors.adapters.jetstream.connection import nats_errors
+from fleet_actors.adapters.jetstream.nats_client import FleetNatsClient
 from fleet_actors.errors import BackendUnavailable
 
 #: messages a read with headers (read_by_subject) asks for at once
@@ -128,20 +129,34 @@ async def read_payloads_by_subject(
     in_batch = 0
     received = 0
 
-    async def collect(msg: Msg) -> None:
+    def take(payloads: list[bytes], status: dict[str, str] | None) -> None:
+        """The sink: payloads as they arrive, then a status message's headers (with no_hdr, only the
+        server's status messages carry headers: EOB, 404, errors)."""
         nonlocal current, in_batch, received
-        received += 1
-        if msg.headers:  # only the server's status messages carry headers here (EOB, 404, errors)
-            arrived.put_nowait((current, msg.headers, in_batch))
+        received += len(payloads) + (status is not None)
+        start = 0
+        while start < len(payloads):
+            if len(current) == HANDOFF:  # handed over when the next arrives: a batch's end comes with payloads
+                arrived.put_nowait((current, None, in_batch))
+                current = []
+            room = HANDOFF - len(current)
+            part = payloads[start : start + room] if start or len(payloads) > room else payloads
+            current += part
+            in_batch += len(part)
+            start += len(part)
+        if status is not None:
+            arrived.put_nowait((current, status, in_batch))
             current, in_batch = [], 0
-            return
-        if len(current) == HANDOFF:  # handed over when the next arrives: a batch's end comes with payloads
-            arrived.put_nowait((current, None, in_batch))
-            current = []
-        current.append(msg.data)
-        in_batch += 1
 
-    sub = await nc.subscribe(nc.new_inbox(), cb=collect)
+    if isinstance(nc, FleetNatsClient):  # the payloads come straight from the connection's read loop
+        sub = await nc.subscribe(nc.new_inbox())
+        nc.sinks[sub._id] = take
+    else:
+
+        async def collect(msg: Msg) -> None:
+            take([], msg.headers) if msg.headers else take([msg.data], None)
+
+        sub = await nc.subscribe(nc.new_inbox(), cb=collect)
 
     batch = READ_BATCH if wanted is None else max(1, min(wanted, READ_BATCH))
 
@@ -196,4 +211,6 @@ async def read_payloads_by_subject(
                     ahead = True
                     await ask(reached + 1)
     finally:
+        if isinstance(nc, FleetNatsClient):
+            nc.sinks.pop(sub._id, None)
         await sub.unsubscribe()
