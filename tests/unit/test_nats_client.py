@@ -115,6 +115,12 @@ async def feed(client: Recording, chunks: list[bytes]) -> list[tuple]:
     return client.seen
 
 
+def test_the_scanner_is_built():
+    """Where a C compiler is present (as on CI), the install builds the scanner: a build without it
+    reads through nats-py's parser, slower, and this fails so that it is noticed."""
+    assert nats_client.COMPILED, "fleet_actors.adapters.jetstream._frames was not built: pip install needs gcc"
+
+
 async def test_the_wire_fixture_has_the_frames_it_says():
     assert await feed(Recording(Parser), [WIRE]) == EXPECTED  # nats-py's parser alone, in one piece
 
@@ -162,8 +168,12 @@ def test_the_scanner_takes_the_sink_s_messages_in_runs_and_nothing_else():
     # what has not fully arrived waits, whoever's it is
     for partial in (msg(SINK, b"abc")[:-1], msg(OTHER, b"abc")[:-2], b"MSG _INBOX.a 5", b"PING\r"):
         assert _frames.scan(bytearray(partial), sinks, 9)[0] == _frames.INCOMPLETE, partial
-    # other operations are one line each for nats-py
+    # other operations, and other subscriptions' messages, are nats-py's: all of them up to a sink's
     assert _frames.scan(bytearray(b"PONG\r\nMSG x 5 1\r\na\r\n"), sinks, 9)[:2] == (_frames.FOREIGN, 6)
+    theirs = b"PING\r\n" + msg(OTHER, b"b") + b"+OK\r\n" + msg(OTHER, b"c", reply=b"r")
+    assert _frames.scan(bytearray(theirs + msg(SINK, b"a")), sinks, 9)[:4] == (_frames.FOREIGN, len(theirs), -1, [])
+    assert _frames.scan(bytearray(theirs + msg(OTHER, b"d")[:-1]), sinks, 9)[:2] == (_frames.FOREIGN, len(theirs))
+    assert _frames.scan(bytearray(theirs + b"MSG x y 1\r\n"), sinks, 9)[:2] == (_frames.FOREIGN, len(theirs))
 
 
 async def outcome(parser: type[Parser] | None, data: bytes) -> tuple:

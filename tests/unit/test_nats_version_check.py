@@ -27,7 +27,7 @@ async def test_old_server_refused(monkeypatch):
     async def connect(*args, **kwargs):
         return fake
 
-    monkeypatch.setattr(connection.nats, "connect", connect)
+    monkeypatch.setattr(connection, "_connected", connect)
     with pytest.raises(ServerTooOld, match=r"2\.12 or newer"):
         await connection.connect_nats(Settings())
     assert fake.closed
@@ -37,7 +37,7 @@ async def test_current_server_accepted(monkeypatch):
     async def connect(*args, **kwargs):
         return FakeClient("2.15.1")
 
-    monkeypatch.setattr(connection.nats, "connect", connect)
+    monkeypatch.setattr(connection, "_connected", connect)
     assert await connection.connect_nats(Settings())
 
 

@@ -6,10 +6,10 @@
  * messages of a bulk read all go to one subscription and carry only a payload, so here they are
  * cut out of the buffer in one pass, as a list of payloads.
  *
- * scan() only ever takes the common path: a frame that is not a MSG or HMSG of a registered
- * subscription, or one it does not fully understand, is left to nats-py's own parser (FOREIGN for
- * one complete frame, DEFER for the rest of the buffer), which handles or refuses it as it always
- * has. Every bound is checked against the end of the buffer: the server's bytes decide nothing here
+ * scan() only ever takes the common path: frames that are not a MSG or HMSG of a registered
+ * subscription, or one it does not fully understand, are left to nats-py's own parser (FOREIGN for
+ * complete frames up to the next of a sink's, DEFER for the rest of the buffer), which handles or
+ * refuses them as it always has. Every bound is checked against the end of the buffer: the server's bytes decide nothing here
  * beyond which path they take.
  */
 #define PY_SSIZE_T_CLEAN
@@ -19,7 +19,7 @@
 
 enum Kind {
     RUN = 0,        /* payloads (and maybe a header frame, which ends the run) of one subscription */
-    FOREIGN = 1,    /* buf[:end] is one complete frame for nats-py's parser */
+    FOREIGN = 1,    /* buf[:end] is complete frames for nats-py's parser */
     INCOMPLETE = 2, /* the next frame has not fully arrived */
     DEFER = 3       /* something this scanner does not take: nats-py's parser takes the rest */
 };
@@ -107,8 +107,10 @@ PyDoc_STRVAR(scan_doc,
 "scan(buf, sinks, limit) -> (kind, end, sid, payloads, header, size)\n\n"
 "From the start of ``buf`` (nats-py's parser buffer, at a control line): a RUN of up to ``limit``\n"
 "payloads of one subscription whose sid is a key of the dict ``sinks``, ending before any other\n"
-"frame, or with a frame that has headers (``header``, its header bytes); or what to do instead\n"
-"(FOREIGN, INCOMPLETE, DEFER). ``end``: the bytes taken; ``size``: the payloads' total length.");
+"frame, or with a frame that has headers (``header``, its header bytes); or FOREIGN, complete\n"
+"frames for nats-py's parser, up to the next of a sink's; or INCOMPLETE (wait for more bytes);\n"
+"or DEFER (nats-py's parser takes the rest). ``end``: the bytes taken; ``size``: the payloads'\n"
+"total length.");
 
 static PyObject *
 scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -132,23 +134,23 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     const char *end = base + view.len;
     PyObject *payloads = PyList_New(0);
     PyObject *header = NULL;
-    if (payloads == NULL)
-        goto error;
-    int kind = RUN;
+    if (payloads == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    int kind = -1; /* what the frames taken so far are: RUN, FOREIGN, or nothing yet */
     int64_t run_sid = -1;
-    Py_ssize_t taken = 0, size = 0;
+    Py_ssize_t size = 0;
     const char *at = base;
     for (;;) {
-        Py_ssize_t count = PyList_GET_SIZE(payloads);
-        if (count >= limit)
+        if (kind == RUN && PyList_GET_SIZE(payloads) >= limit)
             break;
-        if (at == end) {
-            kind = count ? RUN : INCOMPLETE;
+        if (at == end)
             break;
-        }
         const char *line_end = find_crlf(at, end - at > MAX_CONTROL_LINE ? at + MAX_CONTROL_LINE : end);
         if (line_end == NULL) {
-            kind = count ? RUN : (end - at >= MAX_CONTROL_LINE ? DEFER : INCOMPLETE);
+            if (kind < 0)
+                kind = end - at >= MAX_CONTROL_LINE ? DEFER : INCOMPLETE;
             break;
         }
         int headed;
@@ -162,11 +164,11 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             arguments = at + 4;
         }
         else {  /* PING, PONG, +OK, -ERR, INFO, ...: one line, nats-py's */
-            if (count)
+            if (kind == RUN)
                 break;
             kind = FOREIGN;
-            taken = line_end + 2 - base;
-            break;
+            at = line_end + 2;
+            continue;
         }
         Token tokens[MAX_TOKENS];
         int n = split(arguments, line_end, tokens, MAX_TOKENS);
@@ -182,36 +184,45 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             total = number(tokens[n - 1]);
         }
         if (sid < 0 || header_size < 0 || total < 0 || header_size > total) {
-            if (!count)
+            if (kind < 0)
                 kind = DEFER;
             break;
         }
-        if (count && sid != run_sid)
-            break;
         const char *body = line_end + 2;
         int complete = end - body >= total + 2;
-        if (!count) {
+        if (kind == RUN) {
+            if (sid != run_sid)
+                break;
+        }
+        else {
             int ours = registered(sinks, sid);
             if (ours < 0)
                 goto error;
-            if (!ours) {
-                kind = complete ? FOREIGN : INCOMPLETE;
-                taken = complete ? body + total + 2 - base : 0;
-                break;
+            if (!ours) {  /* another subscription's message: nats-py's too */
+                if (!complete) {
+                    if (kind < 0)
+                        kind = INCOMPLETE;
+                    break;
+                }
+                kind = FOREIGN;
+                at = body + total + 2;
+                continue;
             }
+            if (kind == FOREIGN)
+                break;
         }
         if (!complete) {
-            if (!count)
+            if (kind < 0)
                 kind = INCOMPLETE;
             break;
         }
+        kind = RUN;
         run_sid = sid;
         at = body + total + 2;
         if (headed) {  /* a status (end of batch, no messages, an error): it ends the run */
             header = PyBytes_FromStringAndSize(body, (Py_ssize_t)header_size);
             if (header == NULL)
                 goto error;
-            kind = RUN;
             break;
         }
         PyObject *payload = PyBytes_FromStringAndSize(body, (Py_ssize_t)total);
@@ -223,8 +234,9 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             goto error;
         size += (Py_ssize_t)total;
     }
-    if (kind == RUN)
-        taken = at - base;
+    if (kind < 0)
+        kind = INCOMPLETE;
+    Py_ssize_t taken = kind == RUN || kind == FOREIGN ? at - base : 0;
     PyBuffer_Release(&view);
     PyObject *result = Py_BuildValue("(innNNn)", kind, taken, (Py_ssize_t)run_sid, payloads,
                                      header ? header : Py_NewRef(Py_None), size);

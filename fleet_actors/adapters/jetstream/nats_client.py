@@ -91,7 +91,7 @@ class _BulkParser(Parser):
                 sinks[sid](payloads, None if header is None else await self.nc._process_headers(header))
             elif kind == _frames.INCOMPLETE:
                 return
-            elif kind == _frames.FOREIGN:  # one frame for nats-py: the rest waits aside meanwhile
+            elif kind == _frames.FOREIGN:  # frames for nats-py: the rest waits aside meanwhile
                 rest = buf[end:]
                 del buf[end:]
                 await super().parse()
