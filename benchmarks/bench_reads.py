@@ -1,6 +1,7 @@
 """Reads of one 10,000-event story, in alternating rounds next to raw reads of the same events:
 ``history`` (in the caller, and through the story actor as before) against an ordered consumer and
-batched direct gets (with and without headers); ``get_story`` of the live story (unchanged, and right
+batched direct gets (with and without headers, the latter on a plain nats-py connection), and our
+own read without decoding; ``get_story`` of the live story (unchanged, and right
 after another writer appended); temporal reads with snapshots, from the client and through the
 gateway's GetContextAtTime.
 
