@@ -69,6 +69,7 @@ FRAMES = [
     msg(SINK, b"tabs", subject=b"_INBOX.a\t").replace(b"MSG _INBOX.a\t 5", b"MSG\t_INBOX.a\t5"),
     b"+OK\r\n",
     msg(SINK, b"with a reply", reply=b"reply.to"),
+    b"HMSG _INBOX.a 5 0 10\r\nno headers\r\n",  # headed, with none: a plain message to nats-py
     status(SINK, b"204 EOB", 12),
     msg(SINK, bytes(range(256)) * 40),  # the next batch, right after the status
     msg(SINK, "é".encode(), subject="_INBOX.é".encode()),  # not ASCII: left to nats-py's parser
@@ -96,6 +97,7 @@ EXPECTED = [
     ("other", OTHER, b"_INBOX.a", b"$JS.ACK.x", b"for another subscription"),
     ("payload", b"tabs"),
     ("payload", b"with a reply"),
+    ("payload", b"no headers"),
     ("status", "204", "12"),
     ("payload", bytes(range(256)) * 40),
     ("payload", "é".encode()),

@@ -188,6 +188,8 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 kind = DEFER;
             break;
         }
+        if (header_size == 0)  /* nats-py reads it as a message without headers */
+            headed = 0;
         const char *body = line_end + 2;
         int complete = end - body >= total + 2;
         if (kind == RUN) {
