@@ -221,6 +221,32 @@ async def test_a_read_hands_over_the_same_lists_through_nats_py_s_own_dispatch(
         await plain.close()
 
 
+async def test_reads_and_writes_sharing_a_connection_each_get_their_own_messages(
+    stores: Stores, unique_id, monkeypatch
+):
+    """Twelve reads of four stories at once, in batches of 7, while a writer appends on the same
+    connection: each read's messages reach its own sink, and the writer's acks reach nats-py."""
+    import asyncio
+
+    from fleet_actors.adapters.jetstream import direct_get
+
+    monkeypatch.setattr(direct_get, "READ_BATCH", 7)
+    writers = [await written(stores, unique_id(f"MIX{i}")) for i in range(4)]
+    references = [await writer.log() for writer in writers]
+    store = stores[0]
+    busy = Writer(stores, unique_id("BUSY"))
+    await busy.execute(busy.story_id, CreateStory("appending meanwhile"))
+
+    async def read(story_id: str) -> list[EventEnvelope]:
+        return [e async for batch in store.read_envelopes(story_id) for e in batch]
+
+    reads = [read(writer.story_id) for writer in writers for _ in range(3)]
+    *found, _ = await asyncio.gather(*reads, busy.summaries(30))
+    assert found == [reference for reference in references for _ in range(3)]
+    assert [e.version for e in await busy.log()] == list(range(1, 32))
+    assert store.connection.sinks == {}
+
+
 async def test_the_next_batch_is_asked_for_on_the_wire_before_a_batch_is_handed_over(
     stores: Stores, stream_settings: Settings, unique_id, monkeypatch
 ):
