@@ -24,6 +24,7 @@ import ray
 
 from benchmarks.bench_commands import _drive
 from benchmarks.harness import BenchContext, latency_summary
+from benchmarks.process_cpu import cpu_by_kind, tree_cpu
 from fleet_actors import FleetClient
 from fleet_actors.actors.naming import find_live, story_actor_name
 from fleet_actors.actors.spare_workers import SPARES
@@ -196,24 +197,13 @@ def _wait_for_spares(settings, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while len(_idle_workers()) < settings.spare_workers and time.monotonic() < deadline:
         time.sleep(0.2)
-    used = _cpu_seconds(_idle_workers())
+    reading = tree_cpu()
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        now = _cpu_seconds(_idle_workers())
-        if now - used < 0.01:
+        now = tree_cpu()
+        if cpu_by_kind(reading, now).get("idle Ray workers", 0.0) < 0.01:
             return
-        used = now
-
-
-def _cpu_seconds(pids: set[int]) -> float:
-    """The CPU time the processes ``pids`` have used (a process gone meanwhile counts nothing)."""
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+        reading = now
 
 
 def _idle_workers() -> set[int]:

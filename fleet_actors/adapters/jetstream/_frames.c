@@ -9,8 +9,8 @@
  * scan() only ever takes the common path: frames that are not a MSG or HMSG of a registered
  * subscription, or one it does not fully understand, are left to nats-py's own parser (FOREIGN for
  * complete frames up to the next of a sink's, DEFER for the rest of the buffer), which handles or
- * refuses them as it always has. Every bound is checked against the end of the buffer: the server's bytes decide nothing here
- * beyond which path they take.
+ * refuses them as it always has. Every bound is checked against the end of the buffer: the server's
+ * bytes decide nothing here beyond which path they take.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -269,8 +269,7 @@ PyInit__frames(void)
         return NULL;
     if (PyModule_AddIntConstant(module, "RUN", RUN) < 0 || PyModule_AddIntConstant(module, "FOREIGN", FOREIGN) < 0 ||
         PyModule_AddIntConstant(module, "INCOMPLETE", INCOMPLETE) < 0 ||
-        PyModule_AddIntConstant(module, "DEFER", DEFER) < 0 ||
-        PyModule_AddIntConstant(module, "MAX_CONTROL_LINE", MAX_CONTROL_LINE) < 0) {
+        PyModule_AddIntConstant(module, "DEFER", DEFER) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -142,8 +142,7 @@ async def read_payloads_by_subject(
             if len(current) == HANDOFF:  # handed over when the next arrives: a batch's end comes with payloads
                 arrived.put_nowait((current, None, in_batch))
                 current = []
-            room = HANDOFF - len(current)
-            part = payloads[start : start + room] if start or len(payloads) > room else payloads
+            part = payloads[start : start + HANDOFF - len(current)]
             current += part
             in_batch += len(part)
             start += len(part)
@@ -151,9 +150,10 @@ async def read_payloads_by_subject(
             arrived.put_nowait((current, status, in_batch))
             current, in_batch = [], 0
 
-    if isinstance(nc, FleetNatsClient):  # the payloads come straight from the connection's read loop
+    sinks = nc.sinks if isinstance(nc, FleetNatsClient) else None
+    if sinks is not None:  # the payloads come straight from the connection's read loop
         sub = await nc.subscribe(nc.new_inbox())
-        nc.sinks[sub._id] = take
+        sinks[sub._id] = take
     else:
 
         async def collect(msg: Msg) -> None:
@@ -217,6 +217,6 @@ async def read_payloads_by_subject(
                     ahead = True
                     await ask(reached + 1)
     finally:
-        if isinstance(nc, FleetNatsClient):
-            nc.sinks.pop(sub._id, None)
+        if sinks is not None:
+            sinks.pop(sub._id, None)
         await sub.unsubscribe()
